@@ -1,0 +1,366 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// PacketSize is the SFTP read size. OpenSSH's sftp-server answers at most 261120
+// bytes per read; asking for 262144 made pkg/sftp v1.13.12's WriteTo skip the
+// rest of every read without an error (shared/transfer.md).
+const PacketSize = 261120
+
+// inFlight is how many reads are outstanding per file. Each holds one PacketSize
+// buffer, so this bounds the memory of a transfer (32 × 255 KiB ≈ 8 MiB).
+const inFlight = 32
+
+// Peer is a node to copy from.
+type Peer struct {
+	Name    string // short name, for messages
+	Address string
+	Port    int
+}
+
+func (p Peer) hostport() string {
+	return net.JoinHostPort(p.Address, strconv.Itoa(p.Port))
+}
+
+// Auth is how to log in and whom to trust.
+type Auth struct {
+	User       string
+	KeyFiles   []string // private keys, tried in order
+	Agent      string   // SSH_AUTH_SOCK, or "" for none
+	KnownHosts string
+	AcceptNew  bool     // add unknown hosts to KnownHosts, like OpenSSH's accept-new
+	Ciphers    []string // nil: x/crypto's order, AES-GCM first
+}
+
+// Signers loads the private keys and the agent's keys. Errors name the file but
+// never its contents.
+func (a Auth) signers() ([]ssh.Signer, func(), error) {
+	var out []ssh.Signer
+	for _, f := range a.KeyFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, nil, fmt.Errorf("ssh key %s: %w", f, err)
+		}
+		s, err := ssh.ParsePrivateKey(b)
+		if err != nil {
+			var pe *ssh.PassphraseMissingError
+			if errors.As(err, &pe) {
+				return nil, nil, fmt.Errorf("ssh key %s is protected by a passphrase: load it into ssh-agent and set SSH_AUTH_SOCK", f)
+			}
+			return nil, nil, fmt.Errorf("ssh key %s: %w", f, err)
+		}
+		out = append(out, s)
+	}
+	closeAgent := func() {}
+	if a.Agent != "" {
+		conn, err := net.Dial("unix", a.Agent)
+		if err != nil {
+			return nil, nil, fmt.Errorf("ssh agent %s: %w", a.Agent, err)
+		}
+		closeAgent = func() { conn.Close() }
+		as, err := agent.NewClient(conn).Signers()
+		if err != nil {
+			conn.Close()
+			return nil, nil, fmt.Errorf("ssh agent %s: %w", a.Agent, err)
+		}
+		out = append(out, as...)
+	}
+	if len(out) == 0 {
+		return nil, nil, errors.New("no ssh key: set ssh_key, or run with SSH_AUTH_SOCK pointing at an agent")
+	}
+	return out, closeAgent, nil
+}
+
+// HostKeyError is a peer whose host key is not the one in known_hosts, or is
+// not there at all. The message says what was offered and how to trust it.
+type HostKeyError struct {
+	Peer        Peer
+	KnownHosts  string
+	Fingerprint string
+	Type        string
+	Changed     bool
+}
+
+func (e *HostKeyError) Error() string {
+	if e.Changed {
+		return fmt.Sprintf("peer %s (%s): HOST KEY CHANGED: offered %s %s, which differs from %s; if the node was rebuilt, remove its old line (ssh-keygen -R '[%s]:%d' -f %s) and add the new key after checking it on the node",
+			e.Peer.Name, e.Peer.hostport(), e.Type, e.Fingerprint, e.KnownHosts, e.Peer.Address, e.Peer.Port, e.KnownHosts)
+	}
+	return fmt.Sprintf("peer %s (%s): host key %s %s is not in %s; after checking the fingerprint on the node (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), add it with: ssh-keyscan -p %d %s >> %s",
+		e.Peer.Name, e.Peer.hostport(), e.Type, e.Fingerprint, e.KnownHosts, e.Peer.Port, e.Peer.Address, e.KnownHosts)
+}
+
+// hostKeyCallback checks against known_hosts and, with AcceptNew, records a key
+// for a host that has none yet (never replaces a changed one).
+func (a Auth) hostKeyCallback(p Peer) (ssh.HostKeyCallback, []string, error) {
+	if a.KnownHosts == "" {
+		return nil, nil, errors.New("no known_hosts file configured")
+	}
+	if a.AcceptNew {
+		if f, err := os.OpenFile(a.KnownHosts, os.O_CREATE|os.O_RDONLY, 0o600); err == nil {
+			f.Close()
+		}
+	}
+	cb, err := knownhosts.New(a.KnownHosts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("known_hosts %s: %w", a.KnownHosts, err)
+	}
+	// Ask only for the host key types known_hosts has for this peer; otherwise
+	// the server may offer a type we have no line for and the check fails even
+	// though the host is known. knownhosts reveals them through a probe.
+	var algos []string
+	var ke *knownhosts.KeyError
+	probe := probeKey{}
+	if err := cb(p.hostport(), &net.TCPAddr{IP: net.IPv4zero}, probe); errors.As(err, &ke) {
+		seen := map[string]bool{}
+		for _, k := range ke.Want {
+			for _, al := range algorithmsFor(k.Key.Type()) {
+				if !seen[al] {
+					seen[al] = true
+					algos = append(algos, al)
+				}
+			}
+		}
+	}
+	check := func(hostname string, remote net.Addr, key ssh.PublicKey) error {
+		err := cb(hostname, remote, key)
+		if err == nil {
+			return nil
+		}
+		var ke *knownhosts.KeyError
+		if !errors.As(err, &ke) {
+			return err
+		}
+		if len(ke.Want) == 0 && a.AcceptNew {
+			return appendKnownHost(a.KnownHosts, hostname, key)
+		}
+		return &HostKeyError{Peer: p, KnownHosts: a.KnownHosts, Fingerprint: ssh.FingerprintSHA256(key), Type: key.Type(), Changed: len(ke.Want) > 0}
+	}
+	return check, algos, nil
+}
+
+func algorithmsFor(keyType string) []string {
+	if keyType == ssh.KeyAlgoRSA {
+		return []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA}
+	}
+	return []string{keyType}
+}
+
+func appendKnownHost(file, hostname string, key ssh.PublicKey) error {
+	f, err := os.OpenFile(file, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("known_hosts %s: %w", file, err)
+	}
+	defer f.Close()
+	if _, err := fmt.Fprintln(f, knownhosts.Line([]string{knownhosts.Normalize(hostname)}, key)); err != nil {
+		return fmt.Errorf("known_hosts %s: %w", file, err)
+	}
+	return nil
+}
+
+// probeKey is a key no host has, used to make knownhosts list the keys it knows.
+type probeKey struct{}
+
+func (probeKey) Type() string                        { return "probe" }
+func (probeKey) Marshal() []byte                     { return []byte("glance-image-sync-probe") }
+func (probeKey) Verify([]byte, *ssh.Signature) error { return errors.New("probe") }
+
+// Client is one SSH connection with an SFTP session to a peer.
+type Client struct {
+	peer Peer
+	ssh  *ssh.Client
+	sftp *sftp.Client
+	done func()
+}
+
+// Dial connects to the peer as auth.User, checking its host key, and starts SFTP.
+func Dial(ctx context.Context, p Peer, auth Auth) (*Client, error) {
+	signers, closeAgent, err := auth.signers()
+	if err != nil {
+		return nil, err
+	}
+	cb, algos, err := auth.hostKeyCallback(p)
+	if err != nil {
+		closeAgent()
+		return nil, err
+	}
+	cfg := &ssh.ClientConfig{
+		User:              auth.User,
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(signers...)},
+		HostKeyCallback:   cb,
+		HostKeyAlgorithms: algos,
+		Timeout:           30 * time.Second,
+	}
+	cfg.Ciphers = auth.Ciphers
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", p.hostport())
+	if err != nil {
+		closeAgent()
+		return nil, fmt.Errorf("peer %s: %w", p.Name, err)
+	}
+	// The handshake has no context of its own: bound it by the run's.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	} else {
+		conn.SetDeadline(time.Now().Add(cfg.Timeout))
+	}
+	c, chans, reqs, err := ssh.NewClientConn(conn, p.hostport(), cfg)
+	stop()
+	if err != nil {
+		conn.Close()
+		closeAgent()
+		var hk *HostKeyError
+		if errors.As(err, &hk) {
+			return nil, hk
+		}
+		return nil, fmt.Errorf("peer %s (%s) as %s: %w", p.Name, p.hostport(), auth.User, err)
+	}
+	conn.SetDeadline(time.Time{})
+	sc := ssh.NewClient(c, chans, reqs)
+	sf, err := sftp.NewClient(sc,
+		sftp.MaxPacketUnchecked(PacketSize),
+		sftp.MaxConcurrentRequestsPerFile(inFlight),
+		sftp.UseConcurrentReads(true),
+		sftp.UseFstat(true),
+	)
+	if err != nil {
+		sc.Close()
+		closeAgent()
+		return nil, fmt.Errorf("peer %s: starting sftp: %w", p.Name, err)
+	}
+	return &Client{peer: p, ssh: sc, sftp: sf, done: closeAgent}, nil
+}
+
+// Peer is the peer this client is connected to.
+func (c *Client) Peer() Peer { return c.peer }
+
+// Close ends the SFTP session and the connection.
+func (c *Client) Close() error {
+	c.sftp.Close()
+	err := c.ssh.Close()
+	c.done()
+	return err
+}
+
+// ErrNotFound is a remote file that does not exist.
+var ErrNotFound = errors.New("no such file on the peer")
+
+// Stat returns the size of a regular remote file.
+func (c *Client) Stat(ctx context.Context, path string) (int64, error) {
+	type res struct {
+		fi  fs.FileInfo
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		fi, err := c.sftp.Lstat(path)
+		ch <- res{fi, err}
+	}()
+	select {
+	case <-ctx.Done():
+		c.ssh.Close()
+		return 0, ctx.Err()
+	case r := <-ch:
+		if r.err != nil {
+			if errors.Is(r.err, fs.ErrNotExist) {
+				return 0, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
+			}
+			return 0, fmt.Errorf("peer %s: stat %s: %w", c.peer.Name, path, r.err)
+		}
+		if !r.fi.Mode().IsRegular() {
+			return 0, fmt.Errorf("peer %s: %s is not a regular file", c.peer.Name, path)
+		}
+		return r.fi.Size(), nil
+	}
+}
+
+// ErrStalled is a transfer that made no progress for the idle timeout.
+var ErrStalled = errors.New("transfer stalled")
+
+// Fetch copies the remote file from offset to its end into w and returns the
+// bytes written. If ctx ends, or no byte arrives for idle, the connection is
+// closed (the only way to stop pkg/sftp's WriteTo) and the client is no longer
+// usable; the bytes written so far are kept by w's owner.
+func (c *Client) Fetch(ctx context.Context, path string, offset int64, w io.Writer, idle time.Duration) (int64, error) {
+	f, err := c.sftp.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return 0, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
+		}
+		return 0, fmt.Errorf("peer %s: open %s: %w", c.peer.Name, path, err)
+	}
+	defer f.Close()
+	if offset > 0 {
+		if _, err := f.Seek(offset, io.SeekStart); err != nil {
+			return 0, fmt.Errorf("peer %s: seek %s to %d: %w", c.peer.Name, path, offset, err)
+		}
+	}
+	pw := &progressWriter{w: w}
+	pw.last.Store(time.Now().UnixNano())
+	var stalled atomic.Bool
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(idle / 4)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ctx.Done():
+				c.ssh.Close()
+				return
+			case <-tick.C:
+				if time.Since(time.Unix(0, pw.last.Load())) > idle {
+					stalled.Store(true)
+					c.ssh.Close()
+					return
+				}
+			}
+		}
+	}()
+	n, err := f.WriteTo(pw)
+	close(stop)
+	wg.Wait()
+	switch {
+	case ctx.Err() != nil:
+		return n, fmt.Errorf("peer %s: fetching %s: %w", c.peer.Name, path, ctx.Err())
+	case stalled.Load():
+		return n, fmt.Errorf("peer %s: fetching %s: %w (no data for %s)", c.peer.Name, path, ErrStalled, idle)
+	case err != nil:
+		return n, fmt.Errorf("peer %s: fetching %s: %w", c.peer.Name, path, err)
+	}
+	return n, nil
+}
+
+// progressWriter notes when bytes last arrived, for stall detection. It sits on
+// the write side, where it costs one atomic store per 255 KiB.
+type progressWriter struct {
+	w    io.Writer
+	last atomic.Int64
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	p.last.Store(time.Now().UnixNano())
+	return p.w.Write(b)
+}
