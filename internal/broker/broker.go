@@ -1,0 +1,405 @@
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// TLS names the files of an amqps connection; all optional. With no CA file the
+// system roots are used.
+type TLS struct {
+	CAFile, CertFile, KeyFile string
+}
+
+func (t TLS) config(host string) (*tls.Config, error) {
+	c := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("TLS CA file %s: %w", t.CAFile, err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("TLS CA file %s: no PEM certificate in it", t.CAFile)
+		}
+	}
+	if t.CertFile != "" || t.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("TLS client certificate %s / key %s: %w", t.CertFile, t.KeyFile, err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+// Redact hides the password of an AMQP URL, for logs and errors.
+func Redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		// An unparsable URL may still hold a password: show none of it.
+		return "(unparsable broker URL)"
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
+
+// Conn is a connection to the broker.
+type Conn struct {
+	amqp *amqp.Connection
+	url  string // redacted
+}
+
+// Dial connects to the first URL that answers, in order, and returns an error
+// naming every URL tried (passwords hidden) when none does.
+func Dial(ctx context.Context, urls []string, t TLS) (*Conn, error) {
+	if len(urls) == 0 {
+		return nil, errors.New("no broker URL configured")
+	}
+	var errs []string
+	for _, raw := range urls {
+		c, err := dialOne(ctx, raw, t)
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, fmt.Sprintf("%s: %v", Redact(raw), err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("cannot reach the broker: %s", strings.Join(errs, "; "))
+}
+
+func dialOne(ctx context.Context, raw string, t TLS) (*Conn, error) {
+	uri, err := amqp.ParseURI(raw)
+	if err != nil {
+		return nil, fmt.Errorf("bad URL: %s", scrub(err.Error(), raw))
+	}
+	cfg := amqp.Config{
+		Heartbeat: 10 * time.Second,
+		Locale:    "en_US",
+		Dial: func(network, addr string) (net.Conn, error) {
+			d := net.Dialer{Timeout: 10 * time.Second}
+			return d.DialContext(ctx, network, addr)
+		},
+		Properties: amqp.Table{"connection_name": "glance-image-sync"},
+	}
+	if uri.Scheme == "amqps" {
+		tc, err := t.config(uri.Host)
+		if err != nil {
+			return nil, err
+		}
+		cfg.TLSClientConfig = tc
+	}
+	conn, err := amqp.DialConfig(raw, cfg)
+	if err != nil {
+		return nil, errors.New(scrub(err.Error(), raw))
+	}
+	return &Conn{amqp: conn, url: Redact(raw)}, nil
+}
+
+// scrub removes a URL's password from a library's error text, which may quote it.
+func scrub(msg, raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		if p, ok := u.User.Password(); ok && p != "" {
+			msg = strings.ReplaceAll(msg, p, "xxxxx")
+		}
+	}
+	return msg
+}
+
+// URL is the broker's URL with its password hidden.
+func (c *Conn) URL() string { return c.url }
+
+// Close closes the connection. Deliveries not yet acked return to their queues.
+func (c *Conn) Close() error { return c.amqp.Close() }
+
+// withChannel runs f on a throwaway channel: a failed passive declare closes the
+// channel it ran on, and that must not take down the channels in use.
+func (c *Conn) withChannel(f func(*amqp.Channel) error) error {
+	ch, err := c.amqp.Channel()
+	if err != nil {
+		return fmt.Errorf("broker %s: opening channel: %w", c.url, err)
+	}
+	defer ch.Close()
+	return f(ch)
+}
+
+// DeclareQueue declares a durable queue of ours (idempotent).
+func (c *Conn) DeclareQueue(name string) error {
+	return c.withChannel(func(ch *amqp.Channel) error {
+		if _, err := ch.QueueDeclare(name, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("broker %s: declaring queue %s: %w", c.url, name, err)
+		}
+		return nil
+	})
+}
+
+// QueueState is what the broker reports of a queue.
+type QueueState struct {
+	Exists    bool
+	Messages  int // ready
+	Consumers int
+}
+
+// Inspect checks a queue passively: it never creates it nor changes its flags,
+// so it is safe on Glance's own queues.
+func (c *Conn) Inspect(name string) (QueueState, error) {
+	var st QueueState
+	err := c.withChannel(func(ch *amqp.Channel) error {
+		q, err := ch.QueueDeclarePassive(name, false, false, false, false, nil)
+		if err != nil {
+			var ae *amqp.Error
+			if errors.As(err, &ae) && ae.Code == amqp.NotFound {
+				return nil
+			}
+			return fmt.Errorf("broker %s: inspecting queue %s: %w", c.url, name, err)
+		}
+		st = QueueState{Exists: true, Messages: q.Messages, Consumers: q.Consumers}
+		return nil
+	})
+	return st, err
+}
+
+// ExchangeExists checks an exchange passively (Glance's exchange must never be
+// declared by us: declaring it durable makes Glance fail every notification).
+func (c *Conn) ExchangeExists(name string) (bool, error) {
+	exists := false
+	err := c.withChannel(func(ch *amqp.Channel) error {
+		err := ch.ExchangeDeclarePassive(name, "topic", false, false, false, false, nil)
+		if err != nil {
+			var ae *amqp.Error
+			if errors.As(err, &ae) && ae.Code == amqp.NotFound {
+				return nil
+			}
+			return fmt.Errorf("broker %s: inspecting exchange %s: %w", c.url, name, err)
+		}
+		exists = true
+		return nil
+	})
+	return exists, err
+}
+
+// Message is a message as this tool copies it: the body untouched, with the
+// properties worth keeping.
+type Message struct {
+	Body            []byte
+	Headers         map[string]any
+	ContentType     string
+	ContentEncoding string
+	MessageID       string
+	Timestamp       time.Time
+}
+
+// Header returns an integer header, 0 when absent.
+func (m Message) IntHeader(key string) int {
+	switch v := m.Headers[key].(type) {
+	case int:
+		return v
+	case int8:
+		return int(v)
+	case int16:
+		return int(v)
+	case int32:
+		return int(v)
+	case int64:
+		return int(v)
+	case uint8:
+		return int(v)
+	case uint16:
+		return int(v)
+	case uint32:
+		return int(v)
+	}
+	return 0
+}
+
+// WithHeader returns a copy of m with one header set.
+func (m Message) WithHeader(key string, value any) Message {
+	h := make(map[string]any, len(m.Headers)+1)
+	for k, v := range m.Headers {
+		h[k] = v
+	}
+	h[key] = value
+	m.Headers = h
+	return m
+}
+
+func (m Message) publishing() amqp.Publishing {
+	return amqp.Publishing{
+		Body:            m.Body,
+		Headers:         amqp.Table(m.Headers),
+		ContentType:     m.ContentType,
+		ContentEncoding: m.ContentEncoding,
+		MessageId:       m.MessageID,
+		Timestamp:       m.Timestamp,
+		DeliveryMode:    amqp.Persistent,
+	}
+}
+
+func fromDelivery(d amqp.Delivery) Message {
+	return Message{
+		Body:            d.Body,
+		Headers:         map[string]any(d.Headers),
+		ContentType:     d.ContentType,
+		ContentEncoding: d.ContentEncoding,
+		MessageID:       d.MessageId,
+		Timestamp:       d.Timestamp,
+	}
+}
+
+// Delivery is a received message that stays on its queue until acked.
+type Delivery struct {
+	Message
+	Redelivered bool
+	ch          *amqp.Channel
+	tag         uint64
+}
+
+// Ack removes the message from its queue.
+func (d *Delivery) Ack() error { return d.ch.Ack(d.tag, false) }
+
+// AckUpTo acks this message and every earlier one of the same receiver.
+func (d *Delivery) AckUpTo() error { return d.ch.Ack(d.tag, true) }
+
+// Receiver takes messages off one queue. Messages not acked when it is closed go
+// back to the queue, in their place, for a later run.
+type Receiver struct {
+	c     *Conn
+	ch    *amqp.Channel
+	queue string
+}
+
+// Receive opens a receiver on queue.
+func (c *Conn) Receive(queue string) (*Receiver, error) {
+	ch, err := c.amqp.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("broker %s: opening channel: %w", c.url, err)
+	}
+	return &Receiver{c: c, ch: ch, queue: queue}, nil
+}
+
+// Get takes the next ready message, or returns nil when the queue is empty.
+// A message left unacked is not handed out again by this receiver, so a run
+// that cannot finish one moves on to the next without spinning.
+func (r *Receiver) Get() (*Delivery, error) {
+	d, ok, err := r.ch.Get(r.queue, false)
+	if err != nil {
+		return nil, fmt.Errorf("broker %s: reading queue %s: %w", r.c.url, r.queue, err)
+	}
+	if !ok {
+		return nil, nil
+	}
+	return &Delivery{Message: fromDelivery(d), Redelivered: d.Redelivered, ch: r.ch, tag: d.DeliveryTag}, nil
+}
+
+// Consume streams the queue's messages with up to prefetch unacked at once,
+// for bulk work where a get per message would cost a round trip each.
+func (r *Receiver) Consume(ctx context.Context, prefetch int) (<-chan *Delivery, error) {
+	if err := r.ch.Qos(prefetch, 0, false); err != nil {
+		return nil, fmt.Errorf("broker %s: qos on %s: %w", r.c.url, r.queue, err)
+	}
+	in, err := r.ch.ConsumeWithContext(ctx, r.queue, "", false, false, false, false, nil)
+	if err != nil {
+		return nil, fmt.Errorf("broker %s: consuming %s: %w", r.c.url, r.queue, err)
+	}
+	out := make(chan *Delivery, prefetch)
+	go func() {
+		defer close(out)
+		for d := range in {
+			out <- &Delivery{Message: fromDelivery(d), Redelivered: d.Redelivered, ch: r.ch, tag: d.DeliveryTag}
+		}
+	}()
+	return out, nil
+}
+
+// Close returns every unacked message to the queue.
+func (r *Receiver) Close() error { return r.ch.Close() }
+
+// Publisher publishes persistent messages with publisher confirms.
+type Publisher struct {
+	c  *Conn
+	ch *amqp.Channel
+}
+
+// Publisher opens a channel in confirm mode.
+func (c *Conn) Publisher() (*Publisher, error) {
+	ch, err := c.amqp.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("broker %s: opening channel: %w", c.url, err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		ch.Close()
+		return nil, fmt.Errorf("broker %s: enabling publisher confirms: %w", c.url, err)
+	}
+	return &Publisher{c: c, ch: ch}, nil
+}
+
+// Pending is a publish whose confirm has not been waited for yet.
+type Pending struct {
+	dc    *amqp.DeferredConfirmation
+	where string
+	url   string
+}
+
+// Wait returns nil once the broker has taken responsibility for the message.
+func (p *Pending) Wait(ctx context.Context) error {
+	ok, err := p.dc.WaitContext(ctx)
+	if err != nil {
+		return fmt.Errorf("broker %s: confirm for %s: %w", p.url, p.where, err)
+	}
+	if !ok {
+		return fmt.Errorf("broker %s: %s refused the message (nack)", p.url, p.where)
+	}
+	return nil
+}
+
+// Done reports whether the confirm has arrived, without waiting.
+func (p *Pending) Done() bool {
+	select {
+	case <-p.dc.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// Send publishes m to exchange with routing key and returns without waiting for
+// the confirm, so many can be in flight. "" is the default exchange, where the
+// routing key is a queue name.
+func (p *Publisher) Send(ctx context.Context, exchange, key string, m Message) (*Pending, error) {
+	where := "queue " + key
+	if exchange != "" {
+		where = "exchange " + exchange + " key " + key
+	}
+	dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, false, false, m.publishing())
+	if err != nil {
+		return nil, fmt.Errorf("broker %s: publishing to %s: %w", p.c.url, where, err)
+	}
+	return &Pending{dc: dc, where: where, url: p.c.url}, nil
+}
+
+// Publish sends m to a queue through the default exchange and waits for the
+// broker's confirm.
+func (p *Publisher) Publish(ctx context.Context, queue string, m Message) error {
+	pd, err := p.Send(ctx, "", queue, m)
+	if err != nil {
+		return err
+	}
+	return pd.Wait(ctx)
+}
+
+// Close closes the publisher's channel.
+func (p *Publisher) Close() error { return p.ch.Close() }
