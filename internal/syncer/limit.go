@@ -1,0 +1,46 @@
+package syncer
+
+import (
+	"context"
+	"io"
+
+	"golang.org/x/time/rate"
+)
+
+// limiter caps the bytes written by all transfers of a run together (bwlimit).
+// It wraps the writer, never the SFTP reader, so pkg/sftp keeps pipelining and
+// the limit reaches the peer as back-pressure.
+type limiter struct{ l *rate.Limiter }
+
+const limitBurst = 1 << 20
+
+func newLimiter(mbps float64) *limiter {
+	return &limiter{rate.NewLimiter(rate.Limit(mbps*1e6), limitBurst)}
+}
+
+func (l *limiter) writer(ctx context.Context, w io.Writer) io.Writer {
+	return &limitedWriter{ctx: ctx, l: l.l, w: w}
+}
+
+type limitedWriter struct {
+	ctx context.Context
+	l   *rate.Limiter
+	w   io.Writer
+}
+
+func (lw *limitedWriter) Write(b []byte) (int, error) {
+	written := 0
+	for len(b) > 0 {
+		n := min(len(b), limitBurst)
+		if err := lw.l.WaitN(lw.ctx, n); err != nil {
+			return written, err
+		}
+		m, err := lw.w.Write(b[:n])
+		written += m
+		if err != nil {
+			return written, err
+		}
+		b = b[n:]
+	}
+	return written, nil
+}

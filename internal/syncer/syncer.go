@@ -1,0 +1,412 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/notification"
+	"github.com/glance-image-sync/glance-image-sync/internal/store"
+	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
+)
+
+// Header names on messages this tool re-queues or parks.
+const (
+	AttemptsHeader = "x-glance-image-sync-attempts"
+	ReasonHeader   = "x-glance-image-sync-reason"
+	NodeHeader     = "x-glance-image-sync-node"
+)
+
+// Config is what a sync-images run needs, as plain values.
+type Config struct {
+	Self        string                   // this node's short name
+	Peers       map[string]transfer.Peer // by short name, this node excluded
+	PeerOrder   []string                 // api_nodes order, this node excluded
+	Auth        transfer.Auth
+	Queue       string // this node's queue
+	ParkQueue   string // where messages that cannot succeed go
+	MaxAttempts int    // runs a message may fail before it is parked
+	Transfers   int    // images fetched at once
+	IdleTimeout time.Duration
+	BWLimit     float64 // MB/s over all transfers; 0 = none
+	DryRun      bool
+}
+
+// Result counts what a run did.
+type Result struct {
+	Fetched, Deleted, Skipped, Deferred, Parked int
+	Bytes                                       int64
+}
+
+// Syncer drains one node's queue into its datadir.
+type Syncer struct {
+	cfg   Config
+	conn  *broker.Conn
+	store *store.Store
+	log   *slog.Logger
+
+	pub   *broker.Publisher
+	peers *peerPool
+
+	mu  sync.Mutex
+	res Result
+	bad error // a broker failure: stop taking messages
+}
+
+// New prepares a run; nothing is contacted until Run.
+func New(cfg Config, conn *broker.Conn, st *store.Store, log *slog.Logger) *Syncer {
+	if cfg.Transfers < 1 {
+		cfg.Transfers = 1
+	}
+	if cfg.MaxAttempts < 1 {
+		cfg.MaxAttempts = 1
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = time.Minute
+	}
+	return &Syncer{cfg: cfg, conn: conn, store: st, log: log}
+}
+
+// job is one message for one image; jobs of an image run in queue order.
+type job struct {
+	d      *broker.Delivery
+	ev     *notification.Event
+	action Action
+}
+
+// Run takes at most the messages that were ready when it started, so messages
+// it re-queues are left for the next run instead of spinning in this one.
+func (s *Syncer) Run(ctx context.Context) (Result, error) {
+	if err := s.conn.DeclareQueue(s.cfg.Queue); err != nil {
+		return Result{}, err
+	}
+	if err := s.conn.DeclareQueue(s.cfg.ParkQueue); err != nil {
+		return Result{}, err
+	}
+	qs, err := s.conn.Inspect(s.cfg.Queue)
+	if err != nil {
+		return Result{}, err
+	}
+	if qs.Messages == 0 {
+		s.log.Debug("queue empty", "queue", s.cfg.Queue)
+		return Result{}, nil
+	}
+	recv, err := s.conn.Receive(s.cfg.Queue)
+	if err != nil {
+		return Result{}, err
+	}
+	// Closing the receiver returns every message not acked to the queue, in its
+	// place: that is how a run interrupted by its deadline leaves work for the next.
+	defer recv.Close()
+	if s.pub, err = s.conn.Publisher(); err != nil {
+		return Result{}, err
+	}
+	defer s.pub.Close()
+	s.peers = newPeerPool(s.cfg.Auth, s.log)
+	defer s.peers.close()
+	var lim *limiter
+	if s.cfg.BWLimit > 0 {
+		lim = newLimiter(s.cfg.BWLimit)
+	}
+
+	sem := make(chan struct{}, s.cfg.Transfers)
+	lanes := map[string]chan job{}
+	var wg sync.WaitGroup
+	for i := 0; i < qs.Messages && ctx.Err() == nil && s.broken() == nil; i++ {
+		d, err := recv.Get()
+		if err != nil {
+			s.fail(err)
+			break
+		}
+		if d == nil {
+			break
+		}
+		ev, err := notification.Decode(d.Body)
+		if err != nil {
+			s.park(ctx, d, "", err.Error())
+			continue
+		}
+		action, why := Plan(ev)
+		switch action {
+		case Ignore:
+			s.log.Debug("ignored", "event", ev.EventType, "image", imageID(ev), "reason", why)
+			s.ack(d)
+			continue
+		case Park:
+			s.park(ctx, d, imageID(ev), why)
+			continue
+		}
+		id := ev.Image.ID
+		lane, ok := lanes[id]
+		if !ok {
+			lane = make(chan job, 16)
+			lanes[id] = lane
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.runLane(ctx, lane, sem, lim)
+			}()
+		}
+		lane <- job{d: d, ev: ev, action: action}
+	}
+	for _, l := range lanes {
+		close(l)
+	}
+	wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bad != nil {
+		return s.res, s.bad
+	}
+	return s.res, ctx.Err()
+}
+
+// runLane handles one image's jobs in order. After a fetch of the image has
+// been re-queued, later fetch events of it in this run are covered by that copy.
+func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}, lim *limiter) {
+	requeued := false
+	for j := range lane {
+		if ctx.Err() != nil || s.broken() != nil {
+			continue // left unacked: back to the queue when the run ends
+		}
+		id := j.ev.Image.ID
+		log := s.log.With("image", id, "event", j.ev.EventType)
+		switch j.action {
+		case Delete:
+			requeued = false
+			s.delete(log, j)
+		case Fetch:
+			if requeued {
+				log.Info("skipped", "reason", "a re-queued copy of an earlier event covers it")
+				s.count(func(r *Result) { r.Skipped++ })
+				s.ack(j.d)
+				continue
+			}
+			sem <- struct{}{}
+			requeued = s.fetch(ctx, log, j, lim)
+			<-sem
+		}
+	}
+}
+
+func (s *Syncer) delete(log *slog.Logger, j job) {
+	if s.cfg.DryRun {
+		log.Info("would delete")
+		return
+	}
+	removed, err := s.store.Delete(j.ev.Image.ID)
+	if err != nil {
+		log.Error("delete failed", "err", err)
+		s.retry(context.Background(), j, err)
+		return
+	}
+	if removed {
+		log.Info("deleted")
+	} else {
+		log.Info("deleted", "note", "no file was here")
+	}
+	s.count(func(r *Result) { r.Deleted++ })
+	s.ack(j.d)
+}
+
+// fetch makes sure the image is here; it reports whether the message was
+// re-queued for a later run.
+func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limiter) bool {
+	img := j.ev.Image
+	if dead, err := s.store.Deleted(img.ID); err != nil {
+		return s.retry(ctx, j, err)
+	} else if dead {
+		log.Info("skipped", "reason", "image was deleted here earlier")
+		s.count(func(r *Result) { r.Skipped++ })
+		s.ack(j.d)
+		return false
+	}
+	order, fromSelf, ok := Sources(j.ev.Publisher, s.cfg.Self, s.cfg.PeerOrder)
+	if !ok {
+		s.park(ctx, j.d, img.ID, fmt.Sprintf("publisher %q is not one of api_nodes", j.ev.PublisherID))
+		return false
+	}
+	if fromSelf {
+		// glance-api wrote this file here; hashing a large image on every event
+		// about it would cost minutes, and Glance verified it while writing.
+		size, regular, err := s.store.Size(img.ID)
+		if err != nil {
+			return s.retry(ctx, j, err)
+		}
+		if regular && size == img.Size {
+			log.Info("skipped", "reason", "published by this node and present")
+			s.count(func(r *Result) { r.Skipped++ })
+			s.ack(j.d)
+			return false
+		}
+		log.Warn("published by this node but not here in full; looking for it on the peers", "size", size)
+	}
+	state, err := s.store.Check(ctx, img.ID, img.Size, img.Checksum)
+	if err != nil {
+		return s.retry(ctx, j, err)
+	}
+	if state == store.Verified {
+		log.Info("skipped", "reason", "present and verified")
+		s.count(func(r *Result) { r.Skipped++ })
+		s.ack(j.d)
+		return false
+	}
+	if s.cfg.DryRun {
+		log.Info("would fetch", "size", img.Size, "sources", order)
+		return false
+	}
+	var errs []error
+	for _, name := range order {
+		err := s.fetchFrom(ctx, log.With("peer", name), name, img, lim)
+		if err == nil {
+			s.ack(j.d)
+			return false
+		}
+		if ctx.Err() != nil {
+			// The run's deadline: the partial stays and the message goes back
+			// to the queue unacked, with no attempt counted against it.
+			log.Warn("stopped by the run deadline; the partial file is kept", "err", err)
+			s.count(func(r *Result) { r.Deferred++ })
+			return false
+		}
+		log.Warn("fetch failed", "peer", name, "err", err)
+		errs = append(errs, err)
+	}
+	if len(order) == 0 {
+		errs = append(errs, errors.New("no peer to fetch from"))
+	}
+	return s.retry(ctx, j, errors.Join(errs...))
+}
+
+func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, img *notification.Image, lim *limiter) error {
+	c, err := s.peers.get(ctx, s.cfg.Peers[name])
+	if err != nil {
+		return err
+	}
+	remote, err := s.store.Path(img.ID)
+	if err != nil {
+		return err
+	}
+	size, err := c.Stat(ctx, remote)
+	if err != nil {
+		s.peers.checkHealth(c, err)
+		return err
+	}
+	if size != img.Size {
+		return fmt.Errorf("peer %s has %d bytes of it, expected %d", name, size, img.Size)
+	}
+	p, err := s.store.Begin(ctx, img.ID, img.Size, img.Checksum)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	offset := p.Offset()
+	start := time.Now()
+	var w io.Writer = p
+	if lim != nil {
+		w = lim.writer(ctx, p)
+	}
+	var n int64
+	if offset < img.Size {
+		n, err = c.Fetch(ctx, remote, offset, w, s.cfg.IdleTimeout)
+		if err != nil {
+			s.peers.drop(c)
+			return err
+		}
+	}
+	if err := p.Commit(); err != nil {
+		return err
+	}
+	secs := time.Since(start).Seconds()
+	log.Info("fetched", "bytes", n, "resumed_at", offset, "seconds", fmt.Sprintf("%.2f", secs),
+		"MBps", fmt.Sprintf("%.1f", float64(n)/1e6/max(secs, 1e-9)))
+	s.count(func(r *Result) { r.Fetched++; r.Bytes += n })
+	return nil
+}
+
+// retry re-queues the message with one more attempt counted, or parks it once
+// max_attempts runs have failed. It reports whether the message was re-queued.
+func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
+	attempts := j.d.IntHeader(AttemptsHeader) + 1
+	id := imageID(j.ev)
+	if attempts >= s.cfg.MaxAttempts {
+		s.park(ctx, j.d, id, fmt.Sprintf("failed %d times, last: %v", attempts, cause))
+		return false
+	}
+	m := j.d.Message.WithHeader(AttemptsHeader, int32(attempts)).WithHeader(ReasonHeader, truncate(cause.Error()))
+	if err := s.pub.Publish(ctx, s.cfg.Queue, m); err != nil {
+		s.fail(err)
+		return false
+	}
+	s.ack(j.d)
+	s.log.Warn("left for the next run", "image", id, "attempt", attempts, "max_attempts", s.cfg.MaxAttempts, "err", cause)
+	s.count(func(r *Result) { r.Deferred++ })
+	return true
+}
+
+// park moves a message that can never succeed to the parking queue with the
+// reason in a header, so it cannot block the queue and is not lost.
+func (s *Syncer) park(ctx context.Context, d *broker.Delivery, id, reason string) {
+	if s.cfg.DryRun {
+		s.log.Info("would park", "image", id, "reason", reason)
+		return
+	}
+	m := d.Message.WithHeader(ReasonHeader, truncate(reason)).WithHeader(NodeHeader, s.cfg.Self)
+	if err := s.pub.Publish(ctx, s.cfg.ParkQueue, m); err != nil {
+		s.fail(err)
+		return
+	}
+	s.ack(d)
+	s.log.Warn("parked", "image", id, "queue", s.cfg.ParkQueue, "reason", reason)
+	s.count(func(r *Result) { r.Parked++ })
+}
+
+func (s *Syncer) ack(d *broker.Delivery) {
+	if s.cfg.DryRun {
+		return
+	}
+	if err := d.Ack(); err != nil {
+		s.fail(err)
+	}
+}
+
+func (s *Syncer) count(f func(*Result)) {
+	s.mu.Lock()
+	f(&s.res)
+	s.mu.Unlock()
+}
+
+func (s *Syncer) fail(err error) {
+	s.mu.Lock()
+	if s.bad == nil {
+		s.bad = err
+	}
+	s.mu.Unlock()
+}
+
+func (s *Syncer) broken() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bad
+}
+
+func imageID(ev *notification.Event) string {
+	if ev.Image == nil {
+		return ""
+	}
+	return ev.Image.ID
+}
+
+// truncate keeps a reason header small; AMQP headers are not meant for logs.
+func truncate(s string) string {
+	const max = 1000
+	if len(s) > max {
+		return s[:max] + "…"
+	}
+	return s
+}
