@@ -494,3 +494,41 @@ func glanceLastLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// StartClusterGlance runs a glance-api on every node of c, in parallel, all
+// sharing the database at dbURL and publishing on c.Topic. Each node's
+// GlanceConf is then pointed at the file its Glance runs with, so the tool
+// (Cluster.Run passes --glance-config) reads the very transport_url, topics
+// and datadir Glance uses, as on a real node. The caller stops the returned
+// servers before closing the cluster: a namespace's mounts live as long as
+// the processes inside it.
+func StartClusterGlance(ctx context.Context, c *Cluster, dbURL string) ([]*GlanceAPI, error) {
+	apis := make([]*GlanceAPI, len(c.Nodes))
+	errs := make([]error, len(c.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range c.Nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			apis[i], errs[i] = StartGlance(ctx, n.NS, GlanceOptions{
+				Name:  n.Name,
+				Dir:   filepath.Join(n.Dir, "glance"),
+				DBURL: dbURL,
+				Topic: c.Topic,
+			})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, g := range apis {
+			if g != nil {
+				g.Stop()
+			}
+		}
+		return nil, err
+	}
+	for i, n := range c.Nodes {
+		n.GlanceConf = apis[i].Files.Config
+	}
+	return apis, nil
+}

@@ -160,3 +160,71 @@ func getGlanceMessages(t *testing.T, ctx context.Context, queue string, n int) [
 	}
 	return got
 }
+
+// TestClusterGlanceIsolation checks the trap real-glance.md warns of is
+// closed: with the shared database recording node1's absolute path, node2's
+// Glance must still find no file (204, no bytes), and the tool on each node
+// must be pointed at its Glance's own config.
+func TestClusterGlanceIsolation(t *testing.T) {
+	RequireGlance(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c, err := NewCluster(ctx, Options{Nodes: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Error(err)
+		}
+		if err := DeleteGlanceQueues(c.Topic); err != nil {
+			t.Error(err)
+		}
+	})
+	db, err := GlanceDBSync(ctx, filepath.Join(c.Dir, "glance.sqlite"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	apis, err := StartClusterGlance(ctx, c, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, g := range apis {
+			g.Stop()
+		}
+	})
+	t.Logf("2 glance-api up in %s", time.Since(start).Round(time.Millisecond))
+	for i, n := range c.Nodes {
+		if n.GlanceConf != apis[i].Files.Config {
+			t.Errorf("%s: GlanceConf %s, want Glance's own %s", n.Name, n.GlanceConf, apis[i].Files.Config)
+		}
+	}
+
+	data := make([]byte, 256<<10)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	img, err := apis[0].CreateImage(ctx, "isolation")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := apis[0].Upload(ctx, img.ID, data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(c.Nodes[0].ImagesDir, img.ID)); err != nil {
+		t.Fatalf("not in node1's own directory: %v", err)
+	}
+	code, body, err := apis[1].Download(ctx, img.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != 204 || len(body) != 0 {
+		t.Fatalf("node2 served %d with %d bytes of an image only node1 has; want 204 with none", code, len(body))
+	}
+	code, body, err = apis[0].Download(ctx, img.ID)
+	if err != nil || code != 200 || !bytes.Equal(body, data) {
+		t.Fatalf("node1: code %d, %d bytes, err %v", code, len(body), err)
+	}
+}
