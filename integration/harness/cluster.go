@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -223,6 +224,8 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 		}
 		// Not tied to ctx: sshd lives until Close.
 		cmd := n.NS.Command(context.Background(), "/usr/sbin/sshd", "-D", "-e", "-f", cfg)
+		// Dies with the test process, so a killed run leaves no sshd behind.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		n.sshdLog = &lockedBuffer{}
 		cmd.Stdout = n.sshdLog
 		cmd.Stderr = n.sshdLog
