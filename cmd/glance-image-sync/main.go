@@ -1,0 +1,385 @@
+// Command glance-image-sync keeps the local file store of every glance-api node
+// complete and clean, driven by Glance's notifications. See usage below.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/config"
+	"github.com/glance-image-sync/glance-image-sync/internal/fanout"
+	"github.com/glance-image-sync/glance-image-sync/internal/store"
+	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
+	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
+)
+
+// Set by the Makefile with -ldflags.
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+// Exit codes, for cron wrappers and monitoring.
+const (
+	exitOK       = 0
+	exitFailed   = 1  // the run could not do its work (broker, datadir, ...)
+	exitUsage    = 2  // bad command line or configuration
+	exitDeferred = 3  // some messages were left for a later run
+	exitParked   = 4  // some messages were parked for an operator
+	exitLocked   = 75 // another run holds the lock (EX_TEMPFAIL)
+)
+
+const usageHead = `glance-image-sync keeps every glance-api node's image directory complete and
+clean, driven by Glance's notifications on RabbitMQ.
+
+Usage:
+  glance-image-sync [options] COMMAND
+
+Commands:
+  duplicate-notifications  Drain Glance's notification queue (<topic>.info) and copy
+                           each image event into every node's durable queue,
+                           glance_image_sync.<short name>.info. A notification is
+                           acked only after the broker confirmed every copy.
+  sync-images              Drain this node's queue: fetch each image that became
+                           active elsewhere over SSH/SFTP (as rsync_user, host keys
+                           checked), verify size and MD5, place it in the datadir;
+                           remove deleted images.
+  both                     duplicate-notifications, then sync-images. This is what
+                           cron runs on every node: */5 * * * * glance-image-sync both
+  requeue-failed           Move this node's parked messages back to its queue, after
+                           the cause (see their x-glance-image-sync-reason header)
+                           is fixed.
+  version                  Print the version and commit.
+
+Options:
+`
+
+const usageTail = `
+Exit codes:
+  0   every message was handled
+  1   the run failed (broker unreachable, datadir missing, ...); see the log
+  2   bad command line or configuration; the message names the file, [section] and key
+  3   some messages were left on the queue for a later run (peer down, disk full, ...)
+  4   some messages were parked in glance_image_sync.<short>.failed for an operator
+  75  another run holds lock_file; nothing was done
+
+Keys of glance-image-sync.conf (broker and datadir are read from glance-api.conf):
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("glance-image-sync", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	syncConf := fs.String("config", "/etc/glance/glance-image-sync.conf", "glance-image-sync configuration `file`")
+	glanceConf := fs.String("glance-config", "/etc/glance/glance-api.conf", "glance-api configuration `file` (broker, topic, datadir)")
+	verbose := fs.Bool("v", false, "log debug messages too")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	dryRun := fs.Bool("dry-run", false, "sync-images/both: log what would be fetched, deleted or parked; ack nothing")
+	fs.Usage = func() { usage(fs, stderr) }
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() != 1 {
+		if fs.NArg() == 0 {
+			fmt.Fprintln(stderr, "glance-image-sync: no command given; try --help")
+		} else {
+			fmt.Fprintf(stderr, "glance-image-sync: one command expected, got %q; options go before the command\n", fs.Args())
+		}
+		return exitUsage
+	}
+	cmd := fs.Arg(0)
+	switch cmd {
+	case "version":
+		fmt.Fprintf(stdout, "glance-image-sync %s (commit %s)\n", version, commit)
+		return exitOK
+	case "help":
+		usage(fs, stdout)
+		return exitOK
+	case "duplicate-notifications", "sync-images", "both", "requeue-failed":
+	default:
+		fmt.Fprintf(stderr, "glance-image-sync: unknown command %q; try --help\n", cmd)
+		return exitUsage
+	}
+	if *logFormat != "text" && *logFormat != "json" {
+		fmt.Fprintf(stderr, "glance-image-sync: --log-format must be text or json, not %q\n", *logFormat)
+		return exitUsage
+	}
+
+	cfg, err := config.Load(*syncConf, *glanceConf)
+	if err != nil {
+		fmt.Fprintf(stderr, "glance-image-sync: configuration error: %v\n", err)
+		return exitUsage
+	}
+	log, closeLog, err := newLogger(cfg.LogFile, *logFormat, *verbose, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "glance-image-sync: %v\n", err)
+		return exitUsage
+	}
+	defer closeLog()
+	log = log.With("node", cfg.Self.Short)
+	for _, w := range cfg.Warnings {
+		log.Warn("configuration", "warning", w)
+	}
+
+	unlock, err := lock(cfg.LockFile)
+	if err != nil {
+		log.Error("not running", "err", err)
+		if errors.Is(err, errLocked) {
+			return exitLocked
+		}
+		return exitFailed
+	}
+	defer unlock()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if cfg.Deadline > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.Deadline)
+		defer cancel()
+	}
+	r := &runner{cfg: cfg, log: log, dryRun: *dryRun}
+	return r.run(ctx, cmd)
+}
+
+type runner struct {
+	cfg    *config.Config
+	log    *slog.Logger
+	dryRun bool
+}
+
+func (r *runner) run(ctx context.Context, cmd string) int {
+	start := time.Now()
+	conn, err := broker.Dial(ctx, r.cfg.Broker.URLs, broker.TLS{
+		CAFile: r.cfg.Broker.TLS.CAFile, CertFile: r.cfg.Broker.TLS.CertFile, KeyFile: r.cfg.Broker.TLS.KeyFile,
+	})
+	if err != nil {
+		r.log.Error("run failed", "err", err)
+		return exitFailed
+	}
+	defer conn.Close()
+	r.log.Debug("connected", "broker", conn.URL())
+
+	code := exitOK
+	if cmd == "duplicate-notifications" || (cmd == "both" && !r.dryRun) {
+		code = worse(code, r.duplicate(ctx, conn))
+		if code == exitFailed {
+			return code
+		}
+	}
+	switch cmd {
+	case "sync-images", "both":
+		code = worse(code, r.syncImages(ctx, conn))
+	case "requeue-failed":
+		code = worse(code, r.requeueFailed(ctx, conn))
+	}
+	r.log.Info("run finished", "command", cmd, "exit", code, "seconds", fmt.Sprintf("%.2f", time.Since(start).Seconds()))
+	return code
+}
+
+// worse keeps the more serious of two exit codes.
+func worse(a, b int) int {
+	rank := map[int]int{exitOK: 0, exitDeferred: 1, exitParked: 2, exitFailed: 3}
+	if rank[b] > rank[a] {
+		return b
+	}
+	return a
+}
+
+func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
+	var queues []string
+	for _, n := range r.cfg.Nodes {
+		queues = append(queues, r.cfg.NodeQueue(n.Short))
+	}
+	res, err := fanout.Run(ctx, fanout.Config{
+		Self:        r.cfg.Self.Short,
+		SourceQueue: r.cfg.Broker.SourceQueue(),
+		NodeQueues:  queues,
+		ParkQueue:   r.cfg.ParkingQueue(r.cfg.Self.Short),
+		Exchange:    r.cfg.Broker.Exchange,
+		ForwardKey:  r.cfg.Broker.ForwardRoutingKey,
+	}, conn, r.log)
+	r.log.Info("duplicate-notifications done", "queue", r.cfg.Broker.SourceQueue(), "copied", res.Copied,
+		"forwarded", res.Forwarded, "dropped", res.Dropped, "parked", res.Parked)
+	if err != nil {
+		r.log.Error("duplicate-notifications failed; unacked notifications stay in the source queue", "err", err)
+		return exitFailed
+	}
+	if res.Parked > 0 {
+		return exitParked
+	}
+	return exitOK
+}
+
+func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
+	st, err := store.Open(r.cfg.Datadir, r.cfg.FilePerm)
+	if err != nil {
+		r.log.Error("sync-images failed", "err", err)
+		return exitFailed
+	}
+	peers := map[string]transfer.Peer{}
+	var order []string
+	for _, n := range r.cfg.Peers() {
+		peers[n.Short] = transfer.Peer{Name: n.Short, Address: n.Address, Port: n.Port}
+		order = append(order, n.Short)
+	}
+	s := syncer.New(syncer.Config{
+		Self:      r.cfg.Self.Short,
+		Peers:     peers,
+		PeerOrder: order,
+		Auth: transfer.Auth{
+			User:       r.cfg.User,
+			KeyFiles:   r.cfg.SSHKeys,
+			Agent:      os.Getenv("SSH_AUTH_SOCK"),
+			KnownHosts: r.cfg.KnownHosts,
+			AcceptNew:  r.cfg.AcceptNewHostKeys,
+			Ciphers:    r.cfg.SSHCiphers,
+		},
+		Queue:       r.cfg.NodeQueue(r.cfg.Self.Short),
+		ParkQueue:   r.cfg.ParkingQueue(r.cfg.Self.Short),
+		MaxAttempts: r.cfg.MaxAttempts,
+		Transfers:   r.cfg.Transfers,
+		BWLimit:     r.cfg.BWLimit,
+		DryRun:      r.dryRun,
+	}, conn, st, r.log)
+	res, err := s.Run(ctx)
+	r.log.Info("sync-images done", "fetched", res.Fetched, "deleted", res.Deleted, "skipped", res.Skipped,
+		"deferred", res.Deferred, "parked", res.Parked, "bytes", res.Bytes)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+		r.log.Warn("stopped before the queue was drained; the rest waits for the next run", "err", err)
+		return exitDeferred
+	case err != nil:
+		r.log.Error("sync-images failed; unacked messages stay queued", "err", err)
+		return exitFailed
+	case res.Parked > 0:
+		return exitParked
+	case res.Deferred > 0:
+		return exitDeferred
+	}
+	return exitOK
+}
+
+// requeueFailed moves parked messages back to this node's queue with their
+// attempt count reset, for after an operator fixed what made them fail.
+func (r *runner) requeueFailed(ctx context.Context, conn *broker.Conn) int {
+	park, queue := r.cfg.ParkingQueue(r.cfg.Self.Short), r.cfg.NodeQueue(r.cfg.Self.Short)
+	for _, q := range []string{park, queue} {
+		if err := conn.DeclareQueue(q); err != nil {
+			r.log.Error("requeue-failed", "err", err)
+			return exitFailed
+		}
+	}
+	qs, err := conn.Inspect(park)
+	if err != nil {
+		r.log.Error("requeue-failed", "err", err)
+		return exitFailed
+	}
+	recv, err := conn.Receive(park)
+	if err != nil {
+		r.log.Error("requeue-failed", "err", err)
+		return exitFailed
+	}
+	defer recv.Close()
+	pub, err := conn.Publisher()
+	if err != nil {
+		r.log.Error("requeue-failed", "err", err)
+		return exitFailed
+	}
+	defer pub.Close()
+	moved := 0
+	for i := 0; i < qs.Messages; i++ {
+		d, err := recv.Get()
+		if err != nil {
+			r.log.Error("requeue-failed", "err", err)
+			return exitFailed
+		}
+		if d == nil {
+			break
+		}
+		m := d.Message
+		reason, _ := m.Headers[syncer.ReasonHeader].(string)
+		m = m.WithHeader(syncer.AttemptsHeader, int32(0))
+		if err := pub.Publish(ctx, queue, m); err != nil {
+			r.log.Error("requeue-failed", "err", err)
+			return exitFailed
+		}
+		if err := d.Ack(); err != nil {
+			r.log.Error("requeue-failed", "err", err)
+			return exitFailed
+		}
+		moved++
+		r.log.Info("requeued", "from", park, "to", queue, "was_parked_for", reason)
+	}
+	r.log.Info("requeue-failed done", "moved", moved)
+	return exitOK
+}
+
+func newLogger(file, format string, verbose bool, stderr io.Writer) (*slog.Logger, func(), error) {
+	w, closeFn := stderr, func() {}
+	if file != "" {
+		f, err := os.OpenFile(file, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o640)
+		if err != nil {
+			return nil, nil, fmt.Errorf("log_file %s: %w", file, err)
+		}
+		w, closeFn = f, func() { f.Close() }
+	}
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	if verbose {
+		opts.Level = slog.LevelDebug
+	}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if format == "json" {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	return slog.New(h), closeFn, nil
+}
+
+func usage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprint(w, usageHead)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fmt.Fprint(w, usageTail)
+	for _, o := range config.Options() {
+		def := o.Default
+		if def == "" {
+			def = "(none)"
+		}
+		fmt.Fprintf(w, "  [%s] %s = %s\n      %s\n", o.Section, o.Key, def, wrap(o.Help, 74, "      "))
+	}
+}
+
+func wrap(s string, width int, indent string) string {
+	var b strings.Builder
+	line := 0
+	for i, word := range strings.Fields(s) {
+		if i > 0 {
+			if line+1+len(word) > width {
+				b.WriteString("\n" + indent)
+				line = 0
+			} else {
+				b.WriteString(" ")
+				line++
+			}
+		}
+		b.WriteString(word)
+		line += len(word)
+	}
+	return b.String()
+}
