@@ -125,8 +125,12 @@ func openEnvelope(top map[string]json.RawMessage) (map[string]json.RawMessage, e
 	if err := json.Unmarshal(top[envelopeVersionKey], &version); err != nil || isNull(top[envelopeVersionKey]) {
 		return nil, fmt.Errorf("notification: \"oslo.version\" is %s, want the string %q", kind(top[envelopeVersionKey]), envelopeVersion)
 	}
-	// oslo accepts any 2.x with x <= 0 (utils.version_is_compatible), i.e.
-	// exactly "2.0"; a later envelope might mean something we cannot read.
+	// Writers only ever put "2.0" here. oslo's reader
+	// (openstack/oslo.messaging:oslo_messaging/_utils.py
+	// version_is_compatible) would also take spellings like "2.0.0" or
+	// "02.0"; nothing sends those, so an exact match is the stricter and
+	// simpler test, and a later envelope version may mean a shape we
+	// cannot read.
 	if version != envelopeVersion {
 		return nil, fmt.Errorf("notification: unsupported envelope \"oslo.version\" %s, want %q", excerpt(version), envelopeVersion)
 	}

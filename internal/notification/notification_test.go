@@ -2,8 +2,10 @@ package notification
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -471,5 +473,66 @@ func TestExcerptBounded(t *testing.T) {
 	got := excerpt(strings.Repeat("é", 100) + "\x1b[31m")
 	if len(got) > 3*excerptLen+8 || !strings.HasSuffix(got, "...") || strings.ContainsRune(got, 0x1b) {
 		t.Errorf("excerpt = %q", got)
+	}
+}
+
+// TestDecodeWorstCaseCost feeds bodies just under MaxBody built to make
+// the decoder work hardest, and bounds the time and memory one message can
+// cost.
+func TestDecodeWorstCaseCost(t *testing.T) {
+	manyKeys := func(prefix string, limit int) string {
+		var b strings.Builder
+		b.WriteString(prefix)
+		for i := 0; b.Len() < limit; i++ {
+			fmt.Fprintf(&b, `"k%d":0,`, i)
+		}
+		return b.String()
+	}
+	keysTop := manyKeys(`{`, MaxBody-200) + `"event_type": "image.update"}`
+	payloadPrefix := `{"event_type": "image.update", "payload": {`
+	keysPayload := manyKeys(payloadPrefix, MaxBody-200) + `"id": "` + fixtureID + `"}}`
+	// Quoting adds a backslash per '"' (2 in every ~10 bytes here).
+	inner, _ := json.Marshal(manyKeys(payloadPrefix, MaxBody*4/5) + `"id": "` + fixtureID + `"}}`)
+	keysEnvelope := string(envelope(`"2.0"`, string(inner)))
+	escapes := `{"event_type": "image.update", "payload": "` + strings.Repeat(`\u00e9`, (MaxBody-100)/6) + `"}`
+	for name, body := range map[string]string{
+		"keys at top": keysTop, "keys in payload": keysPayload,
+		"keys in envelope": keysEnvelope, "escapes": escapes,
+	} {
+		t.Run(name, func(t *testing.T) {
+			if len(body) > MaxBody {
+				t.Fatalf("body is %d bytes, over MaxBody", len(body))
+			}
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			start := time.Now()
+			_, err := Decode([]byte(body))
+			took := time.Since(start)
+			runtime.ReadMemStats(&after)
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			alloc := after.TotalAlloc - before.TotalAlloc
+			t.Logf("%d bytes: %v, %d MiB allocated", len(body), took, alloc>>20)
+			if alloc > 64<<20 {
+				t.Errorf("allocated %d MiB for one message", alloc>>20)
+			}
+			if took > 3*time.Second {
+				t.Errorf("took %v", took)
+			}
+		})
+	}
+}
+
+// BenchmarkDecode measures a typical message: duplicate-notifications must
+// decode well over 1,500 of them a second beside its broker work.
+func BenchmarkDecode(b *testing.B) {
+	body := readFixture(b, "oslo2_image_update_active.json")
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if _, err := Decode(body); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
