@@ -46,9 +46,7 @@ func TestRealGlance(t *testing.T) {
 	// Registered after c.Close, so it runs before: mounts last as long as
 	// the processes inside the namespaces.
 	t.Cleanup(func() {
-		for _, g := range apis {
-			g.Stop()
-		}
+		harness.StopGlance(apis...)
 	})
 	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 	g1, g2, g3 := apis[0], apis[1], apis[2]

@@ -191,9 +191,7 @@ func TestClusterGlanceIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		for _, g := range apis {
-			g.Stop()
-		}
+		StopGlance(apis...)
 	})
 	t.Logf("2 glance-api up in %s", time.Since(start).Round(time.Millisecond))
 	for i, n := range c.Nodes {
