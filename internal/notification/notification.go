@@ -79,9 +79,12 @@ type Event struct {
 }
 
 // IsImageEvent reports whether the event is about an image and may change
-// what a datadir should hold. image.send only reports a download.
+// what a datadir should hold. image.send only reports a download and
+// image.member.* a change of sharing; neither touches a file, and copying them
+// to every node would only make work.
 func (e *Event) IsImageEvent() bool {
-	return strings.HasPrefix(e.EventType, "image.") && e.EventType != "image.send"
+	return strings.HasPrefix(e.EventType, "image.") && e.EventType != "image.send" &&
+		!strings.HasPrefix(e.EventType, "image.member.")
 }
 
 // Decode parses one notification body in any of the three wire formats.

@@ -131,7 +131,7 @@ func TestDecodeFixtures(t *testing.T) {
 			want: Event{MessageID: "0c6a1b3e-5d2f-4a8b-9c1d-00000000000c", EventType: "image.member.create",
 				Priority: "INFO", PublisherID: "image.node1", Publisher: "node1",
 				Timestamp: "2024-05-14 10:50:00.118822", Format: FormatOslo2},
-			payloadStart: '{', payloadHas: `"member_id"`, isImage: true,
+			payloadStart: '{', payloadHas: `"member_id"`, isImage: false,
 		},
 	}
 	for _, tt := range tests {
@@ -425,7 +425,7 @@ func TestIsImageEvent(t *testing.T) {
 	for eventType, want := range map[string]bool{
 		"image.create": true, "image.update": true, "image.prepare": true, "image.upload": true,
 		"image.activate": true, "image.deactivate": true, "image.delete": true,
-		"image.member.create": true, "image.send": false, "image": false, "images.update": false,
+		"image.member.create": false, "image.send": false, "image": false, "images.update": false,
 		"task.create": false, "metadef_namespace.create": false, "": false,
 	} {
 		if got := (&Event{EventType: eventType}).IsImageEvent(); got != want {

@@ -37,7 +37,20 @@ func Plan(ev *notification.Event) (Action, string) {
 	switch ev.EventType {
 	case "image.delete":
 		return Delete, "image deleted"
-	case "image.update", "image.upload", "image.activate":
+	case "image.upload":
+		// image.upload is sent once the data is written and closed. Glance v1's
+		// legacy notifier sends it with status still "saving" but with the final
+		// size and checksum (openstack/glance:glance/api/v1/images.py), so it is
+		// the size and checksum that say the data exists, not the status.
+		switch img.Status {
+		case "killed", "deleted", "pending_delete":
+			return Ignore, "status " + img.Status
+		}
+		if img.Checksum == "" || img.Size < 0 {
+			return Ignore, "upload without size or checksum"
+		}
+		return Fetch, "image uploaded"
+	case "image.update", "image.activate":
 		// image.update fires with status saving before any byte is written;
 		// creating the file then would make a later upload to this node fail,
 		// since glance_store refuses to overwrite (glance.md).
