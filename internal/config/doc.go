@@ -1,0 +1,19 @@
+// Package config owns reading the two files a glance-image-sync run depends
+// on and turning them into one validated Config:
+//
+//   - glance-image-sync.conf, the tool's own file, whose keys are declared
+//     once, as data, in Options(). Load takes defaults and validation rules
+//     from that table, and the CLI prints --help and the README from it, so
+//     the three cannot drift apart.
+//   - glance-api.conf, Glance's own oslo.config file, read only for what the
+//     sync must agree with Glance on: where the notifications are published
+//     (broker URLs, TLS, exchange, topic) in both the legacy kombu notifier
+//     era and the oslo.messaging era, and where the file store keeps images
+//     (datadir, file permissions).
+//
+// Every error Load returns is a *Error naming the file, [section] and key an
+// operator must fix. No message, error or warning ever carries a password.
+//
+// Only cmd imports this package; it hands each other part the plain values it
+// needs. It imports nothing else of this module.
+package config

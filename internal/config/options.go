@@ -1,0 +1,223 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Type says how an option's text is parsed.
+type Type string
+
+const (
+	TypeString   Type = "string"
+	TypeList     Type = "list"     // comma-separated; blanks around items and empty items dropped
+	TypePath     Type = "path"     // absolute after expanding a leading ~/
+	TypeInt      Type = "int"      // decimal
+	TypeFloat    Type = "float"    // decimal, finite
+	TypeDuration Type = "duration" // Go duration: 90s, 45m, 1h30m; 0 = none
+	TypeChoice   Type = "choice"   // one of Choices, exactly
+	TypeCiphers  Type = "ciphers"  // list of SSH cipher names golang.org/x/crypto/ssh implements
+)
+
+// Section names used in glance-image-sync.conf.
+const (
+	SectionDefault = "DEFAULT"
+	// SectionNode is the pattern of the per-node sections, [node:<name>],
+	// where <name> is an api_nodes entry or its short name.
+	SectionNode = "node:*"
+)
+
+// Option declares one key of glance-image-sync.conf. The table returned by
+// Options is the single source for the file's documentation, its defaults
+// and its validation.
+type Option struct {
+	Section  string // SectionDefault or SectionNode
+	Key      string
+	Default  string // as it would be written in the file; "" = empty or computed (see Help)
+	Help     string
+	Type     Type
+	Required bool
+	Choices  []string // TypeChoice: the accepted values
+	// Min and Max bound numeric values (TypeDuration in seconds); HasMin and
+	// HasMax say whether they apply.
+	Min, Max       float64
+	HasMin, HasMax bool
+
+	// invalid, if set, replaces the generic explanation of a rejected value.
+	invalid string
+}
+
+// The options are data, in the order the README shows them.
+var options = []Option{
+	{Section: SectionDefault, Key: "api_nodes", Type: TypeList, Required: true,
+		Help: "Every glance-api node, as comma-separated host names (short or FQDN). " +
+			"Nodes are told apart by short name (text before the first dot), which " +
+			"names their queue glance_image_sync.<short>.info; two entries with one " +
+			"short name are an error. Use host names, not IP addresses: put an " +
+			"address in [node:<name>] instead."},
+	{Section: SectionDefault, Key: "rsync_user", Type: TypeString, Default: "glance",
+		Help: "SSH user on the peers (the name is kept from the original rsync-based tool)."},
+	{Section: SectionDefault, Key: "hostname", Type: TypeString,
+		Help: "This node's name, compared with api_nodes by short name. Default: the OS host name."},
+	{Section: SectionDefault, Key: "ssh_key", Type: TypePath,
+		Help: "Private key for SSH to the peers; it must exist. Default: every one of " +
+			"~/.ssh/id_ed25519, ~/.ssh/id_ecdsa, ~/.ssh/id_rsa that exists. Keys in " +
+			"the agent at SSH_AUTH_SOCK are tried too."},
+	{Section: SectionDefault, Key: "known_hosts", Type: TypePath, Default: "~/.ssh/known_hosts",
+		Help: "OpenSSH known_hosts file the peers' host keys are checked against."},
+	{Section: SectionDefault, Key: "ssh_port", Type: TypeInt, Default: "22",
+		Min: 1, Max: 65535, HasMin: true, HasMax: true,
+		Help: "SSH port of the peers; [node:<name>] port overrides it for one node."},
+	{Section: SectionDefault, Key: "ssh_ciphers", Type: TypeCiphers,
+		Help: "Comma-separated SSH ciphers, most preferred first. Default: " +
+			"aes128-gcm@openssh.com first, then golang.org/x/crypto/ssh's defaults."},
+	{Section: SectionDefault, Key: "host_key_checking", Type: TypeChoice, Default: "yes",
+		Choices: []string{"yes", "accept-new"},
+		Help: "yes: a peer's host key must be in known_hosts. accept-new: a peer not " +
+			"yet in known_hosts is added on first contact; a changed key is still " +
+			"refused. Checking cannot be disabled.",
+		invalid: "must be yes or accept-new: host key checking cannot be disabled"},
+	{Section: SectionDefault, Key: "lock_file", Type: TypePath, Default: "/var/run/glance-image-sync.lock",
+		Help: "Lock held for the whole run, so overlapping cron runs do not collide."},
+	{Section: SectionDefault, Key: "log_file", Type: TypePath,
+		Help: "File the log is appended to. Default: standard error."},
+	{Section: SectionDefault, Key: "notification_topic", Type: TypeString,
+		Help: "Topic whose <topic>.info queue is drained. Default: from glance-api.conf " +
+			"(the first of [oslo_messaging_notifications] topics, or rabbit_notification_topic). " +
+			"A topic of our own (topics = notifications,<ours>) leaves notifications.info " +
+			"to other consumers such as ceilometer."},
+	{Section: SectionDefault, Key: "forward_routing_key", Type: TypeString,
+		Help: "If set, notifications that are not image events are re-published on " +
+			"Glance's exchange with this routing key instead of being dropped. It must " +
+			"differ from <topic>.info, which would loop."},
+	{Section: SectionDefault, Key: "transfers", Type: TypeInt, Default: "2",
+		Min: 1, HasMin: true,
+		Help: "Images fetched at once."},
+	{Section: SectionDefault, Key: "max_attempts", Type: TypeInt, Default: "12",
+		Min: 1, HasMin: true,
+		Help: "Runs that may try one message before it is parked in glance_image_sync.<short>.failed."},
+	{Section: SectionDefault, Key: "deadline", Type: TypeDuration, Default: "1h",
+		Min: 0, HasMin: true,
+		Help: "Longest a run may take (Go duration: 90s, 45m, 1h30m); 0 = no limit."},
+	{Section: SectionDefault, Key: "bwlimit", Type: TypeFloat, Default: "0",
+		Min: 0, HasMin: true,
+		Help: "Bandwidth limit for fetching, in MB/s over all transfers; 0 = none."},
+
+	{Section: SectionNode, Key: "address", Type: TypeString,
+		Help: "Host name or IP address to reach this node by SSH. Default: its api_nodes entry."},
+	{Section: SectionNode, Key: "port", Type: TypeInt,
+		Min: 1, Max: 65535, HasMin: true, HasMax: true,
+		Help: "SSH port of this node. Default: ssh_port."},
+}
+
+// Options returns the declaration of every key of glance-image-sync.conf, in
+// documentation order. The result is a copy: changing it changes nothing.
+func Options() []Option {
+	out := make([]Option, len(options))
+	for i, o := range options {
+		o.Choices = slices.Clone(o.Choices)
+		out[i] = o
+	}
+	return out
+}
+
+func lookupOption(section, key string) (Option, bool) {
+	for _, o := range options {
+		if o.Section == section && o.Key == key {
+			return o, true
+		}
+	}
+	return Option{}, false
+}
+
+// parse turns an option's text into its typed value: string, []string, int,
+// float64 or time.Duration. Paths are returned unexpanded; Load expands them.
+// The error text is a message for Error.Msg; it may quote the value, which is
+// safe because no option of this file holds a secret.
+func (o Option) parse(raw string) (any, error) {
+	raw = strings.TrimSpace(raw)
+	fail := func(format string, args ...any) error {
+		if o.invalid != "" {
+			return fmt.Errorf("%q: %s", raw, o.invalid)
+		}
+		return fmt.Errorf("%q: "+format, append([]any{raw}, args...)...)
+	}
+	switch o.Type {
+	case TypeString, TypePath:
+		return raw, nil
+	case TypeList:
+		return splitList(raw), nil
+	case TypeChoice:
+		if !slices.Contains(o.Choices, raw) {
+			return nil, fail("must be one of %s", strings.Join(o.Choices, ", "))
+		}
+		return raw, nil
+	case TypeCiphers:
+		list := splitList(raw)
+		known := append(ssh.SupportedAlgorithms().Ciphers, ssh.InsecureAlgorithms().Ciphers...)
+		for _, c := range list {
+			if !slices.Contains(known, c) {
+				return nil, fmt.Errorf("unknown cipher %q: known are %s", c, strings.Join(known, ", "))
+			}
+		}
+		return list, nil
+	case TypeInt:
+		n, err := strconv.Atoi(raw)
+		if err != nil {
+			return nil, fail("not a whole number")
+		}
+		if err := o.checkRange(float64(n), raw); err != nil {
+			return nil, err
+		}
+		return n, nil
+	case TypeFloat:
+		f, err := strconv.ParseFloat(raw, 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			return nil, fail("not a number")
+		}
+		if err := o.checkRange(f, raw); err != nil {
+			return nil, err
+		}
+		return f, nil
+	case TypeDuration:
+		d, err := time.ParseDuration(raw)
+		if err != nil {
+			return nil, fail("not a duration (write it like 90s, 45m or 1h30m)")
+		}
+		if err := o.checkRange(d.Seconds(), raw); err != nil {
+			return nil, err
+		}
+		return d, nil
+	}
+	panic("config: option " + o.Key + " has unknown type " + string(o.Type))
+}
+
+func (o Option) checkRange(v float64, raw string) error {
+	switch {
+	case o.HasMin && o.HasMax && (v < o.Min || v > o.Max):
+		return fmt.Errorf("%q: must be from %g to %g", raw, o.Min, o.Max)
+	case o.HasMin && v < o.Min:
+		return fmt.Errorf("%q: must be at least %g", raw, o.Min)
+	case o.HasMax && v > o.Max:
+		return fmt.Errorf("%q: must be at most %g", raw, o.Max)
+	}
+	return nil
+}
+
+// splitList splits an oslo-style comma list; spaces around items and empty
+// items ("a, ,b,") are dropped.
+func splitList(s string) []string {
+	var out []string
+	for item := range strings.SplitSeq(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
