@@ -359,6 +359,7 @@ func TestBroker(t *testing.T) {
 			glance:   "[DEFAULT]\nnotification_driver = messaging\nnotification_topics = legacy_topic\ntransport_url = rabbit://u:Hidden42@mq/\n",
 			urls:     []parsedURL{{"amqp", "u", "Hidden42", "mq", 5672, "/"}},
 			exchange: "glance", topic: "legacy_topic",
+			warn: `[DEFAULT] control_exchange: not set; assuming "glance"`,
 		},
 		{
 			name:     "driver not set: Glance is silent",
@@ -383,6 +384,13 @@ func TestBroker(t *testing.T) {
 				{"amqp", "u", "Hidden42", "fd00::9", 5674, "vh"},
 			},
 			exchange: "glance", topic: "notifications",
+			warn: `[DEFAULT] control_exchange: not set; assuming "glance"`,
+		},
+		{
+			name:     "pre-Mitaka file with control_exchange set: no warning",
+			glance:   "[DEFAULT]\nnotification_driver = messaging\ncontrol_exchange = openstack\nrabbit_host = mq\nrabbit_password = Hidden42\n",
+			urls:     []parsedURL{{"amqp", "guest", "Hidden42", "mq", 5672, "/"}},
+			exchange: "openstack", topic: "notifications",
 		},
 		{
 			name:     "legacy defaults: localhost guest, exchange glance, topic notifications",

@@ -252,6 +252,15 @@ func (c *Config) osloTopic(g *glanceConf) error {
 	c.Broker.Exchange = defaultExchange
 	if ex != "" {
 		c.Broker.Exchange = ex
+		return nil
+	}
+	// Glance made "glance" its default exchange only in Liberty
+	// (openstack/glance commit 5b7b498f0, "Change the default notification
+	// exchange to glance"); Icehouse to Kilo published to oslo's "openstack".
+	// A file without the Mitaka [oslo_messaging_notifications] section may be
+	// that old, and nothing else in it tells.
+	if _, err := g.ini.GetSection(secNotifications); err != nil {
+		c.Warnings = append(c.Warnings, fmt.Sprintf("%s: [%s] control_exchange: not set; assuming %q (Glance before Liberty used \"openstack\"): set it to say which", g.file, secDefault, defaultExchange))
 	}
 	return nil
 }
@@ -417,6 +426,10 @@ func (c *Config) brokerOsloRabbitOpts(g *glanceConf) error {
 
 // brokerLegacy reads Glance's own kombu notifier (notifier_strategy = rabbit,
 // Essex to Havana; openstack/glance: glance/notifier/notify_kombu.py).
+// Icehouse still accepted notifier_strategy = rabbit but mapped it to
+// oslo.messaging (openstack/glance commit 90d6ef813), which publishes to
+// control_exchange and notification_topics instead; the file cannot tell the
+// two apart, so an Icehouse deployment should set notification_topic.
 func (c *Config) brokerLegacy(g *glanceConf) error {
 	if err := c.rabbitOpts(g, []string{secDefault}); err != nil {
 		return err
