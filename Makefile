@@ -2,6 +2,8 @@
 # `make test` needs root on Debian 12: it installs and starts RabbitMQ and
 # OpenSSH if missing (integration/setup.sh), then runs every test.
 
+# Debian's machines keep Go in /usr/local/go; a fresh shell may not have it on PATH.
+export PATH := $(PATH):/usr/local/go/bin
 GO        ?= go
 BIN       ?= bin/glance-image-sync
 VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
