@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -107,8 +108,9 @@ func TestRealGlance(t *testing.T) {
 	}
 
 	// serves asserts g returns exactly data, and that g's own directory
-	// holds it: Glance's checksum field is the MD5 of the bytes.
-	serves := func(g *harness.GlanceAPI, n *harness.Node, img harness.GlanceImage, data []byte) {
+	// holds it (Glance's checksum field is the MD5 of the bytes) with the
+	// mode and owner Glance gave the uploader's copy.
+	serves := func(g *harness.GlanceAPI, n *harness.Node, img harness.GlanceImage, data []byte, src *harness.Node) {
 		t.Helper()
 		code, body := glanceDownload(t, ctx, g, img.ID)
 		if code != 200 {
@@ -121,6 +123,13 @@ func TestRealGlance(t *testing.T) {
 		if err != nil || sum != img.Checksum {
 			t.Fatalf("%s in %s: md5 %s err %v, want %s", img.ID, n.ImagesDir, sum, err, img.Checksum)
 		}
+		if n != src {
+			got, want := glanceStat(t, filepath.Join(n.ImagesDir, img.ID)), glanceStat(t, filepath.Join(src.ImagesDir, img.ID))
+			if got.Mode != want.Mode || got.Uid != want.Uid || got.Gid != want.Gid {
+				t.Errorf("%s on %s: mode %o owner %d:%d, Glance's copy on %s has %o %d:%d",
+					img.ID, n.Name, got.Mode, got.Uid, got.Gid, src.Name, want.Mode, want.Uid, want.Gid)
+			}
+		}
 	}
 
 	// An image uploaded through node1 reaches node2 and node3.
@@ -128,9 +137,9 @@ func TestRealGlance(t *testing.T) {
 	servesNothing(g2, n2, img1.ID)
 	servesNothing(g3, n3, img1.ID)
 	runAll("upload via node1")
-	serves(g1, n1, img1, data1)
-	serves(g2, n2, img1, data1)
-	serves(g3, n3, img1, data1)
+	serves(g1, n1, img1, data1, n1)
+	serves(g2, n2, img1, data1, n1)
+	serves(g3, n3, img1, data1, n1)
 
 	// The source is found per image: one uploaded through node2 reaches
 	// node1 and node3.
@@ -138,9 +147,9 @@ func TestRealGlance(t *testing.T) {
 	servesNothing(g1, n1, img2.ID)
 	servesNothing(g3, n3, img2.ID)
 	runAll("upload via node2")
-	serves(g1, n1, img2, data2)
-	serves(g2, n2, img2, data2)
-	serves(g3, n3, img2, data2)
+	serves(g1, n1, img2, data2, n2)
+	serves(g2, n2, img2, data2, n2)
+	serves(g3, n3, img2, data2, n2)
 
 	// A DELETE through node2 removes node2's copy only (Glance deletes its
 	// location, which in node2's namespace is node2's file); the sync
@@ -163,9 +172,9 @@ func TestRealGlance(t *testing.T) {
 		}
 	}
 	// The other image is untouched.
-	serves(g1, n1, img2, data2)
-	serves(g2, n2, img2, data2)
-	serves(g3, n3, img2, data2)
+	serves(g1, n1, img2, data2, n2)
+	serves(g2, n2, img2, data2, n2)
+	serves(g3, n3, img2, data2, n2)
 	for _, n := range c.Nodes {
 		assertClean(t, c, n)
 	}
@@ -185,6 +194,15 @@ func glanceDownload(t *testing.T, ctx context.Context, g *harness.GlanceAPI, id 
 		t.Fatalf("GET %s/file on %s: %v\n--- glance log ---\n%s", id, g.Name, err, g.LogTail(20))
 	}
 	return code, body
+}
+
+func glanceStat(t *testing.T, path string) *syscall.Stat_t {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t)
 }
 
 // glanceLeftovers lists entries of dir naming id: the image file, or a partial
