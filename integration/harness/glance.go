@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/md5"
+	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -470,13 +471,26 @@ func GlanceMD5(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
+// glanceFreePort picks a free port below Linux's default ephemeral range
+// (32768-60999). A port the kernel hands out from that range can be taken
+// again as the local end of an outgoing connection (the tool's AMQP or SSH
+// connections) before glance-api binds it, and glance-api then retries the
+// bind for 30 s before giving up.
 func glanceFreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("harness: find a free port: %w", err)
+	var b [2]byte
+	for range 50 {
+		if _, err := rand.Read(b[:]); err != nil {
+			return 0, err
+		}
+		port := 20000 + (int(b[0])<<8|int(b[1]))%12000
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return port, nil
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("harness: no free port in 20000-31999 for glance-api")
 }
 
 func glanceTail(path string, n int) string {
