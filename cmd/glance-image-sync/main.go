@@ -250,11 +250,13 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 			KnownHosts: r.cfg.KnownHosts,
 			AcceptNew:  r.cfg.AcceptNewHostKeys,
 			Ciphers:    r.cfg.SSHCiphers,
+			Timeout:    r.cfg.SSHTimeout,
 		},
 		Queue:       r.cfg.NodeQueue(r.cfg.Self.Short),
 		ParkQueue:   r.cfg.ParkingQueue(r.cfg.Self.Short),
 		MaxAttempts: r.cfg.MaxAttempts,
 		Transfers:   r.cfg.Transfers,
+		IdleTimeout: r.cfg.SSHTimeout,
 		BWLimit:     r.cfg.BWLimit,
 		DryRun:      r.dryRun,
 	}, conn, st, r.log)

@@ -349,11 +349,17 @@ func (c *Cluster) WriteConfig(n *Node, set map[string]string) error {
 func (c *Cluster) Run(ctx context.Context, n *Node, args ...string) (stdout, stderr string, exitCode int) {
 	full := append([]string{"--config", n.Config, "--glance-config", n.GlanceConf}, args...)
 	cmd := n.NS.Command(ctx, c.Tool, full...)
-	var out, errb strings.Builder
+	// A run that outlives ctx gets SIGQUIT first: the Go runtime then dumps
+	// every goroutine to stderr, which shows where a hung run was stuck.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+	cmd.WaitDelay = 5 * time.Second
+	var out, errb lockedBuffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	var exitErr *exec.ExitError
 	switch {
+	case ctx.Err() != nil:
+		return out.String(), errb.String() + "\nharness: run cancelled (" + ctx.Err().Error() + "), goroutine dump above", -1
 	case err == nil:
 		return out.String(), errb.String(), 0
 	case errors.As(err, &exitErr) && exitErr.ExitCode() >= 0:

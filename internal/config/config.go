@@ -63,6 +63,7 @@ type Config struct {
 
 	Transfers, MaxAttempts int
 	Deadline               time.Duration // 0 = none
+	SSHTimeout             time.Duration // connect+handshake, one SFTP request, a transfer pause
 	BWLimit                float64       // MB/s; 0 = none
 
 	Warnings []string // things an operator should know that do not stop a run
@@ -252,6 +253,7 @@ func (c *Config) loadSync(f *ini.File) (topic string, err error) {
 	c.Broker.ForwardRoutingKey = vals["forward_routing_key"].(string)
 	c.Transfers = vals["transfers"].(int)
 	c.MaxAttempts = vals["max_attempts"].(int)
+	c.SSHTimeout = vals["ssh_timeout"].(time.Duration)
 	c.Deadline = vals["deadline"].(time.Duration)
 	c.BWLimit = vals["bwlimit"].(float64)
 	topic = vals["notification_topic"].(string)

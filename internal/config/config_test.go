@@ -127,6 +127,7 @@ func TestLoadMinimalLegacy(t *testing.T) {
 		Transfers:   2,
 		MaxAttempts: 12,
 		Deadline:    time.Hour,
+		SSHTimeout:  time.Minute,
 		Warnings: []string{
 			sync + ": [DEFAULT] known_hosts: " + filepath.Join(home, ".ssh/known_hosts") +
 				": no such file or directory: with host_key_checking = yes no peer can be reached",
@@ -586,7 +587,7 @@ func TestErrorFormat(t *testing.T) {
 func TestOptions(t *testing.T) {
 	spec := []string{"api_nodes", "rsync_user", "hostname", "ssh_key", "known_hosts", "ssh_port",
 		"ssh_ciphers", "host_key_checking", "lock_file", "log_file", "notification_topic",
-		"forward_routing_key", "transfers", "max_attempts", "deadline", "bwlimit"}
+		"forward_routing_key", "transfers", "max_attempts", "deadline", "ssh_timeout", "bwlimit"}
 	opts := Options()
 	var keys []string
 	for _, o := range opts {

@@ -105,6 +105,11 @@ var options = []Option{
 	{Section: SectionDefault, Key: "deadline", Type: TypeDuration, Default: "1h",
 		Min: 0, HasMin: true,
 		Help: "Longest a run may take (Go duration: 90s, 45m, 1h30m); 0 = no limit."},
+	{Section: SectionDefault, Key: "ssh_timeout", Type: TypeDuration, Default: "60s",
+		Min: 1, HasMin: true,
+		Help: "Longest wait for a peer: TCP connect plus SSH handshake, any single SFTP " +
+			"request, and any pause in a transfer. A peer that is down or stalled costs " +
+			"the run this much; the message stays queued for the next run."},
 	{Section: SectionDefault, Key: "bwlimit", Type: TypeFloat, Default: "0",
 		Min: 0, HasMin: true,
 		Help: "Bandwidth limit for fetching, in MB/s over all transfers; 0 = none."},

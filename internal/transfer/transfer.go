@@ -47,6 +47,22 @@ type Auth struct {
 	KnownHosts string
 	AcceptNew  bool     // add unknown hosts to KnownHosts, like OpenSSH's accept-new
 	Ciphers    []string // nil: x/crypto's order, AES-GCM first
+	// Timeout bounds the TCP connect plus SSH handshake, and each SFTP request
+	// made outside a transfer (stat, open). 0 means DefaultTimeout. The run's
+	// deadline is no bound for these: it is an hour by default, and a peer whose
+	// sshd accepts the TCP connection but never answers would hold the run
+	// that long.
+	Timeout time.Duration
+}
+
+// DefaultTimeout is Auth.Timeout when unset.
+const DefaultTimeout = 30 * time.Second
+
+func (a Auth) timeout() time.Duration {
+	if a.Timeout > 0 {
+		return a.Timeout
+	}
+	return DefaultTimeout
 }
 
 // Signers loads the private keys and the agent's keys. Errors name the file but
@@ -188,6 +204,28 @@ type Client struct {
 	ssh  *ssh.Client
 	sftp *sftp.Client
 	done func()
+	// timeout bounds one SFTP request: pkg/sftp has none, and a stalled
+	// sftp-server would otherwise hold a request until the run's deadline.
+	timeout time.Duration
+}
+
+// bounded runs one SFTP request, closing the connection (the only way to
+// abandon a pkg/sftp request) if ctx ends or no answer comes within c.timeout.
+func (c *Client) bounded(ctx context.Context, what string, f func() error) error {
+	ch := make(chan error, 1)
+	go func() { ch <- f() }()
+	t := time.NewTimer(c.timeout)
+	defer t.Stop()
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		c.ssh.Close()
+		return ctx.Err()
+	case <-t.C:
+		c.ssh.Close()
+		return fmt.Errorf("%s: %w (no answer for %s)", what, ErrStalled, c.timeout)
+	}
 }
 
 // Dial connects to the peer as auth.User, checking its host key, and starts SFTP.
@@ -206,10 +244,10 @@ func Dial(ctx context.Context, p Peer, auth Auth) (*Client, error) {
 		Auth:              []ssh.AuthMethod{ssh.PublicKeys(signers...)},
 		HostKeyCallback:   cb,
 		HostKeyAlgorithms: algos,
-		Timeout:           30 * time.Second,
+		Timeout:           auth.timeout(),
 	}
 	cfg.Ciphers = auth.Ciphers
-	var d net.Dialer
+	d := net.Dialer{Timeout: cfg.Timeout}
 	conn, err := d.DialContext(ctx, "tcp", p.hostport())
 	if err != nil {
 		closeAgent()
@@ -217,11 +255,7 @@ func Dial(ctx context.Context, p Peer, auth Auth) (*Client, error) {
 	}
 	// The handshake has no context of its own: bound it by the run's.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	} else {
-		conn.SetDeadline(time.Now().Add(cfg.Timeout))
-	}
+	conn.SetDeadline(time.Now().Add(cfg.Timeout))
 	c, chans, reqs, err := ssh.NewClientConn(conn, p.hostport(), cfg)
 	stop()
 	if err != nil {
@@ -246,7 +280,7 @@ func Dial(ctx context.Context, p Peer, auth Auth) (*Client, error) {
 		closeAgent()
 		return nil, fmt.Errorf("peer %s: starting sftp: %w", p.Name, err)
 	}
-	return &Client{peer: p, ssh: sc, sftp: sf, done: closeAgent}, nil
+	return &Client{peer: p, ssh: sc, sftp: sf, done: closeAgent, timeout: cfg.Timeout}, nil
 }
 
 // Peer is the peer this client is connected to.
@@ -265,31 +299,21 @@ var ErrNotFound = errors.New("no such file on the peer")
 
 // Stat returns the size of a regular remote file.
 func (c *Client) Stat(ctx context.Context, path string) (int64, error) {
-	type res struct {
-		fi  fs.FileInfo
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		fi, err := c.sftp.Lstat(path)
-		ch <- res{fi, err}
-	}()
-	select {
-	case <-ctx.Done():
-		c.ssh.Close()
-		return 0, ctx.Err()
-	case r := <-ch:
-		if r.err != nil {
-			if errors.Is(r.err, fs.ErrNotExist) {
-				return 0, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
-			}
-			return 0, fmt.Errorf("peer %s: stat %s: %w", c.peer.Name, path, r.err)
+	var fi fs.FileInfo
+	err := c.bounded(ctx, "stat "+path, func() (err error) {
+		fi, err = c.sftp.Lstat(path)
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return 0, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
 		}
-		if !r.fi.Mode().IsRegular() {
-			return 0, fmt.Errorf("peer %s: %s is not a regular file", c.peer.Name, path)
-		}
-		return r.fi.Size(), nil
+		return 0, fmt.Errorf("peer %s: stat %s: %w", c.peer.Name, path, err)
 	}
+	if !fi.Mode().IsRegular() {
+		return 0, fmt.Errorf("peer %s: %s is not a regular file", c.peer.Name, path)
+	}
+	return fi.Size(), nil
 }
 
 // ErrStalled is a transfer that made no progress for the idle timeout.
@@ -300,7 +324,11 @@ var ErrStalled = errors.New("transfer stalled")
 // closed (the only way to stop pkg/sftp's WriteTo) and the client is no longer
 // usable; the bytes written so far are kept by w's owner.
 func (c *Client) Fetch(ctx context.Context, path string, offset int64, w io.Writer, idle time.Duration) (int64, error) {
-	f, err := c.sftp.Open(path)
+	var f *sftp.File
+	err := c.bounded(ctx, "open "+path, func() (err error) {
+		f, err = c.sftp.Open(path)
+		return err
+	})
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return 0, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
