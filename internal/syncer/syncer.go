@@ -35,13 +35,33 @@ type Config struct {
 	IdleTimeout time.Duration
 	BWLimit     float64 // MB/s over all transfers; 0 = none
 	DryRun      bool
+	// Progress, if set, is told about each transfer's bytes as they are
+	// written (never by wrapping the SFTP reader, which would stop pipelining).
+	Progress Progress
+}
+
+// Progress follows transfers, e.g. to draw a progress line on a terminal.
+type Progress interface {
+	// Track is called as a fetch of image from peer begins at offset; the
+	// returned writer wraps w, and done is called when the fetch ends.
+	Track(image, peer string, offset, total int64, w io.Writer) (tracked io.Writer, done func())
 }
 
 // Result counts what a run did.
 type Result struct {
 	Fetched, Deleted, Skipped, Deferred, Parked int
 	Bytes                                       int64
+	Seconds                                     float64 // spent in transfers, summed over them
+
+	// Events counts messages by event type and outcome (fetched, deleted,
+	// skipped, ignored, deferred, parked), for metrics.
+	Events map[Outcome]int
+	// Failures counts failed attempts and parked messages by cause (see Cause).
+	Failures map[string]int
 }
+
+// Outcome is what became of one message of one event type.
+type Outcome struct{ Event, Result string }
 
 // Syncer drains one node's queue into its datadir.
 type Syncer struct {
@@ -128,7 +148,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 		}
 		ev, err := notification.Decode(d.Body)
 		if err != nil {
-			s.park(ctx, d, "", err.Error())
+			s.park(ctx, d, "", "", "undecodable", err.Error())
 			continue
 		}
 		action, why := Plan(ev)
@@ -136,9 +156,10 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 		case Ignore:
 			s.log.Debug("ignored", "event", ev.EventType, "image", imageID(ev), "reason", why)
 			s.ack(d)
+			s.tally(ev.EventType, "ignored", "")
 			continue
 		case Park:
-			s.park(ctx, d, imageID(ev), why)
+			s.park(ctx, d, ev.EventType, imageID(ev), "invalid_event", why)
 			continue
 		}
 		id := ev.Image.ID
@@ -183,7 +204,7 @@ func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}
 		case Fetch:
 			if requeued {
 				log.Info("skipped", "reason", "a re-queued copy of an earlier event covers it")
-				s.count(func(r *Result) { r.Skipped++ })
+				s.tally(j.ev.EventType, "skipped", "")
 				s.ack(j.d)
 				continue
 			}
@@ -210,7 +231,7 @@ func (s *Syncer) delete(log *slog.Logger, j job) {
 	} else {
 		log.Info("deleted", "note", "no file was here")
 	}
-	s.count(func(r *Result) { r.Deleted++ })
+	s.tally(j.ev.EventType, "deleted", "")
 	s.ack(j.d)
 }
 
@@ -222,13 +243,13 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 		return s.retry(ctx, j, err)
 	} else if dead {
 		log.Info("skipped", "reason", "image was deleted here earlier")
-		s.count(func(r *Result) { r.Skipped++ })
+		s.tally(j.ev.EventType, "skipped", "")
 		s.ack(j.d)
 		return false
 	}
 	order, fromSelf, ok := Sources(j.ev.Publisher, s.cfg.Self, s.cfg.PeerOrder)
 	if !ok {
-		s.park(ctx, j.d, img.ID, fmt.Sprintf("publisher %q is not one of api_nodes", j.ev.PublisherID))
+		s.park(ctx, j.d, j.ev.EventType, img.ID, "unknown_publisher", fmt.Sprintf("publisher %q is not one of api_nodes", j.ev.PublisherID))
 		return false
 	}
 	if fromSelf {
@@ -240,7 +261,7 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 		}
 		if regular && size == img.Size {
 			log.Info("skipped", "reason", "published by this node and present")
-			s.count(func(r *Result) { r.Skipped++ })
+			s.tally(j.ev.EventType, "skipped", "")
 			s.ack(j.d)
 			return false
 		}
@@ -252,7 +273,7 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 	}
 	if state == store.Verified {
 		log.Info("skipped", "reason", "present and verified")
-		s.count(func(r *Result) { r.Skipped++ })
+		s.tally(j.ev.EventType, "skipped", "")
 		s.ack(j.d)
 		return false
 	}
@@ -265,13 +286,14 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 		err := s.fetchFrom(ctx, log.With("peer", name), name, img, lim)
 		if err == nil {
 			s.ack(j.d)
+			s.tally(j.ev.EventType, "fetched", "")
 			return false
 		}
 		if ctx.Err() != nil {
 			// The run's deadline: the partial stays and the message goes back
 			// to the queue unacked, with no attempt counted against it.
 			log.Warn("stopped by the run deadline; the partial file is kept", "err", err)
-			s.count(func(r *Result) { r.Deferred++ })
+			s.tally(j.ev.EventType, "deferred", "")
 			return false
 		}
 		log.Warn("fetch failed", "peer", name, "err", err)
@@ -308,8 +330,13 @@ func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, i
 	offset := p.Offset()
 	start := time.Now()
 	var w io.Writer = p
+	if s.cfg.Progress != nil {
+		var done func()
+		w, done = s.cfg.Progress.Track(img.ID, name, offset, img.Size, w)
+		defer done()
+	}
 	if lim != nil {
-		w = lim.writer(ctx, p)
+		w = lim.writer(ctx, w)
 	}
 	var n int64
 	if offset < img.Size {
@@ -325,7 +352,7 @@ func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, i
 	secs := time.Since(start).Seconds()
 	log.Info("fetched", "bytes", n, "resumed_at", offset, "seconds", fmt.Sprintf("%.2f", secs),
 		"MBps", fmt.Sprintf("%.1f", float64(n)/1e6/max(secs, 1e-9)))
-	s.count(func(r *Result) { r.Fetched++; r.Bytes += n })
+	s.count(func(r *Result) { r.Bytes += n; r.Seconds += secs })
 	return nil
 }
 
@@ -335,7 +362,7 @@ func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
 	attempts := j.d.IntHeader(AttemptsHeader) + 1
 	id := imageID(j.ev)
 	if attempts >= s.cfg.MaxAttempts {
-		s.park(ctx, j.d, id, fmt.Sprintf("failed %d times, last: %v", attempts, cause))
+		s.park(ctx, j.d, j.ev.EventType, id, "max_attempts", fmt.Sprintf("failed %d times, last: %v", attempts, cause))
 		return false
 	}
 	m := j.d.Message.WithHeader(AttemptsHeader, int32(attempts)).WithHeader(ReasonHeader, truncate(cause.Error()))
@@ -345,13 +372,14 @@ func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
 	}
 	s.ack(j.d)
 	s.log.Warn("left for the next run", "image", id, "attempt", attempts, "max_attempts", s.cfg.MaxAttempts, "err", cause)
-	s.count(func(r *Result) { r.Deferred++ })
+	s.tally(j.ev.EventType, "deferred", Cause(cause))
 	return true
 }
 
 // park moves a message that can never succeed to the parking queue with the
 // reason in a header, so it cannot block the queue and is not lost.
-func (s *Syncer) park(ctx context.Context, d *broker.Delivery, id, reason string) {
+// event and cause label it for metrics.
+func (s *Syncer) park(ctx context.Context, d *broker.Delivery, event, id, cause, reason string) {
 	if s.cfg.DryRun {
 		s.log.Info("would park", "image", id, "reason", reason)
 		return
@@ -363,7 +391,7 @@ func (s *Syncer) park(ctx context.Context, d *broker.Delivery, id, reason string
 	}
 	s.ack(d)
 	s.log.Warn("parked", "image", id, "queue", s.cfg.ParkQueue, "reason", reason)
-	s.count(func(r *Result) { r.Parked++ })
+	s.tally(event, "parked", cause)
 }
 
 func (s *Syncer) ack(d *broker.Delivery) {
@@ -373,6 +401,37 @@ func (s *Syncer) ack(d *broker.Delivery) {
 	if err := d.Ack(); err != nil {
 		s.fail(err)
 	}
+}
+
+// tally counts one message's outcome and, when it failed, its cause.
+func (s *Syncer) tally(event, result, cause string) {
+	if event == "" {
+		event = "unknown"
+	}
+	s.count(func(r *Result) {
+		switch result {
+		case "fetched":
+			r.Fetched++
+		case "deleted":
+			r.Deleted++
+		case "skipped":
+			r.Skipped++
+		case "deferred":
+			r.Deferred++
+		case "parked":
+			r.Parked++
+		}
+		if r.Events == nil {
+			r.Events = map[Outcome]int{}
+		}
+		r.Events[Outcome{Event: event, Result: result}]++
+		if cause != "" {
+			if r.Failures == nil {
+				r.Failures = map[string]int{}
+			}
+			r.Failures[cause]++
+		}
+	})
 }
 
 func (s *Syncer) count(f func(*Result)) {

@@ -1,0 +1,221 @@
+package metrics
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+const prefix = "glance_image_sync_"
+
+// Labels of one series.
+type Labels map[string]string
+
+// Run is what one run (or one pass of watch) did.
+type Run struct {
+	Command string
+	// Events counts messages by event type and result; Event "" for the
+	// duplicate-notifications side, which does not look past "image event or not".
+	Events   []Event
+	Bytes    int64
+	Seconds  float64 // spent transferring
+	Failures map[string]int
+	Success  bool // the run did all it could: exit 0, 3 or 4
+	Exit     int
+	Duration time.Duration
+	// Queues holds the ready messages of each queue, read after the run;
+	// Parked holds the parking queues'. Missing queues are left out.
+	Queues map[string]int
+	Parked map[string]int
+	At     time.Time
+}
+
+// Event is a count of messages of one type and result.
+type Event struct {
+	Command, Type, Result string
+	N                     int
+}
+
+type family struct {
+	name, help, kind string
+}
+
+var families = []family{
+	{prefix + "events_total", "Notifications handled, by command, event type and result.", "counter"},
+	{prefix + "transferred_bytes_total", "Image bytes fetched from peers.", "counter"},
+	{prefix + "transfer_seconds_total", "Seconds spent fetching images, summed over transfers.", "counter"},
+	{prefix + "failures_total", "Failed attempts and parked messages, by cause.", "counter"},
+	{prefix + "runs_total", "Runs (or watch passes), by command and exit code.", "counter"},
+	{prefix + "queue_messages", "Messages ready in this node's queues after the run.", "gauge"},
+	{prefix + "parked_messages", "Messages waiting in this node's parking queue for an operator.", "gauge"},
+	{prefix + "last_run_timestamp_seconds", "When the last run ended.", "gauge"},
+	{prefix + "last_run_duration_seconds", "How long the last run took.", "gauge"},
+	{prefix + "last_run_exit_code", "Exit code of the last run.", "gauge"},
+	{prefix + "last_success_timestamp_seconds", "When a run last ended with exit 0, 3 or 4 (it did all it could).", "gauge"},
+}
+
+// Set is the state of every series; it accumulates runs. Safe for concurrent use.
+type Set struct {
+	mu     sync.Mutex
+	values map[string]float64 // by series key, name{labels} as written
+}
+
+// Load reads the file a previous run left, so its counters go on from there.
+// A missing or unreadable file starts from zero: losing counts resets a
+// counter, which Prometheus handles.
+func Load(path string) *Set {
+	s := &Set{values: map[string]float64{}}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return s
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil || math.IsNaN(v) {
+			continue
+		}
+		key := line[:i]
+		if strings.HasPrefix(key, prefix) {
+			s.values[key] = v
+		}
+	}
+	return s
+}
+
+// New is an empty set, for a daemon that serves its own numbers.
+func New() *Set { return &Set{values: map[string]float64{}} }
+
+// Add records one run: counters grow, gauges are replaced.
+func (s *Set) Add(r Run) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range r.Events {
+		if e.N == 0 {
+			continue
+		}
+		s.values[key(prefix+"events_total", Labels{"command": e.Command, "event": e.Type, "result": e.Result})] += float64(e.N)
+	}
+	s.values[key(prefix+"transferred_bytes_total", nil)] += float64(r.Bytes)
+	s.values[key(prefix+"transfer_seconds_total", nil)] += r.Seconds
+	for cause, n := range r.Failures {
+		s.values[key(prefix+"failures_total", Labels{"cause": cause})] += float64(n)
+	}
+	s.values[key(prefix+"runs_total", Labels{"command": r.Command, "exit": strconv.Itoa(r.Exit)})]++
+	for q, n := range r.Queues {
+		s.values[key(prefix+"queue_messages", Labels{"queue": q})] = float64(n)
+	}
+	for q, n := range r.Parked {
+		s.values[key(prefix+"parked_messages", Labels{"queue": q})] = float64(n)
+	}
+	at := float64(r.At.UnixMilli()) / 1e3
+	s.values[key(prefix+"last_run_timestamp_seconds", nil)] = at
+	s.values[key(prefix+"last_run_duration_seconds", nil)] = r.Duration.Seconds()
+	s.values[key(prefix+"last_run_exit_code", nil)] = float64(r.Exit)
+	if r.Success {
+		s.values[key(prefix+"last_success_timestamp_seconds", nil)] = at
+	}
+}
+
+// Text renders the set in the Prometheus text exposition format, families in
+// a fixed order and series sorted, so two equal sets give equal files.
+func (s *Set) Text() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b bytes.Buffer
+	for _, f := range families {
+		var series []string
+		for k := range s.values {
+			if k == f.name || strings.HasPrefix(k, f.name+"{") {
+				series = append(series, k)
+			}
+		}
+		if len(series) == 0 {
+			continue
+		}
+		sort.Strings(series)
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", f.name, f.help, f.name, f.kind)
+		for _, k := range series {
+			fmt.Fprintf(&b, "%s %s\n", k, strconv.FormatFloat(s.values[k], 'g', -1, 64))
+		}
+	}
+	return b.Bytes()
+}
+
+// WriteFile writes the set to path atomically: a temp file in the same
+// directory, fsynced, renamed over path. node_exporter reads *.prom files
+// only, and a temp name without that suffix is never read half-written.
+func (s *Set) WriteFile(path string) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("metrics_file %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // a no-op after the rename
+	if _, err := f.Write(s.Text()); err != nil {
+		f.Close()
+		return fmt.Errorf("metrics_file %s: %w", path, err)
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		return fmt.Errorf("metrics_file %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("metrics_file %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("metrics_file %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("metrics_file %s: %w", path, err)
+	}
+	return nil
+}
+
+// key is a series as written in the file: name{a="x",b="y"}, labels sorted.
+func key(name string, l Labels) string {
+	if len(l) == 0 {
+		return name
+	}
+	names := make([]string, 0, len(l))
+	for k := range l {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	b.WriteString(name)
+	b.WriteByte('{')
+	for i, k := range names {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(k)
+		b.WriteString(`="`)
+		b.WriteString(escape(l[k]))
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+var escaper = strings.NewReplacer(`\`, `\\`, "\n", `\n`, `"`, `\"`)
+
+func escape(v string) string { return escaper.Replace(v) }
