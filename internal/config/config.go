@@ -55,6 +55,7 @@ type Config struct {
 	AcceptNewHostKeys bool
 
 	LockFile, LogFile string // LogFile "" = stderr
+	MetricsFile       string // "" = no metrics file
 
 	Broker Broker
 
@@ -250,6 +251,7 @@ func (c *Config) loadSync(f *ini.File) (topic string, err error) {
 	c.AcceptNewHostKeys = vals["host_key_checking"].(string) == "accept-new"
 	c.LockFile = vals["lock_file"].(string)
 	c.LogFile = vals["log_file"].(string)
+	c.MetricsFile = vals["metrics_file"].(string)
 	c.Broker.ForwardRoutingKey = vals["forward_routing_key"].(string)
 	c.Transfers = vals["transfers"].(int)
 	c.MaxAttempts = vals["max_attempts"].(int)

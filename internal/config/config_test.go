@@ -586,7 +586,7 @@ func TestErrorFormat(t *testing.T) {
 // complete, documented, and its defaults must pass its own validation.
 func TestOptions(t *testing.T) {
 	spec := []string{"api_nodes", "rsync_user", "hostname", "ssh_key", "known_hosts", "ssh_port",
-		"ssh_ciphers", "host_key_checking", "lock_file", "log_file", "notification_topic",
+		"ssh_ciphers", "host_key_checking", "lock_file", "log_file", "metrics_file", "notification_topic",
 		"forward_routing_key", "transfers", "max_attempts", "deadline", "ssh_timeout", "bwlimit"}
 	opts := Options()
 	var keys []string

@@ -87,6 +87,11 @@ var options = []Option{
 		Help: "Lock held for the whole run, so overlapping cron runs do not collide."},
 	{Section: SectionDefault, Key: "log_file", Type: TypePath,
 		Help: "File the log is appended to. Default: standard error."},
+	{Section: SectionDefault, Key: "metrics_file", Type: TypePath,
+		Help: "Prometheus text file each run rewrites atomically, for node_exporter's " +
+			"textfile collector (e.g. /var/lib/prometheus/node-exporter/glance_image_sync.prom): " +
+			"events by type and result, bytes and seconds transferred, failures by cause, " +
+			"queue and parking depth, last successful run. Default: none."},
 	{Section: SectionDefault, Key: "notification_topic", Type: TypeString,
 		Help: "Topic whose <topic>.info queue is drained. Default: from glance-api.conf " +
 			"(the first of [oslo_messaging_notifications] topics, or rabbit_notification_topic). " +
