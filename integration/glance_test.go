@@ -48,6 +48,11 @@ func TestRealGlance(t *testing.T) {
 	// the processes inside the namespaces.
 	t.Cleanup(func() {
 		harness.StopGlance(apis...)
+		if t.Failed() {
+			for _, g := range apis {
+				t.Logf("--- glance-api log of %s (tail) ---\n%s", g.Name, g.LogTail(30))
+			}
+		}
 	})
 	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 	g1, g2, g3 := apis[0], apis[1], apis[2]
