@@ -97,12 +97,55 @@ func (c *Cluster) PublishRaw(ctx context.Context, body []byte) error {
 func (c *Cluster) PublishTo(ctx context.Context, queue string, body []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.ch.PublishWithContext(ctx, "", queue, false, false, amqp.Publishing{
+	p := amqp.Publishing{
 		ContentType:     "application/json",
 		ContentEncoding: "utf-8",
 		Body:            body,
-	})
+	}
+	if !c.opts.DurableSource {
+		return c.ch.PublishWithContext(ctx, "", queue, false, false, p)
+	}
+	p.DeliveryMode = amqp.Persistent
+	dc, err := c.ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false, p)
+	if err != nil {
+		return err
+	}
+	if ok, err := dc.WaitContext(ctx); err != nil || !ok {
+		return fmt.Errorf("harness: publish to %s not confirmed (ok=%v): %v", queue, ok, err)
+	}
+	return nil
 }
+
+// connect (re)opens the harness's own connection and publishing channel.
+func (c *Cluster) connect() error {
+	conn, err := amqp.Dial(c.opts.AMQPURL)
+	if err != nil {
+		return fmt.Errorf("harness: RabbitMQ at %s: %w (start it: rabbitmq-server -detached; rabbitmqctl await_startup)", c.opts.AMQPURL, err)
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	if c.opts.DurableSource {
+		if err := ch.Confirm(false); err != nil {
+			conn.Close()
+			return err
+		}
+	}
+	c.mu.Lock()
+	old := c.conn
+	c.conn, c.ch = conn, ch
+	c.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+	return nil
+}
+
+// Reconnect replaces the harness's broker connection, after a test restarted
+// the broker under it.
+func (c *Cluster) Reconnect() error { return c.connect() }
 
 // QueueDepth returns the number of ready messages on the named queue, or an
 // error if it does not exist.

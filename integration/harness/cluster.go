@@ -30,6 +30,15 @@ type Options struct {
 	// KeepDir leaves the cluster's directory behind after Close, for a
 	// post-mortem look at configs and images.
 	KeepDir bool
+	// AMQPURL is the broker the cluster's glance-api.conf and the harness
+	// use; empty: AMQPURL. The fault tests point it at a broker of their own,
+	// which they may restart without disturbing other tests.
+	AMQPURL string
+	// DurableSource declares the source queue durable and publishes to it
+	// persistently with confirms, as Glance does with amqp_durable_queues =
+	// true: the only setting under which a notification not yet taken by
+	// duplicate-notifications survives a broker restart.
+	DurableSource bool
 }
 
 // Node is one simulated glance-api host.
@@ -79,6 +88,9 @@ func NewCluster(ctx context.Context, opts Options) (c *Cluster, err error) {
 	id, err := randomHex(3)
 	if err != nil {
 		return nil, err
+	}
+	if opts.AMQPURL == "" {
+		opts.AMQPURL = AMQPURL
 	}
 	c = &Cluster{ID: "g" + id, Tool: opts.Tool, opts: opts}
 	// A topic name of its own: the cluster never reads a queue that a real
@@ -148,15 +160,12 @@ func NewCluster(ctx context.Context, opts Options) (c *Cluster, err error) {
 		}
 	}
 
-	if c.conn, err = amqp.Dial(AMQPURL); err != nil {
-		return nil, fmt.Errorf("harness: RabbitMQ at %s: %w (start it: rabbitmq-server -detached; rabbitmqctl await_startup)", AMQPURL, err)
-	}
-	if c.ch, err = c.conn.Channel(); err != nil {
+	if err := c.connect(); err != nil {
 		return nil, err
 	}
 	// Declared as oslo.messaging declares <topic>.info: not durable, not
 	// auto-delete. Safe only because the topic is this cluster's own.
-	if _, err := c.ch.QueueDeclare(c.SourceQueue(), false, false, false, false, nil); err != nil {
+	if _, err := c.ch.QueueDeclare(c.SourceQueue(), opts.DurableSource, false, false, false, nil); err != nil {
 		return nil, fmt.Errorf("harness: declare %s: %w", c.SourceQueue(), err)
 	}
 	return c, nil
@@ -283,19 +292,21 @@ func (c *Cluster) ForgetHostKey(n, peer *Node) error {
 func (c *Cluster) RestoreHostKeys(n *Node) error { return c.writeKnownHosts(n) }
 
 func (c *Cluster) writeGlanceConf(n *Node) error {
+	// oslo.messaging spells the scheme rabbit://.
+	transport := "rabbit://" + strings.TrimPrefix(c.opts.AMQPURL, "amqp://")
 	conf := fmt.Sprintf(`[DEFAULT]
 default_publisher_id = image.%s
 
 [oslo_messaging_notifications]
 driver = messagingv2
-transport_url = rabbit://guest:guest@127.0.0.1:5672/
+transport_url = %s
 topics = %s
 
 [glance_store]
 stores = file,http
 default_store = file
 filesystem_store_datadir = %s
-`, n.Name, c.Topic, CommonDatadir)
+`, n.Name, transport, c.Topic, CommonDatadir)
 	return os.WriteFile(n.GlanceConf, []byte(conf), 0o644)
 }
 
