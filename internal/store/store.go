@@ -289,6 +289,7 @@ type Partial struct {
 	path   string
 	f      *os.File
 	h      hashState
+	mh     *multihash // nil unless BeginMultihash was given one
 	n      int64
 	done   bool
 }
@@ -303,6 +304,14 @@ type hashState interface {
 // continues at its end. A partial longer than the image, or one made for another
 // checksum, is thrown away.
 func (s *Store) Begin(ctx context.Context, id string, size int64, md5hex string) (*Partial, error) {
+	return s.BeginMultihash(ctx, id, size, md5hex, Multihash{})
+}
+
+// BeginMultihash is Begin for an image whose Glance record also carries a
+// multihash (os_hash_algo, os_hash_value): Commit then checks it as well as
+// the MD5. A zero Multihash, or one of an algorithm not known here, checks MD5
+// only.
+func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5hex string, mh Multihash) (*Partial, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
@@ -327,6 +336,9 @@ func (s *Store) Begin(ctx context.Context, id string, size int64, md5hex string)
 		return nil, fmt.Errorf("image %s: opening partial %s: %w", id, path, err)
 	}
 	p := &Partial{s: s, id: id, size: size, md5hex: md5hex, path: path, f: f, h: md5.New()}
+	if p.mh = newMultihash(mh); p.mh != nil {
+		p.h = p.mh.writer(p.h)
+	}
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
@@ -390,6 +402,10 @@ func (p *Partial) Commit() error {
 	if sum := hex.EncodeToString(p.h.Sum(nil)); sum != p.md5hex {
 		p.discard()
 		return fmt.Errorf("image %s: %w: md5 %s, expected %s", p.id, ErrMismatch, sum, p.md5hex)
+	}
+	if err := p.mh.check(); err != nil {
+		p.discard()
+		return fmt.Errorf("image %s: %w: %v", p.id, ErrMismatch, err)
 	}
 	if err := p.f.Sync(); err != nil {
 		return fmt.Errorf("image %s: fsync %s: %w", p.id, p.path, err)
