@@ -18,6 +18,7 @@ import (
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
 	"github.com/glance-image-sync/glance-image-sync/internal/fanout"
+	"github.com/glance-image-sync/glance-image-sync/internal/progress"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
@@ -59,6 +60,23 @@ Commands:
   requeue-failed           Move this node's parked messages back to its queue, after
                            the cause (see their x-glance-image-sync-reason header)
                            is fixed.
+  check [--timeout D]      Check this node's setup without changing anything: both
+                           config files, every broker URL, Glance's exchange and
+                           queue and the node queues (passively), SSH with host
+                           key checking to every peer, the datadir (owner, write
+                           access, same path on the peers) and free space. One
+                           line per check, then a summary; exit 1 if any failed.
+  status [--peers] [--json]
+                           Messages ready and parked per node, this node's images
+                           and partial files; --peers lists every peer's datadir
+                           over SFTP as an image x node matrix and names images
+                           that exist on one node only.
+  watch [--duplicate] [--interval D] [--listen ADDR]
+                           Run as a daemon: drain this node's queue every interval
+                           (2s), and with --duplicate Glance's queue too; reconnect
+                           to the broker with backoff; serve /metrics on ADDR.
+                           SIGTERM stops it cleanly; partial files are resumed
+                           by the next run.
   version                  Print the version and commit.
 
 Options:
@@ -95,15 +113,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return exitUsage
 	}
-	if fs.NArg() != 1 {
-		if fs.NArg() == 0 {
-			fmt.Fprintln(stderr, "glance-image-sync: no command given; try --help")
-		} else {
-			fmt.Fprintf(stderr, "glance-image-sync: one command expected, got %q; options go before the command\n", fs.Args())
-		}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "glance-image-sync: no command given; try --help")
 		return exitUsage
 	}
-	cmd := fs.Arg(0)
+	cmd, cmdArgs := fs.Arg(0), fs.Args()[1:]
+	// check, status and watch take options of their own after the command.
+	if len(cmdArgs) > 0 && cmd != "check" && cmd != "status" && cmd != "watch" {
+		fmt.Fprintf(stderr, "glance-image-sync: one command expected, got %q; options go before the command\n", fs.Args())
+		return exitUsage
+	}
 	switch cmd {
 	case "version":
 		fmt.Fprintf(stdout, "glance-image-sync %s (commit %s)\n", version, commit)
@@ -111,7 +130,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "help":
 		usage(fs, stdout)
 		return exitOK
-	case "duplicate-notifications", "sync-images", "both", "requeue-failed":
+	case "config-example":
+		writeConfigExample(stdout)
+		return exitOK
+	case "duplicate-notifications", "sync-images", "both", "requeue-failed", "check", "status", "watch":
 	default:
 		fmt.Fprintf(stderr, "glance-image-sync: unknown command %q; try --help\n", cmd)
 		return exitUsage
@@ -120,13 +142,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "glance-image-sync: --log-format must be text or json, not %q\n", *logFormat)
 		return exitUsage
 	}
+	if cmd == "check" {
+		// check reports a bad configuration as one of its lines, not as a usage error.
+		return runCheck(cmdArgs, *syncConf, *glanceConf, stdout, stderr)
+	}
 
 	cfg, err := config.Load(*syncConf, *glanceConf)
 	if err != nil {
 		fmt.Fprintf(stderr, "glance-image-sync: configuration error: %v\n", err)
 		return exitUsage
 	}
-	log, closeLog, err := newLogger(cfg.LogFile, *logFormat, *verbose, stderr)
+	// On a terminal, log lines go through the progress line's owner so the
+	// two do not garble each other; under cron stderr is used as it is.
+	term := newTerminal(stderr)
+	logOut := stderr
+	if term != nil {
+		logOut = term
+	}
+	log, closeLog, err := newLogger(cfg.LogFile, *logFormat, *verbose, logOut)
 	if err != nil {
 		fmt.Fprintf(stderr, "glance-image-sync: %v\n", err)
 		return exitUsage
@@ -135,6 +168,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	log = log.With("node", cfg.Self.Short)
 	for _, w := range cfg.Warnings {
 		log.Warn("configuration", "warning", w)
+	}
+
+	if cmd == "status" {
+		// status only reads: it must work while a cron run or watch holds the lock.
+		return runStatus(cmdArgs, cfg, stdout, stderr, log)
 	}
 
 	unlock, err := lock(cfg.LockFile)
@@ -149,33 +187,72 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if cmd == "watch" {
+		// deadline bounds each pass of the daemon, not its life.
+		return runWatch(ctx, cmdArgs, newRunner(cfg, log, *dryRun, term), stderr)
+	}
 	if cfg.Deadline > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, cfg.Deadline)
 		defer cancel()
 	}
-	r := &runner{cfg: cfg, log: log, dryRun: *dryRun}
-	return r.run(ctx, cmd)
+	return newRunner(cfg, log, *dryRun, term).run(ctx, cmd)
 }
 
 type runner struct {
-	cfg    *config.Config
-	log    *slog.Logger
-	dryRun bool
+	cfg      *config.Config
+	log      *slog.Logger
+	dryRun   bool
+	progress syncer.Progress // nil: no terminal
+	quiet    bool            // watch: an idle pass logs at debug level only
+
+	// What the last pass did, for metrics.
+	fanoutRes fanout.Result
+	syncRes   syncer.Result
+}
+
+func newRunner(cfg *config.Config, log *slog.Logger, dryRun bool, term *progress.Terminal) *runner {
+	r := &runner{cfg: cfg, log: log, dryRun: dryRun}
+	if term != nil {
+		r.progress = term
+	}
+	return r
+}
+
+// summary logs a pass's totals, at debug level when watch's pass was idle.
+func (r *runner) summary(idle bool, msg string, args ...any) {
+	if idle && r.quiet {
+		r.log.Debug(msg, args...)
+		return
+	}
+	r.log.Info(msg, args...)
+}
+
+func (r *runner) dial(ctx context.Context) (*broker.Conn, error) {
+	return broker.Dial(ctx, r.cfg.Broker.URLs, broker.TLS{
+		CAFile: r.cfg.Broker.TLS.CAFile, CertFile: r.cfg.Broker.TLS.CertFile, KeyFile: r.cfg.Broker.TLS.KeyFile,
+	})
 }
 
 func (r *runner) run(ctx context.Context, cmd string) int {
 	start := time.Now()
-	conn, err := broker.Dial(ctx, r.cfg.Broker.URLs, broker.TLS{
-		CAFile: r.cfg.Broker.TLS.CAFile, CertFile: r.cfg.Broker.TLS.CertFile, KeyFile: r.cfg.Broker.TLS.KeyFile,
-	})
+	conn, err := r.dial(ctx)
 	if err != nil {
 		r.log.Error("run failed", "err", err)
+		r.recordMetrics(nil, nil, cmd, exitFailed, start)
 		return exitFailed
 	}
 	defer conn.Close()
 	r.log.Debug("connected", "broker", conn.URL())
+	code := r.pass(ctx, conn, cmd)
+	r.log.Info("run finished", "command", cmd, "exit", code, "seconds", fmt.Sprintf("%.2f", time.Since(start).Seconds()))
+	r.recordMetrics(nil, conn, cmd, code, start)
+	return code
+}
 
+// pass does the work of one command on an open connection.
+func (r *runner) pass(ctx context.Context, conn *broker.Conn, cmd string) int {
+	r.fanoutRes, r.syncRes = fanout.Result{}, syncer.Result{}
 	code := exitOK
 	if cmd == "duplicate-notifications" || (cmd == "both" && !r.dryRun) {
 		code = worse(code, r.duplicate(ctx, conn))
@@ -189,7 +266,6 @@ func (r *runner) run(ctx context.Context, cmd string) int {
 	case "requeue-failed":
 		code = worse(code, r.requeueFailed(ctx, conn))
 	}
-	r.log.Info("run finished", "command", cmd, "exit", code, "seconds", fmt.Sprintf("%.2f", time.Since(start).Seconds()))
 	return code
 }
 
@@ -215,7 +291,8 @@ func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
 		Exchange:    r.cfg.Broker.Exchange,
 		ForwardKey:  r.cfg.Broker.ForwardRoutingKey,
 	}, conn, r.log)
-	r.log.Info("duplicate-notifications done", "queue", r.cfg.Broker.SourceQueue(), "copied", res.Copied,
+	r.fanoutRes = res
+	r.summary(res == fanout.Result{} && err == nil, "duplicate-notifications done", "queue", r.cfg.Broker.SourceQueue(), "copied", res.Copied,
 		"forwarded", res.Forwarded, "dropped", res.Dropped, "parked", res.Parked)
 	if err != nil {
 		r.log.Error("duplicate-notifications failed; unacked notifications stay in the source queue", "err", err)
@@ -259,9 +336,11 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 		IdleTimeout: r.cfg.SSHTimeout,
 		BWLimit:     r.cfg.BWLimit,
 		DryRun:      r.dryRun,
+		Progress:    r.progress,
 	}, conn, st, r.log)
 	res, err := s.Run(ctx)
-	r.log.Info("sync-images done", "fetched", res.Fetched, "deleted", res.Deleted, "skipped", res.Skipped,
+	r.syncRes = res
+	r.summary(len(res.Events) == 0 && err == nil, "sync-images done", "fetched", res.Fetched, "deleted", res.Deleted, "skipped", res.Skipped,
 		"deferred", res.Deferred, "parked", res.Parked, "bytes", res.Bytes)
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):

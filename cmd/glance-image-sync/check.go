@@ -1,0 +1,289 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/config"
+	"github.com/glance-image-sync/glance-image-sync/internal/progress"
+	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
+)
+
+// checker prints one line per check and keeps the tally.
+type checker struct {
+	out                io.Writer
+	ok, warned, failed int
+}
+
+func (c *checker) line(level, what, format string, args ...any) {
+	fmt.Fprintf(c.out, "%-4s  %-14s %s\n", level, what, fmt.Sprintf(format, args...))
+}
+func (c *checker) pass(what, format string, args ...any) {
+	c.ok++
+	c.line("ok", what, format, args...)
+}
+func (c *checker) warn(what, format string, args ...any) {
+	c.warned++
+	c.line("warn", what, format, args...)
+}
+func (c *checker) fail(what, format string, args ...any) {
+	c.failed++
+	c.line("FAIL", what, format, args...)
+}
+
+func (c *checker) summary() {
+	verdict := "ready"
+	if c.failed > 0 {
+		verdict = "NOT ready: fix the FAIL lines above and run check again"
+	}
+	fmt.Fprintf(c.out, "\n%d ok, %d warnings, %d failed: %s\n", c.ok, c.warned, c.failed, verdict)
+}
+
+// runCheck answers "will a run work on this node?" without changing anything:
+// queues and exchanges are only inspected passively, and the only write is a
+// probe file in the datadir, removed at once. Exit 0 when nothing failed, 2
+// when the configuration is invalid, 1 when another check failed.
+func runCheck(args []string, syncConf, glanceConf string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	timeout := fs.Duration("timeout", time.Minute, "give up on the checks after this long")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	c := &checker{out: stdout}
+	cfg, err := config.Load(syncConf, glanceConf)
+	if err != nil {
+		c.fail("config", "%v", err)
+		c.summary()
+		return exitUsage
+	}
+	c.pass("config", "%s and %s are valid; this node is %s, peers: %s", syncConf, glanceConf, cfg.Self.Short, peerNames(cfg))
+	for _, w := range cfg.Warnings {
+		c.warn("config", "%s", w)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+
+	conn := c.checkBroker(ctx, cfg)
+	if conn != nil {
+		c.checkQueues(cfg, conn)
+		conn.Close()
+	}
+	c.checkDatadir(cfg)
+	c.checkPeers(ctx, cfg)
+	c.checkFiles(cfg)
+	c.summary()
+	if c.failed > 0 {
+		return exitFailed
+	}
+	return exitOK
+}
+
+func peerNames(cfg *config.Config) string {
+	s := ""
+	for i, n := range cfg.Peers() {
+		if i > 0 {
+			s += ", "
+		}
+		s += n.Short
+	}
+	if s == "" {
+		return "(none: api_nodes lists only this node)"
+	}
+	return s
+}
+
+// checkBroker tries every URL, so a dead member of a cluster shows up even
+// when failover would hide it, and returns a connection to the first that works.
+func (c *checker) checkBroker(ctx context.Context, cfg *config.Config) *broker.Conn {
+	var first *broker.Conn
+	t := broker.TLS{CAFile: cfg.Broker.TLS.CAFile, CertFile: cfg.Broker.TLS.CertFile, KeyFile: cfg.Broker.TLS.KeyFile}
+	for _, u := range cfg.Broker.URLs {
+		dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		conn, err := broker.Dial(dctx, []string{u}, t)
+		cancel()
+		if err != nil {
+			c.fail("broker", "%v (from transport_url / rabbit_* in %s)", err, cfg.GlanceFile)
+			continue
+		}
+		c.pass("broker", "%s answers", conn.URL())
+		if first == nil {
+			first = conn
+		} else {
+			conn.Close()
+		}
+	}
+	return first
+}
+
+// checkQueues looks at Glance's exchange and the queues passively: declaring
+// Glance's exchange or queue with other flags would break Glance.
+func (c *checker) checkQueues(cfg *config.Config, conn *broker.Conn) {
+	ex := cfg.Broker.Exchange
+	if ok, err := conn.ExchangeExists(ex); err != nil {
+		c.fail("exchange", "%v", err)
+	} else if ok {
+		c.pass("exchange", "Glance's exchange %q exists", ex)
+	} else {
+		c.warn("exchange", "exchange %q does not exist yet: glance-api declares it with its first notification (upload an image), or control_exchange in %s names another one", ex, cfg.GlanceFile)
+	}
+	src := cfg.Broker.SourceQueue()
+	if st, err := conn.Inspect(src); err != nil {
+		c.fail("source queue", "%v", err)
+	} else if !st.Exists {
+		c.warn("source queue", "%s does not exist yet: glance-api declares it with its first notification; check [oslo_messaging_notifications] driver = messagingv2 and topics in %s", src, cfg.GlanceFile)
+	} else {
+		c.pass("source queue", "%s: %d ready, %d consumers", src, st.Messages, st.Consumers)
+	}
+	for _, n := range cfg.Nodes {
+		q, park := cfg.NodeQueue(n.Short), cfg.ParkingQueue(n.Short)
+		st, err := conn.Inspect(q)
+		switch {
+		case err != nil:
+			c.fail("node queue", "%v", err)
+			continue
+		case !st.Exists:
+			c.warn("node queue", "%s does not exist yet: the first duplicate-notifications run declares it", q)
+		default:
+			c.pass("node queue", "%s: %d ready", q, st.Messages)
+		}
+		pst, err := conn.Inspect(park)
+		switch {
+		case err != nil:
+			c.fail("parked", "%v", err)
+		case pst.Exists && pst.Messages > 0:
+			c.warn("parked", "%s holds %d messages: read their x-glance-image-sync-reason header, fix the cause, then run requeue-failed on %s", park, pst.Messages, n.Short)
+		}
+	}
+}
+
+// checkDatadir: the directory exists, its owner (whom placed files are
+// given) can write it, this process can create files in it, and there is room.
+func (c *checker) checkDatadir(cfg *config.Config) {
+	dir := cfg.Datadir
+	fi, err := os.Stat(dir)
+	if err != nil {
+		c.fail("datadir", "%s (filesystem_store_datadir in %s): %v", dir, cfg.GlanceFile, err)
+		return
+	}
+	if !fi.IsDir() {
+		c.fail("datadir", "%s (filesystem_store_datadir in %s) is not a directory", dir, cfg.GlanceFile)
+		return
+	}
+	owner, group := "?", "?"
+	var uid uint32
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		uid = st.Uid
+		owner, group = strconv.Itoa(int(st.Uid)), strconv.Itoa(int(st.Gid))
+		if u, err := user.LookupId(owner); err == nil {
+			owner = u.Username
+		}
+		if g, err := user.LookupGroupId(group); err == nil {
+			group = g.Name
+		}
+	}
+	if fi.Mode().Perm()&0o200 == 0 {
+		c.fail("datadir", "%s is owned by %s:%s with mode %v: its owner cannot write it, and copies are placed as that owner", dir, owner, group, fi.Mode().Perm())
+		return
+	}
+	probe, err := os.CreateTemp(dir, ".glance-image-sync-check-*")
+	if err != nil {
+		c.fail("datadir", "%s: this process (uid %d) cannot create files in it: %v; run as root or as the datadir's owner %s", dir, os.Geteuid(), err, owner)
+		return
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	msg := fmt.Sprintf("%s exists, owner %s:%s (mode %v) can write it; copies are placed as %s", dir, owner, group, fi.Mode().Perm(), owner)
+	if uid == 0 {
+		c.warn("datadir", "%s; glance-api normally runs as glance and must own its images (chown glance:glance %s)", msg, dir)
+	} else {
+		c.pass("datadir", "%s", msg)
+	}
+	var sfs syscall.Statfs_t
+	if err := syscall.Statfs(dir, &sfs); err != nil {
+		c.fail("free space", "%s: %v", dir, err)
+		return
+	}
+	free := int64(sfs.Bavail) * sfs.Bsize
+	total := int64(sfs.Blocks) * sfs.Bsize
+	pct := 100 * float64(free) / float64(max(total, 1))
+	if pct < 10 {
+		c.warn("free space", "%s: only %s free of %s (%.0f%%): an image larger than that cannot be copied here", dir, progress.Bytes(free), progress.Bytes(total), pct)
+	} else {
+		c.pass("free space", "%s: %s free of %s (%.0f%%)", dir, progress.Bytes(free), progress.Bytes(total), pct)
+	}
+}
+
+// checkPeers opens an SSH session to every peer as a sync would (same user,
+// keys and host key checking) and looks for the datadir at the same path,
+// since images are read from <datadir>/<id> on the peer.
+func (c *checker) checkPeers(ctx context.Context, cfg *config.Config) {
+	auth := sshAuth(cfg)
+	for _, n := range cfg.Peers() {
+		p := transfer.Peer{Name: n.Short, Address: n.Address, Port: n.Port}
+		cl, err := transfer.Dial(ctx, p, auth)
+		if err != nil {
+			c.fail("ssh", "%v", err)
+			continue
+		}
+		c.pass("ssh", "%s@%s:%d: logged in, host key matches %s", cfg.User, n.Address, n.Port, cfg.KnownHosts)
+		fi, err := cl.Lstat(ctx, cfg.Datadir)
+		switch {
+		case errors.Is(err, transfer.ErrNotFound):
+			c.fail("peer datadir", "%s has no %s: every node must use the same filesystem_store_datadir, since images are read from that path on the peer", n.Short, cfg.Datadir)
+		case err != nil:
+			c.fail("peer datadir", "%v", err)
+		case !fi.IsDir():
+			c.fail("peer datadir", "%s: %s is not a directory", n.Short, cfg.Datadir)
+		default:
+			if _, err := cl.ReadDir(ctx, cfg.Datadir); err != nil {
+				c.fail("peer datadir", "%s: %s is not readable by %s: %v", n.Short, cfg.Datadir, cfg.User, err)
+			} else {
+				c.pass("peer datadir", "%s: %s is there and readable by %s", n.Short, cfg.Datadir, cfg.User)
+			}
+		}
+		cl.Close()
+	}
+}
+
+// checkFiles: the files a run writes besides images can be written.
+func (c *checker) checkFiles(cfg *config.Config) {
+	for _, f := range []struct{ key, path string }{{"lock_file", cfg.LockFile}, {"log_file", cfg.LogFile}, {"metrics_file", cfg.MetricsFile}} {
+		if f.path == "" {
+			continue
+		}
+		dir := filepath.Dir(f.path)
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			c.fail(f.key, "%s: directory %s does not exist (%s in %s)", f.path, dir, f.key, cfg.SyncFile)
+			continue
+		}
+		if err := syscall.Access(dir, 2 /* W_OK */); err != nil {
+			c.fail(f.key, "%s: cannot write in %s: %v", f.path, dir, err)
+			continue
+		}
+		c.pass(f.key, "%s can be written", f.path)
+	}
+}
+
+// sshAuth is how this node logs in to its peers.
+func sshAuth(cfg *config.Config) transfer.Auth {
+	return transfer.Auth{
+		User:       cfg.User,
+		KeyFiles:   cfg.SSHKeys,
+		Agent:      os.Getenv("SSH_AUTH_SOCK"),
+		KnownHosts: cfg.KnownHosts,
+		AcceptNew:  cfg.AcceptNewHostKeys,
+		Ciphers:    cfg.SSHCiphers,
+		Timeout:    cfg.SSHTimeout,
+	}
+}

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/metrics"
+)
+
+// runMetrics turns what the last pass did into a metrics.Run. conn, when
+// open, is asked (passively) how deep this node's queues are now.
+func (r *runner) runMetrics(conn *broker.Conn, cmd string, code int, start time.Time) metrics.Run {
+	run := metrics.Run{
+		Command:  cmd,
+		Bytes:    r.syncRes.Bytes,
+		Seconds:  r.syncRes.Seconds,
+		Failures: map[string]int{},
+		Exit:     code,
+		// 3 and 4 mean the run did all it could; what is left is counted
+		// in the queue and parking gauges.
+		Success:  code == exitOK || code == exitDeferred || code == exitParked,
+		Duration: time.Since(start),
+		At:       time.Now(),
+		Queues:   map[string]int{},
+		Parked:   map[string]int{},
+	}
+	f := r.fanoutRes
+	for result, n := range map[string]int{"copied": f.Copied, "forwarded": f.Forwarded, "dropped": f.Dropped, "parked": f.Parked} {
+		run.Events = append(run.Events, metrics.Event{Command: "duplicate-notifications", Result: result, N: n})
+	}
+	if f.Parked > 0 {
+		run.Failures["undecodable"] += f.Parked
+	}
+	for o, n := range r.syncRes.Events {
+		run.Events = append(run.Events, metrics.Event{Command: "sync-images", Type: o.Event, Result: o.Result, N: n})
+	}
+	for c, n := range r.syncRes.Failures {
+		run.Failures[c] += n
+	}
+	if conn != nil {
+		self := r.cfg.Self.Short
+		for q, into := range map[string]map[string]int{r.cfg.NodeQueue(self): run.Queues, r.cfg.ParkingQueue(self): run.Parked} {
+			if st, err := conn.Inspect(q); err == nil && st.Exists {
+				into[q] = st.Messages
+			}
+		}
+	}
+	return run
+}
+
+// recordMetrics adds the pass to set (nil: the file's previous contents) and
+// rewrites metrics_file, if one is configured. A failure to write metrics is
+// logged and does not change the run's exit code.
+func (r *runner) recordMetrics(set *metrics.Set, conn *broker.Conn, cmd string, code int, start time.Time) {
+	if r.cfg.MetricsFile == "" && set == nil {
+		return
+	}
+	if set == nil {
+		set = metrics.Load(r.cfg.MetricsFile)
+	}
+	set.Add(r.runMetrics(conn, cmd, code, start))
+	if r.cfg.MetricsFile == "" {
+		return
+	}
+	if err := set.WriteFile(r.cfg.MetricsFile); err != nil {
+		r.log.Warn("metrics not written", "err", err)
+	}
+}

@@ -1,0 +1,323 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/config"
+	"github.com/glance-image-sync/glance-image-sync/internal/progress"
+	"github.com/glance-image-sync/glance-image-sync/internal/store"
+	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
+)
+
+// statusReport is what `status --json` prints; field names are a contract
+// for scripts.
+type statusReport struct {
+	Node        string        `json:"node"`
+	Datadir     string        `json:"datadir"`
+	Broker      string        `json:"broker,omitempty"`
+	BrokerError string        `json:"broker_error,omitempty"`
+	SourceQueue *queueStatus  `json:"source_queue,omitempty"`
+	Queues      []queueStatus `json:"queues"`
+	// Images on this node, by id, with their sizes.
+	Images      map[string]int64 `json:"images"`
+	ImagesBytes int64            `json:"images_bytes"`
+	DatadirErr  string           `json:"datadir_error,omitempty"`
+	Partials    []partialStatus  `json:"partials"`
+	Peers       *peerMatrix      `json:"peers,omitempty"`
+}
+
+type queueStatus struct {
+	Node      string `json:"node,omitempty"`
+	Queue     string `json:"queue"`
+	Exists    bool   `json:"exists"`
+	Ready     int    `json:"ready"`
+	Consumers int    `json:"consumers"`
+	// Unacked messages are not visible over AMQP (a passive declare reports
+	// ready ones only); rabbitmqctl list_queues shows them.
+	ParkQueue string `json:"park_queue,omitempty"`
+	Parked    int    `json:"parked"`
+}
+
+type partialStatus struct {
+	Image    string `json:"image"`
+	Bytes    int64  `json:"bytes"`
+	Expected int64  `json:"expected,omitempty"` // size on the peers; 0 = unknown (use --peers)
+}
+
+type peerMatrix struct {
+	Nodes       []string          `json:"nodes"`
+	Unreachable map[string]string `json:"unreachable,omitempty"` // node -> error
+	Images      []imageRow        `json:"images"`
+	// OnlyOn lists images that exist on exactly one node: a loss of that
+	// node loses the image.
+	OnlyOn    map[string]string `json:"only_on"`
+	Converged bool              `json:"converged"`
+}
+
+type imageRow struct {
+	ID    string            `json:"id"`
+	Size  int64             `json:"size"`  // the size most nodes have
+	State map[string]string `json:"state"` // node -> present | missing | size differs
+	Sizes map[string]int64  `json:"sizes"` // node -> size, where present
+}
+
+func runStatus(args []string, cfg *config.Config, stdout, stderr io.Writer, log *slog.Logger) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	asJSON := fs.Bool("json", false, "print JSON for scripts instead of tables")
+	peers := fs.Bool("peers", false, "also list every peer's datadir over SFTP: an image x node matrix")
+	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	rep := &statusReport{Node: cfg.Self.Short, Datadir: cfg.Datadir, Images: map[string]int64{}, Partials: []partialStatus{}}
+	code := exitOK
+
+	r := &runner{cfg: cfg, log: log}
+	if conn, err := r.dial(ctx); err != nil {
+		rep.BrokerError = err.Error()
+		code = exitFailed
+	} else {
+		rep.Broker = conn.URL()
+		if st, err := conn.Inspect(cfg.Broker.SourceQueue()); err == nil {
+			rep.SourceQueue = &queueStatus{Queue: cfg.Broker.SourceQueue(), Exists: st.Exists, Ready: st.Messages, Consumers: st.Consumers}
+		}
+		for _, n := range cfg.Nodes {
+			q := queueStatus{Node: n.Short, Queue: cfg.NodeQueue(n.Short), ParkQueue: cfg.ParkingQueue(n.Short)}
+			st, err := conn.Inspect(q.Queue)
+			if err != nil {
+				rep.BrokerError = err.Error()
+				code = exitFailed
+				break
+			}
+			q.Exists, q.Ready, q.Consumers = st.Exists, st.Messages, st.Consumers
+			if pst, err := conn.Inspect(q.ParkQueue); err == nil {
+				q.Parked = pst.Messages
+			}
+			rep.Queues = append(rep.Queues, q)
+		}
+		conn.Close()
+	}
+
+	local := map[string]int64{}
+	partials := map[string]int64{}
+	if st, err := store.Open(cfg.Datadir, 0); err != nil {
+		rep.DatadirErr = err.Error()
+		code = exitFailed
+	} else {
+		if local, err = st.Images(); err != nil {
+			rep.DatadirErr = err.Error()
+			code = exitFailed
+		}
+		if partials, err = st.Partials(); err != nil {
+			rep.DatadirErr = err.Error()
+			code = exitFailed
+		}
+	}
+	rep.Images = local
+	for _, n := range local {
+		rep.ImagesBytes += n
+	}
+	if *peers {
+		rep.Peers = peerStatus(ctx, cfg, local)
+	}
+	for id, n := range partials {
+		p := partialStatus{Image: id, Bytes: n}
+		if rep.Peers != nil {
+			for _, row := range rep.Peers.Images {
+				if row.ID == id {
+					p.Expected = row.Size
+				}
+			}
+		}
+		rep.Partials = append(rep.Partials, p)
+	}
+	sort.Slice(rep.Partials, func(i, j int) bool { return rep.Partials[i].Image < rep.Partials[j].Image })
+
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return exitFailed
+		}
+		return code
+	}
+	printStatus(stdout, rep)
+	return code
+}
+
+// peerStatus lists every node's datadir: this one locally, the peers over SFTP.
+func peerStatus(ctx context.Context, cfg *config.Config, local map[string]int64) *peerMatrix {
+	m := &peerMatrix{Unreachable: map[string]string{}, OnlyOn: map[string]string{}}
+	have := map[string]map[string]int64{cfg.Self.Short: local} // node -> id -> size
+	auth := sshAuth(cfg)
+	for _, n := range cfg.Nodes {
+		m.Nodes = append(m.Nodes, n.Short)
+		if n.Short == cfg.Self.Short {
+			continue
+		}
+		cl, err := transfer.Dial(ctx, transfer.Peer{Name: n.Short, Address: n.Address, Port: n.Port}, auth)
+		if err != nil {
+			m.Unreachable[n.Short] = err.Error()
+			continue
+		}
+		list, err := cl.ReadDir(ctx, cfg.Datadir)
+		cl.Close()
+		if err != nil {
+			m.Unreachable[n.Short] = err.Error()
+			continue
+		}
+		files := map[string]int64{}
+		for _, fi := range list {
+			if fi.Mode().IsRegular() && store.IsImageName(fi.Name()) {
+				files[fi.Name()] = fi.Size()
+			}
+		}
+		have[n.Short] = files
+	}
+	ids := map[string]bool{}
+	for _, files := range have {
+		for id := range files {
+			ids[id] = true
+		}
+	}
+	m.Converged = len(m.Unreachable) == 0
+	for id := range ids {
+		row := imageRow{ID: id, State: map[string]string{}, Sizes: map[string]int64{}}
+		votes := map[int64]int{}
+		for node, files := range have {
+			if sz, ok := files[id]; ok {
+				row.Sizes[node] = sz
+				votes[sz]++
+			}
+		}
+		for sz, v := range votes {
+			if v > votes[row.Size] || (v == votes[row.Size] && sz > row.Size) {
+				row.Size = sz
+			}
+		}
+		holders := []string{}
+		for _, node := range m.Nodes {
+			files, reached := have[node]
+			if !reached {
+				row.State[node] = "unknown"
+				continue
+			}
+			sz, ok := files[id]
+			switch {
+			case !ok:
+				row.State[node] = "missing"
+				m.Converged = false
+			case sz != row.Size:
+				row.State[node] = "size differs"
+				m.Converged = false
+			default:
+				row.State[node] = "present"
+			}
+			if ok {
+				holders = append(holders, node)
+			}
+		}
+		if len(holders) == 1 && len(m.Nodes) > 1 {
+			m.OnlyOn[id] = holders[0]
+		}
+		m.Images = append(m.Images, row)
+	}
+	sort.Slice(m.Images, func(i, j int) bool { return m.Images[i].ID < m.Images[j].ID })
+	return m
+}
+
+func printStatus(w io.Writer, rep *statusReport) {
+	fmt.Fprintf(w, "Node %s, datadir %s\n\n", rep.Node, rep.Datadir)
+	if rep.BrokerError != "" {
+		fmt.Fprintf(w, "Broker: %s\n\n", rep.BrokerError)
+	} else {
+		fmt.Fprintf(w, "Broker %s\n", rep.Broker)
+		if q := rep.SourceQueue; q != nil {
+			if q.Exists {
+				fmt.Fprintf(w, "Glance's queue %s: %d ready, %d consumers\n", q.Queue, q.Ready, q.Consumers)
+			} else {
+				fmt.Fprintf(w, "Glance's queue %s: does not exist yet\n", q.Queue)
+			}
+		}
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "\nNODE\tQUEUE\tREADY\tCONSUMERS\tPARKED")
+		for _, q := range rep.Queues {
+			ready := fmt.Sprint(q.Ready)
+			if !q.Exists {
+				ready = "(no queue yet)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\n", q.Node, q.Queue, ready, q.Consumers, q.Parked)
+		}
+		tw.Flush()
+		fmt.Fprintln(w, "(unacked messages are not visible over AMQP: rabbitmqctl list_queues name messages_ready messages_unacknowledged)")
+		fmt.Fprintln(w)
+	}
+	if rep.DatadirErr != "" {
+		fmt.Fprintf(w, "Datadir: %s\n", rep.DatadirErr)
+	} else {
+		fmt.Fprintf(w, "This node holds %d images, %s\n", len(rep.Images), progress.Bytes(rep.ImagesBytes))
+	}
+	if len(rep.Partials) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "\nPARTIAL\tHAVE\tOF")
+		for _, p := range rep.Partials {
+			of := "? (status --peers tells)"
+			if p.Expected > 0 {
+				of = fmt.Sprintf("%s (%.0f%%)", progress.Bytes(p.Expected), 100*float64(p.Bytes)/float64(p.Expected))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Image, progress.Bytes(p.Bytes), of)
+		}
+		tw.Flush()
+	}
+	m := rep.Peers
+	if m == nil {
+		return
+	}
+	fmt.Fprintln(w)
+	for _, node := range m.Nodes {
+		if e, ok := m.Unreachable[node]; ok {
+			fmt.Fprintf(w, "%s: not listed: %s\n", node, e)
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "IMAGE\tSIZE\t%s\n", strings.Join(m.Nodes, "\t"))
+	for _, row := range m.Images {
+		cells := make([]string, len(m.Nodes))
+		for i, node := range m.Nodes {
+			cells[i] = row.State[node]
+			if cells[i] == "size differs" {
+				cells[i] = fmt.Sprintf("size differs (%d)", row.Sizes[node])
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", row.ID, row.Size, strings.Join(cells, "\t"))
+	}
+	tw.Flush()
+	if len(m.OnlyOn) > 0 {
+		fmt.Fprintln(w, "\nOnly on one node (lost if that node is):")
+		ids := make([]string, 0, len(m.OnlyOn))
+		for id := range m.OnlyOn {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		for _, id := range ids {
+			fmt.Fprintf(w, "  %s on %s\n", id, m.OnlyOn[id])
+		}
+	}
+	if m.Converged {
+		fmt.Fprintf(w, "\nConverged: all %d images are on all %d nodes.\n", len(m.Images), len(m.Nodes))
+	} else {
+		fmt.Fprintln(w, "\nNot converged: see missing / size differs / unknown above.")
+	}
+}

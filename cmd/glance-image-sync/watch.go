@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/fanout"
+	"github.com/glance-image-sync/glance-image-sync/internal/metrics"
+	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
+)
+
+// Backoff bounds, for reconnecting to the broker and for retrying a queue
+// whose last pass left messages for later (a peer down, a disk full).
+const (
+	reconnectMin = time.Second
+	reconnectMax = time.Minute
+	retryMin     = 30 * time.Second
+	retryMax     = 5 * time.Minute
+)
+
+// runWatch is the daemon: it drains this node's queue every interval (and,
+// with --duplicate, Glance's queue into every node's), so an image reaches
+// the other nodes seconds after its upload instead of at the next cron tick.
+// It holds lock_file for its whole life, so a cron run left in place exits
+// 75 and does nothing. SIGTERM or SIGINT stops it: a transfer in flight is
+// cut, its partial file kept for the next run to resume, and its message
+// returns to the queue unacked. Exit 0 after a signal.
+func runWatch(ctx context.Context, args []string, r *runner, stderr io.Writer) int {
+	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	duplicate := fs.Bool("duplicate", false, "also copy Glance's notifications into every node's queue (duplicate-notifications), continuously")
+	interval := fs.Duration("interval", 2*time.Second, "how often to look for new messages")
+	listen := fs.String("listen", "", "serve Prometheus metrics at http://`ADDR`/metrics, e.g. 127.0.0.1:9464")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if r.dryRun {
+		fmt.Fprintln(stderr, "glance-image-sync: watch does not take --dry-run; use sync-images --dry-run")
+		return exitUsage
+	}
+	if *interval <= 0 {
+		fmt.Fprintln(stderr, "glance-image-sync: watch --interval must be positive")
+		return exitUsage
+	}
+	set := metrics.New()
+	if r.cfg.MetricsFile != "" {
+		set = metrics.Load(r.cfg.MetricsFile)
+	}
+	if *listen != "" {
+		ln, err := net.Listen("tcp", *listen)
+		if err != nil {
+			r.log.Error("not running", "err", fmt.Errorf("watch --listen %s: %w", *listen, err))
+			return exitUsage
+		}
+		srv := &http.Server{Handler: metricsHandler(set), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		r.log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
+	}
+	r.quiet = true
+	w := &watcher{r: r, set: set, duplicate: *duplicate, interval: *interval}
+	backoff := reconnectMin
+	for ctx.Err() == nil {
+		conn, err := r.dial(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			r.log.Error("broker unreachable; retrying", "err", err, "in", backoff.String())
+			w.record(nil, exitFailed, time.Now())
+			sleep(ctx, jitter(backoff))
+			backoff = min(2*backoff, reconnectMax)
+			continue
+		}
+		r.log.Info("watching", "broker", conn.URL(), "queue", r.cfg.NodeQueue(r.cfg.Self.Short), "duplicate", *duplicate, "interval", interval.String())
+		start := time.Now()
+		err = w.serve(ctx, conn)
+		conn.Close()
+		if ctx.Err() != nil {
+			break
+		}
+		if time.Since(start) > reconnectMax {
+			backoff = reconnectMin // it worked for a while: a fresh failure
+		}
+		r.log.Error("connection lost; reconnecting", "err", err, "in", backoff.String())
+		sleep(ctx, jitter(backoff))
+		backoff = min(2*backoff, reconnectMax)
+	}
+	w.flush()
+	r.log.Info("watch stopped", "signal", context.Cause(ctx))
+	return exitOK
+}
+
+type watcher struct {
+	r         *runner
+	set       *metrics.Set
+	duplicate bool
+	interval  time.Duration
+
+	nextSync   time.Time
+	retryDelay time.Duration // 0 while nothing is deferred
+	lastWrite  time.Time
+	dirty      bool
+}
+
+// serve runs passes on one connection until it fails or ctx ends.
+func (w *watcher) serve(ctx context.Context, conn *broker.Conn) error {
+	r := w.r
+	for {
+		start := time.Now()
+		pctx, cancel := ctx, context.CancelFunc(func() {})
+		if r.cfg.Deadline > 0 {
+			pctx, cancel = context.WithTimeout(ctx, r.cfg.Deadline)
+		}
+		r.fanoutRes, r.syncRes = fanout.Result{}, syncer.Result{}
+		code := exitOK
+		if w.duplicate {
+			code = worse(code, r.duplicate(pctx, conn))
+		}
+		if code != exitFailed && !start.Before(w.nextSync) {
+			code = worse(code, r.syncImages(pctx, conn))
+			w.schedule(start)
+		}
+		cancel()
+		if ctx.Err() != nil {
+			w.record(conn, code, start)
+			return ctx.Err()
+		}
+		w.record(conn, code, start)
+		if code == exitFailed {
+			return errors.New("pass failed (see the error above)")
+		}
+		if conn.Closed() {
+			return errors.New("broker closed the connection")
+		}
+		sleep(ctx, w.interval)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// schedule sets the next sync pass. A pass that left messages for later
+// (peer down, disk full) would otherwise retry them every interval and use
+// up max_attempts in seconds; so while messages are deferred, syncs space
+// out like cron runs (30 s doubling to 5 min), and return to every interval
+// after a pass that deferred nothing.
+func (w *watcher) schedule(start time.Time) {
+	if w.r.syncRes.Deferred > 0 {
+		w.retryDelay = min(max(2*w.retryDelay, retryMin), retryMax)
+		w.nextSync = start.Add(w.retryDelay)
+		w.r.log.Info("messages left for later; next sync pass", "in", w.retryDelay.String())
+		return
+	}
+	w.retryDelay = 0
+	w.nextSync = time.Time{}
+}
+
+// record adds a pass to the metrics, and rewrites metrics_file when the pass
+// did something, or every 30 s so the queue gauges stay fresh.
+func (w *watcher) record(conn *broker.Conn, code int, start time.Time) {
+	r := w.r
+	busy := len(r.syncRes.Events) > 0 || r.fanoutRes != (fanout.Result{}) || code != exitOK
+	w.set.Add(r.runMetrics(conn, "watch", code, start))
+	w.dirty = true
+	if busy || time.Since(w.lastWrite) > 30*time.Second {
+		w.flush()
+	}
+}
+
+func (w *watcher) flush() {
+	if w.r.cfg.MetricsFile == "" || !w.dirty {
+		return
+	}
+	if err := w.set.WriteFile(w.r.cfg.MetricsFile); err != nil {
+		w.r.log.Warn("metrics not written", "err", err)
+	}
+	w.lastWrite, w.dirty = time.Now(), false
+}
+
+func metricsHandler(set *metrics.Set) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(rw http.ResponseWriter, _ *http.Request) {
+		rw.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		rw.Write(set.Text())
+	})
+	return mux
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// jitter spreads reconnects of many nodes after a broker restart.
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}
