@@ -67,6 +67,14 @@ type Config struct {
 	SSHTimeout             time.Duration // connect+handshake, one SFTP request, a transfer pause
 	BWLimit                float64       // MB/s; 0 = none
 
+	KeepPendingDelete bool    // pending_delete = keep
+	TrashDir          string  // "" = the store's default, inside the datadir
+	TrashDays         int     // days a trashed file is kept
+	MaxDelete         int     // reconcile --prune refuses beyond this many orphans
+	MaxDeletePercent  float64 // ... or beyond this share of the datadir's images
+	VerifyRate        float64 // MB/s; 0 = unthrottled
+	VerifyDays        int     // verify skips files verified more recently
+
 	Warnings []string // things an operator should know that do not stop a run
 }
 
@@ -258,6 +266,13 @@ func (c *Config) loadSync(f *ini.File) (topic string, err error) {
 	c.SSHTimeout = vals["ssh_timeout"].(time.Duration)
 	c.Deadline = vals["deadline"].(time.Duration)
 	c.BWLimit = vals["bwlimit"].(float64)
+	c.KeepPendingDelete = vals["pending_delete"].(string) == "keep"
+	c.TrashDir = vals["trash_dir"].(string)
+	c.TrashDays = vals["trash_days"].(int)
+	c.MaxDelete = vals["max_delete"].(int)
+	c.MaxDeletePercent = vals["max_delete_percent"].(float64)
+	c.VerifyRate = vals["verify_rate"].(float64)
+	c.VerifyDays = vals["verify_days"].(int)
 	topic = vals["notification_topic"].(string)
 
 	if strings.ContainsFunc(c.User, isSpace) {

@@ -123,11 +123,16 @@ func TestLoadMinimalLegacy(t *testing.T) {
 			Exchange: "glance",
 			Topic:    "glance_notifications",
 		},
-		Datadir:     "/var/lib/glance/images",
-		Transfers:   2,
-		MaxAttempts: 12,
-		Deadline:    time.Hour,
-		SSHTimeout:  time.Minute,
+		Datadir:          "/var/lib/glance/images",
+		Transfers:        2,
+		MaxAttempts:      12,
+		Deadline:         time.Hour,
+		SSHTimeout:       time.Minute,
+		TrashDays:        7,
+		MaxDelete:        20,
+		MaxDeletePercent: 50,
+		VerifyRate:       50,
+		VerifyDays:       30,
 		Warnings: []string{
 			sync + ": [DEFAULT] known_hosts: " + filepath.Join(home, ".ssh/known_hosts") +
 				": no such file or directory: with host_key_checking = yes no peer can be reached",
@@ -587,7 +592,8 @@ func TestErrorFormat(t *testing.T) {
 func TestOptions(t *testing.T) {
 	spec := []string{"api_nodes", "rsync_user", "hostname", "ssh_key", "known_hosts", "ssh_port",
 		"ssh_ciphers", "host_key_checking", "lock_file", "log_file", "metrics_file", "notification_topic",
-		"forward_routing_key", "transfers", "max_attempts", "deadline", "ssh_timeout", "bwlimit"}
+		"forward_routing_key", "transfers", "max_attempts", "deadline", "ssh_timeout", "bwlimit",
+		"pending_delete", "trash_dir", "trash_days", "max_delete", "max_delete_percent", "verify_rate", "verify_days"}
 	opts := Options()
 	var keys []string
 	for _, o := range opts {

@@ -118,6 +118,39 @@ var options = []Option{
 	{Section: SectionDefault, Key: "bwlimit", Type: TypeFloat, Default: "0",
 		Min: 0, HasMin: true,
 		Help: "Bandwidth limit for fetching, in MB/s over all transfers; 0 = none."},
+	{Section: SectionDefault, Key: "pending_delete", Type: TypeChoice, Default: "remove",
+		Choices: []string{"remove", "keep"},
+		Help: "What an image.delete with status pending_delete (Glance's delayed_delete) does " +
+			"here. remove: the local copy goes at once, as for any delete; Glance can no " +
+			"longer serve the image, and glance-scrubber only ever removes the copy of the " +
+			"node that handled the DELETE, which also keeps the copy a " +
+			"glance-scrubber --restore needs. keep: the copy stays until reconcile --prune " +
+			"moves it to trash_dir."},
+	{Section: SectionDefault, Key: "trash_dir", Type: TypePath,
+		Help: "Where reconcile --prune moves orphaned image files. It must be on the " +
+			"datadir's filesystem (a rename, never a copy). Default: " +
+			"<datadir>/.glance-image-sync/trash."},
+	{Section: SectionDefault, Key: "trash_days", Type: TypeInt, Default: "7",
+		Min: 0, HasMin: true,
+		Help: "Days a file stays in trash_dir before a reconcile --prune run removes it for good; 0 = at the next such run."},
+	{Section: SectionDefault, Key: "max_delete", Type: TypeInt, Default: "20",
+		Min: 0, HasMin: true,
+		Help: "reconcile --prune prunes nothing at all when more files than this are orphaned " +
+			"(a wrong endpoint, region or non-admin credentials make every file look " +
+			"orphaned); --force lifts the limit for one run."},
+	{Section: SectionDefault, Key: "max_delete_percent", Type: TypeFloat, Default: "50",
+		Min: 0, Max: 100, HasMin: true, HasMax: true,
+		Help: "Likewise, as a share of the image files in the datadir: more orphans than " +
+			"this percentage and nothing is pruned without --force."},
+	{Section: SectionDefault, Key: "verify_rate", Type: TypeFloat, Default: "50",
+		Min: 0, HasMin: true,
+		Help: "MB/s at which verify reads the datadir, so re-hashing at rest does not starve " +
+			"glance-api of disk bandwidth; 0 = unthrottled."},
+	{Section: SectionDefault, Key: "verify_days", Type: TypeInt, Default: "30",
+		Min: 0, HasMin: true,
+		Help: "verify skips a file verified fewer than this many days ago (its record in " +
+			"<datadir>/.glance-image-sync/verified), so an interrupted or deadline-bound " +
+			"verify resumes where it stopped; 0 = re-hash everything."},
 
 	{Section: SectionNode, Key: "address", Type: TypeString,
 		Help: "Host name or IP address to reach this node by SSH. Default: its api_nodes entry."},
