@@ -1,0 +1,126 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/integration/harness"
+)
+
+// watch delivers an upload within seconds; SIGTERM mid-transfer ends it with
+// exit 0, a partial file kept and the message back on the queue, and the
+// next run resumes the partial instead of starting over.
+func TestWatch(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	c := newCluster(t, 3)
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	prom := filepath.Join(n2.Dir, "metrics.prom")
+	// 1 MB/s makes the big image take seconds, time enough to interrupt it.
+	must(t, c.WriteConfig(n2, map[string]string{"bwlimit": "1", "metrics_file": prom}))
+
+	cmd := n2.NS.Command(ctx, tool, "--config", n2.Config, "--glance-config", n2.GlanceConf,
+		"watch", "--duplicate", "--interval", "300ms")
+	var log lockedLog
+	cmd.Stdout, cmd.Stderr = &log, &log
+	must(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	}()
+
+	small, err := c.AddImage(n1, 64<<10)
+	must(t, err)
+	start := time.Now()
+	must(t, c.PublishUpload(ctx, n1, small))
+	waitFor(t, 20*time.Second, "watch to fetch "+small.ID, func() bool {
+		ok, _ := harness.HasImage(n2, small)
+		return ok
+	}, &log)
+	t.Logf("upload reached %s %v after the notification", n2.Name, time.Since(start).Round(time.Millisecond))
+
+	big, err := c.AddImage(n1, 8<<20)
+	must(t, err)
+	must(t, c.PublishUpload(ctx, n1, big))
+	part := filepath.Join(n2.ImagesDir, "."+big.ID+"."+big.Checksum+".part")
+	waitFor(t, 20*time.Second, "a partial of "+big.ID, func() bool {
+		fi, err := os.Stat(part)
+		return err == nil && fi.Size() >= 1<<20
+	}, &log)
+	must(t, cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("watch after SIGTERM: %v, want exit 0\n%s", err, log.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("watch still running 15s after SIGTERM\n%s", log.String())
+	}
+	if !strings.Contains(log.String(), "watch stopped") {
+		t.Errorf("no 'watch stopped' line:\n%s", log.String())
+	}
+	fi, err := os.Stat(part)
+	if err != nil || fi.Size() == 0 || fi.Size() >= big.Size {
+		t.Fatalf("after SIGTERM the partial is %v (err %v), want part of %d bytes\n%s", fi, err, big.Size, log.String())
+	}
+	kept := fi.Size()
+	if d := depth(t, c, harness.NodeQueue(n2)); d == 0 {
+		t.Errorf("the interrupted image's messages are not back on %s", harness.NodeQueue(n2))
+	}
+	if _, err := os.Stat(prom); err != nil {
+		t.Errorf("watch wrote no metrics file: %v", err)
+	}
+
+	// The next run resumes where the partial ends.
+	must(t, c.WriteConfig(n2, map[string]string{"bwlimit": ""}))
+	out, _ := runOK(t, ctx, c, n2, []string{"sync-images"})
+	m := regexp.MustCompile(`msg=fetched .*image=` + big.ID + ` .*resumed_at=(\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no fetched line for %s:\n%s", big.ID, out)
+	}
+	if at, _ := strconv.ParseInt(m[1], 10, 64); at == 0 || at > kept {
+		t.Errorf("resumed at %d, want the kept partial's %d bytes (or fewer)", at, kept)
+	}
+	assertHas(t, n2, big)
+	assertClean(t, c, n2)
+}
+
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool, log *lockedLog) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after %v; watch's log:\n%s", what, limit, log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// lockedLog collects a background process's output.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
