@@ -1,0 +1,184 @@
+//go:build chaos
+
+package chaos
+
+import (
+	"context"
+	"math/rand/v2"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/integration/harness"
+)
+
+type restartKind struct {
+	name string
+	do   func(context.Context) error
+}
+
+func restartKinds() []restartKind {
+	return []restartKind{
+		{"stop_app", func(ctx context.Context) error { return broker.restartApp(ctx) }},
+		{"kill9", func(ctx context.Context) error { return broker.kill9(ctx) }},
+	}
+}
+
+// The broker goes away while duplicate-notifications is copying a burst:
+// once it is back and the next runs finish, every node holds exactly the
+// images it should (uploads and deletes), and every queue is empty.
+func TestBrokerRestartDuringDuplicate(t *testing.T) {
+	for _, k := range restartKinds() {
+		t.Run(k.name, func(t *testing.T) {
+			ctx := testCtx(t, 5*time.Minute)
+			c := newCluster(t, 3, nil)
+			n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+			var live, gone []harness.Image
+			for i, n := range []*harness.Node{n1, n1, n1, n2, n2, n3} {
+				img, err := c.AddImage(n, int64(64<<10+i))
+				must(t, err)
+				must(t, c.PublishUpload(ctx, n, img))
+				live = append(live, img)
+			}
+			for i := 0; i < 2; i++ {
+				img, err := c.AddImage(n3, 1000)
+				must(t, err)
+				must(t, c.PublishUpload(ctx, n3, img))
+				must(t, os.Remove(harness.ImagePath(n3, img.ID))) // Glance on n3 deletes its file, then notifies
+				must(t, c.PublishDelete(ctx, n3, img))
+				gone = append(gone, img)
+			}
+			// A burst of metadata updates makes the copy last long enough to
+			// be cut in the middle.
+			for i := 0; i < 5000; i++ {
+				img := live[i%len(live)]
+				must(t, c.PublishEvent(ctx, "image.update", c.Nodes[i%3], img, "active"))
+			}
+			published := depth(t, c, c.SourceQueue())
+
+			run := start(t, c, n1, "duplicate-notifications")
+			waitFor(t, 10*time.Second, func() bool { return depth(t, c, harness.NodeQueue(n3)) > 0 })
+			must(t, k.do(ctx))
+			code := run.wait(t, 2*time.Minute)
+			must(t, c.Reconnect())
+			left := depth(t, c, c.SourceQueue())
+			t.Logf("run cut by %s exited %d; %d of %d notifications left in the source queue", k.name, code, left, published)
+			if code == 0 && left == 0 {
+				t.Errorf("the run finished before the broker went away: the fault was not injected")
+			}
+
+			converge(t, ctx, c, 4)
+			exp, got := tally(t, c, live, gone)
+			lost := (exp - got) + assertQueuesEmpty(t, c)
+			assertNoPartials(t, c)
+			record(t, row{fault: "broker " + k.name + " in duplicate", trials: 1, expected: exp, present: got, lost: lost})
+		})
+	}
+}
+
+// The broker goes away while sync-images is fetching: nothing placed is
+// lost, nothing half-written is at a final path, and the next runs finish.
+func TestBrokerRestartDuringSync(t *testing.T) {
+	for _, k := range restartKinds() {
+		t.Run(k.name, func(t *testing.T) {
+			ctx := testCtx(t, 5*time.Minute)
+			c := newCluster(t, 3, map[string]string{"bwlimit": "8", "transfers": "1"})
+			n1, n2 := c.Nodes[0], c.Nodes[1]
+			var live, gone []harness.Image
+			for i := 0; i < 6; i++ {
+				img, err := c.AddImage(n1, 2<<20+int64(i))
+				must(t, err)
+				must(t, c.PublishUpload(ctx, n1, img))
+				live = append(live, img)
+			}
+			doomed, err := c.AddImage(n1, 4096)
+			must(t, err)
+			must(t, c.PublishUpload(ctx, n1, doomed))
+			runWant(t, ctx, c, n1, []string{"duplicate-notifications"}, 0)
+			must(t, os.Remove(harness.ImagePath(n1, doomed.ID)))
+			must(t, c.PublishDelete(ctx, n1, doomed))
+			gone = append(gone, doomed)
+			runWant(t, ctx, c, n1, []string{"duplicate-notifications"}, 0)
+
+			run := start(t, c, n2, "sync-images")
+			waitFor(t, 30*time.Second, func() bool {
+				files, _ := harness.Files(n2)
+				return len(files) > 0
+			})
+			must(t, k.do(ctx))
+			code := run.wait(t, 2*time.Minute)
+			must(t, c.Reconnect())
+			t.Logf("sync-images cut by %s exited %d; %d messages on %s", k.name, code, depth(t, c, harness.NodeQueue(n2)), harness.NodeQueue(n2))
+			t.Logf("its log:\n%s", run.log())
+
+			converge(t, ctx, c, 4)
+			exp, got := tally(t, c, live, gone)
+			lost := (exp - got) + assertQueuesEmpty(t, c)
+			assertNoPartials(t, c)
+			record(t, row{fault: "broker " + k.name + " in sync-images", trials: 1, expected: exp, present: got, lost: lost})
+		})
+	}
+}
+
+// `both` is SIGKILLed at random points, 20 times with a fixed seed, while
+// uploads and deletes keep coming. A clean run then converges: every live
+// image everywhere, every deleted one nowhere, no half file at a final
+// path, no partial left, no message parked or left.
+func TestSIGKILLDuringBoth(t *testing.T) {
+	const trials = 20
+	const seed = 4
+	ctx := testCtx(t, 8*time.Minute)
+	c := newCluster(t, 3, map[string]string{"bwlimit": "16"})
+	rng := rand.New(rand.NewPCG(seed, seed))
+	var live, gone []harness.Image
+	owner := map[string]*harness.Node{}
+	kills := 0
+	for i := 0; i < trials; i++ {
+		n := c.Nodes[rng.IntN(3)]
+		img, err := c.AddImage(n, int64(128<<10+rng.IntN(3<<20)))
+		must(t, err)
+		must(t, c.PublishUpload(ctx, n, img))
+		live = append(live, img)
+		owner[img.ID] = n
+		if len(live) > 3 && rng.IntN(4) == 0 {
+			j := rng.IntN(len(live) - 1)
+			d := live[j]
+			live = append(live[:j], live[j+1:]...)
+			h := owner[d.ID]
+			_ = os.Remove(harness.ImagePath(h, d.ID))
+			must(t, c.PublishDelete(ctx, h, d))
+			gone = append(gone, d)
+		}
+		r := c.Nodes[rng.IntN(3)]
+		delay := time.Duration(rng.IntN(1500)) * time.Millisecond
+		run := start(t, c, r, "both")
+		select {
+		case <-run.done:
+			capture(run.log())
+			t.Logf("trial %d: both on %s ended (exit %d) before the kill at %v", i, r.Name, run.code, delay)
+		case <-time.After(delay):
+			run.kill()
+			kills++
+		}
+	}
+	t.Logf("%d of %d runs were killed", kills, trials)
+	if kills < trials/2 {
+		t.Errorf("only %d of %d runs were killed mid-way: the trial proves little", kills, trials)
+	}
+	converge(t, ctx, c, 5)
+	exp, got := tally(t, c, live, gone)
+	lost := (exp - got) + assertQueuesEmpty(t, c)
+	assertNoPartials(t, c)
+	record(t, row{fault: "SIGKILL during both", trials: trials, expected: exp, present: got, lost: lost})
+}
+
+func waitFor(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	end := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(end) {
+			t.Fatalf("condition not met within %v", d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
