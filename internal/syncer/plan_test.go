@@ -92,3 +92,26 @@ func TestSources(t *testing.T) {
 		}
 	}
 }
+
+func TestKeepPending(t *testing.T) {
+	ev := func(status, publisher string) *notification.Event {
+		return &notification.Event{EventType: "image.delete", Publisher: publisher,
+			Image: &notification.Image{ID: "8ab5b1b2-0000-4000-8000-000000000001", Status: status}}
+	}
+	tests := []struct {
+		ev   *notification.Event
+		keep bool
+		kept bool
+	}{
+		{ev("deleted", "node1"), true, false},
+		{ev("pending_delete", "node1"), false, false},
+		{ev("pending_delete", "localhost"), false, false},
+		{ev("pending_delete", "node2"), false, true}, // this node handled the DELETE: glance-scrubber's
+		{ev("pending_delete", "node1"), true, true},
+	}
+	for _, tt := range tests {
+		if why := keepPending(tt.ev, "node2", tt.keep); (why != "") != tt.kept {
+			t.Errorf("%s from %s, keep=%v: %q, want kept=%v", tt.ev.Image.Status, tt.ev.Publisher, tt.keep, why, tt.kept)
+		}
+	}
+}

@@ -35,6 +35,9 @@ type Config struct {
 	IdleTimeout time.Duration
 	BWLimit     float64 // MB/s over all transfers; 0 = none
 	DryRun      bool
+	// KeepPendingDelete leaves the file of an image.delete whose status is
+	// pending_delete (delayed_delete) in place: pending_delete = keep.
+	KeepPendingDelete bool
 	// Progress, if set, is told about each transfer's bytes as they are
 	// written (never by wrapping the SFTP reader, which would stop pipelining).
 	Progress Progress
@@ -216,6 +219,15 @@ func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}
 }
 
 func (s *Syncer) delete(log *slog.Logger, j job) {
+	if why := keepPending(j.ev, s.cfg.Self, s.cfg.KeepPendingDelete); why != "" {
+		// No tombstone either: glance-scrubber --restore may bring the
+		// image back, and reconcile --prune trashes a copy once Glance
+		// has forgotten the image.
+		log.Info("skipped", "reason", why)
+		s.tally(j.ev.EventType, "skipped", "")
+		s.ack(j.d)
+		return
+	}
 	if s.cfg.DryRun {
 		log.Info("would delete")
 		return
@@ -283,7 +295,7 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 	}
 	var errs []error
 	for _, name := range order {
-		err := s.fetchFrom(ctx, log.With("peer", name), name, img, lim)
+		_, err := s.fetchFrom(ctx, log.With("peer", name), name, Want{ID: img.ID, Size: img.Size, MD5: img.Checksum}, lim)
 		if err == nil {
 			s.ack(j.d)
 			s.tally(j.ev.EventType, "fetched", "")
@@ -305,26 +317,26 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 	return s.retry(ctx, j, errors.Join(errs...))
 }
 
-func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, img *notification.Image, lim *limiter) error {
+func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, img Want, lim *limiter) (int64, error) {
 	c, err := s.peers.get(ctx, s.cfg.Peers[name])
 	if err != nil {
-		return err
+		return 0, err
 	}
 	remote, err := s.store.Path(img.ID)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	size, err := c.Stat(ctx, remote)
 	if err != nil {
 		s.peers.checkHealth(c, err)
-		return err
+		return 0, err
 	}
 	if size != img.Size {
-		return fmt.Errorf("peer %s has %d bytes of it, expected %d", name, size, img.Size)
+		return 0, fmt.Errorf("peer %s has %d bytes of it, expected %d", name, size, img.Size)
 	}
-	p, err := s.store.Begin(ctx, img.ID, img.Size, img.Checksum)
+	p, err := s.store.BeginMultihash(ctx, img.ID, img.Size, img.MD5, img.Multihash)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer p.Close()
 	offset := p.Offset()
@@ -343,17 +355,17 @@ func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, i
 		n, err = c.Fetch(ctx, remote, offset, w, s.cfg.IdleTimeout)
 		if err != nil {
 			s.peers.drop(c)
-			return err
+			return 0, err
 		}
 	}
 	if err := p.Commit(); err != nil {
-		return err
+		return 0, err
 	}
 	secs := time.Since(start).Seconds()
 	log.Info("fetched", "bytes", n, "resumed_at", offset, "seconds", fmt.Sprintf("%.2f", secs),
 		"MBps", fmt.Sprintf("%.1f", float64(n)/1e6/max(secs, 1e-9)))
 	s.count(func(r *Result) { r.Bytes += n; r.Seconds += secs })
-	return nil
+	return n, nil
 }
 
 // retry re-queues the message with one more attempt counted, or parks it once

@@ -1,0 +1,99 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/notification"
+	"github.com/glance-image-sync/glance-image-sync/internal/store"
+)
+
+// Want is an image this node should hold, as a source other than an event
+// describes it (the Images API, for reconcile and verify).
+type Want struct {
+	ID   string
+	Size int64
+	MD5  string
+	// Multihash, when the source has one, is checked too; notifications
+	// never carry it.
+	Multihash store.Multihash
+}
+
+// Fetcher fetches single images outside a queue run, through the same path
+// as sync-images: the peers' SSH connections shared for its life, Stat of
+// the peer's copy before any byte moves, resume of a partial, verification
+// before the rename, bwlimit over all its transfers.
+type Fetcher struct {
+	s   *Syncer
+	lim *limiter
+}
+
+// NewFetcher prepares a Fetcher; cfg's queue fields are not used. Close it.
+func NewFetcher(cfg Config, st *store.Store, log *slog.Logger) *Fetcher {
+	s := New(cfg, nil, st, log)
+	s.peers = newPeerPool(s.cfg.Auth, s.log)
+	f := &Fetcher{s: s}
+	if s.cfg.BWLimit > 0 {
+		f.lim = newLimiter(s.cfg.BWLimit)
+	}
+	return f
+}
+
+// Fetch places image w here from the first peer, in api_nodes order, that
+// holds a file of its size. The API does not say which node has an image
+// (every node records the same datadir path), so every peer is a candidate,
+// as for oslo's default publisher image.localhost. It returns the peer it
+// came from and the bytes moved.
+func (f *Fetcher) Fetch(ctx context.Context, w Want) (peer string, bytes int64, err error) {
+	if dead, err := f.s.store.Deleted(w.ID); err != nil {
+		return "", 0, err
+	} else if dead {
+		return "", 0, fmt.Errorf("image %s: %w", w.ID, ErrTombstoned)
+	}
+	order, _, _ := Sources("", f.s.cfg.Self, f.s.cfg.PeerOrder)
+	if len(order) == 0 {
+		return "", 0, fmt.Errorf("image %s: no peer to fetch from", w.ID)
+	}
+	var errs []error
+	for _, name := range order {
+		n, err := f.s.fetchFrom(ctx, f.s.log.With("image", w.ID, "peer", name), name, w, f.lim)
+		if err == nil {
+			return name, n, nil
+		}
+		if ctx.Err() != nil {
+			return "", 0, err
+		}
+		f.s.log.Debug("not from this peer", "image", w.ID, "peer", name, "err", err)
+		errs = append(errs, fmt.Errorf("%s: %w", name, err))
+	}
+	return "", 0, fmt.Errorf("image %s: no peer gave a verified copy: %w", w.ID, errors.Join(errs...))
+}
+
+// ErrTombstoned is an image this node deleted before: Glance never reuses
+// an id, so it is not fetched again.
+var ErrTombstoned = errors.New("deleted here earlier (tombstone)")
+
+// Close ends the SSH connections.
+func (f *Fetcher) Close() { f.s.peers.close() }
+
+// keepPending says why the file of a delete event stays here, or "" when it
+// goes. With delayed_delete, Glance answers DELETE with status pending_delete
+// and leaves the data at its location for glance-scrubber, which removes the
+// file on the host it runs on, and which --restore can bring back. The node
+// that handled the DELETE (named by publisher_id) leaves its copy to Glance
+// as Glance itself would; the other nodes remove theirs unless
+// pending_delete = keep.
+func keepPending(ev *notification.Event, self string, keep bool) string {
+	if ev.Image == nil || ev.Image.Status != "pending_delete" {
+		return ""
+	}
+	if keep {
+		return "pending_delete (delayed_delete) and pending_delete = keep"
+	}
+	if ShortName(ev.Publisher) == self {
+		return "pending_delete (delayed_delete) on the node that handled the DELETE: left to glance-scrubber"
+	}
+	return ""
+}
