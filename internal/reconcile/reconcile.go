@@ -1,0 +1,233 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/glanceapi"
+	"github.com/glance-image-sync/glance-image-sync/internal/store"
+	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
+)
+
+// API is what reconcile reads of Glance; *glanceapi.Client is one.
+type API interface {
+	List(ctx context.Context) ([]glanceapi.Image, error)
+	Get(ctx context.Context, id string) (glanceapi.Image, error)
+}
+
+// Fetcher places one image here; *syncer.Fetcher is one.
+type Fetcher interface {
+	Fetch(ctx context.Context, w syncer.Want) (peer string, bytes int64, err error)
+}
+
+// Options shape a reconcile run.
+type Options struct {
+	Prune     bool
+	DryRun    bool
+	Limits    Limits
+	TrashDir  string
+	TrashDays int
+	Transfers int
+	Now       func() time.Time // for tests; nil = time.Now
+}
+
+// Summary counts what a run found and did.
+type Summary struct {
+	Images     int // records in the listing
+	Present    int
+	Fetched    int
+	Orphaned   int // confirmed: Glance does not have the image, or has it deleted
+	Pruned     int // moved to the trash
+	Failed     int // fetches, confirmations or moves that did not succeed
+	Tombstoned int
+	Young      int
+	NoData     int
+	Purged     int // trash files past trash_days removed
+	Bytes      int64
+	// PruneRefused says why pruning did not happen although asked for.
+	PruneRefused string
+}
+
+// ErrListing marks a run that could not read the listing whole; nothing was
+// fetched or pruned.
+var ErrListing = errors.New("the image listing could not be read whole")
+
+// Run reconciles the datadir with the API.
+func Run(ctx context.Context, api API, st *store.Store, f Fetcher, o Options, log *slog.Logger) (Summary, error) {
+	now := time.Now
+	if o.Now != nil {
+		now = o.Now
+	}
+	if o.Transfers < 1 {
+		o.Transfers = 1
+	}
+	var sum Summary
+	listedAt := now()
+	list, err := api.List(ctx)
+	if err != nil {
+		// Not even the fetches go ahead: a half listing is no basis for
+		// anything, and the next run will have the whole of it.
+		return sum, fmt.Errorf("%w: %v; nothing was fetched or pruned", ErrListing, err)
+	}
+	sum.Images = len(list)
+	files, err := st.Files()
+	if err != nil {
+		return sum, err
+	}
+	p := NewPlan(list, files, listedAt, func(id string) bool {
+		dead, err := st.Deleted(id)
+		return err == nil && dead
+	})
+	sum.Present, sum.Tombstoned, sum.Young, sum.NoData = len(p.Present), len(p.Tombstoned), len(p.Young), len(p.NoData)
+	for _, id := range p.Tombstoned {
+		log.Warn("skipped", "image", id, "reason", "active in Glance, but deleted here earlier (tombstone in .glance-image-sync/deleted); remove the tombstone to fetch it again")
+	}
+	for _, f := range p.Young {
+		log.Info("skipped", "image", f.ID, "reason", "not in the listing, but written after it began: judged by a later run")
+	}
+	log.Debug("listing read", "images", len(list), "files", len(files), "to_fetch", len(p.Fetch), "orphan_candidates", len(p.Orphans))
+
+	orphans := confirmOrphans(ctx, api, p.Orphans, o, &sum, log)
+	sum.Orphaned = len(orphans)
+	if o.Prune {
+		prune(ctx, st, orphans, len(files), o, now(), &sum, log)
+	}
+	fetch(ctx, f, p.Fetch, o, &sum, log)
+	return sum, ctx.Err()
+}
+
+// confirmOrphans asks Glance about each candidate on its own: an image can be
+// missing from a listing without being gone (hidden, or not visible to these
+// credentials, or created since). Only a 404, or a record saying deleted,
+// makes an orphan. Beyond the prune limits the candidates are not asked
+// about one by one: nothing will be pruned, and a wrong listing may make
+// thousands of them.
+func confirmOrphans(ctx context.Context, api API, cands []store.File, o Options, sum *Summary, log *slog.Logger) []store.File {
+	if len(cands) == 0 {
+		return nil
+	}
+	if err := o.Limits.CheckPrune(len(cands), 0); err != nil && o.Prune {
+		for _, f := range cands {
+			log.Warn("orphan", "image", f.ID, "bytes", f.Size, "confirmed", false)
+		}
+		sum.Orphaned = len(cands)
+		return cands
+	}
+	var out []store.File
+	for _, f := range cands {
+		if ctx.Err() != nil {
+			break
+		}
+		img, err := api.Get(ctx, f.ID)
+		switch {
+		case errors.Is(err, glanceapi.ErrNotFound):
+			log.Warn("orphan", "image", f.ID, "bytes", f.Size, "reason", "unknown to Glance")
+			out = append(out, f)
+		case err != nil:
+			log.Error("cannot tell whether this file is an orphan; kept", "image", f.ID, "err", err)
+			sum.Failed++
+		case isGone(img.Status):
+			log.Warn("orphan", "image", f.ID, "bytes", f.Size, "reason", "status "+img.Status)
+			out = append(out, f)
+		default:
+			log.Info("skipped", "image", f.ID, "reason", "not in the listing but Glance has it ("+img.Status+"); kept")
+		}
+	}
+	return out
+}
+
+func prune(ctx context.Context, st *store.Store, orphans []store.File, total int, o Options, now time.Time, sum *Summary, log *slog.Logger) {
+	if sum.Failed > 0 {
+		sum.PruneRefused = "some orphans could not be confirmed with Glance; nothing pruned"
+		log.Error("prune refused", "reason", sum.PruneRefused)
+		return
+	}
+	if err := o.Limits.CheckPrune(len(orphans), total); err != nil {
+		sum.PruneRefused = err.Error()
+		log.Error("prune refused", "reason", sum.PruneRefused)
+		return
+	}
+	trash := o.TrashDir
+	if trash == "" {
+		trash = st.DefaultTrashDir()
+	}
+	for _, f := range orphans {
+		if ctx.Err() != nil {
+			return
+		}
+		if o.DryRun {
+			log.Info("would prune", "image", f.ID, "bytes", f.Size, "trash", trash)
+			continue
+		}
+		dst, err := st.Trash(f.ID, trash, now)
+		if err != nil {
+			log.Error("prune failed", "image", f.ID, "err", err)
+			sum.Failed++
+			continue
+		}
+		log.Info("pruned", "image", f.ID, "bytes", f.Size, "moved_to", dst)
+		sum.Pruned++
+	}
+	if o.DryRun {
+		return
+	}
+	cutoff := now.Add(-time.Duration(o.TrashDays) * 24 * time.Hour)
+	gone, err := st.PurgeTrash(trash, cutoff)
+	for _, g := range gone {
+		log.Info("trash emptied", "file", g, "older_than_days", o.TrashDays)
+	}
+	sum.Purged = len(gone)
+	if err != nil {
+		log.Error("emptying the trash", "err", err)
+		sum.Failed++
+	}
+}
+
+func fetch(ctx context.Context, f Fetcher, imgs []glanceapi.Image, o Options, sum *Summary, log *slog.Logger) {
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	sem := make(chan struct{}, o.Transfers)
+	for _, img := range imgs {
+		if ctx.Err() != nil {
+			break
+		}
+		w := WantOf(img)
+		if o.DryRun {
+			log.Info("would fetch", "image", img.ID, "size", img.Size)
+			continue
+		}
+		if w.Multihash.Algo != "" && !store.MultihashKnown(w.Multihash.Algo) {
+			log.Warn("multihash of an unknown algorithm; MD5 checked only", "image", img.ID, "os_hash_algo", w.Multihash.Algo)
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			peer, n, err := f.Fetch(ctx, w)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				log.Error("fetch failed", "image", img.ID, "err", err)
+				sum.Failed++
+				return
+			}
+			log.Debug("verified", "image", img.ID, "peer", peer, "md5", w.MD5, "multihash", w.Multihash.Algo)
+			sum.Fetched++
+			sum.Bytes += n
+		}()
+	}
+	wg.Wait()
+}
+
+// WantOf is what the API says this node should hold of img.
+func WantOf(img glanceapi.Image) syncer.Want {
+	return syncer.Want{ID: img.ID, Size: img.Size, MD5: img.Checksum,
+		Multihash: store.Multihash{Algo: img.HashAlgo, Value: img.HashValue}}
+}
