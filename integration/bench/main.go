@@ -1,0 +1,603 @@
+// Command bench times glance-image-sync's fetch against the tools it replaces
+// (rsync, scp, sftp, ssh cat), all pulling the same file from a real OpenSSH
+// sshd on this machine, in one run and alternating, and prints medians. It
+// also measures resume after a kill, a metadata-only no-op, peak memory at a
+// larger size, and duplicate-notifications throughput.
+//
+// It is a benchmark, not a test: it needs root, RabbitMQ, sshd and rsync
+// (integration/setup.sh), about 3 × size of free disk, and several minutes.
+// Run it with `make bench`; BENCH_BIG=1 (or -big) adds the 4 GiB memory line.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/integration/harness"
+)
+
+// variants are other builds of the tool, each timed as a method of its own.
+var variants variantList
+
+type variantList []string
+
+func (v *variantList) String() string     { return strings.Join(*v, " ") }
+func (v *variantList) Set(s string) error { *v = append(*v, s); return nil }
+
+func main() {
+	size := flag.Int64("size", 2<<30, "bytes of the file every method copies")
+	rounds := flag.Int("rounds", 3, "alternating rounds (medians are reported)")
+	big := flag.Bool("big", os.Getenv("BENCH_BIG") != "", "also fetch a 4 GiB image once for the memory line (env BENCH_BIG=1)")
+	events := flag.Int("events", 20000, "image events for the duplicate-notifications line (0: skip)")
+	only := flag.String("only", "", "comma list of method names to time (default: all)")
+	prebuilt := flag.String("tool", "", "use this glance-image-sync binary instead of building ./cmd/glance-image-sync")
+	flag.Var(&variants, "variant", "`name=binary[,ENV=value...]`: also time this build of the tool (repeatable; for measuring a change)")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *size, *rounds, *big, *events, *only, *prebuilt); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// result is one timed run of one method.
+type result struct {
+	secs, cpu float64 // wall, and user+sys of the client process tree
+	rss       int64   // peak RSS in bytes of the largest process in the tree
+}
+
+type method struct {
+	name string
+	note string
+	run  func(ctx context.Context) (result, error)
+}
+
+type bench struct {
+	c        *harness.Cluster
+	src, dst *harness.Node
+	img      harness.Image
+	out      string // host directory the external tools write to
+	ssh      []string
+	log      func(string, ...any)
+}
+
+func run(ctx context.Context, size int64, rounds int, big bool, events int, only, tool string) error {
+	if err := harness.CheckPrereqs(); err != nil {
+		return fmt.Errorf("%w (run integration/setup.sh as root)", err)
+	}
+	for _, bin := range []string{"rsync", "scp", "sftp", "ssh", "tee", "md5sum"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return fmt.Errorf("%s not in PATH: run integration/setup.sh (apt-get install rsync openssh-client coreutils)", bin)
+		}
+	}
+	logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, "bench: "+f+"\n", a...) }
+	binDir, err := os.MkdirTemp("", "glance-image-sync-bench-bin-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(binDir)
+	if tool == "" {
+		if tool, err = harness.BuildTool(ctx, binDir); err != nil {
+			return err
+		}
+	}
+	// Three nodes: n1 has the image, n2 fetches it, n3 only gives
+	// duplicate-notifications its third node queue.
+	c, err := harness.NewCluster(ctx, harness.Options{Nodes: 3, Tool: tool})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := c.Close(); err != nil {
+			logf("cleanup: %v", err)
+		}
+	}()
+	b := &bench{c: c, src: c.Nodes[0], dst: c.Nodes[1], out: filepath.Join(c.Dir, "bench-out"), log: logf}
+	if err := os.MkdirAll(b.out, 0o755); err != nil {
+		return err
+	}
+	b.ssh = []string{"-i", c.ClientKey, "-o", "UserKnownHostsFile=" + b.dst.KnownHosts, "-o", "StrictHostKeyChecking=yes",
+		"-o", "BatchMode=yes", "-o", "LogLevel=ERROR"}
+	logf("writing a %d-byte random image on %s", size, b.src.Name)
+	if b.img, err = c.AddImage(b.src, size); err != nil {
+		return err
+	}
+	// The tool's first run declares the node queue, so that the upload events
+	// published below through the default exchange are not dropped.
+	if _, err := b.tool(ctx, "sync-images"); err != nil {
+		return err
+	}
+
+	methods := b.methods()
+	if only != "" {
+		keep := map[string]bool{}
+		for _, n := range strings.Split(only, ",") {
+			keep[strings.TrimSpace(n)] = true
+		}
+		var sel []method
+		for _, m := range methods {
+			if keep[m.name] {
+				sel = append(sel, m)
+			}
+		}
+		methods = sel
+	}
+	for _, v := range variants {
+		name, spec, ok := strings.Cut(v, "=")
+		if !ok {
+			return fmt.Errorf("-variant %q: want name=binary[,ENV=value...]", v)
+		}
+		parts := strings.Split(spec, ",")
+		bin, env := parts[0], parts[1:]
+		methods = append(methods, method{"glance-image-sync " + name, "variant " + spec, func(ctx context.Context) (result, error) {
+			return b.fetchWith(ctx, bin, env, b.img)
+		}})
+	}
+	res := map[string][]result{}
+	for r := 0; r < rounds; r++ {
+		for _, m := range methods {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			b.settle()
+			got, err := m.run(ctx)
+			if err != nil {
+				return fmt.Errorf("%s: %w", m.name, err)
+			}
+			logf("round %d %-28s %6.1f MB/s  cpu %5.2f s  rss %4d MiB", r+1, m.name, mbps(size, got.secs), got.cpu, got.rss>>20)
+			res[m.name] = append(res[m.name], got)
+		}
+	}
+	printTable(size, rounds, methods, res)
+
+	if err := b.resume(ctx); err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	if err := b.noop(ctx); err != nil {
+		return fmt.Errorf("no-op: %w", err)
+	}
+	if big {
+		if err := b.memory(ctx, 4<<30); err != nil {
+			return fmt.Errorf("memory: %w", err)
+		}
+	}
+	if events > 0 {
+		if err := b.fanout(ctx, events); err != nil {
+			return fmt.Errorf("duplicate-notifications: %w", err)
+		}
+	}
+	return nil
+}
+
+func (b *bench) remote() string { return harness.CommonDatadir + "/" + b.img.ID }
+
+func (b *bench) dest() string { return filepath.Join(b.out, "copy") }
+
+func (b *bench) port() string { return strconv.Itoa(b.src.SSHPort) }
+
+// settle removes the previous copy and writes back dirty pages, so one
+// method's write-back is not billed to the next, then waits (up to a minute)
+// for the machine to be idle: on a shared machine another job's burst
+// would otherwise land on whichever method runs beside it.
+func (b *bench) settle() {
+	os.Remove(b.dest())
+	b.forget(b.img.ID)
+	syscall.Sync()
+	time.Sleep(300 * time.Millisecond)
+	for end := time.Now().Add(time.Minute); time.Now().Before(end); {
+		if idle := idleFraction(500 * time.Millisecond); idle > 0.9 {
+			return
+		}
+	}
+	b.log("machine still busy after a minute; measuring anyway")
+}
+
+// idleFraction is the share of CPU time spent idle over d, from /proc/stat.
+func idleFraction(d time.Duration) float64 {
+	read := func() (idle, total float64) {
+		data, err := os.ReadFile("/proc/stat")
+		if err != nil {
+			return 0, 0
+		}
+		line, _, _ := strings.Cut(string(data), "\n")
+		for i, f := range strings.Fields(line)[1:] {
+			v, _ := strconv.ParseFloat(f, 64)
+			total += v
+			if i == 3 || i == 4 { // idle, iowait
+				idle += v
+			}
+		}
+		return idle, total
+	}
+	i0, t0 := read()
+	time.Sleep(d)
+	i1, t1 := read()
+	if t1 == t0 {
+		return 1
+	}
+	return (i1 - i0) / (t1 - t0)
+}
+
+// forget removes the fetched image from the fetching node with its state, as
+// if it had never been there.
+func (b *bench) forget(id string) {
+	os.Remove(harness.ImagePath(b.dst, id))
+	os.Remove(filepath.Join(b.dst.ImagesDir, harness.StateDirName, "verified", id))
+	matches, _ := filepath.Glob(filepath.Join(b.dst.ImagesDir, "."+id+".*.part"))
+	for _, m := range matches {
+		os.Remove(m)
+	}
+}
+
+func (b *bench) methods() []method {
+	sshCmd := "ssh " + strings.Join(b.ssh, " ") + " -p " + b.port()
+	target := "root@127.0.0.1:" + b.remote()
+	return []method{
+		{"rsync -az", "the original tool's command, OpenSSH's default cipher", func(ctx context.Context) (result, error) {
+			return b.external(ctx, "rsync", "-az", "-e", sshCmd, target, b.dest())
+		}},
+		{"rsync -a --whole-file", "OpenSSH's default cipher", func(ctx context.Context) (result, error) {
+			return b.external(ctx, "rsync", "-a", "--whole-file", "-e", sshCmd, target, b.dest())
+		}},
+		{"scp", "SFTP mode, OpenSSH's default cipher", func(ctx context.Context) (result, error) {
+			return b.external(ctx, "scp", append(append([]string{}, b.ssh...), "-P", b.port(), target, b.dest())...)
+		}},
+		{"sftp get", "OpenSSH's default cipher", func(ctx context.Context) (result, error) {
+			return b.external(ctx, "sftp", append(append([]string{}, b.ssh...), "-P", b.port(), target, b.dest())...)
+		}},
+		{"ssh cat > dest", "aes128-gcm", func(ctx context.Context) (result, error) {
+			return b.shell(ctx, fmt.Sprintf("ssh -c aes128-gcm@openssh.com %s -p %s root@127.0.0.1 cat %s > %s",
+				strings.Join(b.ssh, " "), b.port(), b.remote(), b.dest()), "")
+		}},
+		{"ssh cat | tee | md5sum", "aes128-gcm", func(ctx context.Context) (result, error) {
+			return b.shell(ctx, fmt.Sprintf("ssh -c aes128-gcm@openssh.com %s -p %s root@127.0.0.1 cat %s | tee %s | md5sum",
+				strings.Join(b.ssh, " "), b.port(), b.remote(), b.dest()), b.img.Checksum)
+		}},
+		{"glance-image-sync", "sync-images on a queued image.upload, x/crypto's aes128-gcm", func(ctx context.Context) (result, error) {
+			return b.fetch(ctx, b.img)
+		}},
+	}
+}
+
+// external runs a copying command and checks the copy's size.
+func (b *bench) external(ctx context.Context, name string, args ...string) (result, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	r, out, err := timed(cmd)
+	if err != nil {
+		return r, fmt.Errorf("%v: %s", err, out)
+	}
+	return r, b.checkDest()
+}
+
+// shell runs a pipeline under sh; the wait4 rusage of sh covers every
+// process of the pipeline. If sum is set, the pipeline's stdout must hold it.
+func (b *bench) shell(ctx context.Context, script, sum string) (result, error) {
+	cmd := exec.CommandContext(ctx, "sh", "-c", script)
+	r, out, err := timed(cmd)
+	if err != nil {
+		return r, fmt.Errorf("%v: %s", err, out)
+	}
+	if sum != "" && !strings.Contains(out, sum) {
+		return r, fmt.Errorf("md5sum printed %q, want %s", out, sum)
+	}
+	return r, b.checkDest()
+}
+
+func (b *bench) checkDest() error {
+	fi, err := os.Stat(b.dest())
+	if err != nil {
+		return err
+	}
+	if fi.Size() != b.img.Size {
+		return fmt.Errorf("copy has %d bytes, want %d", fi.Size(), b.img.Size)
+	}
+	return nil
+}
+
+// timed runs cmd to its end and reports wall time and the rusage of its
+// process tree: wait4 accounts the children a process waited for to it.
+func timed(cmd *exec.Cmd) (result, string, error) {
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err := cmd.Run()
+	r := result{secs: time.Since(start).Seconds()}
+	if ps := cmd.ProcessState; ps != nil {
+		r.cpu = (ps.UserTime() + ps.SystemTime()).Seconds()
+		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+			r.rss = ru.Maxrss << 10
+		}
+	}
+	return r, out.String(), err
+}
+
+// tool runs the binary on the fetching node inside its namespace, as cron
+// would, and returns its log; exit codes other than 0 are errors.
+func (b *bench) tool(ctx context.Context, args ...string) (string, error) {
+	r, log, err := b.toolTimed(ctx, args...)
+	_ = r
+	return log, err
+}
+
+func (b *bench) toolCmd(ctx context.Context, n *harness.Node, args ...string) *exec.Cmd {
+	full := append([]string{"--config", n.Config, "--glance-config", n.GlanceConf}, args...)
+	// nsenter execs the tool in place, so the rusage is the tool's own.
+	return n.NS.Command(ctx, b.c.Tool, full...)
+}
+
+func (b *bench) toolTimed(ctx context.Context, args ...string) (result, string, error) {
+	r, log, err := timed(b.toolCmd(ctx, b.dst, args...))
+	if err != nil {
+		return r, log, fmt.Errorf("glance-image-sync %s: %v\n%s", strings.Join(args, " "), err, log)
+	}
+	return r, log, nil
+}
+
+// publish puts an event about img, from the source node, on the fetching
+// node's own queue, as duplicate-notifications would have.
+func (b *bench) publish(ctx context.Context, event string, img harness.Image) error {
+	body, err := harness.OsloEnvelope(event, "image."+b.src.Name, harness.Payload(img, "active"))
+	if err != nil {
+		return err
+	}
+	return b.c.PublishTo(ctx, harness.NodeQueue(b.dst), body)
+}
+
+func (b *bench) fetch(ctx context.Context, img harness.Image) (result, error) {
+	return b.fetchWith(ctx, b.c.Tool, nil, img)
+}
+
+func (b *bench) fetchWith(ctx context.Context, bin string, env []string, img harness.Image) (result, error) {
+	if err := b.publish(ctx, "image.upload", img); err != nil {
+		return result{}, err
+	}
+	n := b.dst
+	cmd := n.NS.Command(ctx, bin, "--config", n.Config, "--glance-config", n.GlanceConf, "sync-images")
+	cmd.Env = append(os.Environ(), env...)
+	r, log, err := timed(cmd)
+	if err != nil {
+		return r, fmt.Errorf("%s sync-images: %v\n%s", bin, err, log)
+	}
+	if !strings.Contains(log, "msg=fetched") {
+		return r, fmt.Errorf("no fetched line in the log:\n%s", log)
+	}
+	fi, err := os.Stat(harness.ImagePath(b.dst, img.ID))
+	if err != nil {
+		return r, err
+	}
+	if fi.Size() != img.Size {
+		return r, fmt.Errorf("placed %d bytes, want %d", fi.Size(), img.Size)
+	}
+	return r, nil
+}
+
+func mbps(size int64, secs float64) float64 { return float64(size) / 1e6 / secs }
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func printTable(size int64, rounds int, methods []method, res map[string][]result) {
+	type row struct {
+		name, note string
+		mbps, cpu  float64
+		rss        int64
+		min, max   float64
+	}
+	var rows []row
+	byName := map[string]row{}
+	for _, m := range methods {
+		var sp, cpu []float64
+		var rss int64
+		for _, r := range res[m.name] {
+			sp = append(sp, mbps(size, r.secs))
+			cpu = append(cpu, r.cpu)
+			rss = max(rss, r.rss)
+		}
+		s := append([]float64(nil), sp...)
+		sort.Float64s(s)
+		rw := row{m.name, m.note, median(sp), median(cpu), rss, s[0], s[len(s)-1]}
+		rows = append(rows, rw)
+		byName[m.name] = rw
+	}
+	ratio := func(v float64, base string) string {
+		r, ok := byName[base]
+		if !ok || r.mbps == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", v/r.mbps)
+	}
+	fmt.Printf("\n%.2f GiB random file over loopback from OpenSSH sshd, %d-core machine shared by client and server; median of %d alternating rounds\n\n",
+		float64(size)/(1<<30), runtime.NumCPU(), rounds)
+	fmt.Println("| method | MB/s (min–max) | client CPU s | peak RSS MiB | × rsync -az | × ssh cat\\|tee\\|md5sum | notes |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for _, r := range rows {
+		fmt.Printf("| %s | %.0f (%.0f–%.0f) | %.1f | %d | %s | %s | %s |\n",
+			strings.ReplaceAll(r.name, "|", "\\|"), r.mbps, r.min, r.max, r.cpu, r.rss>>20,
+			ratio(r.mbps, "rsync -az"), ratio(r.mbps, "ssh cat | tee | md5sum"), r.note)
+	}
+	if g, ok := byName["glance-image-sync"]; ok {
+		if s, ok := byName["scp"]; ok {
+			fmt.Printf("\nglance-image-sync / scp: %.2f\n", g.mbps/s.mbps)
+		}
+	}
+	fmt.Println()
+}
+
+var (
+	reBytes   = regexp.MustCompile(`msg=fetched .*?bytes=(\d+)`)
+	reResumed = regexp.MustCompile(`msg=fetched .*?resumed_at=(\d+)`)
+)
+
+func logInt(re *regexp.Regexp, log string) (int64, bool) {
+	m := re.FindStringSubmatch(log)
+	if m == nil {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(m[1], 10, 64)
+	return v, err == nil
+}
+
+// resume kills a fetch at about half way, runs again, and reports what the
+// second run read from the peer.
+func (b *bench) resume(ctx context.Context) error {
+	b.settle()
+	img := b.img
+	if err := b.publish(ctx, "image.upload", img); err != nil {
+		return err
+	}
+	part := filepath.Join(b.dst.ImagesDir, "."+img.ID+"."+img.Checksum+".part")
+	cmd := b.toolCmd(ctx, b.dst, "sync-images")
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	var at int64
+	for {
+		fi, err := os.Stat(part)
+		if err == nil && fi.Size() >= img.Size/2 {
+			cmd.Process.Signal(syscall.SIGKILL)
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cmd.Wait()
+	if fi, err := os.Stat(part); err == nil {
+		at = fi.Size()
+	} else {
+		return fmt.Errorf("no partial after the kill: %v\n%s", err, out.String())
+	}
+	log, err := b.tool(ctx, "sync-images")
+	if err != nil {
+		return err
+	}
+	n, ok1 := logInt(reBytes, log)
+	off, ok2 := logInt(reResumed, log)
+	if !ok1 || !ok2 {
+		return fmt.Errorf("no fetched line with bytes= and resumed_at=:\n%s", log)
+	}
+	ok, err := harness.HasImage(b.dst, img)
+	if err != nil {
+		return err
+	}
+	verdict := "result verifies (size and MD5 match)"
+	if !ok {
+		verdict = "RESULT DOES NOT VERIFY"
+	}
+	fmt.Printf("resume: SIGKILL with %.1f %% of the file in the partial; the next run resumed_at=%d and read bytes=%d from the peer = %.1f %% of the file; %s\n",
+		100*float64(at)/float64(img.Size), off, n, 100*float64(n)/float64(img.Size), verdict)
+	return nil
+}
+
+// noop times a metadata-only image.update for the image the resume left in
+// place, and checks the run neither read the file nor contacted the peer.
+func (b *bench) noop(ctx context.Context) error {
+	before := strings.Count(b.src.SSHDLog(), "Accepted publickey")
+	if err := b.publish(ctx, "image.update", b.img); err != nil {
+		return err
+	}
+	r, log, err := b.toolTimed(ctx, "sync-images")
+	if err != nil {
+		return err
+	}
+	after := strings.Count(b.src.SSHDLog(), "Accepted publickey")
+	if !strings.Contains(log, "present and verified") {
+		return fmt.Errorf("the run did not skip the image:\n%s", log)
+	}
+	// Hashing 2 GiB takes seconds of CPU; a run that read the file cannot
+	// stay far below that.
+	fmt.Printf("no-op: metadata-only image.update of the present %.0f GiB image: %.3f s wall, %.3f s CPU, peer connections %d, log: skipped reason=\"present and verified\"\n",
+		float64(b.img.Size)/(1<<30), r.secs, r.cpu, after-before)
+	return nil
+}
+
+// memory fetches a larger image once for its peak RSS.
+func (b *bench) memory(ctx context.Context, size int64) error {
+	b.log("writing a %d-byte random image for the memory line", size)
+	img, err := b.c.AddImage(b.src, size)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(harness.ImagePath(b.src, img.ID))
+	defer b.forget(img.ID)
+	b.settle()
+	r, err := b.fetch(ctx, img)
+	if err != nil {
+		return err
+	}
+	ok, err := harness.HasImage(b.dst, img)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errors.New("the 4 GiB copy does not verify")
+	}
+	fmt.Printf("memory: %.0f GiB image through sync-images: peak RSS %d MiB, %.0f MB/s, %.1f s CPU, verifies\n",
+		float64(size)/(1<<30), r.rss>>20, mbps(size, r.secs), r.cpu)
+	return nil
+}
+
+// fanout publishes image events to the source queue and times
+// duplicate-notifications copying them to the three node queues.
+func (b *bench) fanout(ctx context.Context, events int) error {
+	img := b.img
+	for i := 0; i < events; i++ {
+		body, err := harness.OsloEnvelope("image.update", "image."+b.src.Name, harness.Payload(img, "active"))
+		if err != nil {
+			return err
+		}
+		if err := b.c.PublishRaw(ctx, body); err != nil {
+			return err
+		}
+	}
+	// Publishes without confirms may still be in flight; wait for the queue.
+	for end := time.Now().Add(time.Minute); ; {
+		d, err := b.c.QueueDepth(b.c.SourceQueue())
+		if err != nil {
+			return err
+		}
+		if d >= events {
+			break
+		}
+		if time.Now().After(end) {
+			return fmt.Errorf("source queue holds %d of %d events", d, events)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	r, log, err := timed(b.toolCmd(ctx, b.src, "duplicate-notifications"))
+	if err != nil {
+		return fmt.Errorf("%v\n%s", err, log)
+	}
+	for _, n := range b.c.Nodes {
+		d, err := b.c.QueueDepth(harness.NodeQueue(n))
+		if err != nil {
+			return err
+		}
+		if d < events {
+			return fmt.Errorf("%s holds %d of %d copies", harness.NodeQueue(n), d, events)
+		}
+	}
+	fmt.Printf("duplicate-notifications: %d image events to %d node queues in %.2f s = %.0f events/s (budget 1,500/s), %.1f s CPU, peak RSS %d MiB\n",
+		events, len(b.c.Nodes), r.secs, float64(events)/r.secs, r.cpu, r.rss>>20)
+	return nil
+}
