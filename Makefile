@@ -11,10 +11,34 @@ COMMIT    := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TEST_TIMEOUT ?= 15m
 
-.PHONY: build test setup vet demo bench clean
+.PHONY: build dist test setup vet demo bench clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/glance-image-sync
+
+# A release tarball: the static binary, an example config generated from the
+# option table, the systemd units and the cron line. Reproducible from a
+# commit: file times come from the commit (SOURCE_DATE_EPOCH), the build has
+# no paths or build id, and tar and gzip store no owner, order or time of
+# their own, so two runs give the same sha256.
+DIST_DIR  ?= bin/dist
+GOOS      ?= $(shell $(GO) env GOOS)
+GOARCH    ?= $(shell $(GO) env GOARCH)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+DIST_NAME := glance-image-sync-$(VERSION)-$(GOOS)-$(GOARCH)
+
+dist:
+	rm -rf $(DIST_DIR)/$(DIST_NAME) $(DIST_DIR)/$(DIST_NAME).tar.gz
+	mkdir -p $(DIST_DIR)/$(DIST_NAME)
+	CGO_ENABLED=0 GOOS=$(GOOS) GOARCH=$(GOARCH) $(GO) build -trimpath -buildvcs=false \
+		-ldflags "$(LDFLAGS) -buildid=" -o $(DIST_DIR)/$(DIST_NAME)/glance-image-sync ./cmd/glance-image-sync
+	$(GO) run ./cmd/glance-image-sync config-example > $(DIST_DIR)/$(DIST_NAME)/glance-image-sync.conf.example
+	cp cmd/glance-image-sync/dist/* $(DIST_DIR)/$(DIST_NAME)/
+	chmod 0755 $(DIST_DIR)/$(DIST_NAME) $(DIST_DIR)/$(DIST_NAME)/glance-image-sync
+	find $(DIST_DIR)/$(DIST_NAME) -type f ! -name glance-image-sync -exec chmod 0644 {} +
+	tar --format=gnu --sort=name --mtime=@$(SOURCE_DATE_EPOCH) --owner=0 --group=0 --numeric-owner \
+		-C $(DIST_DIR) -cf - $(DIST_NAME) | gzip -n -9 > $(DIST_DIR)/$(DIST_NAME).tar.gz
+	cd $(DIST_DIR) && sha256sum $(DIST_NAME).tar.gz | tee $(DIST_NAME).tar.gz.sha256
 
 setup:
 	./integration/setup.sh

@@ -42,7 +42,7 @@ func writeConfigExample(w io.Writer) {
 		case o.Section == config.SectionNode && o.Key == "port":
 			fmt.Fprintf(w, "#%s = 2222\n", o.Key)
 		default:
-			fmt.Fprintf(w, "#%s = %s\n", o.Key, o.Default)
+			fmt.Fprintln(w, strings.TrimSpace(fmt.Sprintf("#%s = %s", o.Key, o.Default)))
 		}
 	}
 }
