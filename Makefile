@@ -47,8 +47,17 @@ vet:
 	$(GO) vet ./...
 
 # Unit and integration tests; fuzz targets run their seed corpus here.
-test: setup vet
+test: setup vet chaos
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Fault-injection and hostile-input suite (integration/chaos, build tag chaos):
+# its own RabbitMQ node, run serially; prints one line per fault.
+CHAOS_REPORT ?= $(CURDIR)/bin/chaos-report.txt
+chaos: setup
+	@mkdir -p $(dir $(CHAOS_REPORT))
+	$(GO) vet -tags chaos ./integration/chaos
+	CHAOS_REPORT=$(CHAOS_REPORT) $(GO) test -tags chaos -count=1 -timeout $(TEST_TIMEOUT) ./integration/chaos
+	@cat $(CHAOS_REPORT)
 
 demo: setup
 	$(GO) run ./integration/demo
