@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -401,4 +402,14 @@ func tmpFile(t *testing.T, dir, name, content string) string {
 	p := filepath.Join(dir, name)
 	must(t, os.WriteFile(p, []byte(content), 0o644))
 	return p
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func execCommand(ctx context.Context, name string, args ...string) error {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %v: %s", name, err, out)
+	}
+	return nil
 }
