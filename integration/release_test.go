@@ -27,10 +27,16 @@ func TestDistReproducibleAndStatic(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	root, err := harness.RepoRoot(ctx)
+	repo, err := harness.RepoRoot(ctx)
 	must(t, err)
 	if _, err := exec.LookPath("make"); err != nil {
 		t.Fatal("make not found: apt-get install make")
+	}
+	// A release is made from a commit: build from a clean clone of HEAD, so
+	// edits in the work tree (other tests, other people) cannot leak in.
+	root := filepath.Join(t.TempDir(), "src")
+	if out, err := exec.CommandContext(ctx, "git", "clone", "-q", "--no-hardlinks", repo, root).CombinedOutput(); err != nil {
+		t.Fatalf("git clone: %v\n%s", err, out)
 	}
 	var sums []string
 	var tarball string
@@ -93,6 +99,9 @@ func TestDistReproducibleAndStatic(t *testing.T) {
 		t.Fatalf("the binary does not run alone in a chroot: %v\n%s", err, out)
 	}
 	describe, err := exec.CommandContext(ctx, "git", "-C", root, "describe", "--always", "--dirty").Output()
+	if strings.HasSuffix(strings.TrimSpace(string(describe)), "-dirty") {
+		t.Errorf("a clean clone describes itself as %s", describe)
+	}
 	must(t, err)
 	head, err := exec.CommandContext(ctx, "git", "-C", root, "rev-parse", "HEAD").Output()
 	must(t, err)

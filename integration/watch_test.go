@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -10,6 +11,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/glance-image-sync/glance-image-sync/integration/harness"
 )
@@ -27,7 +31,7 @@ func TestWatch(t *testing.T) {
 	must(t, c.WriteConfig(n2, map[string]string{"bwlimit": "1", "metrics_file": prom}))
 
 	cmd := n2.NS.Command(ctx, tool, "--config", n2.Config, "--glance-config", n2.GlanceConf,
-		"watch", "--duplicate", "--interval", "300ms")
+		"watch", "--duplicate", "--interval", "300ms", "--listen", "127.0.0.1:0")
 	var log lockedLog
 	cmd.Stdout, cmd.Stderr = &log, &log
 	must(t, cmd.Start())
@@ -49,6 +53,26 @@ func TestWatch(t *testing.T) {
 		return ok
 	}, &log)
 	t.Logf("upload reached %s %v after the notification", n2.Name, time.Since(start).Round(time.Millisecond))
+
+	// The same numbers are served over HTTP for Prometheus to scrape.
+	url := regexp.MustCompile(`msg="serving metrics" .*url=(\S+)`).FindStringSubmatch(log.String())
+	if url == nil {
+		t.Fatalf("no 'serving metrics' line:\n%s", log.String())
+	}
+	waitFor(t, 10*time.Second, "fetched counter at "+url[1], func() bool {
+		resp, err := http.Get(url[1])
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := parser.TextToMetricFamilies(resp.Body)
+		if err != nil {
+			t.Fatalf("/metrics is not Prometheus text: %v", err)
+		}
+		n, _ := metric(fams, "glance_image_sync_events_total", map[string]string{"event": "image.upload", "result": "fetched"})
+		return n == 1
+	}, &log)
 
 	big, err := c.AddImage(n1, 8<<20)
 	must(t, err)
