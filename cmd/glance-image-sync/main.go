@@ -77,7 +77,7 @@ Commands:
                            to the broker with backoff; serve /metrics on ADDR.
                            SIGTERM stops it cleanly; partial files are resumed
                            by the next run.
-  version                  Print the version and commit.
+` + usageReconcile + `  version                  Print the version and commit.
 
 Options:
 `
@@ -119,7 +119,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	cmd, cmdArgs := fs.Arg(0), fs.Args()[1:]
 	// check, status and watch take options of their own after the command.
-	if len(cmdArgs) > 0 && cmd != "check" && cmd != "status" && cmd != "watch" {
+	if len(cmdArgs) > 0 && cmd != "check" && cmd != "status" && cmd != "watch" && cmd != "reconcile" && cmd != "verify" {
 		fmt.Fprintf(stderr, "glance-image-sync: one command expected, got %q; options go before the command\n", fs.Args())
 		return exitUsage
 	}
@@ -133,7 +133,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "config-example":
 		writeConfigExample(stdout)
 		return exitOK
-	case "duplicate-notifications", "sync-images", "both", "requeue-failed", "check", "status", "watch":
+	case "duplicate-notifications", "sync-images", "both", "requeue-failed", "check", "status", "watch", "reconcile", "verify":
 	default:
 		fmt.Fprintf(stderr, "glance-image-sync: unknown command %q; try --help\n", cmd)
 		return exitUsage
@@ -195,6 +195,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, cfg.Deadline)
 		defer cancel()
+	}
+	if cmd == "reconcile" || cmd == "verify" {
+		var prog syncer.Progress
+		if term != nil {
+			prog = term
+		}
+		return runReconcile(ctx, cmd, cmdArgs, cfg, log, *dryRun, prog, stdout, stderr)
 	}
 	return newRunner(cfg, log, *dryRun, term).run(ctx, cmd)
 }
@@ -329,14 +336,15 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 			Ciphers:    r.cfg.SSHCiphers,
 			Timeout:    r.cfg.SSHTimeout,
 		},
-		Queue:       r.cfg.NodeQueue(r.cfg.Self.Short),
-		ParkQueue:   r.cfg.ParkingQueue(r.cfg.Self.Short),
-		MaxAttempts: r.cfg.MaxAttempts,
-		Transfers:   r.cfg.Transfers,
-		IdleTimeout: r.cfg.SSHTimeout,
-		BWLimit:     r.cfg.BWLimit,
-		DryRun:      r.dryRun,
-		Progress:    r.progress,
+		Queue:             r.cfg.NodeQueue(r.cfg.Self.Short),
+		ParkQueue:         r.cfg.ParkingQueue(r.cfg.Self.Short),
+		MaxAttempts:       r.cfg.MaxAttempts,
+		Transfers:         r.cfg.Transfers,
+		IdleTimeout:       r.cfg.SSHTimeout,
+		BWLimit:           r.cfg.BWLimit,
+		DryRun:            r.dryRun,
+		Progress:          r.progress,
+		KeepPendingDelete: r.cfg.KeepPendingDelete,
 	}, conn, st, r.log)
 	res, err := s.Run(ctx)
 	r.syncRes = res

@@ -102,6 +102,9 @@ type GlanceOptions struct {
 	Datadir string
 	// TransportURL defaults to GlanceTransportURL.
 	TransportURL string
+	// PublisherID is default_publisher_id; empty means image.<Name>.
+	// "image.localhost" is oslo's default, which names no node.
+	PublisherID string
 }
 
 // glancePaste is the stock glance-api pipeline of openstack/glance:
@@ -153,7 +156,7 @@ const glanceConf = `[DEFAULT]
 bind_host = 127.0.0.1
 bind_port = %d
 workers = 0
-default_publisher_id = image.%s
+default_publisher_id = %s
 node_staging_uri = file://%s
 log_file = %s
 use_stderr = false
@@ -226,7 +229,10 @@ func WriteGlanceConfig(o GlanceOptions) (GlanceFiles, error) {
 	if err := os.WriteFile(f.Paste, []byte(paste), 0o644); err != nil {
 		return GlanceFiles{}, err
 	}
-	conf := fmt.Sprintf(glanceConf, o.Port, o.Name, f.Staging, f.Log, o.DBURL, f.Paste,
+	if o.PublisherID == "" {
+		o.PublisherID = "image." + o.Name
+	}
+	conf := fmt.Sprintf(glanceConf, o.Port, o.PublisherID, f.Staging, f.Log, o.DBURL, f.Paste,
 		o.Datadir, o.TransportURL, o.Topic, f.Locks)
 	if err := os.WriteFile(f.Config, []byte(conf), 0o644); err != nil {
 		return GlanceFiles{}, err
@@ -517,6 +523,12 @@ func glanceLastLines(s string, n int) string {
 // servers before closing the cluster: a namespace's mounts live as long as
 // the processes inside it.
 func StartClusterGlance(ctx context.Context, c *Cluster, dbURL string) ([]*GlanceAPI, error) {
+	return StartClusterGlanceAs(ctx, c, dbURL, "")
+}
+
+// StartClusterGlanceAs is StartClusterGlance with every node's
+// default_publisher_id set to publisherID (empty: image.<node>).
+func StartClusterGlanceAs(ctx context.Context, c *Cluster, dbURL, publisherID string) ([]*GlanceAPI, error) {
 	apis := make([]*GlanceAPI, len(c.Nodes))
 	errs := make([]error, len(c.Nodes))
 	var wg sync.WaitGroup
@@ -525,10 +537,11 @@ func StartClusterGlance(ctx context.Context, c *Cluster, dbURL string) ([]*Glanc
 		go func() {
 			defer wg.Done()
 			apis[i], errs[i] = StartGlance(ctx, n.NS, GlanceOptions{
-				Name:  n.Name,
-				Dir:   filepath.Join(n.Dir, "glance"),
-				DBURL: dbURL,
-				Topic: c.Topic,
+				Name:        n.Name,
+				Dir:         filepath.Join(n.Dir, "glance"),
+				DBURL:       dbURL,
+				Topic:       c.Topic,
+				PublisherID: publisherID,
 			})
 		}()
 	}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/config"
+	"github.com/glance-image-sync/glance-image-sync/internal/glanceapi"
+	"github.com/glance-image-sync/glance-image-sync/internal/reconcile"
+	"github.com/glance-image-sync/glance-image-sync/internal/store"
+	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
+	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
+)
+
+const usageReconcile = `  reconcile [--endpoint URL] [--prune [--force]] [--dry-run]
+                           Compare the datadir with the images Glance lists (Images
+                           API v2; clouds.yaml/OS_CLOUD or OS_* credentials, or
+                           --endpoint without auth): fetch active images missing
+                           here or of the wrong size from a peer that has them,
+                           verified against checksum and os_hash_value; report
+                           files of deleted or unknown images. --prune moves them
+                           to trash_dir (kept trash_days), never more than
+                           max_delete / max_delete_percent unless --force, and
+                           never when the listing could not be read whole.
+                           Seeds a new node; cron it hourly or daily beside both.
+  verify [--endpoint URL] [--repair] [--dry-run]
+                           Re-hash the datadir at verify_rate MB/s, oldest check
+                           first, skipping files verified within verify_days;
+                           report files whose MD5 no longer matches Glance's;
+                           --repair fetches them again.
+`
+
+// runReconcile runs reconcile or verify. Exit codes: 0 the datadir matches
+// Glance; 1 the run could not work (listing unreadable: nothing deleted);
+// 3 some fetches failed and a later run may succeed; 4 an operator is needed
+// (prune refused by its guards, corrupt files found without --repair).
+func runReconcile(ctx context.Context, cmd string, args []string, cfg *config.Config, log *slog.Logger, dryRun bool, prog syncer.Progress, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	endpoint := fs.String("endpoint", "", "glance-api `URL` to ask without authentication (no Keystone); default: clouds.yaml/OS_CLOUD, else OS_* variables")
+	localDry := fs.Bool("dry-run", false, "report what would be fetched, pruned or verified; change nothing")
+	prune := fs.Bool("prune", false, "reconcile: move orphaned files to trash_dir")
+	force := fs.Bool("force", false, "reconcile --prune: ignore max_delete and max_delete_percent for this run")
+	repair := fs.Bool("repair", false, "verify: fetch files that no longer match again")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "glance-image-sync %s: unexpected %q\n", cmd, fs.Args())
+		return exitUsage
+	}
+	dryRun = dryRun || *localDry
+	if cmd == "verify" && (*prune || *force) || cmd == "reconcile" && *repair {
+		fmt.Fprintf(stderr, "glance-image-sync %s: --prune and --force belong to reconcile, --repair to verify\n", cmd)
+		return exitUsage
+	}
+	if *force && !*prune {
+		fmt.Fprintln(stderr, "glance-image-sync reconcile: --force only makes sense with --prune")
+		return exitUsage
+	}
+
+	st, err := store.Open(cfg.Datadir, cfg.FilePerm)
+	if err != nil {
+		log.Error(cmd+" failed", "err", err)
+		return exitFailed
+	}
+	var api *glanceapi.Client
+	if *endpoint != "" {
+		api, err = glanceapi.NewNoAuth(*endpoint)
+		if err != nil {
+			fmt.Fprintf(stderr, "glance-image-sync %s: %v\n", cmd, err)
+			return exitUsage
+		}
+	} else if api, err = glanceapi.NewFromEnv(ctx); err != nil {
+		log.Error(cmd+" failed", "err", err)
+		return exitFailed
+	}
+	log.Debug("glance", "endpoint", api.Base)
+
+	f := syncer.NewFetcher(fetcherConfig(cfg, prog), st, log)
+	defer f.Close()
+
+	if cmd == "verify" {
+		sum, err := reconcile.Verify(ctx, api, st, f, reconcile.VerifyOptions{
+			Repair: *repair, DryRun: dryRun, Rate: cfg.VerifyRate, Days: cfg.VerifyDays,
+		}, log)
+		fmt.Fprintf(stdout, "verify: files=%d checked=%d ok=%d recent=%d mismatch=%d repaired=%d not_active_in_glance=%d failed=%d bytes=%d\n",
+			sum.Files, sum.Checked, sum.OK, sum.Recent, sum.Mismatch, sum.Repaired, sum.NotImage, sum.Failed, sum.Bytes)
+		log.Info("verify done", "files", sum.Files, "checked", sum.Checked, "ok", sum.OK, "recent", sum.Recent,
+			"mismatch", sum.Mismatch, "repaired", sum.Repaired, "failed", sum.Failed, "bytes", sum.Bytes)
+		switch {
+		case errors.Is(err, reconcile.ErrListing):
+			log.Error("verify failed", "err", err)
+			return exitFailed
+		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+			log.Warn("stopped before every file was verified; the next run goes on from the oldest", "err", err)
+			return exitDeferred
+		case err != nil:
+			log.Error("verify failed", "err", err)
+			return exitFailed
+		case sum.Mismatch > sum.Repaired && !*repair:
+			return exitParked
+		case sum.Failed > 0:
+			return exitDeferred
+		}
+		return exitOK
+	}
+
+	sum, err := reconcile.Run(ctx, api, st, f, reconcile.Options{
+		Prune:     *prune,
+		DryRun:    dryRun,
+		Limits:    reconcile.Limits{MaxDelete: cfg.MaxDelete, MaxPercent: cfg.MaxDeletePercent, Force: *force},
+		TrashDir:  cfg.TrashDir,
+		TrashDays: cfg.TrashDays,
+		Transfers: cfg.Transfers,
+	}, log)
+	fmt.Fprintf(stdout, "reconcile: images=%d present=%d fetched=%d orphaned=%d pruned=%d failed=%d tombstoned=%d young=%d bytes=%d\n",
+		sum.Images, sum.Present, sum.Fetched, sum.Orphaned, sum.Pruned, sum.Failed, sum.Tombstoned, sum.Young, sum.Bytes)
+	if sum.PruneRefused != "" {
+		fmt.Fprintf(stdout, "reconcile: prune refused: %s\n", sum.PruneRefused)
+	}
+	log.Info("reconcile done", "images", sum.Images, "present", sum.Present, "fetched", sum.Fetched, "orphaned", sum.Orphaned,
+		"pruned", sum.Pruned, "failed", sum.Failed, "tombstoned", sum.Tombstoned, "trash_emptied", sum.Purged, "bytes", sum.Bytes)
+	switch {
+	case errors.Is(err, reconcile.ErrListing):
+		log.Error("reconcile failed; nothing was fetched or pruned", "err", err)
+		return exitFailed
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+		log.Warn("stopped before the end; the next run goes on", "err", err)
+		return exitDeferred
+	case err != nil:
+		log.Error("reconcile failed", "err", err)
+		return exitFailed
+	case sum.PruneRefused != "":
+		return exitParked
+	case sum.Failed > 0:
+		return exitDeferred
+	}
+	return exitOK
+}
+
+func fetcherConfig(cfg *config.Config, prog syncer.Progress) syncer.Config {
+	peers := map[string]transfer.Peer{}
+	var order []string
+	for _, n := range cfg.Peers() {
+		peers[n.Short] = transfer.Peer{Name: n.Short, Address: n.Address, Port: n.Port}
+		order = append(order, n.Short)
+	}
+	return syncer.Config{
+		Self:      cfg.Self.Short,
+		Peers:     peers,
+		PeerOrder: order,
+		Auth: transfer.Auth{
+			User:       cfg.User,
+			KeyFiles:   cfg.SSHKeys,
+			Agent:      os.Getenv("SSH_AUTH_SOCK"),
+			KnownHosts: cfg.KnownHosts,
+			AcceptNew:  cfg.AcceptNewHostKeys,
+			Ciphers:    cfg.SSHCiphers,
+			Timeout:    cfg.SSHTimeout,
+		},
+		Transfers:   cfg.Transfers,
+		IdleTimeout: cfg.SSHTimeout,
+		BWLimit:     cfg.BWLimit,
+		Progress:    prog,
+	}
+}
