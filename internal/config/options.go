@@ -121,11 +121,12 @@ var options = []Option{
 	{Section: SectionDefault, Key: "pending_delete", Type: TypeChoice, Default: "remove",
 		Choices: []string{"remove", "keep"},
 		Help: "What an image.delete with status pending_delete (Glance's delayed_delete) does " +
-			"here. remove: the local copy goes at once, as for any delete; Glance can no " +
-			"longer serve the image, and glance-scrubber only ever removes the copy of the " +
-			"node that handled the DELETE, which also keeps the copy a " +
-			"glance-scrubber --restore needs. keep: the copy stays until reconcile --prune " +
-			"moves it to trash_dir."},
+			"here. remove: the copy goes at once, as for any delete, except on the node " +
+			"that handled the DELETE (named by publisher_id), whose copy is left to " +
+			"glance-scrubber as Glance leaves it, so glance-scrubber --restore still finds " +
+			"it; Glance serves a pending_delete image no more, and glance-scrubber removes " +
+			"only the file on the host it runs on, so the other copies would stay for ever. " +
+			"keep: every copy stays until reconcile --prune moves it to trash_dir."},
 	{Section: SectionDefault, Key: "trash_dir", Type: TypePath,
 		Help: "Where reconcile --prune moves orphaned image files. It must be on the " +
 			"datadir's filesystem (a rename, never a copy). Default: " +
