@@ -1,0 +1,89 @@
+package glanceapi
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// glanceLike answers GET /v2/images as Glance does: pages linked by "next",
+// hidden images only with os_hidden=true. failPage, if > 0, answers that
+// page with a 503.
+func glanceLike(t *testing.T, failPage int) *httptest.Server {
+	pages := [][]string{
+		{"8ab5b1b2-0000-4000-8000-000000000001", "8ab5b1b2-0000-4000-8000-000000000002"},
+		{"8ab5b1b2-0000-4000-8000-000000000003"},
+	}
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v2/images" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		q := r.URL.Query()
+		if q.Get("os_hidden") == "true" {
+			fmt.Fprint(w, `{"images": [{"id": "8ab5b1b2-0000-4000-8000-000000000009", "status": "active", "size": 7, "checksum": "5d41402abc4b2a76b9719d911017c592", "os_hash_algo": "sha512", "os_hash_value": "ab"}]}`)
+			return
+		}
+		page := 0
+		if q.Get("marker") != "" {
+			page = 1
+		}
+		if failPage == page+1 {
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return
+		}
+		var imgs []string
+		for _, id := range pages[page] {
+			imgs = append(imgs, fmt.Sprintf(`{"id": %q, "status": "active", "size": 4, "checksum": "5d41402abc4b2a76b9719d911017c592"}`, id))
+		}
+		next := ""
+		if page == 0 {
+			next = fmt.Sprintf(`, "next": "/v2/images?marker=%s&limit=2"`, pages[0][1])
+		}
+		fmt.Fprintf(w, `{"images": [%s]%s}`, strings.Join(imgs, ","), next)
+	}))
+}
+
+func TestListFollowsPagesAndHidden(t *testing.T) {
+	srv := glanceLike(t, 0)
+	defer srv.Close()
+	c, err := NewNoAuth(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgs, err := c.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(imgs) != 4 {
+		t.Fatalf("got %d images, want 3 listed + 1 hidden: %+v", len(imgs), imgs)
+	}
+	if h := imgs[3]; h.HashAlgo != "sha512" || h.HashValue != "ab" || h.Size != 7 {
+		t.Errorf("hidden image: %+v", h)
+	}
+}
+
+// A failure on any page is an error, never a shorter list.
+func TestListFailsWhole(t *testing.T) {
+	for _, page := range []int{1, 2} {
+		srv := glanceLike(t, page)
+		c, _ := NewNoAuth(srv.URL + "/v2/")
+		imgs, err := c.List(context.Background())
+		srv.Close()
+		if err == nil || imgs != nil {
+			t.Errorf("page %d failing: %d images, err %v; want an error and no list", page, len(imgs), err)
+		}
+	}
+}
+
+func TestNoAuthRejectsBadURL(t *testing.T) {
+	for _, u := range []string{"", "glance:9292", "ftp://x"} {
+		if _, err := NewNoAuth(u); err == nil {
+			t.Errorf("NewNoAuth(%q) accepted", u)
+		}
+	}
+}
