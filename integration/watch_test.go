@@ -78,7 +78,9 @@ func TestWatch(t *testing.T) {
 	must(t, err)
 	must(t, c.PublishUpload(ctx, n1, big))
 	part := filepath.Join(n2.ImagesDir, "."+big.ID+"."+big.Checksum+".part")
-	waitFor(t, 20*time.Second, "a partial of "+big.ID, func() bool {
+	// Under load a first attempt may fail (an SSH handshake timing out);
+	// watch then retries after 30 s, which this wait covers.
+	waitFor(t, 45*time.Second, "a partial of "+big.ID, func() bool {
 		fi, err := os.Stat(part)
 		return err == nil && fi.Size() >= 1<<20
 	}, &log)
