@@ -124,7 +124,25 @@ func scrub(msg, raw string) string {
 func (c *Conn) URL() string { return c.url }
 
 // Close closes the connection. Deliveries not yet acked return to their queues.
-func (c *Conn) Close() error { return c.amqp.Close() }
+func (c *Conn) Close() error { return c.amqp.CloseDeadline(time.Now().Add(closeTimeout)) }
+
+// closeTimeout bounds the wait for the broker's close-ok: a broker that stops
+// answering must not keep a run past its deadline.
+const closeTimeout = 5 * time.Second
+
+// closeChannel closes ch, and the whole connection if the broker does not
+// confirm in time; either way the broker returns the unacked messages.
+func (c *Conn) closeChannel(ch *amqp.Channel) error {
+	done := make(chan error, 1)
+	go func() { done <- ch.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(closeTimeout):
+		c.amqp.CloseDeadline(time.Now().Add(time.Second))
+		return fmt.Errorf("broker %s: no answer to closing a channel within %s; connection dropped", c.url, closeTimeout)
+	}
+}
 
 // withChannel runs f on a throwaway channel: a failed passive declare closes the
 // channel it ran on, and that must not take down the channels in use.
@@ -133,7 +151,7 @@ func (c *Conn) withChannel(f func(*amqp.Channel) error) error {
 	if err != nil {
 		return fmt.Errorf("broker %s: opening channel: %w", c.url, err)
 	}
-	defer ch.Close()
+	defer c.closeChannel(ch)
 	return f(ch)
 }
 
@@ -326,7 +344,7 @@ func (r *Receiver) Consume(ctx context.Context, prefetch int) (<-chan *Delivery,
 }
 
 // Close returns every unacked message to the queue.
-func (r *Receiver) Close() error { return r.ch.Close() }
+func (r *Receiver) Close() error { return r.c.closeChannel(r.ch) }
 
 // Publisher publishes persistent messages with publisher confirms.
 type Publisher struct {
@@ -402,4 +420,4 @@ func (p *Publisher) Publish(ctx context.Context, queue string, m Message) error 
 }
 
 // Close closes the publisher's channel.
-func (p *Publisher) Close() error { return p.ch.Close() }
+func (p *Publisher) Close() error { return p.c.closeChannel(p.ch) }
