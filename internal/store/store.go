@@ -292,8 +292,6 @@ type Partial struct {
 	mh     *multihash // nil unless BeginMultihash was given one
 	n      int64
 	done   bool
-	pl     *pipeline // hasher and writeback, once writes are large (pipeline.go)
-	broken bool      // a write failed: the hash no longer matches the file
 }
 
 type hashState interface {
@@ -379,7 +377,9 @@ func (p *Partial) Write(b []byte) (int, error) {
 	if p.n+int64(len(b)) > p.size {
 		return 0, fmt.Errorf("image %s: source sent more than the announced %d bytes", p.id, p.size)
 	}
-	n, err := p.write(b)
+	n, err := p.f.Write(b)
+	p.h.Write(b[:n])
+	p.n += int64(n)
 	if err != nil {
 		return n, fmt.Errorf("image %s: writing %s: %w", p.id, p.path, err)
 	}
@@ -395,10 +395,6 @@ var ErrMismatch = errors.New("copy does not match the image")
 // failure) and returns an error wrapping ErrMismatch.
 func (p *Partial) Commit() error {
 	defer p.Close()
-	p.stopPipeline()
-	if p.broken {
-		return fmt.Errorf("image %s: an earlier write to %s failed; the next run resumes from what reached the disk", p.id, p.path)
-	}
 	if p.n != p.size {
 		p.discard()
 		return fmt.Errorf("image %s: %w: got %d bytes, expected %d", p.id, ErrMismatch, p.n, p.size)
@@ -442,7 +438,6 @@ func (p *Partial) Commit() error {
 }
 
 func (p *Partial) discard() {
-	p.stopPipeline()
 	p.f.Close()
 	os.Remove(p.path)
 	p.done = true
@@ -451,7 +446,6 @@ func (p *Partial) discard() {
 // Close releases the file. Unless committed or discarded, the partial stays
 // for the next run to resume.
 func (p *Partial) Close() error {
-	p.stopPipeline()
 	return p.f.Close()
 }
 

@@ -11,10 +11,9 @@ import (
 	"testing"
 )
 
-// Large writes go through the hasher goroutine and the writeback starter;
-// mixed with small ones (hashed inline) the hash must still cover every byte
-// in order, across a resume.
-func TestPipelinedWritesVerify(t *testing.T) {
+// Writes of the sizes a transfer makes (pkg/sftp's 261120-byte packets, and
+// others), interrupted and resumed, verify at Commit.
+func TestLargeWritesResumeVerify(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(dir, 0)
 	if err != nil {
@@ -66,7 +65,7 @@ func TestPipelinedWritesVerify(t *testing.T) {
 
 // A corrupted byte in a large write is caught by Commit, which removes the
 // partial and never places the file.
-func TestPipelinedMismatchNotPlaced(t *testing.T) {
+func TestLargeWriteMismatchNotPlaced(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(dir, 0)
 	if err != nil {
