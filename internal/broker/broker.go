@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -295,9 +296,11 @@ func (d *Delivery) AckUpTo() error { return d.ch.Ack(d.tag, true) }
 // Receiver takes messages off one queue. Messages not acked when it is closed go
 // back to the queue, in their place, for a later run.
 type Receiver struct {
-	c     *Conn
-	ch    *amqp.Channel
-	queue string
+	c         *Conn
+	ch        *amqp.Channel
+	queue     string
+	done      chan struct{}
+	closeOnce sync.Once
 }
 
 // Receive opens a receiver on queue.
@@ -306,7 +309,7 @@ func (c *Conn) Receive(queue string) (*Receiver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker %s: opening channel: %w", c.url, err)
 	}
-	return &Receiver{c: c, ch: ch, queue: queue}, nil
+	return &Receiver{c: c, ch: ch, queue: queue, done: make(chan struct{})}, nil
 }
 
 // Get takes the next ready message, or returns nil when the queue is empty.
@@ -324,27 +327,37 @@ func (r *Receiver) Get() (*Delivery, error) {
 }
 
 // Consume streams the queue's messages with up to prefetch unacked at once,
-// for bulk work where a get per message would cost a round trip each.
-func (r *Receiver) Consume(ctx context.Context, prefetch int) (<-chan *Delivery, error) {
+// for bulk work where a get per message would cost a round trip each. The
+// stream ends when the receiver is closed. (amqp091-go's ConsumeWithContext is
+// not used: its cancel races a concurrent channel close, and the close then
+// waits forever for its reply.)
+func (r *Receiver) Consume(prefetch int) (<-chan *Delivery, error) {
 	if err := r.ch.Qos(prefetch, 0, false); err != nil {
 		return nil, fmt.Errorf("broker %s: qos on %s: %w", r.c.url, r.queue, err)
 	}
-	in, err := r.ch.ConsumeWithContext(ctx, r.queue, "", false, false, false, false, nil)
+	in, err := r.ch.Consume(r.queue, "", false, false, false, false, nil)
 	if err != nil {
 		return nil, fmt.Errorf("broker %s: consuming %s: %w", r.c.url, r.queue, err)
 	}
-	out := make(chan *Delivery, prefetch)
+	out := make(chan *Delivery)
 	go func() {
 		defer close(out)
 		for d := range in {
-			out <- &Delivery{Message: fromDelivery(d), Redelivered: d.Redelivered, ch: r.ch, tag: d.DeliveryTag}
+			select {
+			case out <- &Delivery{Message: fromDelivery(d), Redelivered: d.Redelivered, ch: r.ch, tag: d.DeliveryTag}:
+			case <-r.done:
+				return
+			}
 		}
 	}()
 	return out, nil
 }
 
 // Close returns every unacked message to the queue.
-func (r *Receiver) Close() error { return r.c.closeChannel(r.ch) }
+func (r *Receiver) Close() error {
+	r.closeOnce.Do(func() { close(r.done) })
+	return r.c.closeChannel(r.ch)
+}
 
 // Publisher publishes persistent messages with publisher confirms.
 type Publisher struct {

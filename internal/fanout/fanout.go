@@ -77,7 +77,7 @@ func Run(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (
 
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	in, err := recv.Consume(cctx, inFlight)
+	in, err := recv.Consume(inFlight)
 	if err != nil {
 		return res, err
 	}
