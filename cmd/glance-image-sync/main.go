@@ -323,6 +323,10 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 		peers[n.Short] = transfer.Peer{Name: n.Short, Address: n.Address, Port: n.Port}
 		order = append(order, n.Short)
 	}
+	var nodes []string
+	for _, n := range r.cfg.Nodes {
+		nodes = append(nodes, n.Short)
+	}
 	s := syncer.New(syncer.Config{
 		Self:      r.cfg.Self.Short,
 		Peers:     peers,
@@ -345,6 +349,10 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 		DryRun:            r.dryRun,
 		Progress:          r.progress,
 		KeepPendingDelete: r.cfg.KeepPendingDelete,
+		// How sources are chosen (source_strategy).
+		Strategy:     r.cfg.SourceStrategy,
+		Nodes:        nodes,
+		StallTimeout: r.cfg.StallTimeout,
 	}, conn, st, r.log)
 	res, err := s.Run(ctx)
 	r.syncRes = res

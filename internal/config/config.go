@@ -67,6 +67,9 @@ type Config struct {
 	SSHTimeout             time.Duration // connect+handshake, one SFTP request, a transfer pause
 	BWLimit                float64       // MB/s; 0 = none
 
+	SourceStrategy string        // chain | publisher
+	StallTimeout   time.Duration // a peer's partial not growing this long is abandoned
+
 	KeepPendingDelete bool    // pending_delete = keep
 	TrashDir          string  // "" = the store's default, inside the datadir
 	TrashDays         int     // days a trashed file is kept
@@ -266,6 +269,8 @@ func (c *Config) loadSync(f *ini.File) (topic string, err error) {
 	c.SSHTimeout = vals["ssh_timeout"].(time.Duration)
 	c.Deadline = vals["deadline"].(time.Duration)
 	c.BWLimit = vals["bwlimit"].(float64)
+	c.SourceStrategy = vals["source_strategy"].(string)
+	c.StallTimeout = vals["stall_timeout"].(time.Duration)
 	c.KeepPendingDelete = vals["pending_delete"].(string) == "keep"
 	c.TrashDir = vals["trash_dir"].(string)
 	c.TrashDays = vals["trash_days"].(int)

@@ -123,11 +123,16 @@ func TestLoadMinimalLegacy(t *testing.T) {
 			Exchange: "glance",
 			Topic:    "glance_notifications",
 		},
-		Datadir:          "/var/lib/glance/images",
-		Transfers:        2,
-		MaxAttempts:      12,
-		Deadline:         time.Hour,
-		SSHTimeout:       time.Minute,
+		Datadir:     "/var/lib/glance/images",
+		Transfers:   2,
+		MaxAttempts: 12,
+		Deadline:    time.Hour,
+		SSHTimeout:  time.Minute,
+
+		// Defaults of the chain source strategy.
+		SourceStrategy: "chain",
+		StallTimeout:   30 * time.Second,
+
 		TrashDays:        7,
 		MaxDelete:        20,
 		MaxDeletePercent: 50,
@@ -252,6 +257,8 @@ func TestSyncOptions(t *testing.T) {
 		{"hostname short matches FQDN entry", "hostname = node1.example.com", func(c *Config) any { return c.Self.Name }, "node1"},
 		{"deadline 0 is none", "deadline = 0", func(c *Config) any { return c.Deadline }, time.Duration(0)},
 		{"bwlimit 0", "bwlimit = 0", func(c *Config) any { return c.BWLimit }, 0.0},
+		{"source_strategy publisher", "source_strategy = publisher", func(c *Config) any { return c.SourceStrategy }, "publisher"},
+		{"stall_timeout", "stall_timeout = 5s", func(c *Config) any { return c.StallTimeout }, 5 * time.Second},
 		{"log_file under ~", "log_file = ~/sync.log", func(c *Config) any { return c.LogFile }, os.Getenv("HOME") + "/sync.log"},
 		{"empty value means default", "transfers =", func(c *Config) any { return c.Transfers }, 2},
 		{"host_key_checking yes", "host_key_checking = yes", func(c *Config) any { return c.AcceptNewHostKeys }, false},
@@ -592,7 +599,7 @@ func TestErrorFormat(t *testing.T) {
 func TestOptions(t *testing.T) {
 	spec := []string{"api_nodes", "rsync_user", "hostname", "ssh_key", "known_hosts", "ssh_port",
 		"ssh_ciphers", "host_key_checking", "lock_file", "log_file", "metrics_file", "notification_topic",
-		"forward_routing_key", "transfers", "max_attempts", "deadline", "ssh_timeout", "bwlimit",
+		"forward_routing_key", "transfers", "max_attempts", "deadline", "ssh_timeout", "bwlimit", "source_strategy", "stall_timeout",
 		"pending_delete", "trash_dir", "trash_days", "max_delete", "max_delete_percent", "verify_rate", "verify_days"}
 	opts := Options()
 	var keys []string

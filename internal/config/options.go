@@ -118,6 +118,19 @@ var options = []Option{
 	{Section: SectionDefault, Key: "bwlimit", Type: TypeFloat, Default: "0",
 		Min: 0, HasMin: true,
 		Help: "Bandwidth limit for fetching, in MB/s over all transfers; 0 = none."},
+	{Section: SectionDefault, Key: "source_strategy", Type: TypeChoice, Default: "chain",
+		Choices: []string{"chain", "publisher"},
+		Help: "Where a node fetches an image from. chain: api_nodes is taken as a ring " +
+			"starting at the image's publisher, and each node reads from the node before " +
+			"it, even while that node is still fetching (it reads the partial file as it " +
+			"grows), so an image reaches N nodes in about the time of one copy; a source " +
+			"that fails or stalls is replaced by the publisher or any complete copy. " +
+			"publisher: every node reads from the publisher (then any complete copy)."},
+	{Section: SectionDefault, Key: "stall_timeout", Type: TypeDuration, Default: "30s",
+		Min: 1, HasMin: true,
+		Help: "With source_strategy = chain: a peer's partial file that does not grow " +
+			"for this long is taken as abandoned, and the image is fetched from " +
+			"a complete copy instead."},
 	{Section: SectionDefault, Key: "pending_delete", Type: TypeChoice, Default: "remove",
 		Choices: []string{"remove", "keep"},
 		Help: "What an image.delete with status pending_delete (Glance's delayed_delete) does " +

@@ -35,6 +35,13 @@ type Config struct {
 	IdleTimeout time.Duration
 	BWLimit     float64 // MB/s over all transfers; 0 = none
 	DryRun      bool
+	// Strategy chooses sources: StrategyChain, or StrategyPublisher (also "").
+	Strategy string
+	// Nodes is api_nodes by short name, this node included: the chain's order.
+	Nodes []string
+	// StallTimeout is how long a peer's partial may stop growing before it
+	// is taken as abandoned (chain strategy).
+	StallTimeout time.Duration
 	// KeepPendingDelete leaves the file of an image.delete whose status is
 	// pending_delete (delayed_delete) in place: pending_delete = keep.
 	KeepPendingDelete bool
@@ -79,6 +86,8 @@ type Syncer struct {
 	mu  sync.Mutex
 	res Result
 	bad error // a broker failure: stop taking messages
+	// noShows are peers that let a chain's start grace pass in this run.
+	noShows map[string]bool
 }
 
 // New prepares a run; nothing is contacted until Run.
@@ -91,6 +100,9 @@ func New(cfg Config, conn *broker.Conn, st *store.Store, log *slog.Logger) *Sync
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = time.Minute
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = DefaultStallTimeout
 	}
 	return &Syncer{cfg: cfg, conn: conn, store: st, log: log}
 }
@@ -292,6 +304,9 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 	if s.cfg.DryRun {
 		log.Info("would fetch", "size", img.Size, "sources", order)
 		return false
+	}
+	if up, down := s.chainFor(j.ev.Publisher); up != nil {
+		return s.settle(ctx, log, j, s.fetchChain(ctx, log, img, up, down, lim))
 	}
 	var errs []error
 	for _, name := range order {
