@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -365,7 +367,27 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 		f.Close()
 		return nil, fmt.Errorf("image %s: %w", id, err)
 	}
+	if err := p.reserve(); err != nil {
+		f.Close()
+		return nil, err
+	}
 	return p, nil
+}
+
+// reserve allocates the blocks of the rest of the image before any byte
+// moves: a full disk is reported at once instead of after gigabytes, and the
+// filesystem allocates one extent instead of one per write. KEEP_SIZE leaves
+// the file's length, which is the resume offset, unchanged. Filesystems
+// without fallocate simply skip it.
+func (p *Partial) reserve() error {
+	if p.size <= p.n {
+		return nil
+	}
+	err := unix.Fallocate(int(p.f.Fd()), unix.FALLOC_FL_KEEP_SIZE, p.n, p.size-p.n)
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return fmt.Errorf("image %s: reserving %d bytes for %s: %w", p.id, p.size-p.n, p.path, err)
+	}
+	return nil
 }
 
 // Offset is the number of bytes already in the partial file.
