@@ -63,6 +63,7 @@ func run(m *testing.M) int {
 	report := renderReport()
 	fmt.Print(report)
 	if p := os.Getenv("CHAOS_REPORT"); p != "" {
+		_ = os.MkdirAll(filepath.Dir(p), 0o755)
 		if err := os.WriteFile(p, []byte(report), 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			code = 1
