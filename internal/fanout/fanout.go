@@ -170,7 +170,7 @@ loop:
 func route(ctx context.Context, cfg Config, pub *broker.Publisher, d *broker.Delivery, res *Result, log *slog.Logger) ([]*broker.Pending, error) {
 	ev, err := notification.Decode(d.Body)
 	if err != nil {
-		m := d.Message.WithHeader(ReasonHeader, err.Error()).WithHeader(NodeHeader, cfg.Self)
+		m := d.Message.WithHeader(ReasonHeader, truncate(err.Error())).WithHeader(NodeHeader, cfg.Self)
 		p, perr := pub.Send(ctx, "", cfg.ParkQueue, m)
 		if perr != nil {
 			return nil, perr
@@ -207,4 +207,13 @@ func route(ctx context.Context, cfg Config, pub *broker.Publisher, d *broker.Del
 	log.Debug("copied", "event", ev.EventType, "image", id, "queues", len(out))
 	res.Copied++
 	return out, nil
+}
+
+// truncate keeps a reason header small; AMQP headers are not meant for logs.
+func truncate(s string) string {
+	const max = 1000
+	if len(s) > max {
+		return s[:max] + "…"
+	}
+	return s
 }

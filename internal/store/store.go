@@ -333,6 +333,13 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 			os.Remove(o)
 		}
 	}
+	// Something other than a regular file at the partial's name (a planted
+	// symlink) would block this image for ever; remove it, never follow it.
+	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("image %s: removing non-regular partial %s: %w", id, path, err)
+		}
+	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: opening partial %s: %w", id, path, err)
