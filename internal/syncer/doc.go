@@ -1,7 +1,10 @@
 // Package syncer is sync-images: it drains this node's queue and makes the
-// datadir match what the events say. An active image is fetched from the node
-// that has it (publisher first, then the other peers) unless it is already here
-// and verified; a deleted image is removed. A message is acked only after its
+// datadir match what the events say. An active image is fetched unless it is
+// already here and verified: with the chain strategy from the node before this
+// one in api_nodes order counted from the publisher, even while that node is
+// still fetching it, else from a complete copy; with the publisher strategy
+// from the publisher, then the other peers. A deleted image is removed. A
+// message is acked only after its
 // work is done; one that failed for a reason that may pass is re-queued with an
 // attempt counted, and one that can never succeed is parked with the reason.
 //
