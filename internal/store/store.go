@@ -294,7 +294,8 @@ type Partial struct {
 	mh     *multihash // nil unless BeginMultihash was given one
 	n      int64
 	queued int64 // bytes already handed to the kernel for writeback
-	done   bool
+	done   bool  // committed or discarded: nothing of it is left to resume
+	closed bool
 }
 
 type hashState interface {
@@ -480,15 +481,26 @@ func (p *Partial) Commit() error {
 }
 
 func (p *Partial) discard() {
-	p.f.Close()
+	p.Close()
 	os.Remove(p.path)
 	p.done = true
 }
 
 // Close releases the file. Unless committed or discarded, the partial stays
-// for the next run to resume.
+// for the next run to resume, except an empty one: it holds nothing to
+// resume, and would only be a stray dot-file in the datadir.
 func (p *Partial) Close() error {
-	return p.f.Close()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	err := p.f.Close()
+	if !p.done && p.n == 0 {
+		if fi, serr := os.Lstat(p.path); serr == nil && fi.Size() == 0 {
+			os.Remove(p.path)
+		}
+	}
+	return err
 }
 
 // Partials lists images with a partial file and the bytes each holds, for status

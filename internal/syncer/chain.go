@@ -143,9 +143,11 @@ func (s *Syncer) fetchChain(ctx context.Context, log *slog.Logger, img *notifica
 			}
 			// Commit threw the wrong bytes away; start over from another source.
 			c.tried[src.name] = true
-			if p, err = s.begin(ctx, img); err != nil {
-				return errors.Join(append(errs, err)...)
+			np, berr := s.begin(ctx, img)
+			if berr != nil {
+				return errors.Join(append(errs, err, berr)...)
 			}
+			p = np
 		} else {
 			if ctx.Err() != nil {
 				return err

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -76,39 +75,15 @@ func (c *Client) Follow(ctx context.Context, path string, offset, size int64, w 
 	}
 	fl := &follower{f: f, w: w, offset: offset, size: size, stall: stall}
 	fl.touch()
-	var hung atomic.Bool
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(max(stall/4, 10*time.Millisecond))
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-ctx.Done():
-				c.ssh.Close()
-				return
-			case <-tick.C:
-				if time.Since(time.Unix(0, fl.activity.Load())) > stall {
-					hung.Store(true)
-					c.ssh.Close()
-					return
-				}
-			}
-		}
-	}()
+	stop := c.watchdog(ctx, stall, &fl.activity)
 	n, err := fl.run(ctx)
 	// Closed while the watchdog still runs: a hung peer cannot hold Close.
 	f.Close()
-	close(stop)
-	wg.Wait()
+	hung := stop()
 	switch {
 	case ctx.Err() != nil:
 		return n, fmt.Errorf("peer %s: following %s: %w", c.peer.Name, path, ctx.Err())
-	case hung.Load():
+	case hung:
 		return n, fmt.Errorf("peer %s: following %s: %w (no answer for %s)", c.peer.Name, path, ErrStalled, stall)
 	case err != nil:
 		return n, fmt.Errorf("peer %s: following %s: %w", c.peer.Name, path, err)

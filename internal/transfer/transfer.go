@@ -343,42 +343,54 @@ func (c *Client) Fetch(ctx context.Context, path string, offset int64, w io.Writ
 	}
 	pw := &progressWriter{w: w}
 	pw.last.Store(time.Now().UnixNano())
-	var stalled atomic.Bool
-	stop := make(chan struct{})
+	stop := c.watchdog(ctx, idle, &pw.last)
+	n, err := f.WriteTo(pw)
+	stalled := stop()
+	switch {
+	case ctx.Err() != nil:
+		return n, fmt.Errorf("peer %s: fetching %s: %w", c.peer.Name, path, ctx.Err())
+	case stalled:
+		return n, fmt.Errorf("peer %s: fetching %s: %w (no data for %s)", c.peer.Name, path, ErrStalled, idle)
+	case err != nil:
+		return n, fmt.Errorf("peer %s: fetching %s: %w", c.peer.Name, path, err)
+	}
+	return n, nil
+}
+
+// watchdog closes the connection when ctx ends or when last (a UnixNano time
+// of the latest progress) is older than idle: closing is the only way to stop
+// pkg/sftp mid-call. The returned stop ends the watch and reports whether it
+// fired for lack of progress.
+func (c *Client) watchdog(ctx context.Context, idle time.Duration, last *atomic.Int64) (stop func() (stalled bool)) {
+	var fired atomic.Bool
+	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		tick := time.NewTicker(idle / 4)
+		tick := time.NewTicker(max(idle/4, 10*time.Millisecond))
 		defer tick.Stop()
 		for {
 			select {
-			case <-stop:
+			case <-done:
 				return
 			case <-ctx.Done():
 				c.ssh.Close()
 				return
 			case <-tick.C:
-				if time.Since(time.Unix(0, pw.last.Load())) > idle {
-					stalled.Store(true)
+				if time.Since(time.Unix(0, last.Load())) > idle {
+					fired.Store(true)
 					c.ssh.Close()
 					return
 				}
 			}
 		}
 	}()
-	n, err := f.WriteTo(pw)
-	close(stop)
-	wg.Wait()
-	switch {
-	case ctx.Err() != nil:
-		return n, fmt.Errorf("peer %s: fetching %s: %w", c.peer.Name, path, ctx.Err())
-	case stalled.Load():
-		return n, fmt.Errorf("peer %s: fetching %s: %w (no data for %s)", c.peer.Name, path, ErrStalled, idle)
-	case err != nil:
-		return n, fmt.Errorf("peer %s: fetching %s: %w", c.peer.Name, path, err)
+	return func() bool {
+		close(done)
+		wg.Wait()
+		return fired.Load()
 	}
-	return n, nil
 }
 
 // progressWriter notes when bytes last arrived, for stall detection. It sits on
