@@ -49,11 +49,16 @@ func TestBrokerRestartDuringDuplicate(t *testing.T) {
 				gone = append(gone, img)
 			}
 			// A burst of metadata updates makes the copy last long enough to
-			// be cut in the middle.
-			for i := 0; i < 5000; i++ {
+			// be cut in the middle: the fanout copies several thousand events
+			// a second, so the burst must last seconds, not milliseconds.
+			burst := make([][]byte, 0, 20000)
+			for i := 0; i < cap(burst); i++ {
 				img := live[i%len(live)]
-				must(t, c.PublishEvent(ctx, "image.update", c.Nodes[i%3], img, "active"))
+				body, err := harness.OsloEnvelope("image.update", "image."+c.Nodes[i%3].Name, harness.Payload(img, "active"))
+				must(t, err)
+				burst = append(burst, body)
 			}
+			must(t, c.PublishRawBatch(ctx, burst))
 			published := depth(t, c, c.SourceQueue())
 
 			run := start(t, c, n1, "duplicate-notifications")
