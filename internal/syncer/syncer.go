@@ -311,17 +311,8 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 	var errs []error
 	for _, name := range order {
 		_, err := s.fetchFrom(ctx, log.With("peer", name), name, Want{ID: img.ID, Size: img.Size, MD5: img.Checksum}, lim)
-		if err == nil {
-			s.ack(j.d)
-			s.tally(j.ev.EventType, "fetched", "")
-			return false
-		}
-		if ctx.Err() != nil {
-			// The run's deadline: the partial stays and the message goes back
-			// to the queue unacked, with no attempt counted against it.
-			log.Warn("stopped by the run deadline; the partial file is kept", "err", err)
-			s.tally(j.ev.EventType, "deferred", "")
-			return false
+		if err == nil || ctx.Err() != nil {
+			return s.settle(ctx, log, j, err)
 		}
 		log.Warn("fetch failed", "peer", name, "err", err)
 		errs = append(errs, err)

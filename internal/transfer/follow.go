@@ -62,16 +62,9 @@ const followPoll = 100 * time.Millisecond
 // stall, or ctx ends, the connection is closed and the client is no longer
 // usable, as with Fetch.
 func (c *Client) Follow(ctx context.Context, path string, offset, size int64, w io.Writer, stall time.Duration) (int64, error) {
-	var f *sftp.File
-	err := c.bounded(ctx, "open "+path, func() (err error) {
-		f, err = c.sftp.Open(path)
-		return err
-	})
+	f, err := c.open(ctx, path)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return 0, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
-		}
-		return 0, fmt.Errorf("peer %s: open %s: %w", c.peer.Name, path, err)
+		return 0, err
 	}
 	fl := &follower{f: f, w: w, offset: offset, size: size, stall: stall}
 	fl.touch()

@@ -324,16 +324,9 @@ var ErrStalled = errors.New("transfer stalled")
 // closed (the only way to stop pkg/sftp's WriteTo) and the client is no longer
 // usable; the bytes written so far are kept by w's owner.
 func (c *Client) Fetch(ctx context.Context, path string, offset int64, w io.Writer, idle time.Duration) (int64, error) {
-	var f *sftp.File
-	err := c.bounded(ctx, "open "+path, func() (err error) {
-		f, err = c.sftp.Open(path)
-		return err
-	})
+	f, err := c.open(ctx, path)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return 0, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
-		}
-		return 0, fmt.Errorf("peer %s: open %s: %w", c.peer.Name, path, err)
+		return 0, err
 	}
 	defer f.Close()
 	if offset > 0 {
@@ -355,6 +348,22 @@ func (c *Client) Fetch(ctx context.Context, path string, offset int64, w io.Writ
 		return n, fmt.Errorf("peer %s: fetching %s: %w", c.peer.Name, path, err)
 	}
 	return n, nil
+}
+
+// open opens a remote file for reading, bounded like every request.
+func (c *Client) open(ctx context.Context, path string) (*sftp.File, error) {
+	var f *sftp.File
+	err := c.bounded(ctx, "open "+path, func() (err error) {
+		f, err = c.sftp.Open(path)
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
+		}
+		return nil, fmt.Errorf("peer %s: open %s: %w", c.peer.Name, path, err)
+	}
+	return f, nil
 }
 
 // watchdog closes the connection when ctx ends or when last (a UnixNano time
