@@ -114,8 +114,9 @@ func runBoth(ctx context.Context, c *harness.Cluster, verbose bool) error {
 		start := time.Now()
 		_, stderr, code := c.Run(ctx, n, "both")
 		fmt.Printf("glance-image-sync both on %s: exit %d in %v\n", n.Name, code, time.Since(start).Round(time.Millisecond))
-		if verbose || code != 0 {
-			for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
+			// Without -v, only the decisions that changed a datadir.
+			if verbose || code != 0 || strings.Contains(line, "msg=fetched") || strings.Contains(line, "msg=deleted") {
 				fmt.Println("    " + line)
 			}
 		}
