@@ -293,6 +293,7 @@ type Partial struct {
 	h      hashState
 	mh     *multihash // nil unless BeginMultihash was given one
 	n      int64
+	q      *pipe // nil: writes go through f and the page cache
 	queued int64 // bytes already handed to the kernel for writeback
 	done   bool  // committed or discarded: nothing of it is left to resume
 	closed bool
@@ -380,6 +381,9 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 		f.Close()
 		return nil, err
 	}
+	if p.n < p.size {
+		p.q = newPipe(p)
+	}
 	return p, nil
 }
 
@@ -399,14 +403,20 @@ func (p *Partial) reserve() error {
 	return nil
 }
 
-// Offset is the number of bytes already in the partial file.
+// Offset is the number of bytes accepted so far: in the partial file, or in
+// buffers on their way there that Close and Commit flush.
 func (p *Partial) Offset() int64 { return p.n }
 
 // Write appends to the partial file. Hashing happens here, on the write side, so
-// the reader feeding it (pkg/sftp's pipelined WriteTo) is never wrapped.
+// the reader feeding it (pkg/sftp's pipelined WriteTo) is never wrapped. With
+// O_DIRECT available the bytes go through aligned buffers (direct.go), and a
+// failed write of one surfaces from a later Write or from Commit.
 func (p *Partial) Write(b []byte) (int, error) {
 	if p.n+int64(len(b)) > p.size {
 		return 0, fmt.Errorf("image %s: source sent more than the announced %d bytes", p.id, p.size)
+	}
+	if p.q != nil {
+		return p.q.write(b)
 	}
 	n, err := p.f.Write(b)
 	p.h.Write(b[:n])
@@ -438,6 +448,13 @@ var ErrMismatch = errors.New("copy does not match the image")
 // failure) and returns an error wrapping ErrMismatch.
 func (p *Partial) Commit() error {
 	defer p.Close()
+	if p.q != nil {
+		// A write error leaves the partial for the next run: the bytes on
+		// disk are a correct prefix, only the disk or the run failed.
+		if err := p.q.stop(); err != nil {
+			return err
+		}
+	}
 	if p.n != p.size {
 		p.discard()
 		return fmt.Errorf("image %s: %w: got %d bytes, expected %d", p.id, ErrMismatch, p.n, p.size)
@@ -494,11 +511,18 @@ func (p *Partial) Close() error {
 		return nil
 	}
 	p.closed = true
+	var qerr error
+	if p.q != nil {
+		qerr = p.q.stop()
+	}
 	err := p.f.Close()
 	if !p.done && p.n == 0 {
 		if fi, serr := os.Lstat(p.path); serr == nil && fi.Size() == 0 {
 			os.Remove(p.path)
 		}
+	}
+	if err == nil {
+		err = qerr
 	}
 	return err
 }
