@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -29,6 +30,9 @@ var (
 	version = "dev"
 	commit  = "unknown"
 )
+
+// memoryLimit is the Go runtime's soft memory limit for a run.
+const memoryLimit = 56 << 20
 
 // Exit codes, for cron wrappers and monitoring.
 const (
@@ -95,6 +99,14 @@ Keys of glance-image-sync.conf (broker and datadir are read from glance-api.conf
 `
 
 func main() {
+	// The transfer path allocates a buffer per SFTP packet; left to GOGC alone
+	// the garbage would let peak RSS grow to twice the live heap. A soft limit
+	// keeps a run under the 64 MiB budget; 56 MiB cost no throughput where 48
+	// and 40 MiB did (make bench, 2 GiB, alternating rounds).
+	// GOMEMLIMIT, when set, wins.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit)
+	}
 	stop := startProfile()
 	code := run(os.Args[1:], os.Stdout, os.Stderr)
 	stop()

@@ -31,7 +31,7 @@ const (
 	dioBufSize = 4 << 20
 	// dioBufs in rotation: one filling while the others are on disk. Memory
 	// per partial is bounded by dioBufs*dioBufSize.
-	dioBufs = 3
+	dioBufs = 2
 	// dioLag bounds how long bytes wait in a buffer while a slow transfer
 	// (bwlimit, a congested link) fills it: the partial on disk is what
 	// progress reports show and what a killed run resumes from, so it should
