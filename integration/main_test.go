@@ -22,22 +22,13 @@ func run(m *testing.M) int {
 	// A missing RabbitMQ, sshd or root fails the package: these tests are the
 	// only ones that touch the real services, and a skip would let a run
 	// pass having tested nothing.
-	if err := harness.CheckPrereqs(); err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL integration: prerequisite missing: %v\n(run integration/setup.sh as root, or `make test`)\n", err)
-		return 1
-	}
-	dir, err := os.MkdirTemp("", "glance-image-sync-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	if tool, err = harness.BuildTool(ctx, dir); err != nil {
+	var cleanup func()
+	var err error
+	if tool, cleanup, err = harness.PrepareTool(""); err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL integration: %v\n", err)
 		return 1
 	}
+	defer cleanup()
 	return m.Run()
 }
 

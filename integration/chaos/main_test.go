@@ -31,25 +31,17 @@ var (
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
-	if err := harness.CheckPrereqs(); err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL chaos: prerequisite missing: %v\n(run integration/setup.sh as root, or `make test`)\n", err)
-		return 1
-	}
-	dir, err := os.MkdirTemp("", "glance-image-sync-chaos-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	var cleanup func()
+	var err error
 	// CHAOS_TOOL runs a binary built elsewhere (e.g. from a clean checkout
 	// while the tree is mid-edit).
-	if tool = os.Getenv("CHAOS_TOOL"); tool != "" {
-	} else if tool, err = harness.BuildTool(ctx, dir); err != nil {
+	if tool, cleanup, err = harness.PrepareTool("CHAOS_TOOL"); err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL chaos: %v\n", err)
 		return 1
 	}
+	defer cleanup()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
 	if broker, err = startPrivateBroker(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL chaos: private RabbitMQ node: %v\n", err)
 		return 1

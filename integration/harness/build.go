@@ -3,9 +3,11 @@ package harness
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // RepoRoot returns the directory of the module's go.mod, wherever the
@@ -37,4 +39,33 @@ func BuildTool(ctx context.Context, outDir string) (string, error) {
 		return "", fmt.Errorf("harness: go build ./cmd/glance-image-sync: %v\n%s", err, out)
 	}
 	return bin, nil
+}
+
+// PrepareTool is the start of every integration test package: the services
+// must be there (a missing one fails the package, never skips it), and the
+// tool is built once into a temporary directory. A prebuilt binary named by
+// the environment variable override (if non-empty and set) is used instead,
+// e.g. one built from a clean checkout while the tree is mid-edit. cleanup
+// removes the build directory.
+func PrepareTool(override string) (tool string, cleanup func(), err error) {
+	if err := CheckPrereqs(); err != nil {
+		return "", nil, fmt.Errorf("prerequisite missing: %w\n(run integration/setup.sh as root, or `make test`)", err)
+	}
+	dir, err := os.MkdirTemp("", "glance-image-sync-bin-")
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup = func() { os.RemoveAll(dir) }
+	if override != "" {
+		if tool = os.Getenv(override); tool != "" {
+			return tool, cleanup, nil
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if tool, err = BuildTool(ctx, dir); err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	return tool, cleanup, nil
 }
