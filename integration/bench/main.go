@@ -57,6 +57,7 @@ func main() {
 // result is one timed run of one method.
 type result struct {
 	secs, cpu float64 // wall, and user+sys of the client process tree
+	machine   float64 // busy CPU seconds of the whole machine: client, sshd and kernel
 	rss       int64   // peak RSS in bytes of the largest process in the tree
 }
 
@@ -154,11 +155,13 @@ func run(ctx context.Context, size int64, rounds int, big bool, events int, only
 				return err
 			}
 			b.settle()
+			busy0 := busySeconds()
 			got, err := m.run(ctx)
+			got.machine = busySeconds() - busy0
 			if err != nil {
 				return fmt.Errorf("%s: %w", m.name, err)
 			}
-			logf("round %d %-28s %6.1f MB/s  cpu %5.2f s  rss %4d MiB", r+1, m.name, mbps(size, got.secs), got.cpu, got.rss>>20)
+			logf("round %d %-28s %6.1f MB/s  cpu %5.2f s  machine %5.2f s  rss %4d MiB", r+1, m.name, mbps(size, got.secs), got.cpu, got.machine, got.rss>>20)
 			res[m.name] = append(res[m.name], got)
 		}
 	}
@@ -204,6 +207,26 @@ func (b *bench) settle() {
 		}
 	}
 	b.log("machine still busy after a minute; measuring anyway")
+}
+
+// busySeconds is the CPU time the whole machine has spent not idle since
+// boot, from /proc/stat (USER_HZ is 100 on Linux). The difference over a
+// method's run is what the copy cost client, server and kernel together: on
+// a machine the two ends share, that, not the client's share, bounds speed.
+func busySeconds() float64 {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	var busy float64
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseFloat(f, 64)
+		if i != 3 && i != 4 && i < 8 { // not idle, iowait; guest time is already in user
+			busy += v
+		}
+	}
+	return busy / 100
 }
 
 // idleFraction is the share of CPU time spent idle over d, from /proc/stat.
@@ -400,22 +423,24 @@ func printTable(size int64, rounds int, methods []method, res map[string][]resul
 	type row struct {
 		name, note string
 		mbps, cpu  float64
+		machine    float64
 		rss        int64
 		min, max   float64
 	}
 	var rows []row
 	byName := map[string]row{}
 	for _, m := range methods {
-		var sp, cpu []float64
+		var sp, cpu, mach []float64
 		var rss int64
 		for _, r := range res[m.name] {
 			sp = append(sp, mbps(size, r.secs))
 			cpu = append(cpu, r.cpu)
+			mach = append(mach, r.machine)
 			rss = max(rss, r.rss)
 		}
 		s := append([]float64(nil), sp...)
 		sort.Float64s(s)
-		rw := row{m.name, m.note, median(sp), median(cpu), rss, s[0], s[len(s)-1]}
+		rw := row{m.name, m.note, median(sp), median(cpu), median(mach), rss, s[0], s[len(s)-1]}
 		rows = append(rows, rw)
 		byName[m.name] = rw
 	}
@@ -428,11 +453,11 @@ func printTable(size int64, rounds int, methods []method, res map[string][]resul
 	}
 	fmt.Printf("\n%.2f GiB random file over loopback from OpenSSH sshd, %d-core machine shared by client and server; median of %d alternating rounds\n\n",
 		float64(size)/(1<<30), runtime.NumCPU(), rounds)
-	fmt.Println("| method | MB/s (min–max) | client CPU s | peak RSS MiB | × rsync -az | × ssh cat\\|tee\\|md5sum | notes |")
-	fmt.Println("|---|---|---|---|---|---|---|")
+	fmt.Println("| method | MB/s (min–max) | client CPU s | machine CPU s | peak RSS MiB | × rsync -az | × ssh cat\\|tee\\|md5sum | notes |")
+	fmt.Println("|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
-		fmt.Printf("| %s | %.0f (%.0f–%.0f) | %.1f | %d | %s | %s | %s |\n",
-			strings.ReplaceAll(r.name, "|", "\\|"), r.mbps, r.min, r.max, r.cpu, r.rss>>20,
+		fmt.Printf("| %s | %.0f (%.0f–%.0f) | %.1f | %.1f | %d | %s | %s | %s |\n",
+			strings.ReplaceAll(r.name, "|", "\\|"), r.mbps, r.min, r.max, r.cpu, r.machine, r.rss>>20,
 			ratio(r.mbps, "rsync -az"), ratio(r.mbps, "ssh cat | tee | md5sum"), r.note)
 	}
 	if g, ok := byName["glance-image-sync"]; ok {

@@ -319,31 +319,26 @@ func (c *Client) Stat(ctx context.Context, path string) (int64, error) {
 // ErrStalled is a transfer that made no progress for the idle timeout.
 var ErrStalled = errors.New("transfer stalled")
 
-// Fetch copies the remote file from offset to its end into w and returns the
-// bytes written. If ctx ends, or no byte arrives for idle, the connection is
-// closed (the only way to stop pkg/sftp's WriteTo) and the client is no longer
-// usable; the bytes written so far are kept by w's owner.
+// Fetch copies the remote file from offset to the size it has when opened
+// into w and returns the bytes written. It reads with its own SFTP session
+// (stream.go); a w that is an io.ReaderFrom takes each reply's data straight
+// from the connection. If ctx ends, or no byte arrives for idle, the
+// connection is closed and the client is no longer usable; the bytes written
+// so far are kept by w's owner.
 func (c *Client) Fetch(ctx context.Context, path string, offset int64, w io.Writer, idle time.Duration) (int64, error) {
-	f, err := c.open(ctx, path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	if offset > 0 {
-		if _, err := f.Seek(offset, io.SeekStart); err != nil {
-			return 0, fmt.Errorf("peer %s: seek %s to %d: %w", c.peer.Name, path, offset, err)
-		}
-	}
-	pw := &progressWriter{w: w}
-	pw.last.Store(time.Now().UnixNano())
-	stop := c.watchdog(ctx, idle, &pw.last)
-	n, err := f.WriteTo(pw)
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	stop := c.watchdog(ctx, idle, &last)
+	n, err := c.streamFile(ctx, path, offset, w, &last)
 	stalled := stop()
+	var se *StatusError
 	switch {
 	case ctx.Err() != nil:
 		return n, fmt.Errorf("peer %s: fetching %s: %w", c.peer.Name, path, ctx.Err())
 	case stalled:
 		return n, fmt.Errorf("peer %s: fetching %s: %w (no data for %s)", c.peer.Name, path, ErrStalled, idle)
+	case errors.As(err, &se) && se.Code == fxNoSuchFile:
+		return n, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
 	case err != nil:
 		return n, fmt.Errorf("peer %s: fetching %s: %w", c.peer.Name, path, err)
 	}
@@ -400,16 +395,4 @@ func (c *Client) watchdog(ctx context.Context, idle time.Duration, last *atomic.
 		wg.Wait()
 		return fired.Load()
 	}
-}
-
-// progressWriter notes when bytes last arrived, for stall detection. It sits on
-// the write side, where it costs one atomic store per 255 KiB.
-type progressWriter struct {
-	w    io.Writer
-	last atomic.Int64
-}
-
-func (p *progressWriter) Write(b []byte) (int, error) {
-	p.last.Store(time.Now().UnixNano())
-	return p.w.Write(b)
 }

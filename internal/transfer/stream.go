@@ -1,0 +1,393 @@
+package transfer
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+)
+
+// Fetch's read path speaks SFTP itself, on a session of its own next to
+// pkg/sftp's: the five requests a download needs (init, open, fstat, read,
+// close). pkg/sftp's WriteTo allocates a buffer per reply, copies each reply
+// twice on its way to the writer, and skips bytes when a read comes back short
+// (shared/transfer.md). Here each reply's data goes straight from the SSH
+// channel into the writer's own memory when the writer can take it that way
+// (io.ReaderFrom: the store's aligned O_DIRECT buffers), with nothing
+// allocated per reply. That was most of the client's CPU outside MD5.
+
+// SFTP v3 packet types and status codes (draft-ietf-secsh-filexfer-02).
+const (
+	fxpInit    = 1
+	fxpVersion = 2
+	fxpOpen    = 3
+	fxpClose   = 4
+	fxpRead    = 5
+	fxpFstat   = 8
+	fxpStatus  = 101
+	fxpHandle  = 102
+	fxpData    = 103
+	fxpAttrs   = 105
+
+	fxOK         = 0
+	fxEOF        = 1
+	fxNoSuchFile = 2
+
+	fxfRead        = 1
+	fileattrSize   = 1
+	maxReplyHeader = 64 << 10 // any reply but DATA: status, handle, attrs
+)
+
+// stream is one SFTP session reading one file.
+type stream struct {
+	w      io.Writer     // the channel: requests
+	r      io.Reader     // the channel: replies
+	closer io.Closer     // the session
+	nextID uint32
+	req    []byte        // request being built, reused
+	hdr    [13]byte      // reply header, reused
+	small  []byte        // body of a non-DATA reply, reused
+	lim    io.LimitedReader
+	last   *atomic.Int64 // UnixNano of the latest reply, for the watchdog
+}
+
+// streamFile copies path from offset to the size its handle reports into w,
+// keeping up to inFlight reads of PacketSize outstanding.
+func (c *Client) streamFile(ctx context.Context, path string, offset int64, w io.Writer, last *atomic.Int64) (int64, error) {
+	sess, err := c.ssh.NewSession()
+	if err != nil {
+		return 0, fmt.Errorf("opening an sftp session: %w", err)
+	}
+	defer sess.Close()
+	in, err := sess.StdinPipe()
+	if err != nil {
+		return 0, err
+	}
+	out, err := sess.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	if err := sess.RequestSubsystem("sftp"); err != nil {
+		return 0, fmt.Errorf("starting sftp: %w", err)
+	}
+	s := &stream{w: in, r: out, closer: sess, last: last}
+	if err := s.init(); err != nil {
+		return 0, err
+	}
+	handle, err := s.open(path)
+	if err != nil {
+		return 0, err
+	}
+	size, err := s.fstat(handle)
+	if err != nil {
+		return 0, err
+	}
+	n, err := s.read(ctx, handle, offset, size, w)
+	if err != nil {
+		return n, err
+	}
+	// A failed close of a file opened for reading loses nothing.
+	s.send(s.packet(fxpClose, func(b []byte) []byte { return appendString(b, handle) }))
+	return n, nil
+}
+
+// packet builds a request of type t whose fields after the id fill adds.
+func (s *stream) packet(t byte, fill func([]byte) []byte) []byte {
+	s.nextID++
+	b := append(s.req[:0], 0, 0, 0, 0, t)
+	b = binary.BigEndian.AppendUint32(b, s.nextID)
+	b = fill(b)
+	binary.BigEndian.PutUint32(b, uint32(len(b)-4))
+	s.req = b
+	return b
+}
+
+func (s *stream) send(b []byte) error {
+	if _, err := s.w.Write(b); err != nil {
+		return fmt.Errorf("sending an sftp request: %w", err)
+	}
+	return nil
+}
+
+func appendString(b []byte, v string) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
+	return append(b, v...)
+}
+
+// reply reads the next reply's length, type and id, and for any type but
+// DATA its body into s.small.
+func (s *stream) reply() (typ byte, id uint32, body []byte, err error) {
+	if _, err := io.ReadFull(s.r, s.hdr[:9]); err != nil {
+		return 0, 0, nil, fmt.Errorf("reading an sftp reply: %w", err)
+	}
+	s.last.Store(time.Now().UnixNano())
+	length := binary.BigEndian.Uint32(s.hdr[:4])
+	typ, id = s.hdr[4], binary.BigEndian.Uint32(s.hdr[5:9])
+	if length < 5 {
+		return 0, 0, nil, fmt.Errorf("sftp reply of %d bytes is too short", length)
+	}
+	if typ == fxpData {
+		return typ, id, nil, nil
+	}
+	if length-5 > maxReplyHeader {
+		return 0, 0, nil, fmt.Errorf("sftp reply type %d of %d bytes is too long", typ, length)
+	}
+	if cap(s.small) < int(length-5) {
+		s.small = make([]byte, length-5, maxReplyHeader)
+	}
+	body = s.small[:length-5]
+	if _, err := io.ReadFull(s.r, body); err != nil {
+		return 0, 0, nil, fmt.Errorf("reading an sftp reply: %w", err)
+	}
+	return typ, id, body, nil
+}
+
+// StatusError is an SFTP status other than OK from the peer.
+type StatusError struct {
+	Code uint32
+	Msg  string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("sftp status %d: %s", e.Code, e.Msg)
+}
+
+func statusOf(body []byte) error {
+	if len(body) < 4 {
+		return errors.New("malformed sftp status")
+	}
+	e := &StatusError{Code: binary.BigEndian.Uint32(body)}
+	if len(body) >= 8 {
+		if n := binary.BigEndian.Uint32(body[4:]); uint64(n) <= uint64(len(body)-8) {
+			e.Msg = string(body[8 : 8+n])
+		}
+	}
+	if e.Code == fxOK {
+		return nil
+	}
+	return e
+}
+
+// call sends a request and reads its one reply, which must not be DATA.
+func (s *stream) call(req []byte) (byte, []byte, error) {
+	id := s.nextID
+	if err := s.send(req); err != nil {
+		return 0, nil, err
+	}
+	typ, got, body, err := s.reply()
+	if err != nil {
+		return 0, nil, err
+	}
+	if got != id || typ == fxpData {
+		return 0, nil, fmt.Errorf("unexpected sftp reply type %d id %d to request %d", typ, got, id)
+	}
+	return typ, body, nil
+}
+
+func (s *stream) init() error {
+	b := append(s.req[:0], 0, 0, 0, 5, fxpInit, 0, 0, 0, 3)
+	if err := s.send(b); err != nil {
+		return err
+	}
+	// VERSION has no id: the 4 bytes reply() reads as one are the version.
+	typ, version, _, err := s.reply()
+	if err != nil {
+		return err
+	}
+	if typ != fxpVersion || version < 3 {
+		return fmt.Errorf("sftp server answered init with type %d version %d", typ, version)
+	}
+	return nil
+}
+
+func (s *stream) open(path string) (string, error) {
+	typ, body, err := s.call(s.packet(fxpOpen, func(b []byte) []byte {
+		b = appendString(b, path)
+		b = binary.BigEndian.AppendUint32(b, fxfRead)
+		return binary.BigEndian.AppendUint32(b, 0) // no attributes
+	}))
+	if err != nil {
+		return "", err
+	}
+	switch typ {
+	case fxpHandle:
+		if len(body) >= 4 {
+			if n := binary.BigEndian.Uint32(body); uint64(n) <= uint64(len(body)-4) {
+				return string(body[4 : 4+n]), nil
+			}
+		}
+		return "", errors.New("malformed sftp handle")
+	case fxpStatus:
+		if err := statusOf(body); err != nil {
+			return "", fmt.Errorf("open %s: %w", path, err)
+		}
+	}
+	return "", fmt.Errorf("open %s: unexpected sftp reply type %d", path, typ)
+}
+
+// fstat returns the size of the open file: the handle follows the file if
+// it is renamed, and what is read stops there, so a file still growing on
+// the peer is never read past a size it had.
+func (s *stream) fstat(handle string) (int64, error) {
+	typ, body, err := s.call(s.packet(fxpFstat, func(b []byte) []byte { return appendString(b, handle) }))
+	if err != nil {
+		return 0, err
+	}
+	if typ == fxpStatus {
+		return 0, fmt.Errorf("fstat: %w", statusOf(body))
+	}
+	if typ != fxpAttrs || len(body) < 12 || binary.BigEndian.Uint32(body)&fileattrSize == 0 {
+		return 0, errors.New("fstat: the peer gave no size")
+	}
+	return int64(binary.BigEndian.Uint64(body[4:])), nil
+}
+
+// pending is a read in flight.
+type pending struct {
+	id     uint32
+	offset int64
+	length uint32
+}
+
+// read copies [offset, size) of the open file into w. OpenSSH's sftp-server
+// answers reads in order, so each reply's data can go to w as it arrives.
+// A reply out of order or a short read (the file shrank, or a server that
+// answers less than asked) is never written where it does not belong: the
+// replies still in flight are read and dropped, and reading starts again
+// from the first byte w lacks, one request at a time after a reply out of
+// order.
+func (s *stream) read(ctx context.Context, handle string, offset, size int64, w io.Writer) (int64, error) {
+	rf, _ := w.(io.ReaderFrom)
+	var buf []byte
+	if rf == nil {
+		buf = make([]byte, PacketSize)
+	}
+	window := inFlight
+	queue := make([]pending, 0, inFlight)
+	next := offset // first byte not yet asked for
+	at := offset   // first byte not yet written
+	var written int64
+	for at < size {
+		if err := ctx.Err(); err != nil {
+			return written, err
+		}
+		// Ask in batches: each request costs the peer a wake-up and us an
+		// SSH packet, so top up only when several slots are free.
+		if free := window - len(queue); next < size && (free >= 4 || len(queue) == 0 || window < 4) {
+			batch := s.req[:0]
+			for ; free > 0 && next < size; free-- {
+				n := uint32(min(int64(PacketSize), size-next))
+				s.nextID++
+				start := len(batch)
+				batch = append(batch, 0, 0, 0, 0, fxpRead)
+				batch = binary.BigEndian.AppendUint32(batch, s.nextID)
+				batch = appendString(batch, handle)
+				batch = binary.BigEndian.AppendUint64(batch, uint64(next))
+				batch = binary.BigEndian.AppendUint32(batch, n)
+				binary.BigEndian.PutUint32(batch[start:], uint32(len(batch)-start-4))
+				queue = append(queue, pending{s.nextID, next, n})
+				next += int64(n)
+			}
+			s.req = batch
+			if err := s.send(batch); err != nil {
+				return written, err
+			}
+		}
+		typ, id, body, err := s.reply()
+		if err != nil {
+			return written, err
+		}
+		head := queue[0]
+		if id != head.id {
+			// Out of order: drop everything in flight, go on one by one.
+			if err := s.skip(typ, body); err != nil {
+				return written, err
+			}
+			if err := s.drain(len(queue) - 1); err != nil {
+				return written, err
+			}
+			queue, next, window = queue[:0], at, 1
+			continue
+		}
+		queue = queue[1:]
+		switch typ {
+		case fxpStatus:
+			err := statusOf(body)
+			var se *StatusError
+			if errors.As(err, &se) && se.Code == fxEOF {
+				return written, fmt.Errorf("the file ended at %d bytes, before the %d it had when opened", at, size)
+			}
+			if err == nil {
+				err = errors.New("sftp read answered OK without data")
+			}
+			return written, err
+		case fxpData:
+		default:
+			return written, fmt.Errorf("unexpected sftp reply type %d to a read", typ)
+		}
+		if _, err := io.ReadFull(s.r, s.hdr[9:13]); err != nil {
+			return written, fmt.Errorf("reading an sftp reply: %w", err)
+		}
+		n := binary.BigEndian.Uint32(s.hdr[9:13])
+		if n > head.length {
+			return written, fmt.Errorf("sftp read of %d bytes answered with %d", head.length, n)
+		}
+		var got int64
+		if rf != nil {
+			s.lim = io.LimitedReader{R: s.r, N: int64(n)}
+			got, err = rf.ReadFrom(&s.lim)
+			if err == nil && got < int64(n) {
+				err = fmt.Errorf("reading an sftp reply: %w", io.ErrUnexpectedEOF)
+			}
+		} else {
+			var k int
+			if k, err = io.ReadFull(s.r, buf[:n]); err == nil {
+				k, err = w.Write(buf[:n])
+			}
+			got = int64(k)
+		}
+		written += got
+		at += got
+		if err != nil {
+			return written, err
+		}
+		s.last.Store(time.Now().UnixNano())
+		if n < head.length && at < size {
+			// Short read: what is in flight was asked for bytes beyond a gap.
+			if err := s.drain(len(queue)); err != nil {
+				return written, err
+			}
+			queue, next = queue[:0], at
+		}
+	}
+	return written, nil
+}
+
+// skip drops the rest of a reply whose header reply() has read.
+func (s *stream) skip(typ byte, _ []byte) error {
+	if typ != fxpData {
+		return nil // reply() read its body
+	}
+	if _, err := io.ReadFull(s.r, s.hdr[9:13]); err != nil {
+		return err
+	}
+	_, err := io.CopyN(io.Discard, s.r, int64(binary.BigEndian.Uint32(s.hdr[9:13])))
+	return err
+}
+
+// drain reads and drops n replies.
+func (s *stream) drain(n int) error {
+	for range n {
+		typ, _, body, err := s.reply()
+		if err != nil {
+			return err
+		}
+		if err := s.skip(typ, body); err != nil {
+			return fmt.Errorf("reading an sftp reply: %w", err)
+		}
+	}
+	return nil
+}
