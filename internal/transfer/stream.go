@@ -335,6 +335,11 @@ func (s *stream) read(ctx context.Context, handle string, offset, size int64, w 
 		if n > head.length {
 			return written, fmt.Errorf("sftp read of %d bytes answered with %d", head.length, n)
 		}
+		if n == 0 {
+			// Taken as a short read, it would be asked again forever, and
+			// each empty reply keeps the idle watchdog from firing.
+			return written, fmt.Errorf("sftp read of %d bytes at %d answered with no data", head.length, head.offset)
+		}
 		var got int64
 		if rf != nil {
 			s.lim = io.LimitedReader{R: s.r, N: int64(n)}
