@@ -293,10 +293,10 @@ type Partial struct {
 	h      hashState
 	mh     *multihash // nil unless BeginMultihash was given one
 	n      int64
-	q      *pipe // nil: writes go through f and the page cache
+	q      *pipe  // nil: writes go through f and the page cache
 	buf    []byte // ReadFrom's buffer without q
-	queued int64 // bytes already handed to the kernel for writeback
-	done   bool  // committed or discarded: nothing of it is left to resume
+	queued int64  // bytes already handed to the kernel for writeback
+	done   bool   // committed or discarded: nothing of it is left to resume
 	closed bool
 }
 

@@ -43,13 +43,13 @@ const (
 
 // stream is one SFTP session reading one file.
 type stream struct {
-	w      io.Writer     // the channel: requests
-	r      io.Reader     // the channel: replies
-	closer io.Closer     // the session
+	w      io.Writer // the channel: requests
+	r      io.Reader // the channel: replies
+	closer io.Closer // the session
 	nextID uint32
-	req    []byte        // request being built, reused
-	hdr    [13]byte      // reply header, reused
-	small  []byte        // body of a non-DATA reply, reused
+	req    []byte   // request being built, reused
+	hdr    [13]byte // reply header, reused
+	small  []byte   // body of a non-DATA reply, reused
 	lim    io.LimitedReader
 	last   *atomic.Int64 // UnixNano of the latest reply, for the watchdog
 }
@@ -348,11 +348,11 @@ func (s *stream) read(ctx context.Context, handle string, offset, size int64, w 
 				err = fmt.Errorf("reading an sftp reply: %w", io.ErrUnexpectedEOF)
 			}
 		} else {
-			var k int
-			if k, err = io.ReadFull(s.r, buf[:n]); err == nil {
+			if _, err = io.ReadFull(s.r, buf[:n]); err == nil {
+				var k int
 				k, err = w.Write(buf[:n])
+				got = int64(k)
 			}
-			got = int64(k)
 		}
 		written += got
 		at += got
