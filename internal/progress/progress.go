@@ -66,11 +66,27 @@ func (t *Terminal) Track(image, peer string, offset, total int64, w io.Writer) (
 
 func (tr *transfer) Write(b []byte) (int, error) {
 	n, err := tr.w.Write(b)
+	tr.count(int64(n))
+	return n, err
+}
+
+// ReadFrom keeps the fetch's copy-free path (the reader filling the temp
+// file's buffers directly) when the writer offers it.
+func (tr *transfer) ReadFrom(r io.Reader) (int64, error) {
+	rf, ok := tr.w.(io.ReaderFrom)
+	if !ok {
+		return io.Copy(struct{ io.Writer }{tr}, r)
+	}
+	n, err := rf.ReadFrom(r)
+	tr.count(n)
+	return n, err
+}
+
+func (tr *transfer) count(n int64) {
 	tr.t.mu.Lock()
-	tr.n += int64(n)
+	tr.n += n
 	tr.t.redraw(false)
 	tr.t.mu.Unlock()
-	return n, err
 }
 
 // Write writes a log line above the progress line.

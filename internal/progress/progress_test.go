@@ -42,3 +42,40 @@ func TestLineShowsBytesRateETAAndLogsStayClean(t *testing.T) {
 		t.Error("a buffer is not a terminal")
 	}
 }
+
+// The fetch hands bytes over through ReadFrom when the temp file offers it;
+// the tracker must pass that on and still count the bytes.
+func TestReadFromIsPassedOnAndCounted(t *testing.T) {
+	var out bytes.Buffer
+	term := NewTerminal(&out)
+	clock := time.Unix(0, 0)
+	term.now = func() time.Time { return clock }
+	dst := &readerFrom{}
+	w, done := term.Track("3f2a9c1e-0000-4000-8000-000000000000", "node2", 0, 4<<20, dst)
+	defer done()
+	clock = clock.Add(time.Second)
+	n, err := w.(io.ReaderFrom).ReadFrom(bytes.NewReader(make([]byte, 2<<20)))
+	if err != nil || n != 2<<20 {
+		t.Fatalf("ReadFrom = %d, %v", n, err)
+	}
+	if dst.calls != 1 || dst.n != 2<<20 {
+		t.Fatalf("destination's ReadFrom called %d times with %d bytes, want once with all", dst.calls, dst.n)
+	}
+	if !strings.Contains(out.String(), "2.0 MiB / 4.0 MiB") {
+		t.Errorf("progress line did not count the bytes: %q", out.String())
+	}
+}
+
+type readerFrom struct {
+	calls int
+	n     int64
+}
+
+func (r *readerFrom) Write(b []byte) (int, error) { r.n += int64(len(b)); return len(b), nil }
+
+func (r *readerFrom) ReadFrom(src io.Reader) (int64, error) {
+	r.calls++
+	n, err := io.Copy(io.Discard, src)
+	r.n += n
+	return n, err
+}

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"io"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -30,15 +31,69 @@ func directImage(t *testing.T, n int) (*Store, []byte, string) {
 	return s, data, hex.EncodeToString(sum[:])
 }
 
-// writeIn feeds data[from:to] in pkg/sftp's packet size.
+// feedByReadFrom makes writeIn hand data over the way the SFTP read path
+// does: one ReadFrom per reply, from a reader yielding SSH-packet-sized reads.
+var feedByReadFrom bool
+
+// writeIn feeds data[from:to] in SFTP replies of 261120 bytes.
 func writeIn(t *testing.T, p *Partial, data []byte, from, to int) error {
 	t.Helper()
 	for off := from; off < to; off += 261120 {
-		if _, err := p.Write(data[off:min(off+261120, to)]); err != nil {
+		chunk := data[off:min(off+261120, to)]
+		if feedByReadFrom {
+			n, err := p.ReadFrom(&packets{chunk})
+			if err != nil {
+				return err
+			}
+			if n != int64(len(chunk)) {
+				t.Fatalf("ReadFrom took %d bytes of %d", n, len(chunk))
+			}
+			continue
+		}
+		if _, err := p.Write(chunk); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// packets yields its bytes at most 32775 at a time, like an SSH channel.
+type packets struct{ b []byte }
+
+func (r *packets) Read(b []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(b[:min(len(b), 32775)], r.b)
+	r.b = r.b[n:]
+	return n, nil
+}
+
+func bothFeeds(t *testing.T, f func(t *testing.T)) {
+	for _, rf := range []bool{false, true} {
+		name := "Write"
+		if rf {
+			name = "ReadFrom"
+		}
+		t.Run(name, func(t *testing.T) {
+			defer swap(&feedByReadFrom, rf)()
+			f(t)
+		})
+	}
+}
+
+// Bytes beyond the announced size are refused, through either path.
+func TestReadFromRefusesMoreThanTheImage(t *testing.T) {
+	s, data, sum := directImage(t, 5<<20+3)
+	p, err := s.Begin(context.Background(), directID, int64(len(data)), sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	_, err = p.ReadFrom(&packets{append(append([]byte{}, data...), 0)})
+	if err == nil || !strings.Contains(err.Error(), "more than the announced") {
+		t.Fatalf("ReadFrom of one byte too many: %v", err)
+	}
 }
 
 func wantDirect(t *testing.T, p *Partial) {
@@ -53,7 +108,9 @@ func wantDirect(t *testing.T, p *Partial) {
 // Interrupted at an aligned and at an unaligned offset, each closed partial
 // holds exactly the bytes written (the buffers in flight and the partly
 // filled one are flushed by Close), and the resumed copy verifies.
-func TestDirectResume(t *testing.T) {
+func TestDirectResume(t *testing.T) { bothFeeds(t, testDirectResume) }
+
+func testDirectResume(t *testing.T) {
 	for _, stops := range [][]int{
 		{8 << 20, 12 << 20},                 // aligned, and a multiple of the buffer
 		{5<<20 + 13, 5<<20 + 13 + 4096 + 1}, // unaligned twice: a head, then a head crossing one boundary
@@ -105,7 +162,9 @@ func TestDirectResume(t *testing.T) {
 
 // A filesystem refusing O_DIRECT at open, or at the first write, still gets
 // the image, through the page cache.
-func TestDirectFallback(t *testing.T) {
+func TestDirectFallback(t *testing.T) { bothFeeds(t, testDirectFallback) }
+
+func testDirectFallback(t *testing.T) {
 	t.Run("open", func(t *testing.T) {
 		defer swap(&openDirect, func(string) (*os.File, error) { return nil, unix.EINVAL })()
 		s, data, sum := directImage(t, 9<<20+5)
@@ -152,7 +211,9 @@ func TestDirectFallback(t *testing.T) {
 // A full disk surfaces from the next Write or from Commit, naming the image
 // and the partial; nothing is written after the failed buffer, so the
 // partial is a prefix of the image and resumes.
-func TestDirectENOSPC(t *testing.T) {
+func TestDirectENOSPC(t *testing.T) { bothFeeds(t, testDirectENOSPC) }
+
+func testDirectENOSPC(t *testing.T) {
 	var calls atomic.Int32
 	restore := swap(&pwrite, func(fd int, b []byte, off int64) (int, error) {
 		if calls.Add(1) >= 2 {

@@ -409,7 +409,7 @@ func (p *Partial) reserve() error {
 func (p *Partial) Offset() int64 { return p.n }
 
 // Write appends to the partial file. Hashing happens here, on the write side, so
-// the reader feeding it (pkg/sftp's pipelined WriteTo) is never wrapped. With
+// the reader feeding it (the pipelined SFTP read) is never wrapped. With
 // O_DIRECT available the bytes go through aligned buffers (direct.go), and a
 // failed write of one surfaces from a later Write or from Commit.
 func (p *Partial) Write(b []byte) (int, error) {

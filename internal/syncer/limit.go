@@ -8,7 +8,7 @@ import (
 )
 
 // limiter caps the bytes written by all transfers of a run together (bwlimit).
-// It wraps the writer, never the SFTP reader, so pkg/sftp keeps pipelining and
+// It wraps the writer, never the SFTP reader, so reads stay pipelined and
 // the limit reaches the peer as back-pressure.
 type limiter struct{ l *rate.Limiter }
 

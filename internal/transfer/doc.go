@@ -6,12 +6,12 @@
 // offset into an io.Writer and reports how many bytes it wrote. Hashing and
 // placement belong to whoever owns the writer.
 //
-// Throughput comes from pkg/sftp's pipelined File.WriteTo, which keeps many read
-// requests in flight. It only pipelines when the *sftp.File itself is the source,
-// so the file is never wrapped; progress and stall detection watch the writer.
+// Fetch reads with an SFTP session of its own (stream.go): 32 reads of 255 KiB in
+// flight, each reply's data handed to the writer as it arrives, and straight
+// into the writer's memory when the writer is an io.ReaderFrom. pkg/sftp serves
+// everything else: stat, listings, and Follow.
 //
 // Follow reads a file that a process on the peer is still appending to (a peer's
 // partial copy of an image it is fetching), never past the size it has when asked,
-// with its own window of reads in flight, since WriteTo loses bytes on a file that
-// grows while it reads.
+// with its own window of reads in flight.
 package transfer
