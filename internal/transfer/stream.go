@@ -118,18 +118,28 @@ func appendString(b []byte, v string) []byte {
 }
 
 // reply reads the next reply's length, type and id, and for any type but
-// DATA its body into s.small.
-func (s *stream) reply() (typ byte, id uint32, body []byte, err error) {
-	if _, err := io.ReadFull(s.r, s.hdr[:9]); err != nil {
+// DATA its body into s.small. A reply to a READ (toRead) is read with the
+// DATA length in one go, s.hdr[9:13]: every such reply, DATA or STATUS, is at
+// least 13 bytes, and each read from an SSH channel costs a window-adjust
+// message to the peer.
+func (s *stream) reply(toRead bool) (typ byte, id uint32, body []byte, err error) {
+	h := 9
+	if toRead {
+		h = 13
+	}
+	if _, err := io.ReadFull(s.r, s.hdr[:h]); err != nil {
 		return 0, 0, nil, fmt.Errorf("reading an sftp reply: %w", err)
 	}
 	s.last.Store(time.Now().UnixNano())
 	length := binary.BigEndian.Uint32(s.hdr[:4])
 	typ, id = s.hdr[4], binary.BigEndian.Uint32(s.hdr[5:9])
-	if length < 5 {
+	if length < uint32(h-4) {
 		return 0, 0, nil, fmt.Errorf("sftp reply of %d bytes is too short", length)
 	}
 	if typ == fxpData {
+		if !toRead {
+			return 0, 0, nil, fmt.Errorf("unexpected sftp data reply %d", id)
+		}
 		return typ, id, nil, nil
 	}
 	if length-5 > maxReplyHeader {
@@ -139,7 +149,8 @@ func (s *stream) reply() (typ byte, id uint32, body []byte, err error) {
 		s.small = make([]byte, length-5, maxReplyHeader)
 	}
 	body = s.small[:length-5]
-	if _, err := io.ReadFull(s.r, body); err != nil {
+	got := copy(body, s.hdr[9:h])
+	if _, err := io.ReadFull(s.r, body[got:]); err != nil {
 		return 0, 0, nil, fmt.Errorf("reading an sftp reply: %w", err)
 	}
 	return typ, id, body, nil
@@ -177,11 +188,11 @@ func (s *stream) call(req []byte) (byte, []byte, error) {
 	if err := s.send(req); err != nil {
 		return 0, nil, err
 	}
-	typ, got, body, err := s.reply()
+	typ, got, body, err := s.reply(false)
 	if err != nil {
 		return 0, nil, err
 	}
-	if got != id || typ == fxpData {
+	if got != id {
 		return 0, nil, fmt.Errorf("unexpected sftp reply type %d id %d to request %d", typ, got, id)
 	}
 	return typ, body, nil
@@ -193,7 +204,7 @@ func (s *stream) init() error {
 		return err
 	}
 	// VERSION has no id: the 4 bytes reply() reads as one are the version.
-	typ, version, _, err := s.reply()
+	typ, version, _, err := s.reply(false)
 	if err != nil {
 		return err
 	}
@@ -296,7 +307,7 @@ func (s *stream) read(ctx context.Context, handle string, offset, size int64, w 
 				return written, err
 			}
 		}
-		typ, id, body, err := s.reply()
+		typ, id, body, err := s.reply(true)
 		if err != nil {
 			return written, err
 		}
@@ -327,9 +338,6 @@ func (s *stream) read(ctx context.Context, handle string, offset, size int64, w 
 		case fxpData:
 		default:
 			return written, fmt.Errorf("unexpected sftp reply type %d to a read", typ)
-		}
-		if _, err := io.ReadFull(s.r, s.hdr[9:13]); err != nil {
-			return written, fmt.Errorf("reading an sftp reply: %w", err)
 		}
 		n := binary.BigEndian.Uint32(s.hdr[9:13])
 		if n > head.length {
@@ -376,9 +384,6 @@ func (s *stream) skip(typ byte, _ []byte) error {
 	if typ != fxpData {
 		return nil // reply() read its body
 	}
-	if _, err := io.ReadFull(s.r, s.hdr[9:13]); err != nil {
-		return err
-	}
 	_, err := io.CopyN(io.Discard, s.r, int64(binary.BigEndian.Uint32(s.hdr[9:13])))
 	return err
 }
@@ -386,7 +391,7 @@ func (s *stream) skip(typ byte, _ []byte) error {
 // drain reads and drops n replies.
 func (s *stream) drain(n int) error {
 	for range n {
-		typ, _, body, err := s.reply()
+		typ, _, body, err := s.reply(true)
 		if err != nil {
 			return err
 		}
