@@ -45,7 +45,6 @@ const (
 type stream struct {
 	w      io.Writer // the channel: requests
 	r      io.Reader // the channel: replies
-	closer io.Closer // the session
 	nextID uint32
 	req    []byte   // request being built, reused
 	hdr    [13]byte // reply header, reused
@@ -73,7 +72,7 @@ func (c *Client) streamFile(ctx context.Context, path string, offset int64, w io
 	if err := sess.RequestSubsystem("sftp"); err != nil {
 		return 0, fmt.Errorf("starting sftp: %w", err)
 	}
-	s := &stream{w: in, r: out, closer: sess, last: last}
+	s := &stream{w: in, r: out, last: last}
 	if err := s.init(); err != nil {
 		return 0, err
 	}
@@ -94,14 +93,21 @@ func (c *Client) streamFile(ctx context.Context, path string, offset int64, w io
 	return n, nil
 }
 
-// packet builds a request of type t whose fields after the id fill adds.
+// packet builds a request of type t, with a new id and the fields fill
+// appends after it, in the reused request buffer.
 func (s *stream) packet(t byte, fill func([]byte) []byte) []byte {
+	s.req = s.appendPacket(s.req[:0], t, fill)
+	return s.req
+}
+
+// appendPacket appends a request of type t with a new id to b.
+func (s *stream) appendPacket(b []byte, t byte, fill func([]byte) []byte) []byte {
 	s.nextID++
-	b := append(s.req[:0], 0, 0, 0, 0, t)
+	start := len(b)
+	b = append(b, 0, 0, 0, 0, t)
 	b = binary.BigEndian.AppendUint32(b, s.nextID)
 	b = fill(b)
-	binary.BigEndian.PutUint32(b, uint32(len(b)-4))
-	s.req = b
+	binary.BigEndian.PutUint32(b[start:], uint32(len(b)-start-4))
 	return b
 }
 
@@ -291,14 +297,11 @@ func (s *stream) read(ctx context.Context, handle string, offset, size int64, w 
 			batch := s.req[:0]
 			for ; free > 0 && next < size; free-- {
 				n := uint32(min(int64(PacketSize), size-next))
-				s.nextID++
-				start := len(batch)
-				batch = append(batch, 0, 0, 0, 0, fxpRead)
-				batch = binary.BigEndian.AppendUint32(batch, s.nextID)
-				batch = appendString(batch, handle)
-				batch = binary.BigEndian.AppendUint64(batch, uint64(next))
-				batch = binary.BigEndian.AppendUint32(batch, n)
-				binary.BigEndian.PutUint32(batch[start:], uint32(len(batch)-start-4))
+				batch = s.appendPacket(batch, fxpRead, func(b []byte) []byte {
+					b = appendString(b, handle)
+					b = binary.BigEndian.AppendUint64(b, uint64(next))
+					return binary.BigEndian.AppendUint32(b, n)
+				})
 				queue = append(queue, pending{s.nextID, next, n})
 				next += int64(n)
 			}
