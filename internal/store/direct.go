@@ -315,7 +315,7 @@ func (q *pipe) early() error {
 }
 
 // stop waits for the buffers on their way and writes the last, partly filled
-// one through the buffered fd (its length is not aligned; at most 4 MiB pass
+// one through the buffered fd (its length is not aligned; at most 1 MiB pass
 // through the page cache). After a failure nothing more is written: the file
 // keeps the prefix that made it to disk.
 func (q *pipe) stop() error {

@@ -24,8 +24,9 @@ import (
 // rest of every read without an error (shared/transfer.md).
 const PacketSize = 261120
 
-// inFlight is how many reads are outstanding per file. Each holds one PacketSize
-// buffer, so this bounds the memory of a transfer (32 × 255 KiB ≈ 8 MiB).
+// inFlight is how many reads are outstanding per file. Their replies wait in
+// the SSH channel's 2 MiB window, not in memory of ours, so more would cost
+// nothing but gained nothing either (16, 32, 64 measured level).
 const inFlight = 32
 
 // Peer is a node to copy from.
