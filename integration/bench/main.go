@@ -177,6 +177,9 @@ func run(ctx context.Context, size int64, rounds int, big bool, events int, only
 		if err := b.memory(ctx, 4<<30); err != nil {
 			return fmt.Errorf("memory: %w", err)
 		}
+		if err := b.pair(ctx); err != nil {
+			return fmt.Errorf("two at once: %w", err)
+		}
 	}
 	if events > 0 {
 		if err := b.fanout(ctx, events); err != nil {
@@ -582,6 +585,42 @@ func (b *bench) memory(ctx context.Context, size int64) error {
 	}
 	fmt.Printf("memory: %.0f GiB image through sync-images: peak RSS %d MiB, %.0f MB/s, %.1f s CPU, verifies\n",
 		float64(size)/(1<<30), r.rss>>20, mbps(size, r.secs), r.cpu)
+	return nil
+}
+
+// pair fetches two images of the bench's size in one sync-images run, with
+// the default transfers = 2: memory is bounded per transfer, so this is the
+// peak a node sees when two large uploads land together.
+func (b *bench) pair(ctx context.Context) error {
+	b.log("writing a second %d-byte random image for the two-at-once line", b.img.Size)
+	other, err := b.c.AddImage(b.src, b.img.Size)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(harness.ImagePath(b.src, other.ID))
+	defer b.forget(other.ID)
+	b.forget(other.ID)
+	b.settle()
+	for _, img := range []harness.Image{b.img, other} {
+		if err := b.publish(ctx, "image.upload", img); err != nil {
+			return err
+		}
+	}
+	r, _, err := b.toolTimed(ctx, "sync-images")
+	if err != nil {
+		return err
+	}
+	for _, img := range []harness.Image{b.img, other} {
+		ok, err := harness.HasImage(b.dst, img)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("image %s does not verify", img.ID)
+		}
+	}
+	fmt.Printf("two at once: two %.0f GiB images in one sync-images run (transfers = 2): peak RSS %d MiB, %.0f MB/s together, %.1f s CPU, both verify\n",
+		float64(b.img.Size)/(1<<30), r.rss>>20, mbps(2*b.img.Size, r.secs), r.cpu)
 	return nil
 }
 
