@@ -103,8 +103,8 @@ var options = []Option{
 			"differ from <topic>.info, which would loop."},
 	{Section: SectionDefault, Key: "transfers", Type: TypeInt, Default: "2",
 		Min: 1, HasMin: true,
-		Help: "Images fetched at once. Each holds 12 MiB of write buffers: a run with " +
-			"two large fetches peaks near 64 MiB, with one near 48 MiB."},
+		Help: "Images fetched at once. They share one run's 12 MiB of write buffers, " +
+			"so memory hardly grows with this."},
 	{Section: SectionDefault, Key: "max_attempts", Type: TypeInt, Default: "12",
 		Min: 1, HasMin: true,
 		Help: "Runs that may try one message before it is parked in glance_image_sync.<short>.failed."},

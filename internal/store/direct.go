@@ -39,10 +39,14 @@ const (
 	// against its bytes, small enough that a few of them per transfer are
 	// nothing next to the image.
 	dioBufSize = 1 << 20
-	// dioBufs in rotation: one filling, the others being hashed or on disk.
-	// Memory per partial is bounded by dioBufs*dioBufSize; two transfers at
-	// once stay well inside the run's 64 MiB.
+	// dioBufs is how many buffers a store lends to the partials being
+	// written, one filling, the others being hashed or on disk: a run's
+	// buffer memory is dioBufs*dioBufSize however many transfers it runs,
+	// plus dioOwn for each partial that finds the bank empty.
 	dioBufs = 12
+	// dioOwn buffers a partial always has, so that it never waits for
+	// another partial's: it waits only for its own, on their way to disk.
+	dioOwn = 2
 	// dioLag bounds how long bytes wait in a buffer while a slow transfer
 	// (bwlimit, a congested link) fills it: the partial on disk is what
 	// progress reports show and what a killed run resumes from, so it should
@@ -58,6 +62,46 @@ var (
 	}
 	pwrite = unix.Pwrite
 )
+
+// pipeCap bounds the buffers one partial can hold at once: the bank's, plus
+// its own when the bank was empty.
+const pipeCap = dioBufs + dioOwn
+
+// bank holds a store's write buffers for the partials written at once.
+type bank struct {
+	idle chan *dbuf
+	made atomic.Int32 // buffers alive: idle or lent
+}
+
+func newBank() *bank { return &bank{idle: make(chan *dbuf, dioBufs)} }
+
+// lend returns an idle buffer, or a new one while fewer than dioBufs are
+// alive, or, if must, a new one anyway (a partial's own); otherwise nil.
+func (b *bank) lend(must bool) *dbuf {
+	select {
+	case d := <-b.idle:
+		return d
+	default:
+	}
+	if b.made.Add(1) <= dioBufs || must {
+		return &dbuf{b: alignedBuf(dioBufSize)[:0]}
+	}
+	b.made.Add(-1)
+	return nil
+}
+
+// give takes a buffer back, or lets the GC have it when more than dioBufs
+// are alive.
+func (b *bank) give(d *dbuf) {
+	if b.made.Load() <= dioBufs {
+		select {
+		case b.idle <- d:
+			return
+		default:
+		}
+	}
+	b.made.Add(-1)
+}
 
 type dbuf struct {
 	b   []byte // len is the fill, cap dioBufSize, &b[0] aligned
@@ -91,12 +135,12 @@ func newPipe(p *Partial) *pipe {
 		p:       p,
 		dfd:     dfd,
 		headEnd: (p.n + dioAlign - 1) &^ (dioAlign - 1),
-		free:    make(chan *dbuf, dioBufs),
-		hashes:  make(chan *dbuf, dioBufs),
-		writes:  make(chan *dbuf, dioBufs),
+		free:    make(chan *dbuf, pipeCap),
+		hashes:  make(chan *dbuf, pipeCap),
+		writes:  make(chan *dbuf, pipeCap),
 	}
-	for range dioBufs {
-		q.free <- &dbuf{b: alignedBuf(dioBufSize)[:0]}
+	for range dioOwn {
+		q.free <- p.s.bufs.lend(true)
 	}
 	q.wg.Add(2)
 	go q.hasher()
@@ -263,12 +307,26 @@ func (q *pipe) readFrom(r io.Reader) (int64, error) {
 	}
 }
 
+// get returns a free buffer: one of the partial's, else one the bank can
+// lend at once, else the partial's next to come back from the disk.
+func (q *pipe) get() *dbuf {
+	select {
+	case d := <-q.free:
+		return d
+	default:
+	}
+	if d := q.p.s.bufs.lend(false); d != nil {
+		return d
+	}
+	return <-q.free
+}
+
 // take returns the buffer being filled, waiting for a free one if none is.
 func (q *pipe) take() (*dbuf, error) {
 	if q.cur != nil {
 		return q.cur, nil
 	}
-	d := <-q.free
+	d := q.get()
 	if err := q.err(); err != nil {
 		q.free <- d
 		return nil, err
@@ -300,7 +358,7 @@ func (q *pipe) filled(d *dbuf, k int) error {
 // its unaligned rest (under 4 KiB) to the start of the next buffer.
 func (q *pipe) early() error {
 	d := q.cur
-	next := <-q.free
+	next := q.get()
 	if err := q.err(); err != nil {
 		q.free <- next
 		return err
@@ -312,6 +370,22 @@ func (q *pipe) early() error {
 	q.hashes <- d
 	q.cur, q.since = next, time.Now()
 	return nil
+}
+
+// giveBack returns every buffer the stopped pipe holds to the bank.
+func (q *pipe) giveBack() {
+	if q.cur != nil {
+		q.p.s.bufs.give(q.cur)
+		q.cur = nil
+	}
+	for {
+		select {
+		case d := <-q.free:
+			q.p.s.bufs.give(d)
+		default:
+			return
+		}
+	}
 }
 
 // stop waits for the buffers on their way and writes the last, partly filled
@@ -326,6 +400,7 @@ func (q *pipe) stop() error {
 	close(q.hashes)
 	q.wg.Wait()
 	defer q.dfd.Close()
+	defer q.giveBack()
 	if err := q.err(); err != nil {
 		return err
 	}

@@ -313,3 +313,72 @@ func TestDirectSlowTransferReachesDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Partials written at once share the store's buffers: two concurrent
+// transfers hold no more than the bank plus their own, each still gets its
+// image right, and a later partial starts on the bank's idle buffers.
+func TestPartialsShareTheBank(t *testing.T) {
+	s, data, sum := directImage(t, 9<<20+5)
+	other := make([]byte, 7<<20+3)
+	rand.Read(other)
+	osum := md5.Sum(other)
+	const otherID = "6a1d2e3f-4b5c-4d6e-8f70-8b9c0d1e2f3a"
+	ctx := context.Background()
+	p1, err := s.Begin(ctx, directID, int64(len(data)), sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := s.Begin(ctx, otherID, int64(len(other)), hex.EncodeToString(osum[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p1.q == nil || p2.q == nil {
+		t.Skip("no O_DIRECT under TMPDIR: the bank is not used")
+	}
+	// A slow disk, so that both partials want every buffer they can get.
+	real := pwrite
+	defer swap(&pwrite, func(fd int, b []byte, off int64) (int, error) {
+		time.Sleep(20 * time.Millisecond)
+		return real(fd, b, off)
+	})()
+	errs := make(chan error, 2)
+	go func() { errs <- writeIn(t, p1, data, 0, len(data)) }()
+	go func() { errs <- writeIn(t, p2, other, 0, len(other)) }()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if made := s.bufs.made.Load(); made < dioBufs || made > dioBufs+2*dioOwn {
+		t.Fatalf("two partials on a slow disk made %d buffers, want the bank's %d, at most %d", made, dioBufs, dioBufs+2*dioOwn)
+	}
+	for _, p := range []*Partial{p1, p2} {
+		if err := p.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, want := range map[string][]byte{directID: data, otherID: other} {
+		got, err := os.ReadFile(s.dir + "/" + id)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("image %s differs after a concurrent write (err %v)", id, err)
+		}
+	}
+	made := s.bufs.made.Load()
+	if idle := int32(len(s.bufs.idle)); idle != made {
+		t.Fatalf("after both commits %d of %d buffers are back in the bank", idle, made)
+	}
+	p3, err := s.Begin(ctx, "7b2e3f40-5c6d-4e7f-8081-9cad0e1f2a3b", int64(len(data)), sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now := s.bufs.made.Load(); now != made {
+		t.Fatalf("a third partial made its own buffers anew: %d alive, was %d", now, made)
+	}
+	if err := writeIn(t, p3, data, 0, len(data)); err != nil {
+		t.Fatal(err)
+	}
+	p3.Close()
+	if now := s.bufs.made.Load(); now > dioBufs {
+		t.Fatalf("%d buffers alive after one partial alone, want at most %d", now, dioBufs)
+	}
+}

@@ -27,6 +27,7 @@ type Store struct {
 	perm os.FileMode // 0: leave the mode the partial was created with
 	uid  int         // -1: do not chown
 	gid  int
+	bufs *bank // write buffers shared by the partials of a run
 }
 
 // Open checks that dir is an existing directory and prepares the state directory.
@@ -41,7 +42,7 @@ func Open(dir string, perm os.FileMode) (*Store, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("datadir %s: not a directory", dir)
 	}
-	s := &Store{dir: dir, perm: perm, uid: -1, gid: -1}
+	s := &Store{dir: dir, perm: perm, uid: -1, gid: -1, bufs: newBank()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && os.Geteuid() == 0 {
 		s.uid, s.gid = int(st.Uid), int(st.Gid)
 	}
