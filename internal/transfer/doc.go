@@ -9,9 +9,9 @@
 // Fetch reads with an SFTP session of its own (stream.go): 32 reads of 255 KiB in
 // flight, each reply's data handed to the writer as it arrives, and straight
 // into the writer's memory when the writer is an io.ReaderFrom. pkg/sftp serves
-// everything else: stat, listings, and Follow.
+// everything else: stat and listings.
 //
-// Follow reads a file that a process on the peer is still appending to (a peer's
-// partial copy of an image it is fetching), never past the size it has when asked,
-// with its own window of reads in flight.
+// Follow reads, the same way, a file that a process on the peer is still
+// appending to (a peer's partial copy of an image it is fetching), never past
+// the size it has when asked.
 package transfer

@@ -8,8 +8,6 @@ import (
 	"io/fs"
 	"sync/atomic"
 	"time"
-
-	"github.com/pkg/sftp"
 )
 
 // Reading a file that a process on the peer is still writing: a peer's partial
@@ -52,133 +50,74 @@ const followPoll = 100 * time.Millisecond
 
 // Follow copies a remote file that another process is still appending to,
 // from offset until it holds size bytes, and returns the bytes written to w.
-// It never reads past the size the file has when asked (pkg/sftp's WriteTo
-// would: a short read in mid-file makes it skip bytes without an error), so it
-// keeps its own window of reads in flight. The size is asked of the open handle
-// (fstat), which follows the file when the peer renames it into place.
+// It reads, pipelined like Fetch, up to the size the open handle reports
+// (fstat follows the file when the peer renames it into place), then asks
+// again, never past a size the file has had.
 //
 // If the size stops changing for stall, Follow returns an error matching
 // ErrAbandoned and the client stays usable. If a request gets no answer for
 // stall, or ctx ends, the connection is closed and the client is no longer
 // usable, as with Fetch.
 func (c *Client) Follow(ctx context.Context, path string, offset, size int64, w io.Writer, stall time.Duration) (int64, error) {
-	f, err := c.open(ctx, path)
-	if err != nil {
-		return 0, err
-	}
-	fl := &follower{f: f, w: w, offset: offset, size: size, stall: stall}
-	fl.touch()
-	stop := c.watchdog(ctx, stall, &fl.activity)
-	n, err := fl.run(ctx)
-	// Closed while the watchdog still runs: a hung peer cannot hold Close.
-	f.Close()
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	stop := c.watchdog(ctx, stall, &last)
+	n, err := c.follow(ctx, path, offset, size, w, stall, &last)
 	hung := stop()
+	var se *StatusError
 	switch {
 	case ctx.Err() != nil:
 		return n, fmt.Errorf("peer %s: following %s: %w", c.peer.Name, path, ctx.Err())
 	case hung:
 		return n, fmt.Errorf("peer %s: following %s: %w (no answer for %s)", c.peer.Name, path, ErrStalled, stall)
+	case errors.As(err, &se) && se.Code == fxNoSuchFile:
+		return n, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
 	case err != nil:
 		return n, fmt.Errorf("peer %s: following %s: %w", c.peer.Name, path, err)
 	}
 	return n, nil
 }
 
-type follower struct {
-	f            *sftp.File
-	w            io.Writer
-	offset, size int64
-	stall        time.Duration
-	activity     atomic.Int64 // unix nanos of the last answer from the peer
-}
-
-func (fl *follower) touch() { fl.activity.Store(time.Now().UnixNano()) }
-
-// chunk is one read in flight. Each is a single SFTP request (at most
-// PacketSize), so many of them make the pipeline pkg/sftp would make itself.
-type chunk struct {
-	off  int64
-	buf  []byte
-	n    int
-	err  error
-	done chan struct{}
-}
-
-func (fl *follower) run(ctx context.Context) (written int64, err error) {
-	var queue []*chunk
-	var free [][]byte
-	// Reads still in flight write into their buffers: wait for them before
-	// returning, whatever the reason.
-	defer func() {
-		for _, ch := range queue {
-			<-ch.done
-		}
-	}()
-	next := fl.offset // where the next read starts
+func (c *Client) follow(ctx context.Context, path string, offset, size int64, w io.Writer, stall time.Duration, last *atomic.Int64) (int64, error) {
+	s, handle, done, err := c.openStream(path, last)
+	if err != nil {
+		return 0, err
+	}
+	defer done()
+	var written int64
 	known := int64(-1)
 	lastGrowth := time.Now()
-	for fl.offset < fl.size {
-		if next >= known && len(queue) < inFlight/2 {
-			fi, err := fl.f.Stat()
-			if err != nil {
-				return written, err
-			}
-			fl.touch()
-			switch sz := fi.Size(); {
-			case sz > fl.size:
-				return written, fmt.Errorf("it has %d bytes, more than the image's %d", sz, fl.size)
-			case known >= 0 && sz < known:
-				return written, fmt.Errorf("it shrank from %d to %d bytes: its writer started over", known, sz)
-			case sz != known:
-				known = sz
-				lastGrowth = time.Now()
-			}
-			if next >= known && len(queue) == 0 {
-				if time.Since(lastGrowth) > fl.stall {
-					return written, fmt.Errorf("%w: %w: no new byte for %s at %d of %d bytes", ErrAbandoned, ErrStalled, fl.stall, known, fl.size)
-				}
-				select {
-				case <-ctx.Done():
-					return written, ctx.Err()
-				case <-time.After(followPoll):
-				}
-				continue
-			}
-		}
-		for next < known && len(queue) < inFlight {
-			var buf []byte
-			if k := len(free); k > 0 {
-				buf, free = free[k-1], free[:k-1]
-			} else {
-				buf = make([]byte, PacketSize)
-			}
-			ch := &chunk{off: next, buf: buf[:min(int64(PacketSize), known-next)], done: make(chan struct{})}
-			go func() {
-				defer close(ch.done)
-				ch.n, ch.err = fl.f.ReadAt(ch.buf, ch.off)
-			}()
-			queue = append(queue, ch)
-			next += int64(len(ch.buf))
-		}
-		head := queue[0]
-		<-head.done
-		queue = queue[1:]
-		fl.touch()
-		if head.n < len(head.buf) {
-			// Below the size the file had, a read comes back whole unless
-			// the file was cut short under us.
-			if head.err == nil || errors.Is(head.err, io.EOF) {
-				return written, fmt.Errorf("short read at %d: it shrank", head.off+int64(head.n))
-			}
-			return written, head.err
-		}
-		m, err := fl.w.Write(head.buf[:head.n])
-		written += int64(m)
-		fl.offset += int64(m)
+	for offset < size {
+		sz, err := s.fstat(handle)
 		if err != nil {
 			return written, err
 		}
-		free = append(free, head.buf[:cap(head.buf)])
+		switch {
+		case sz > size:
+			return written, fmt.Errorf("it has %d bytes, more than the image's %d", sz, size)
+		case known >= 0 && sz < known:
+			return written, fmt.Errorf("it shrank from %d to %d bytes: its writer started over", known, sz)
+		case sz != known:
+			known = sz
+			lastGrowth = time.Now()
+		}
+		if offset < known {
+			n, err := s.read(ctx, handle, offset, known, w)
+			written += n
+			offset += n
+			if err != nil {
+				return written, err
+			}
+			continue
+		}
+		if time.Since(lastGrowth) > stall {
+			return written, fmt.Errorf("%w: %w: no new byte for %s at %d of %d bytes", ErrAbandoned, ErrStalled, stall, known, size)
+		}
+		select {
+		case <-ctx.Done():
+			return written, ctx.Err()
+		case <-time.After(followPoll):
+		}
 	}
 	return written, nil
 }

@@ -53,44 +53,56 @@ type stream struct {
 	last   *atomic.Int64 // UnixNano of the latest reply, for the watchdog
 }
 
-// streamFile copies path from offset to the size its handle reports into w,
-// keeping up to inFlight reads of PacketSize outstanding.
-func (c *Client) streamFile(ctx context.Context, path string, offset int64, w io.Writer, last *atomic.Int64) (int64, error) {
+// openStream starts an SFTP session of its own and opens path on it. The
+// returned close ends the session.
+func (c *Client) openStream(path string, last *atomic.Int64) (s *stream, handle string, close func(), err error) {
 	sess, err := c.ssh.NewSession()
 	if err != nil {
-		return 0, fmt.Errorf("opening an sftp session: %w", err)
+		return nil, "", nil, fmt.Errorf("opening an sftp session: %w", err)
 	}
-	defer sess.Close()
+	defer func() {
+		if err != nil {
+			sess.Close()
+		}
+	}()
 	in, err := sess.StdinPipe()
 	if err != nil {
-		return 0, err
+		return nil, "", nil, err
 	}
 	out, err := sess.StdoutPipe()
 	if err != nil {
-		return 0, err
+		return nil, "", nil, err
 	}
 	if err := sess.RequestSubsystem("sftp"); err != nil {
-		return 0, fmt.Errorf("starting sftp: %w", err)
+		return nil, "", nil, fmt.Errorf("starting sftp: %w", err)
 	}
-	s := &stream{w: in, r: out, last: last}
+	s = &stream{w: in, r: out, last: last}
 	if err := s.init(); err != nil {
-		return 0, err
+		return nil, "", nil, err
 	}
-	handle, err := s.open(path)
+	if handle, err = s.open(path); err != nil {
+		return nil, "", nil, err
+	}
+	return s, handle, func() {
+		// A failed close of a file opened for reading loses nothing.
+		s.send(s.packet(fxpClose, func(b []byte) []byte { return appendString(b, handle) }))
+		sess.Close()
+	}, nil
+}
+
+// streamFile copies path from offset to the size its handle reports into w,
+// keeping up to inFlight reads of PacketSize outstanding.
+func (c *Client) streamFile(ctx context.Context, path string, offset int64, w io.Writer, last *atomic.Int64) (int64, error) {
+	s, handle, done, err := c.openStream(path, last)
 	if err != nil {
 		return 0, err
 	}
+	defer done()
 	size, err := s.fstat(handle)
 	if err != nil {
 		return 0, err
 	}
-	n, err := s.read(ctx, handle, offset, size, w)
-	if err != nil {
-		return n, err
-	}
-	// A failed close of a file opened for reading loses nothing.
-	s.send(s.packet(fxpClose, func(b []byte) []byte { return appendString(b, handle) }))
-	return n, nil
+	return s.read(ctx, handle, offset, size, w)
 }
 
 // packet builds a request of type t, with a new id and the fields fill

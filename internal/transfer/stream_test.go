@@ -80,6 +80,19 @@ type fakePeer struct {
 	// server never misbehaved.
 	reorders atomic.Int32
 	shorts   atomic.Int32
+
+	// growing: the file holds only its first visible bytes so far, as a
+	// partial copy its writer is still appending to.
+	growing bool
+	visible atomic.Int64
+}
+
+// length is what the file holds now.
+func (p *fakePeer) length() int64 {
+	if p.growing {
+		return p.visible.Load()
+	}
+	return int64(len(p.data))
 }
 
 // startPeer starts an SSH server for p on 127.0.0.1 and returns a client
@@ -283,7 +296,11 @@ func (p *fakePeer) serveSFTP(ch ssh.Channel) {
 				break
 			}
 			b := binary.BigEndian.AppendUint32(nil, 1) // SSH_FILEXFER_ATTR_SIZE
-			err = writePacket(ch, tAttrs, id, binary.BigEndian.AppendUint64(b, uint64(p.size)))
+			sz := p.size
+			if p.growing {
+				sz = p.length()
+			}
+			err = writePacket(ch, tAttrs, id, binary.BigEndian.AppendUint64(b, uint64(sz)))
 		case tClose:
 			err = writeStatus(ch, binary.BigEndian.Uint32(pkt[1:]), stOK, "")
 		case tRead:
@@ -326,10 +343,10 @@ func (p *fakePeer) answerRead(w io.Writer, pkt []byte, nth int) error {
 	}
 	off := int64(binary.BigEndian.Uint64(rest))
 	asked := int64(binary.BigEndian.Uint32(rest[8:]))
-	if off >= int64(len(p.data)) {
+	if off >= p.length() {
 		return writeStatus(w, id, stEOF, "EOF")
 	}
-	n := min(asked, int64(len(p.data))-off)
+	n := min(asked, p.length()-off)
 	if p.mode == emptyData {
 		n = 0
 	}
@@ -566,5 +583,68 @@ func TestStreamEmptyData(t *testing.T) {
 	_, err := c.Fetch(ctx, servedPath, 0, &bytes.Buffer{}, 300*time.Millisecond)
 	if err == nil || ctx.Err() != nil {
 		t.Fatalf("Fetch from a server that sends empty data: %v, want an error before the deadline", err)
+	}
+}
+
+// Follow reads a file while its writer appends to it, in whatever steps the
+// size grows, and ends with the whole file; a file that stops growing short
+// of the image's size is reported abandoned, not stalled forever.
+func TestFollowGrowingFile(t *testing.T) {
+	data := randomData(5*PacketSize + 4321)
+	p := &fakePeer{data: data, size: int64(len(data)), growing: true}
+	p.visible.Store(12345)
+	c := startPeer(t, p)
+	go func() {
+		for v := int64(12345); v < int64(len(data)); {
+			time.Sleep(30 * time.Millisecond)
+			v = min(v+PacketSize/3+17, int64(len(data)))
+			p.visible.Store(v)
+		}
+	}()
+	for _, rf := range []bool{false, true} {
+		var got bytes.Buffer
+		var w io.Writer = plainWriter{&got}
+		rb := &readerFromBuf{}
+		if rf {
+			w = rb
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		n, err := c.Follow(ctx, servedPath, 100001, int64(len(data)), w, 5*time.Second)
+		cancel()
+		if err != nil {
+			t.Fatalf("follow: %v", err)
+		}
+		if rf {
+			got = rb.Buffer
+		}
+		checkPrefix(t, got.Bytes(), data[100001:], n)
+		if n != int64(len(data))-100001 {
+			t.Fatalf("followed %d bytes, want %d", n, len(data)-100001)
+		}
+	}
+
+	q := &fakePeer{data: data, size: int64(len(data)), growing: true}
+	q.visible.Store(3*PacketSize + 5)
+	c = startPeer(t, q)
+	var got bytes.Buffer
+	start := time.Now()
+	n, err := c.Follow(context.Background(), servedPath, 0, int64(len(data)), plainWriter{&got}, 300*time.Millisecond)
+	if !errors.Is(err, ErrAbandoned) {
+		t.Fatalf("a file that stopped growing: %v, want ErrAbandoned", err)
+	}
+	if n != 3*PacketSize+5 || time.Since(start) > 5*time.Second {
+		t.Fatalf("abandoned after %d bytes in %s, want %d bytes soon after 300ms", n, time.Since(start), 3*PacketSize+5)
+	}
+	checkPrefix(t, got.Bytes(), data, n)
+	// The connection is fine, only the copy was not: the same client reads
+	// the rest once the file is whole.
+	q.visible.Store(int64(len(data)))
+	m, err := c.Fetch(context.Background(), servedPath, n, plainWriter{&got}, 5*time.Second)
+	if err != nil {
+		t.Fatalf("fetch after an abandoned follow: %v", err)
+	}
+	checkPrefix(t, got.Bytes(), data, n+m)
+	if n+m != int64(len(data)) {
+		t.Fatalf("got %d bytes in all, want %d", n+m, len(data))
 	}
 }

@@ -24,9 +24,9 @@ import (
 // rest of every read without an error (shared/transfer.md).
 const PacketSize = 261120
 
-// inFlight is how many reads are outstanding per file. Fetch's replies wait
-// in the SSH channel's 2 MiB window; Follow gives each read a PacketSize
-// buffer (32 x 255 KiB = 8 MiB). 16, 32 and 64 measured level.
+// inFlight is how many reads are outstanding per file. Their replies wait in
+// the SSH channel's 2 MiB window, not in memory of ours. 16, 32 and 64
+// measured level.
 const inFlight = 32
 
 // Peer is a node to copy from.
