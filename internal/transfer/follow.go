@@ -59,23 +59,9 @@ const followPoll = 100 * time.Millisecond
 // stall, or ctx ends, the connection is closed and the client is no longer
 // usable, as with Fetch.
 func (c *Client) Follow(ctx context.Context, path string, offset, size int64, w io.Writer, stall time.Duration) (int64, error) {
-	var last atomic.Int64
-	last.Store(time.Now().UnixNano())
-	stop := c.watchdog(ctx, stall, &last)
-	n, err := c.follow(ctx, path, offset, size, w, stall, &last)
-	hung := stop()
-	var se *StatusError
-	switch {
-	case ctx.Err() != nil:
-		return n, fmt.Errorf("peer %s: following %s: %w", c.peer.Name, path, ctx.Err())
-	case hung:
-		return n, fmt.Errorf("peer %s: following %s: %w (no answer for %s)", c.peer.Name, path, ErrStalled, stall)
-	case errors.As(err, &se) && se.Code == fxNoSuchFile:
-		return n, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
-	case err != nil:
-		return n, fmt.Errorf("peer %s: following %s: %w", c.peer.Name, path, err)
-	}
-	return n, nil
+	return c.watched(ctx, "following", path, stall, func(last *atomic.Int64) (int64, error) {
+		return c.follow(ctx, path, offset, size, w, stall, last)
+	})
 }
 
 func (c *Client) follow(ctx context.Context, path string, offset, size int64, w io.Writer, stall time.Duration, last *atomic.Int64) (int64, error) {

@@ -329,7 +329,7 @@ func (s *stream) read(ctx context.Context, handle string, offset, size int64, w 
 		head := queue[0]
 		if id != head.id {
 			// Out of order: drop everything in flight, go on one by one.
-			if err := s.skip(typ, body); err != nil {
+			if err := s.skip(typ); err != nil {
 				return written, err
 			}
 			if err := s.drain(len(queue) - 1); err != nil {
@@ -395,7 +395,7 @@ func (s *stream) read(ctx context.Context, handle string, offset, size int64, w 
 }
 
 // skip drops the rest of a reply whose header reply() has read.
-func (s *stream) skip(typ byte, _ []byte) error {
+func (s *stream) skip(typ byte) error {
 	if typ != fxpData {
 		return nil // reply() read its body
 	}
@@ -406,11 +406,11 @@ func (s *stream) skip(typ byte, _ []byte) error {
 // drain reads and drops n replies.
 func (s *stream) drain(n int) error {
 	for range n {
-		typ, _, body, err := s.reply(true)
+		typ, _, _, err := s.reply(true)
 		if err != nil {
 			return err
 		}
-		if err := s.skip(typ, body); err != nil {
+		if err := s.skip(typ); err != nil {
 			return fmt.Errorf("reading an sftp reply: %w", err)
 		}
 	}

@@ -327,44 +327,37 @@ var ErrStalled = errors.New("transfer stalled")
 // connection is closed and the client is no longer usable; the bytes written
 // so far are kept by w's owner.
 func (c *Client) Fetch(ctx context.Context, path string, offset int64, w io.Writer, idle time.Duration) (int64, error) {
+	return c.watched(ctx, "fetching", path, idle, func(last *atomic.Int64) (int64, error) {
+		return c.streamFile(ctx, path, offset, w, last)
+	})
+}
+
+// watched runs a read of path under the watchdog, which closes the
+// connection when ctx ends or no reply comes for idle, and names peer, path
+// and cause in the error.
+func (c *Client) watched(ctx context.Context, verb, path string, idle time.Duration, read func(last *atomic.Int64) (int64, error)) (int64, error) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	stop := c.watchdog(ctx, idle, &last)
-	n, err := c.streamFile(ctx, path, offset, w, &last)
+	n, err := read(&last)
 	stalled := stop()
 	var se *StatusError
 	switch {
 	case ctx.Err() != nil:
-		return n, fmt.Errorf("peer %s: fetching %s: %w", c.peer.Name, path, ctx.Err())
+		return n, fmt.Errorf("peer %s: %s %s: %w", c.peer.Name, verb, path, ctx.Err())
 	case stalled:
-		return n, fmt.Errorf("peer %s: fetching %s: %w (no data for %s)", c.peer.Name, path, ErrStalled, idle)
+		return n, fmt.Errorf("peer %s: %s %s: %w (no answer for %s)", c.peer.Name, verb, path, ErrStalled, idle)
 	case errors.As(err, &se) && se.Code == fxNoSuchFile:
 		return n, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
 	case err != nil:
-		return n, fmt.Errorf("peer %s: fetching %s: %w", c.peer.Name, path, err)
+		return n, fmt.Errorf("peer %s: %s %s: %w", c.peer.Name, verb, path, err)
 	}
 	return n, nil
 }
 
-// open opens a remote file for reading, bounded like every request.
-func (c *Client) open(ctx context.Context, path string) (*sftp.File, error) {
-	var f *sftp.File
-	err := c.bounded(ctx, "open "+path, func() (err error) {
-		f, err = c.sftp.Open(path)
-		return err
-	})
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
-		}
-		return nil, fmt.Errorf("peer %s: open %s: %w", c.peer.Name, path, err)
-	}
-	return f, nil
-}
-
 // watchdog closes the connection when ctx ends or when last (a UnixNano time
-// of the latest progress) is older than idle: closing is the only way to stop
-// pkg/sftp mid-call. The returned stop ends the watch and reports whether it
+// of the latest progress) is older than idle: closing unblocks every read and
+// request in flight. The returned stop ends the watch and reports whether it
 // fired for lack of progress.
 func (c *Client) watchdog(ctx context.Context, idle time.Duration, last *atomic.Int64) (stop func() (stalled bool)) {
 	var fired atomic.Bool
