@@ -40,7 +40,7 @@ func BenchmarkFetch(b *testing.B) {
 		b.Fatal(err)
 	}
 	dir := b.TempDir()
-	st, err := store.Open(dir, 0)
+	st, err := store.Open(dir, 0, "")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func BenchmarkFetch(b *testing.B) {
 		}
 		cl.Close()
 		b.StopTimer()
-		if _, err := st.Delete(img.ID); err != nil {
+		if _, err := st.Delete(img.ID, ""); err != nil {
 			b.Fatal(err)
 		}
 		os.Remove(dir + "/.glance-image-sync/deleted/" + img.ID)

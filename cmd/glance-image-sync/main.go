@@ -327,7 +327,7 @@ func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
 }
 
 func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
-	st, err := store.Open(r.cfg.Datadir, r.cfg.FilePerm)
+	st, err := store.Open(r.cfg.Datadir, r.cfg.FilePerm, r.cfg.TrashDir)
 	if err != nil {
 		r.log.Error("sync-images failed", "err", err)
 		return exitFailed

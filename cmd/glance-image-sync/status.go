@@ -112,7 +112,7 @@ func runStatus(args []string, cfg *config.Config, stdout, stderr io.Writer, log 
 
 	local := map[string]int64{}
 	partials := map[string]int64{}
-	if st, err := store.Open(cfg.Datadir, 0); err != nil {
+	if st, err := store.OpenReadOnly(cfg.Datadir, cfg.TrashDir); err != nil {
 		rep.DatadirErr = err.Error()
 		code = exitFailed
 	} else {

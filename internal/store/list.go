@@ -1,6 +1,5 @@
 package store
 
-
 // Images lists the image files of the datadir (regular files named by a
 // canonical UUID) with their sizes, for status reports.
 func (s *Store) Images() (map[string]int64, error) {
