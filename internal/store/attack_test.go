@@ -134,12 +134,22 @@ func TestAttacksWithoutOpenat2(t *testing.T) {
 func TestSymlinkAtEveryRecordPath(t *testing.T) {
 	data := []byte("image")
 	ops := map[string]func(s *Store) error{
-		"check":   func(s *Store) error { _, err := s.Check(context.Background(), id, int64(len(data)), sum(data)); return err },
-		"rehash":  func(s *Store) error { _, err := s.Rehash(context.Background(), id, int64(len(data)), sum(data), nil); return err },
-		"delete":  func(s *Store) error { _, err := s.Delete(id, sum(data)); return err },
-		"trash":   func(s *Store) error { _, err := s.Trash(id, time.Now()); return err },
-		"keep":    func(s *Store) error { return s.KeepForScrubber(id) },
-		"restore": func(s *Store) error { s.Delete(id, sum(data)); _, err := s.Restore(context.Background(), id); return err },
+		"check": func(s *Store) error {
+			_, err := s.Check(context.Background(), id, int64(len(data)), sum(data))
+			return err
+		},
+		"rehash": func(s *Store) error {
+			_, err := s.Rehash(context.Background(), id, int64(len(data)), sum(data), nil)
+			return err
+		},
+		"delete": func(s *Store) error { _, err := s.Delete(id, sum(data)); return err },
+		"trash":  func(s *Store) error { _, err := s.Trash(id, time.Now()); return err },
+		"keep":   func(s *Store) error { return s.KeepForScrubber(id) },
+		"restore": func(s *Store) error {
+			s.Delete(id, sum(data))
+			_, err := s.Restore(context.Background(), id)
+			return err
+		},
 	}
 	for _, rec := range []string{"verified/" + id, "verified/" + id + ".tmp", "deleted/" + id, "deleted/" + id + ".tmp",
 		"scrubber/" + id, "scrubber/" + id + ".tmp"} {
