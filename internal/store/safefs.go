@@ -61,29 +61,49 @@ func openAt(dirfd int, name string, flags int, mode uint32) (int, error) {
 // refused unless it is a regular file with a single link: writing or
 // chowning through a second name would reach a file that is not ours.
 func openFile(dir *os.File, name string, flags int, mode uint32) (*os.File, error) {
+	return openRegular(dir, name, flags, mode, true)
+}
+
+// openFileRead opens a regular file for reading; unlike openFile it accepts
+// more than one link, as reading through one changes nothing.
+func openFileRead(dir *os.File, name string) (*os.File, error) {
+	return openRegular(dir, name, unix.O_RDONLY, 0, false)
+}
+
+// errNotRegular marks a name that holds something other than a regular file
+// (with one link, where that is asked for).
+var errNotRegular = errors.New("not a regular file with a single link")
+
+func openRegular(dir *os.File, name string, flags int, mode uint32, oneLink bool) (*os.File, error) {
 	path := filepath.Join(dir.Name(), name)
 	fd, err := openAt(int(dir.Fd()), name, flags, mode)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
-	f := os.NewFile(uintptr(fd), path)
-	if err := regularOnly(f); err != nil {
-		f.Close()
-		return nil, err
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "fstat", Path: path, Err: err}
 	}
-	return f, nil
+	if !isRegular(st) || (oneLink && st.Nlink != 1) {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "open", Path: path, Err: errNotRegular}
+	}
+	// O_NONBLOCK was for the open only; a regular file gets a plain fd.
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "fcntl", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
 }
 
-// errNotRegular marks a name that holds something other than a regular file
-// with one link.
-var errNotRegular = errors.New("not a regular file with a single link")
-
+// regularOnly checks an open file again: still a regular file with one link.
 func regularOnly(f *os.File) error {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return &fs.PathError{Op: "fstat", Path: f.Name(), Err: err}
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 {
+	if !isRegular(st) || st.Nlink != 1 {
 		return &fs.PathError{Op: "open", Path: f.Name(), Err: errNotRegular}
 	}
 	return nil
@@ -128,30 +148,6 @@ func readRecord(dir *os.File, name string) ([]byte, error) {
 		return nil, fmt.Errorf("record %s is larger than %d bytes: ignored", f.Name(), maxRecord)
 	}
 	return b, nil
-}
-
-// openFileRead opens a regular file for reading; unlike openFile it accepts
-// more than one link, reading through one changes nothing.
-func openFileRead(dir *os.File, name string) (*os.File, error) {
-	path := filepath.Join(dir.Name(), name)
-	fd, err := openAt(int(dir.Fd()), name, unix.O_RDONLY, 0)
-	if err == unix.ENOENT {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: fs.ErrNotExist}
-	}
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
-	}
-	f := os.NewFile(uintptr(fd), path)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		f.Close()
-		return nil, &fs.PathError{Op: "fstat", Path: path, Err: err}
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		f.Close()
-		return nil, &fs.PathError{Op: "open", Path: path, Err: errNotRegular}
-	}
-	return f, nil
 }
 
 // writeRecord replaces name in dir with data, durably: a fresh file (created
