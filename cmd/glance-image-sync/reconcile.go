@@ -72,6 +72,7 @@ func runReconcile(ctx context.Context, cmd string, args []string, cfg *config.Co
 		log.Error(cmd+" failed", "err", err)
 		return exitFailed
 	}
+	defer st.Close()
 	var api *glanceapi.Client
 	if *endpoint != "" {
 		api, err = glanceapi.NewNoAuth(*endpoint)

@@ -51,11 +51,12 @@ var stateSubdirs = []string{"verified", "deleted", "scrubber"}
 // written them as that user. trashDir is where removed images go ("" =
 // <datadir>/.glance-image-sync/trash); it must be on the datadir's
 // filesystem, so that a removal is a rename that cannot half-happen.
-func Open(dir string, perm os.FileMode, trashDir string) (*Store, error) {
+func Open(dir string, perm os.FileMode, trashDir string) (_ *Store, err error) {
 	s, err := openRoot(dir)
 	if err != nil {
 		return nil, err
 	}
+	defer s.closeIf(&err)
 	s.perm = perm
 	if s.state, err = openDir(s.root, stateDirName, true); err != nil {
 		return nil, fmt.Errorf("datadir %s: %w", dir, err)
@@ -78,15 +79,17 @@ func Open(dir string, perm os.FileMode, trashDir string) (*Store, error) {
 // OpenReadOnly opens dir for reports: it creates nothing and changes
 // nothing, and a missing state directory reads as empty. Every method that
 // would write fails.
-func OpenReadOnly(dir, trashDir string) (*Store, error) {
+func OpenReadOnly(dir, trashDir string) (_ *Store, err error) {
 	s, err := openRoot(dir)
 	if err != nil {
 		return nil, err
 	}
+	defer s.closeIf(&err)
 	s.readOnly = true
 	s.state, err = openDir(s.root, stateDirName, false)
 	if errors.Is(err, fs.ErrNotExist) {
-		return s, s.openTrash(trashDir, false)
+		s.state = nil
+		return s.readOnlyTrash(trashDir)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("datadir %s: %w", dir, err)
@@ -101,7 +104,14 @@ func OpenReadOnly(dir, trashDir string) (*Store, error) {
 		}
 		s.setSubdir(sub, d)
 	}
-	return s, s.openTrash(trashDir, false)
+	return s.readOnlyTrash(trashDir)
+}
+
+func (s *Store) readOnlyTrash(trashDir string) (*Store, error) {
+	if err := s.openTrash(trashDir, false); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 func openRoot(dir string) (*Store, error) {
@@ -187,6 +197,13 @@ func (s *Store) writable() error {
 		return fmt.Errorf("datadir %s: %w", s.dir, errReadOnly)
 	}
 	return nil
+}
+
+// closeIf closes a store whose opening failed.
+func (s *Store) closeIf(err *error) {
+	if *err != nil {
+		s.Close()
+	}
 }
 
 // Close releases the directory fds.
