@@ -102,10 +102,11 @@ func (s *Store) moveToTrash(id string, st unix.Stat_t, md5hex string, now time.T
 		return "", fmt.Errorf("image %s: trash_dir %s: %w", id, s.trashDir, fs.ErrNotExist)
 	}
 	sum, ok := s.validRecord(id, st)
+	from := "verified-here"
 	if !ok {
-		sum = ""
+		sum, from = "", "none"
 		if checkMD5(md5hex) == nil {
-			sum = md5hex
+			sum, from = md5hex, "delete-event"
 		}
 	}
 	// A second delete of the same id within a second (a restored image
@@ -116,7 +117,7 @@ func (s *Store) moveToTrash(id string, st unix.Stat_t, md5hex string, now time.T
 		if _, err := statAt(s.trash, name); err == nil {
 			continue
 		}
-		meta := fmt.Sprintf("md5=%s size=%d trashed=%d\n", sum, st.Size, at.Unix())
+		meta := fmt.Sprintf("md5=%s from=%s size=%d trashed=%d\n", sum, from, st.Size, at.Unix())
 		if err := writeRecord(s.trash, name+metaSuffix, []byte(meta)); err != nil {
 			return "", fmt.Errorf("image %s: trash metadata: %w", id, err)
 		}
@@ -217,7 +218,7 @@ func (s *Store) Restore(ctx context.Context, id string) (string, error) {
 	if _, err := statAt(s.root, id); err == nil {
 		return "", fmt.Errorf("image %s: %w: %s already exists; move it away first", id, ErrRestoreRefused, final)
 	}
-	want, err := s.trashedMD5(id, name)
+	want, from, err := s.trashedMD5(id, name)
 	if err != nil {
 		return "", err
 	}
@@ -233,8 +234,13 @@ func (s *Store) Restore(ctx context.Context, id string) (string, error) {
 		return "", fmt.Errorf("image %s: hashing %s: %w", id, trashed, err)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != want {
-		return "", fmt.Errorf("image %s: %w: %s has MD5 %s, but %s was recorded when it was trashed: the copy changed since",
-			id, ErrRestoreRefused, trashed, got, want)
+		why := "the copy changed since"
+		if from == "delete-event" {
+			why = "that MD5 came from the delete event, which may have been wrong"
+		}
+		return "", fmt.Errorf("image %s: %w: %s has MD5 %s, but %s was recorded when it was trashed (%s); "+
+			"if Glance has the image, compare its checksum with this MD5 and move the file to %s by hand",
+			id, ErrRestoreRefused, trashed, got, want, why, final)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
@@ -284,25 +290,29 @@ func (s *Store) newestTrashed(id string) (string, error) {
 	return best, nil
 }
 
-// trashedMD5 reads the MD5 recorded beside trash entry name.
-func (s *Store) trashedMD5(id, name string) (string, error) {
+// trashedMD5 reads the MD5 recorded beside trash entry name, and where it
+// came from.
+func (s *Store) trashedMD5(id, name string) (sum, from string, err error) {
 	trashed := filepath.Join(s.trashDir, name)
+	final := filepath.Join(s.dir, id)
 	rec, err := readRecord(s.trash, name+metaSuffix)
 	if err != nil {
-		return "", fmt.Errorf("image %s: %w: its trash metadata cannot be read (%v), so the bytes of %s cannot be checked; "+
-			"if Glance has the image, compare its checksum with md5sum and move the file to %s by hand", id, ErrRestoreRefused, err, trashed, filepath.Join(s.dir, id))
+		return "", "", fmt.Errorf("image %s: %w: its trash metadata cannot be read (%v), so the bytes of %s cannot be checked; "+
+			"if Glance has the image, compare its checksum with md5sum and move the file to %s by hand", id, ErrRestoreRefused, err, trashed, final)
 	}
-	var sum string
 	for _, f := range strings.Fields(string(rec)) {
 		if v, ok := strings.CutPrefix(f, "md5="); ok {
 			sum = v
 		}
+		if v, ok := strings.CutPrefix(f, "from="); ok {
+			from = v
+		}
 	}
 	if checkMD5(sum) != nil {
-		return "", fmt.Errorf("image %s: %w: no MD5 was recorded when %s was trashed (it was never verified here and the delete announced none), so its bytes cannot be checked; "+
-			"if Glance has the image, compare its checksum with md5sum and move the file to %s by hand", id, ErrRestoreRefused, trashed, filepath.Join(s.dir, id))
+		return "", "", fmt.Errorf("image %s: %w: no MD5 was recorded when %s was trashed (it was never verified here and the delete announced none), so its bytes cannot be checked; "+
+			"if Glance has the image, compare its checksum with md5sum and move the file to %s by hand", id, ErrRestoreRefused, trashed, final)
 	}
-	return sum, nil
+	return sum, from, nil
 }
 
 // KeepForScrubber marks this node's copy of image id as glance-scrubber's:

@@ -100,6 +100,9 @@ func TestTrashRecordsTheBestMD5(t *testing.T) {
 			if tc.announce == "" && !tc.verified && !strings.Contains(fmt5(err), "no MD5 was recorded") {
 				t.Errorf("refusal does not say why: %v", err)
 			}
+			if tc.name == "announced wrong" && !strings.Contains(fmt5(err), "came from the delete event") {
+				t.Errorf("refusal does not say where the MD5 came from: %v", err)
+			}
 		})
 	}
 }
