@@ -180,7 +180,11 @@ func TestDeleteIsRestorable(t *testing.T) {
 	must(t, c.PublishUpload(ctx, n1, img))
 	converge(t, ctx, c, 3)
 	must(t, c.PublishDelete(ctx, n1, img))
-	converge(t, ctx, c, 3)
+	// One run per node: on n3 a second one would purge (trash_days = 0).
+	runWant(t, ctx, c, n1, []string{"duplicate-notifications"}, 0)
+	for _, n := range c.Nodes {
+		runWant(t, ctx, c, n, []string{"sync-images"}, 0)
+	}
 	for _, n := range c.Nodes {
 		if _, err := os.Lstat(harness.ImagePath(n, img.ID)); !os.IsNotExist(err) {
 			t.Fatalf("%s still has the deleted image", n.Name)
