@@ -40,7 +40,7 @@ func BenchmarkFetch(b *testing.B) {
 		b.Fatal(err)
 	}
 	dir := b.TempDir()
-	st, err := store.Open(dir, 0)
+	st, err := store.Open(dir, 0, "")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -65,10 +65,17 @@ func BenchmarkFetch(b *testing.B) {
 		}
 		cl.Close()
 		b.StopTimer()
-		if _, err := st.Delete(img.ID); err != nil {
+		if _, err := st.Delete(img.ID, ""); err != nil {
 			b.Fatal(err)
 		}
-		os.Remove(dir + "/.glance-image-sync/deleted/" + img.ID)
+		// The next round fetches it again: no tombstone, no trashed copy
+		// filling the disk.
+		if err := st.ClearTombstone(img.ID); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := st.PurgeTrash(time.Now().Add(time.Hour)); err != nil {
+			b.Fatal(err)
+		}
 		b.StartTimer()
 	}
 }

@@ -168,7 +168,7 @@ func TestReconcileRealGlance(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(n2.ImagesDir, imgs[0].ID)); !os.IsNotExist(err) {
 		t.Fatalf("orphan still in the datadir: %v", err)
 	}
-	trash, _ := filepath.Glob(filepath.Join(n2.ImagesDir, ".glance-image-sync", "trash", imgs[0].ID+".*"))
+	trash, _ := filepath.Glob(filepath.Join(n2.ImagesDir, ".glance-image-sync", "trash", imgs[0].ID+".*Z"))
 	if len(trash) != 1 {
 		t.Fatalf("orphan not in the trash: %v", trash)
 	}
@@ -204,7 +204,7 @@ func TestReconcileRealGlance(t *testing.T) {
 	if !has(n2, imgs[1]) || !strings.Contains(log, "nothing was fetched or pruned") {
 		t.Fatalf("with the API down, %s lost %s or said nothing: %s\n%s", n2.Name, imgs[1].ID, out, log)
 	}
-	if trash, _ := filepath.Glob(filepath.Join(n2.ImagesDir, ".glance-image-sync", "trash", "*")); len(trash) != 1 {
+	if trash, _ := filepath.Glob(filepath.Join(n2.ImagesDir, ".glance-image-sync", "trash", "*Z")); len(trash) != 1 {
 		t.Errorf("trash holds %v", trash)
 	}
 }

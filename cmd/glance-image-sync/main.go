@@ -81,7 +81,7 @@ Commands:
                            to the broker with backoff; serve /metrics on ADDR.
                            SIGTERM stops it cleanly; partial files are resumed
                            by the next run.
-` + usageReconcile + `  version                  Print the version and commit.
+` + usageReconcile + usageRestore + `  version                  Print the version and commit.
 
 Options:
 `
@@ -134,7 +134,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	cmd, cmdArgs := fs.Arg(0), fs.Args()[1:]
 	// check, status and watch take options of their own after the command.
-	if len(cmdArgs) > 0 && cmd != "check" && cmd != "status" && cmd != "watch" && cmd != "reconcile" && cmd != "verify" {
+	if len(cmdArgs) > 0 && cmd != "check" && cmd != "status" && cmd != "watch" && cmd != "reconcile" && cmd != "verify" && cmd != "restore" {
 		fmt.Fprintf(stderr, "glance-image-sync: one command expected, got %q; options go before the command\n", fs.Args())
 		return exitUsage
 	}
@@ -148,7 +148,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "config-example":
 		writeConfigExample(stdout)
 		return exitOK
-	case "duplicate-notifications", "sync-images", "both", "requeue-failed", "check", "status", "watch", "reconcile", "verify":
+	case "duplicate-notifications", "sync-images", "both", "requeue-failed", "check", "status", "watch", "reconcile", "verify", "restore":
 	default:
 		fmt.Fprintf(stderr, "glance-image-sync: unknown command %q; try --help\n", cmd)
 		return exitUsage
@@ -190,6 +190,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runStatus(cmdArgs, cfg, stdout, stderr, log)
 	}
 
+	if cmd == "restore" {
+		if err := restoreArgs(cmdArgs); err != nil {
+			fmt.Fprintf(stderr, "glance-image-sync restore: %v\n", err)
+			return exitUsage
+		}
+	}
+
 	unlock, err := lock(cfg.LockFile)
 	if err != nil {
 		log.Error("not running", "err", err)
@@ -210,6 +217,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, cfg.Deadline)
 		defer cancel()
+	}
+	if cmd == "restore" {
+		return runRestore(ctx, cmdArgs[0], cfg, log, stdout)
 	}
 	if cmd == "reconcile" || cmd == "verify" {
 		var prog syncer.Progress
@@ -327,10 +337,15 @@ func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
 }
 
 func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
-	st, err := store.Open(r.cfg.Datadir, r.cfg.FilePerm)
+	start := time.Now()
+	st, err := store.Open(r.cfg.Datadir, r.cfg.FilePerm, r.cfg.TrashDir)
 	if err != nil {
 		r.log.Error("sync-images failed", "err", err)
 		return exitFailed
+	}
+	defer st.Close()
+	if !r.dryRun {
+		r.purgeTrash(st, start)
 	}
 	peers := map[string]transfer.Peer{}
 	var order []string
@@ -386,6 +401,21 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 		return exitDeferred
 	}
 	return exitOK
+}
+
+// purgeTrash removes for good what an earlier run trashed more than
+// trash_days before start. It runs before any message is handled, so a
+// run never purges its own deletes: trash_days = 0 keeps them until the
+// next run. A failure is logged; the run goes on.
+func (r *runner) purgeTrash(st *store.Store, start time.Time) {
+	cutoff := start.Add(-time.Duration(r.cfg.TrashDays) * 24 * time.Hour)
+	gone, err := st.PurgeTrash(cutoff)
+	for _, g := range gone {
+		r.log.Info("trash emptied", "file", g, "older_than_days", r.cfg.TrashDays)
+	}
+	if err != nil {
+		r.log.Error("emptying the trash", "err", err)
+	}
 }
 
 // requeueFailed moves parked messages back to this node's queue with their

@@ -5,6 +5,7 @@ import (
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/metrics"
+	"github.com/glance-image-sync/glance-image-sync/internal/store"
 )
 
 // runMetrics turns what the last pass did into a metrics.Run. conn, when
@@ -36,6 +37,12 @@ func (r *runner) runMetrics(conn *broker.Conn, cmd string, code int, start time.
 	}
 	for c, n := range r.syncRes.Failures {
 		run.Failures[c] += n
+	}
+	if st, err := store.OpenReadOnly(r.cfg.Datadir, r.cfg.TrashDir); err == nil {
+		if files, bytes, err := st.TrashUsage(); err == nil {
+			run.Trash = &metrics.Trash{Files: files, Bytes: bytes}
+		}
+		st.Close()
 	}
 	if conn != nil {
 		self := r.cfg.Self.Short

@@ -67,11 +67,12 @@ func runReconcile(ctx context.Context, cmd string, args []string, cfg *config.Co
 		return exitUsage
 	}
 
-	st, err := store.Open(cfg.Datadir, cfg.FilePerm)
+	st, err := store.Open(cfg.Datadir, cfg.FilePerm, cfg.TrashDir)
 	if err != nil {
 		log.Error(cmd+" failed", "err", err)
 		return exitFailed
 	}
+	defer st.Close()
 	var api *glanceapi.Client
 	if *endpoint != "" {
 		api, err = glanceapi.NewNoAuth(*endpoint)
@@ -118,7 +119,6 @@ func runReconcile(ctx context.Context, cmd string, args []string, cfg *config.Co
 		Prune:     *prune,
 		DryRun:    dryRun,
 		Limits:    reconcile.Limits{MaxDelete: cfg.MaxDelete, MaxPercent: cfg.MaxDeletePercent, Force: *force},
-		TrashDir:  cfg.TrashDir,
 		TrashDays: cfg.TrashDays,
 		Transfers: cfg.Transfers,
 	}, log)

@@ -31,8 +31,12 @@ type statusReport struct {
 	Images      map[string]int64 `json:"images"`
 	ImagesBytes int64            `json:"images_bytes"`
 	DatadirErr  string           `json:"datadir_error,omitempty"`
-	Partials    []partialStatus  `json:"partials"`
-	Peers       *peerMatrix      `json:"peers,omitempty"`
+	// Removed images kept in trash_dir until trash_days pass.
+	TrashDir   string          `json:"trash_dir"`
+	TrashFiles int             `json:"trash_files"`
+	TrashBytes int64           `json:"trash_bytes"`
+	Partials   []partialStatus `json:"partials"`
+	Peers      *peerMatrix     `json:"peers,omitempty"`
 }
 
 type queueStatus struct {
@@ -112,7 +116,7 @@ func runStatus(args []string, cfg *config.Config, stdout, stderr io.Writer, log 
 
 	local := map[string]int64{}
 	partials := map[string]int64{}
-	if st, err := store.Open(cfg.Datadir, 0); err != nil {
+	if st, err := store.OpenReadOnly(cfg.Datadir, cfg.TrashDir); err != nil {
 		rep.DatadirErr = err.Error()
 		code = exitFailed
 	} else {
@@ -124,6 +128,12 @@ func runStatus(args []string, cfg *config.Config, stdout, stderr io.Writer, log 
 			rep.DatadirErr = err.Error()
 			code = exitFailed
 		}
+		rep.TrashDir = st.TrashDir()
+		if rep.TrashFiles, rep.TrashBytes, err = st.TrashUsage(); err != nil {
+			rep.DatadirErr = err.Error()
+			code = exitFailed
+		}
+		st.Close()
 	}
 	rep.Images = local
 	for _, n := range local {
@@ -268,6 +278,7 @@ func printStatus(w io.Writer, rep *statusReport) {
 		fmt.Fprintf(w, "Datadir: %s\n", rep.DatadirErr)
 	} else {
 		fmt.Fprintf(w, "This node holds %d images, %s\n", len(rep.Images), progress.Bytes(rep.ImagesBytes))
+		fmt.Fprintf(w, "Trash %s holds %d removed images, %s\n", rep.TrashDir, rep.TrashFiles, progress.Bytes(rep.TrashBytes))
 	}
 	if len(rep.Partials) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -142,12 +142,14 @@ var options = []Option{
 			"only the file on the host it runs on, so the other copies would stay for ever. " +
 			"keep: every copy stays until reconcile --prune moves it to trash_dir."},
 	{Section: SectionDefault, Key: "trash_dir", Type: TypePath,
-		Help: "Where reconcile --prune moves orphaned image files. It must be on the " +
+		Help: "Where removed image files go: deleted images (sync-images) and orphans " +
+			"(reconcile --prune); `restore ID` brings one back. It must be on the " +
 			"datadir's filesystem (a rename, never a copy). Default: " +
 			"<datadir>/.glance-image-sync/trash."},
 	{Section: SectionDefault, Key: "trash_days", Type: TypeInt, Default: "7",
 		Min: 0, HasMin: true,
-		Help: "Days a file stays in trash_dir before a reconcile --prune run removes it for good; 0 = at the next such run."},
+		Help: "Days a removed file is kept in trash_dir, then purged by a later sync-images " +
+			"or reconcile run; 0 = purged by the next run (never by the run that removed it)."},
 	{Section: SectionDefault, Key: "max_delete", Type: TypeInt, Default: "20",
 		Min: 0, HasMin: true,
 		Help: "reconcile --prune prunes nothing at all when more files than this are orphaned " +

@@ -36,6 +36,14 @@ type Run struct {
 	Queues map[string]int
 	Parked map[string]int
 	At     time.Time
+	// Trash is what trash_dir holds after the run; nil = not known.
+	Trash *Trash
+}
+
+// Trash is the disk cost of removed images kept for trash_days.
+type Trash struct {
+	Files int
+	Bytes int64
 }
 
 // Event is a count of messages of one type and result.
@@ -56,6 +64,8 @@ var families = []family{
 	{prefix + "runs_total", "Runs (or watch passes), by command and exit code.", "counter"},
 	{prefix + "queue_messages", "Messages ready in this node's queues after the run.", "gauge"},
 	{prefix + "parked_messages", "Messages waiting in this node's parking queue for an operator.", "gauge"},
+	{prefix + "trash_files", "Removed images kept in trash_dir (restore brings them back).", "gauge"},
+	{prefix + "trash_bytes", "Bytes of the removed images kept in trash_dir.", "gauge"},
 	{prefix + "last_run_timestamp_seconds", "When the last run ended.", "gauge"},
 	{prefix + "last_run_duration_seconds", "How long the last run took.", "gauge"},
 	{prefix + "last_run_exit_code", "Exit code of the last run.", "gauge"},
@@ -123,6 +133,10 @@ func (s *Set) Add(r Run) {
 	}
 	for q, n := range r.Parked {
 		s.values[key(prefix+"parked_messages", Labels{"queue": q})] = float64(n)
+	}
+	if r.Trash != nil {
+		s.values[key(prefix+"trash_files", nil)] = float64(r.Trash.Files)
+		s.values[key(prefix+"trash_bytes", nil)] = float64(r.Trash.Bytes)
 	}
 	at := float64(r.At.UnixMilli()) / 1e3
 	s.values[key(prefix+"last_run_timestamp_seconds", nil)] = at

@@ -29,7 +29,6 @@ type Options struct {
 	Prune     bool
 	DryRun    bool
 	Limits    Limits
-	TrashDir  string
 	TrashDays int
 	Transfers int
 	Now       func() time.Time // for tests; nil = time.Now
@@ -151,10 +150,7 @@ func prune(ctx context.Context, st *store.Store, orphans []store.File, total int
 		log.Error("prune refused", "reason", sum.PruneRefused)
 		return
 	}
-	trash := o.TrashDir
-	if trash == "" {
-		trash = st.DefaultTrashDir()
-	}
+	trash := st.TrashDir()
 	for _, f := range orphans {
 		if ctx.Err() != nil {
 			return
@@ -163,7 +159,7 @@ func prune(ctx context.Context, st *store.Store, orphans []store.File, total int
 			log.Info("would prune", "image", f.ID, "bytes", f.Size, "trash", trash)
 			continue
 		}
-		dst, err := st.Trash(f.ID, trash, now)
+		dst, err := st.Trash(f.ID, now)
 		if err != nil {
 			log.Error("prune failed", "image", f.ID, "err", err)
 			sum.Failed++
@@ -176,7 +172,7 @@ func prune(ctx context.Context, st *store.Store, orphans []store.File, total int
 		return
 	}
 	cutoff := now.Add(-time.Duration(o.TrashDays) * 24 * time.Hour)
-	gone, err := st.PurgeTrash(trash, cutoff)
+	gone, err := st.PurgeTrash(cutoff)
 	for _, g := range gone {
 		log.Info("trash emptied", "file", g, "older_than_days", o.TrashDays)
 	}

@@ -49,7 +49,7 @@ func (f *fakeFetcher) Fetch(_ context.Context, w syncer.Want) (string, int64, er
 // storeWith makes a datadir holding n old image files, uuid(1)..uuid(n).
 func storeWith(t *testing.T, n int) *store.Store {
 	t.Helper()
-	st, err := store.Open(t.TempDir(), 0)
+	st, err := store.Open(t.TempDir(), 0, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestRunPrunesConfirmedOrphansToTrash(t *testing.T) {
 	if len(f.got) != 1 || f.got[0] != uuid(5) {
 		t.Errorf("fetched %v", f.got)
 	}
-	if m, _ := filepath.Glob(filepath.Join(st.DefaultTrashDir(), uuid(4)+".*")); len(m) != 1 {
+	if m, _ := filepath.Glob(filepath.Join(st.TrashDir(), uuid(4)+".*Z")); len(m) != 1 {
 		t.Errorf("orphan not in the trash: %v", m)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -57,8 +56,8 @@ const (
 
 // Hooks for tests: a filesystem that refuses O_DIRECT, a full disk.
 var (
-	openDirect = func(path string) (*os.File, error) {
-		return os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT|syscall.O_NOFOLLOW, 0)
+	openDirect = func(dir *os.File, name string) (*os.File, error) {
+		return openFile(dir, name, unix.O_WRONLY|unix.O_DIRECT, 0)
 	}
 	pwrite = unix.Pwrite
 )
@@ -127,8 +126,14 @@ type pipe struct {
 // none (open answers EINVAL, as tmpfs did before Linux 6.6): p then keeps
 // writing through the page cache, as before.
 func newPipe(p *Partial) *pipe {
-	dfd, err := openDirect(p.path)
+	dfd, err := openDirect(p.s.root, p.name)
 	if err != nil {
+		return nil
+	}
+	// The second open goes by name: it must reach the file Begin checked,
+	// not one put at the name since.
+	if !sameFile(dfd, p.f) {
+		dfd.Close()
 		return nil
 	}
 	q := &pipe{
@@ -146,6 +151,14 @@ func newPipe(p *Partial) *pipe {
 	go q.hasher()
 	go q.writer()
 	return q
+}
+
+func sameFile(a, b *os.File) bool {
+	var sa, sb unix.Stat_t
+	if unix.Fstat(int(a.Fd()), &sa) != nil || unix.Fstat(int(b.Fd()), &sb) != nil {
+		return false
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
 func alignedBuf(n int) []byte {

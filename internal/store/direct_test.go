@@ -21,7 +21,7 @@ const directID = "5f0c1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f"
 
 func directImage(t *testing.T, n int) (*Store, []byte, string) {
 	t.Helper()
-	s, err := Open(t.TempDir(), 0)
+	s, err := Open(t.TempDir(), 0, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestDirectFallback(t *testing.T) { bothFeeds(t, testDirectFallback) }
 
 func testDirectFallback(t *testing.T) {
 	t.Run("open", func(t *testing.T) {
-		defer swap(&openDirect, func(string) (*os.File, error) { return nil, unix.EINVAL })()
+		defer swap(&openDirect, func(*os.File, string) (*os.File, error) { return nil, unix.EINVAL })()
 		s, data, sum := directImage(t, 9<<20+5)
 		p, err := s.Begin(context.Background(), directID, int64(len(data)), sum)
 		if err != nil {

@@ -8,8 +8,19 @@
 // partial file survives an interrupted run and is resumed by the next one.
 //
 // Beside the images it keeps a small state directory, <datadir>/.glance-image-sync,
-// holding two kinds of records: a verification record per placed image (so a
-// metadata-only update never re-reads gigabytes), and a tombstone per deleted image
-// (Glance never reuses an image id, so once deleted an id stays dead, and a late or
-// re-delivered upload event cannot bring the file back).
+// holding a verification record per placed image (so a metadata-only update never
+// re-reads gigabytes), a tombstone per deleted image (Glance never reuses an image
+// id, so once deleted an id stays dead, and a late or re-delivered upload event
+// cannot bring the file back), markers of copies kept for glance-scrubber, and by
+// default the trash.
+//
+// No removal destroys data: Delete and Trash rename the image into the trash
+// (on the datadir's filesystem) with a record of its MD5, Restore checks that
+// MD5 and puts it back, and only PurgeTrash, after trash_days, removes it.
+//
+// Nothing under the datadir is trusted: it belongs to the glance user, and the
+// tool often runs as root. Every file is reached from a directory fd without
+// following links (safefs.go), only regular files are read or written, records
+// are size-capped, and a partial with a second link is replaced, never written
+// or chowned through.
 package store

@@ -1,25 +1,15 @@
 package store
 
-import (
-	"fmt"
-	"os"
-)
-
 // Images lists the image files of the datadir (regular files named by a
 // canonical UUID) with their sizes, for status reports.
 func (s *Store) Images() (map[string]int64, error) {
-	ents, err := os.ReadDir(s.dir)
+	files, err := s.Files()
 	if err != nil {
-		return nil, fmt.Errorf("datadir %s: %w", s.dir, err)
+		return nil, err
 	}
 	out := map[string]int64{}
-	for _, e := range ents {
-		if !e.Type().IsRegular() || checkID(e.Name()) != nil {
-			continue
-		}
-		if fi, err := e.Info(); err == nil {
-			out[e.Name()] = fi.Size()
-		}
+	for _, f := range files {
+		out[f.ID] = f.Size
 	}
 	return out, nil
 }

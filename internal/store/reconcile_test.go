@@ -76,7 +76,7 @@ func TestTrashAndPurge(t *testing.T) {
 		t.Fatalf("Files = %+v, %v", files, err)
 	}
 	then := time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
-	dst, err := s.Trash(id, s.DefaultTrashDir(), then)
+	dst, err := s.Trash(id, then)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,12 +92,12 @@ func TestTrashAndPurge(t *testing.T) {
 	if files, _ := s.Files(); len(files) != 0 {
 		t.Errorf("still listed: %+v", files)
 	}
-	keep := filepath.Join(s.DefaultTrashDir(), "operator-notes.txt")
+	keep := filepath.Join(s.TrashDir(), "operator-notes.txt")
 	os.WriteFile(keep, nil, 0o600)
-	if gone, err := s.PurgeTrash(s.DefaultTrashDir(), then); err != nil || len(gone) != 0 {
+	if gone, err := s.PurgeTrash(then); err != nil || len(gone) != 0 {
 		t.Fatalf("purge at the trash time removed %v, %v", gone, err)
 	}
-	if gone, err := s.PurgeTrash(s.DefaultTrashDir(), then.Add(time.Second)); err != nil || len(gone) != 1 {
+	if gone, err := s.PurgeTrash(then.Add(time.Second)); err != nil || len(gone) != 1 {
 		t.Fatalf("purge after: %v, %v", gone, err)
 	}
 	if _, err := os.Stat(keep); err != nil {
@@ -156,7 +156,7 @@ func BenchmarkPartialWrite(b *testing.B) {
 		mh   Multihash
 	}{{"md5", Multihash{}}, {"md5+sha512", Multihash{Algo: "sha512", Value: sha(data)}}} {
 		b.Run(c.name, func(b *testing.B) {
-			s, err := Open(b.TempDir(), 0)
+			s, err := Open(b.TempDir(), 0, "")
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -8,10 +8,9 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
-	"strings"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Throttle paces a long read; golang.org/x/time/rate.Limiter is one.
@@ -26,28 +25,22 @@ const rehashChunk = 1 << 20
 // if its verification record still describes the file on disk (same size,
 // mtime and inode); a file rewritten since has no valid record.
 func (s *Store) VerifiedAt(id string) (at time.Time, md5hex string, ok bool) {
-	p, err := s.Path(id)
+	if checkID(id) != nil || s.verified == nil {
+		return time.Time{}, "", false
+	}
+	st, err := statAt(s.root, id)
+	if err != nil || !isRegular(st) {
+		return time.Time{}, "", false
+	}
+	sum, ok := s.validRecord(id, st)
+	if !ok {
+		return time.Time{}, "", false
+	}
+	rst, err := statAt(s.verified, id)
 	if err != nil {
 		return time.Time{}, "", false
 	}
-	fi, err := os.Lstat(p)
-	if err != nil || !fi.Mode().IsRegular() {
-		return time.Time{}, "", false
-	}
-	rp := s.recordPath("verified", id)
-	rec, err := os.ReadFile(rp)
-	if err != nil {
-		return time.Time{}, "", false
-	}
-	sum, _, _ := strings.Cut(strings.TrimPrefix(string(rec), "md5="), " ")
-	if string(rec) != recordOf(fi, sum) {
-		return time.Time{}, "", false
-	}
-	rfi, err := os.Stat(rp)
-	if err != nil {
-		return time.Time{}, "", false
-	}
-	return rfi.ModTime(), sum, true
+	return time.Unix(rst.Mtim.Unix()), sum, true
 }
 
 // Rehash reads image id in full, whatever its verification record says, and
@@ -56,26 +49,31 @@ func (s *Store) VerifiedAt(id string) (at time.Time, md5hex string, ok bool) {
 // verified); a mismatch removes it, so no later Check trusts the file. t, if
 // not nil, paces the read.
 func (s *Store) Rehash(ctx context.Context, id string, size int64, md5hex string, t Throttle) (State, error) {
-	p, err := s.Path(id)
-	if err != nil {
+	if err := checkID(id); err != nil {
 		return Missing, err
 	}
 	if err := checkMD5(md5hex); err != nil {
 		return Missing, err
 	}
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return Missing, nil
+	if err := s.writable(); err != nil {
+		return Missing, err
 	}
-	if err != nil {
+	f, err := openFileRead(s.root, id)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return Missing, nil
+	case errors.Is(err, errNotRegular) || errors.Is(err, unix.ELOOP):
+		s.dropRecord(id)
+		return Different, nil
+	case err != nil:
 		return Missing, fmt.Errorf("image %s: %w", id, err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return Missing, fmt.Errorf("image %s: %w", id, err)
 	}
-	if !fi.Mode().IsRegular() || fi.Size() != size {
+	if st.Size != size {
 		s.dropRecord(id)
 		return Different, nil
 	}
@@ -85,7 +83,7 @@ func (s *Store) Rehash(ctx context.Context, id string, size int64, md5hex string
 		r = &throttledReader{ctx: ctx, t: t, r: r}
 	}
 	if _, err := io.CopyBuffer(h, r, make([]byte, rehashChunk)); err != nil {
-		return Missing, fmt.Errorf("image %s: hashing %s: %w", id, p, err)
+		return Missing, fmt.Errorf("image %s: hashing %s: %w", id, f.Name(), err)
 	}
 	if hex.EncodeToString(h.Sum(nil)) != md5hex {
 		s.dropRecord(id)
@@ -93,17 +91,17 @@ func (s *Store) Rehash(ctx context.Context, id string, size int64, md5hex string
 	}
 	// The file's stat after reading: a rewrite during the read changes it,
 	// and the record then no longer matches, which is what should happen.
-	if fi, err = f.Stat(); err != nil {
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return Missing, fmt.Errorf("image %s: %w", id, err)
 	}
-	if err := s.writeRecord(id, recordOf(fi, md5hex)); err != nil {
+	if err := s.writeVerified(id, recordOf(st, md5hex)); err != nil {
 		return Missing, err
 	}
 	return Verified, nil
 }
 
 func (s *Store) dropRecord(id string) {
-	os.Remove(s.recordPath("verified", id))
+	unlinkAt(s.verified, id)
 }
 
 type throttledReader struct {

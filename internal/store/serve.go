@@ -23,6 +23,9 @@ func (p *Partial) Share() error {
 	if p.s.uid < 0 {
 		return nil
 	}
+	if err := regularOnly(p.f); err != nil {
+		return fmt.Errorf("image %s: %w", p.id, err)
+	}
 	if err := p.f.Chown(p.s.uid, p.s.gid); err != nil {
 		return fmt.Errorf("image %s: chown %s: %w", p.id, p.path, err)
 	}

@@ -11,7 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,38 +23,197 @@ const (
 
 // Store is one datadir.
 type Store struct {
-	dir  string
-	perm os.FileMode // 0: leave the mode the partial was created with
-	uid  int         // -1: do not chown
-	gid  int
-	bufs *bank // write buffers shared by the partials of a run
+	dir      string
+	perm     os.FileMode // 0: leave the mode the partial was created with
+	uid      int         // -1: do not chown
+	gid      int
+	bufs     *bank // write buffers shared by the partials of a run
+	readOnly bool
+
+	// Directory fds every file operation goes through (safefs.go). In a
+	// read-only store the state ones are nil when they do not exist.
+	root     *os.File // the datadir
+	state    *os.File // <datadir>/.glance-image-sync
+	verified *os.File
+	deleted  *os.File
+	scrubber *os.File // kept-for-scrubber markers
+	trash    *os.File
+	trashDir string
 }
+
+// stateSubdirs are the state directory's folders: verification records,
+// tombstones, and markers of copies kept for glance-scrubber.
+var stateSubdirs = []string{"verified", "deleted", "scrubber"}
 
 // Open checks that dir is an existing directory and prepares the state directory.
 // perm is Glance's filesystem_store_file_perm (0 when unset). Placed files are
 // given the datadir's owner when running as root, as glance-api would have
-// written them as that user.
-func Open(dir string, perm os.FileMode) (*Store, error) {
-	fi, err := os.Stat(dir)
+// written them as that user. trashDir is where removed images go ("" =
+// <datadir>/.glance-image-sync/trash); it must be on the datadir's
+// filesystem, so that a removal is a rename that cannot half-happen.
+func Open(dir string, perm os.FileMode, trashDir string) (_ *Store, err error) {
+	s, err := openRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer s.closeIf(&err)
+	s.perm = perm
+	if s.state, err = openDir(s.root, stateDirName, true); err != nil {
+		return nil, fmt.Errorf("datadir %s: %w", dir, err)
+	}
+	s.chown(s.state)
+	for _, sub := range stateSubdirs {
+		d, err := openDir(s.state, sub, true)
+		if err != nil {
+			return nil, fmt.Errorf("datadir %s: %w", dir, err)
+		}
+		s.chown(d)
+		s.setSubdir(sub, d)
+	}
+	if err := s.openTrash(trashDir, true); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// OpenReadOnly opens dir for reports: it creates nothing and changes
+// nothing, and a missing state directory reads as empty. Every method that
+// would write fails.
+func OpenReadOnly(dir, trashDir string) (_ *Store, err error) {
+	s, err := openRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer s.closeIf(&err)
+	s.readOnly = true
+	s.state, err = openDir(s.root, stateDirName, false)
+	if errors.Is(err, fs.ErrNotExist) {
+		s.state = nil
+		return s.readOnlyTrash(trashDir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("datadir %s: %w", dir, err)
 	}
-	if !fi.IsDir() {
+	for _, sub := range stateSubdirs {
+		d, err := openDir(s.state, sub, false)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("datadir %s: %w", dir, err)
+		}
+		s.setSubdir(sub, d)
+	}
+	return s.readOnlyTrash(trashDir)
+}
+
+func (s *Store) readOnlyTrash(trashDir string) (*Store, error) {
+	if err := s.openTrash(trashDir, false); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func openRoot(dir string) (*Store, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err == unix.ENOTDIR {
 		return nil, fmt.Errorf("datadir %s: not a directory", dir)
 	}
-	s := &Store{dir: dir, perm: perm, uid: -1, gid: -1, bufs: newBank()}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && os.Geteuid() == 0 {
+	if err != nil {
+		return nil, fmt.Errorf("datadir %s: %w", dir, &fs.PathError{Op: "open", Path: dir, Err: err})
+	}
+	s := &Store{dir: dir, uid: -1, gid: -1, bufs: newBank(), root: os.NewFile(uintptr(fd), dir)}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err == nil && os.Geteuid() == 0 {
 		s.uid, s.gid = int(st.Uid), int(st.Gid)
 	}
-	for _, sub := range []string{"verified", "deleted"} {
-		p := filepath.Join(dir, stateDirName, sub)
-		if err := os.MkdirAll(p, 0o750); err != nil {
-			return nil, fmt.Errorf("datadir %s: state directory: %w", dir, err)
-		}
-		s.chown(p)
-	}
-	s.chown(filepath.Join(dir, stateDirName))
 	return s, nil
+}
+
+func (s *Store) setSubdir(name string, d *os.File) {
+	switch name {
+	case "verified":
+		s.verified = d
+	case "deleted":
+		s.deleted = d
+	case "scrubber":
+		s.scrubber = d
+	}
+}
+
+// openTrash opens the trash folder, creating it if create, and refuses one
+// on another filesystem than the datadir.
+func (s *Store) openTrash(trashDir string, create bool) error {
+	var err error
+	if trashDir == "" {
+		s.trashDir = filepath.Join(s.dir, stateDirName, "trash")
+		if s.state == nil {
+			return nil
+		}
+		s.trash, err = openDir(s.state, "trash", create)
+		if errors.Is(err, fs.ErrNotExist) && !create {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("trash_dir %s: %w", s.trashDir, err)
+		}
+		s.chown(s.trash)
+		return nil
+	}
+	s.trashDir = trashDir
+	if create {
+		if err := os.MkdirAll(trashDir, 0o750); err != nil {
+			return fmt.Errorf("trash_dir %s: %w", trashDir, err)
+		}
+	}
+	fd, err := unix.Open(trashDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	switch {
+	case err == unix.ENOENT && !create:
+		return nil
+	case err == unix.ELOOP || err == unix.ENOTDIR:
+		return fmt.Errorf("trash_dir %s is a symlink or not a directory: name the directory itself", trashDir)
+	case err != nil:
+		return fmt.Errorf("trash_dir %s: %w", trashDir, err)
+	}
+	s.trash = os.NewFile(uintptr(fd), trashDir)
+	var a, b unix.Stat_t
+	if err := unix.Fstat(int(s.root.Fd()), &a); err != nil {
+		return fmt.Errorf("datadir %s: %w", s.dir, err)
+	}
+	if err := unix.Fstat(fd, &b); err != nil {
+		return fmt.Errorf("trash_dir %s: %w", trashDir, err)
+	}
+	if a.Dev != b.Dev {
+		return fmt.Errorf("trash_dir %s is on another filesystem than the datadir %s: choose one on the same filesystem, so that removing an image is a rename", trashDir, s.dir)
+	}
+	return nil
+}
+
+// errReadOnly is what a store opened with OpenReadOnly answers to a change.
+var errReadOnly = errors.New("store opened read-only")
+
+func (s *Store) writable() error {
+	if s.readOnly {
+		return fmt.Errorf("datadir %s: %w", s.dir, errReadOnly)
+	}
+	return nil
+}
+
+// closeIf closes a store whose opening failed.
+func (s *Store) closeIf(err *error) {
+	if *err != nil {
+		s.Close()
+	}
+}
+
+// Close releases the directory fds.
+func (s *Store) Close() error {
+	for _, d := range []*os.File{s.trash, s.scrubber, s.deleted, s.verified, s.state, s.root} {
+		if d != nil {
+			d.Close()
+		}
+	}
+	return nil
 }
 
 // Dir is the datadir path.
@@ -92,12 +251,11 @@ func (s *Store) Path(id string) (string, error) {
 	return filepath.Join(s.dir, id), nil
 }
 
-func (s *Store) partialPath(id, md5hex string) string {
-	return filepath.Join(s.dir, "."+id+"."+md5hex+partSuffix)
-}
+// partialName is the name, in the datadir, of image id's partial file.
+func partialName(id, md5hex string) string { return "." + id + "." + md5hex + partSuffix }
 
-func (s *Store) recordPath(kind, id string) string {
-	return filepath.Join(s.dir, stateDirName, kind, id)
+func (s *Store) partialPath(id, md5hex string) string {
+	return filepath.Join(s.dir, partialName(id, md5hex))
 }
 
 func checkMD5(sum string) error {
@@ -128,47 +286,53 @@ func (st State) String() string {
 // checksum) is trusted without reading it; otherwise a file of the right size is
 // hashed once and the record written, so the next check is free.
 func (s *Store) Check(ctx context.Context, id string, size int64, md5hex string) (State, error) {
-	p, err := s.Path(id)
-	if err != nil {
+	if err := checkID(id); err != nil {
 		return Missing, err
 	}
 	if err := checkMD5(md5hex); err != nil {
 		return Missing, err
 	}
-	fi, err := os.Lstat(p)
+	st, err := statAt(s.root, id)
 	if errors.Is(err, fs.ErrNotExist) {
 		return Missing, nil
 	}
 	if err != nil {
 		return Missing, fmt.Errorf("image %s: %w", id, err)
 	}
-	if !fi.Mode().IsRegular() {
+	if !isRegular(st) {
 		// A symlink or device at an image path is not ours to follow.
 		return Different, nil
 	}
-	if fi.Size() != size {
+	if st.Size != size {
 		return Different, nil
 	}
-	if rec, err := s.readRecord(id); err == nil && rec == recordOf(fi, md5hex) {
+	// A record that cannot be read (planted FIFO, oversize) is no record:
+	// the file is hashed and a good record replaces it.
+	if rec, err := readRecord(s.verified, id); err == nil && string(rec) == recordOf(st, md5hex) {
 		return Verified, nil
 	}
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := openFileRead(s.root, id)
+	if errors.Is(err, errNotRegular) {
+		return Different, nil
+	}
 	if err != nil {
 		return Missing, fmt.Errorf("image %s: %w", id, err)
 	}
 	defer f.Close()
 	h := md5.New()
 	if _, err := io.Copy(h, ctxReader{ctx, f}); err != nil {
-		return Missing, fmt.Errorf("image %s: hashing %s: %w", id, p, err)
+		return Missing, fmt.Errorf("image %s: hashing %s: %w", id, f.Name(), err)
 	}
 	if hex.EncodeToString(h.Sum(nil)) != md5hex {
 		return Different, nil
 	}
-	fi, err = f.Stat()
-	if err != nil {
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return Missing, fmt.Errorf("image %s: %w", id, err)
 	}
-	if err := s.writeRecord(id, recordOf(fi, md5hex)); err != nil {
+	if s.readOnly {
+		return Verified, nil
+	}
+	if err := s.writeVerified(id, recordOf(st, md5hex)); err != nil {
 		return Missing, err
 	}
 	return Verified, nil
@@ -176,42 +340,41 @@ func (s *Store) Check(ctx context.Context, id string, size int64, md5hex string)
 
 // Size is the size of <datadir>/<id> when it is a regular file.
 func (s *Store) Size(id string) (int64, bool, error) {
-	p, err := s.Path(id)
-	if err != nil {
+	if err := checkID(id); err != nil {
 		return 0, false, err
 	}
-	fi, err := os.Lstat(p)
+	st, err := statAt(s.root, id)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, false, nil
 	}
 	if err != nil {
 		return 0, false, fmt.Errorf("image %s: %w", id, err)
 	}
-	return fi.Size(), fi.Mode().IsRegular(), nil
+	return st.Size, isRegular(st), nil
 }
 
 // recordOf is the verification record of a file: enough to notice any rewrite
 // (size, nanosecond mtime, inode) together with the checksum it was verified against.
-func recordOf(fi os.FileInfo, md5hex string) string {
-	var ino uint64
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		ino = st.Ino
-	}
-	return fmt.Sprintf("md5=%s size=%d mtime=%d ino=%d\n", md5hex, fi.Size(), fi.ModTime().UnixNano(), ino)
+func recordOf(st unix.Stat_t, md5hex string) string {
+	return fmt.Sprintf("md5=%s size=%d mtime=%d ino=%d\n", md5hex, st.Size, st.Mtim.Nano(), st.Ino)
 }
 
-func (s *Store) readRecord(id string) (string, error) {
-	b, err := os.ReadFile(s.recordPath("verified", id))
-	return string(b), err
+// validRecord returns the MD5 of image id's verification record if the
+// record still describes the file st.
+func (s *Store) validRecord(id string, st unix.Stat_t) (string, bool) {
+	rec, err := readRecord(s.verified, id)
+	if err != nil {
+		return "", false
+	}
+	sum, _, _ := strings.Cut(strings.TrimPrefix(string(rec), "md5="), " ")
+	if checkMD5(sum) != nil || string(rec) != recordOf(st, sum) {
+		return "", false
+	}
+	return sum, true
 }
 
-func (s *Store) writeRecord(id, rec string) error {
-	p := s.recordPath("verified", id)
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, []byte(rec), 0o640); err != nil {
-		return fmt.Errorf("image %s: verification record: %w", id, err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
+func (s *Store) writeVerified(id, rec string) error {
+	if err := writeRecord(s.verified, id, []byte(rec)); err != nil {
 		return fmt.Errorf("image %s: verification record: %w", id, err)
 	}
 	return nil
@@ -222,64 +385,127 @@ func (s *Store) Deleted(id string) (bool, error) {
 	if err := checkID(id); err != nil {
 		return false, err
 	}
-	_, err := os.Lstat(s.recordPath("deleted", id))
+	if s.deleted == nil {
+		return false, nil
+	}
+	_, err := statAt(s.deleted, id)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
 	return err == nil, err
 }
 
-// Delete removes image id: its file, any partial of it and its verification
-// record, and leaves a tombstone so a late upload event cannot restore it. It
-// reports whether a file was removed. Symlinks are removed, never followed.
-func (s *Store) Delete(id string) (bool, error) {
-	p, err := s.Path(id)
-	if err != nil {
-		return false, err
+// ClearTombstone forgets that image id was deleted here, so it can be
+// fetched again (Glance lists it active again, or it was restored).
+func (s *Store) ClearTombstone(id string) error {
+	if err := checkID(id); err != nil {
+		return err
 	}
-	// The tombstone goes first: if the run dies between the two steps, the next
-	// run still removes the file when the delete event is redelivered, and no
-	// fetch in between can bring the image back.
-	t := s.recordPath("deleted", id)
-	if err := os.WriteFile(t, nil, 0o640); err != nil {
-		return false, fmt.Errorf("image %s: tombstone: %w", id, err)
+	if err := s.writable(); err != nil {
+		return err
 	}
-	removed := false
-	err = os.Remove(p)
-	switch {
-	case err == nil:
-		removed = true
-	case errors.Is(err, fs.ErrNotExist):
-	default:
-		return false, fmt.Errorf("image %s: removing %s: %w", id, p, err)
+	if err := unlinkAt(s.deleted, id); err != nil {
+		return fmt.Errorf("image %s: tombstone: %w", id, err)
 	}
-	parts, err := s.partials(id)
-	if err != nil {
-		return removed, err
-	}
-	for _, pp := range parts {
-		if err := os.Remove(pp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return removed, fmt.Errorf("image %s: removing partial %s: %w", id, pp, err)
-		}
-	}
-	if err := os.Remove(s.recordPath("verified", id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return removed, fmt.Errorf("image %s: verification record: %w", id, err)
-	}
-	if removed {
-		if err := syncDir(s.dir); err != nil {
-			return removed, err
-		}
-	}
-	return removed, nil
+	return syncFile(s.deleted)
 }
 
-// partials lists the partial files of image id, whatever checksum they were for.
+// Delete removes image id from the datadir, reversibly: the tombstone is
+// written first (so no late upload event brings the image back), then the
+// file is moved into the trash with a metadata record of its MD5 (from a
+// still-valid verification record, else md5hex, the checksum the delete
+// event announced, if it is one), its size and when it was trashed; Restore
+// brings it back, PurgeTrash removes it for good after trash_days. Its
+// partials, verification record and scrubber marker are removed. It
+// reports whether anything was at the image's path; a symlink or other
+// non-regular entry there is removed, never followed.
+func (s *Store) Delete(id, md5hex string) (removed bool, err error) {
+	_, removed, err = s.remove(id, md5hex, time.Now())
+	return removed, err
+}
+
+// remove is Delete and Trash: it returns the trash path of the image ("" if
+// no regular file was moved) and whether anything was at its path.
+func (s *Store) remove(id, md5hex string, now time.Time) (dst string, removed bool, err error) {
+	if err := checkID(id); err != nil {
+		return "", false, err
+	}
+	if err := s.writable(); err != nil {
+		return "", false, err
+	}
+	// The tombstone goes first, durably: if the run dies between the
+	// steps, the next run still removes the file when the delete event is
+	// redelivered, and no fetch in between can bring the image back.
+	stone := fmt.Sprintf("deleted=%s\n", now.UTC().Format(time.RFC3339))
+	if err := writeRecord(s.deleted, id, []byte(stone)); err != nil {
+		return "", false, fmt.Errorf("image %s: tombstone: %w", id, err)
+	}
+	st, err := statAt(s.root, id)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return "", false, fmt.Errorf("image %s: %w", id, err)
+	case isRegular(st):
+		if dst, err = s.moveToTrash(id, st, md5hex, now); err != nil {
+			return "", false, err
+		}
+		removed = true
+	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
+		return "", false, fmt.Errorf("image %s: %s is a directory: left alone", id, filepath.Join(s.dir, id))
+	default:
+		if err := unlinkAt(s.root, id); err != nil {
+			return "", false, fmt.Errorf("image %s: %w", id, err)
+		}
+		removed = true
+	}
+	if err := s.removePartials(id, ""); err != nil {
+		return dst, removed, err
+	}
+	if err := unlinkAt(s.verified, id); err != nil {
+		return dst, removed, fmt.Errorf("image %s: verification record: %w", id, err)
+	}
+	if err := unlinkAt(s.scrubber, id); err != nil {
+		return dst, removed, fmt.Errorf("image %s: scrubber marker: %w", id, err)
+	}
+	if removed {
+		if err := syncFile(s.root); err != nil {
+			return dst, removed, err
+		}
+	}
+	return dst, removed, nil
+}
+
+// partials lists the names of image id's partial files, whatever checksum
+// they were for.
 func (s *Store) partials(id string) ([]string, error) {
-	m, err := filepath.Glob(filepath.Join(s.dir, "."+id+".*"+partSuffix))
+	all, err := names(s.root)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: listing partials: %w", id, err)
 	}
-	return m, nil
+	var out []string
+	for _, n := range all {
+		if strings.HasPrefix(n, "."+id+".") && strings.HasSuffix(n, partSuffix) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// removePartials removes image id's partials except the one named keep.
+func (s *Store) removePartials(id, keep string) error {
+	parts, err := s.partials(id)
+	if err != nil {
+		return err
+	}
+	for _, n := range parts {
+		if n == keep {
+			continue
+		}
+		if err := unlinkAt(s.root, n); err != nil {
+			return fmt.Errorf("image %s: removing partial: %w", id, err)
+		}
+	}
+	return nil
 }
 
 // Partial is an image being written. Write appends and hashes; Commit verifies and
@@ -289,7 +515,8 @@ type Partial struct {
 	id     string
 	size   int64
 	md5hex string
-	path   string
+	name   string // in the datadir
+	path   string // for messages
 	f      *os.File
 	h      hashState
 	mh     *multihash // nil unless BeginMultihash was given one
@@ -328,28 +555,18 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 	if size < 0 {
 		return nil, fmt.Errorf("image %s: unknown size", id)
 	}
-	path := s.partialPath(id, md5hex)
-	others, err := s.partials(id)
+	if err := s.writable(); err != nil {
+		return nil, err
+	}
+	name, path := partialName(id, md5hex), s.partialPath(id, md5hex)
+	if err := s.removePartials(id, name); err != nil {
+		return nil, err
+	}
+	f, err := s.openPartial(id, name)
 	if err != nil {
 		return nil, err
 	}
-	for _, o := range others {
-		if o != path {
-			os.Remove(o)
-		}
-	}
-	// Something other than a regular file at the partial's name (a planted
-	// symlink) would block this image for ever; remove it, never follow it.
-	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("image %s: removing non-regular partial %s: %w", id, path, err)
-		}
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o640)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: opening partial %s: %w", id, path, err)
-	}
-	p := &Partial{s: s, id: id, size: size, md5hex: md5hex, path: path, f: f, h: md5.New()}
+	p := &Partial{s: s, id: id, size: size, md5hex: md5hex, name: name, path: path, f: f, h: md5.New()}
 	if p.mh = newMultihash(mh); p.mh != nil {
 		p.h = p.mh.writer(p.h)
 	}
@@ -357,10 +574,6 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("image %s: %w", id, err)
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("image %s: partial %s is not a regular file", id, path)
 	}
 	if fi.Size() > size {
 		if err := f.Truncate(0); err != nil {
@@ -380,7 +593,7 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 		return nil, fmt.Errorf("image %s: %w", id, err)
 	}
 	if err := p.reserve(); err != nil {
-		f.Close()
+		p.Close()
 		return nil, err
 	}
 	if p.n < p.size {
@@ -389,16 +602,58 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 	return p, nil
 }
 
+// openPartial opens (creating it) the partial file name. Anything but a
+// regular file with one link there (a planted symlink, FIFO, or a hard link
+// to a file elsewhere, which writing and chowning would reach) is removed,
+// never followed or written through, and a fresh file is made.
+func (s *Store) openPartial(id, name string) (*os.File, error) {
+	f, err := openFile(s.root, name, unix.O_RDWR|unix.O_CREAT, 0o640)
+	if err == nil {
+		return f, nil
+	}
+	if rerr := unlinkAt(s.root, name); rerr != nil {
+		return nil, fmt.Errorf("image %s: partial: %v; removing it: %w", id, err, rerr)
+	}
+	f, err = openFile(s.root, name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: opening partial: %w", id, err)
+	}
+	return f, nil
+}
+
+// fstatfs is unix.Fstatfs, a variable so tests can fake a small disk.
+var fstatfs = unix.Fstatfs
+
 // reserve allocates the blocks of the rest of the image before any byte
 // moves: a full disk is reported at once instead of after gigabytes, and the
 // filesystem allocates one extent instead of one per write. KEEP_SIZE leaves
 // the file's length, which is the resume offset, unchanged. Filesystems
-// without fallocate simply skip it.
+// without fallocate simply skip it. It never asks for more than the free
+// space: what does not fit is an error wrapping ENOSPC, and nothing is
+// allocated (an allocation that took the last blocks would starve glance-api
+// and everything else on the disk).
 func (p *Partial) reserve() error {
 	if p.size <= p.n {
 		return nil
 	}
-	err := unix.Fallocate(int(p.f.Fd()), unix.FALLOC_FL_KEEP_SIZE, p.n, p.size-p.n)
+	fd := int(p.f.Fd())
+	need := p.size - p.n
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err == nil {
+		// Blocks a previous run reserved beyond the data are already taken
+		// from the free space.
+		if held := st.Blocks*512 - p.n; held > 0 {
+			need -= held
+		}
+	}
+	var fsst unix.Statfs_t
+	if err := fstatfs(fd, &fsst); err == nil && need > 0 {
+		if free := int64(fsst.Bavail) * fsst.Bsize; need > free {
+			return fmt.Errorf("image %s: %s needs %d more bytes (%d of %d written), the filesystem has %d free: %w",
+				p.id, p.path, need, p.n, p.size, free, unix.ENOSPC)
+		}
+	}
+	err := unix.Fallocate(fd, unix.FALLOC_FL_KEEP_SIZE, p.n, p.size-p.n)
 	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
 		return fmt.Errorf("image %s: reserving %d bytes for %s: %w", p.id, p.size-p.n, p.path, err)
 	}
@@ -488,6 +743,12 @@ func (p *Partial) Commit() error {
 	if err := p.f.Sync(); err != nil {
 		return fmt.Errorf("image %s: fsync %s: %w", p.id, p.path, err)
 	}
+	// A second name made for the partial since it was opened would let the
+	// chmod and chown below reach it; refuse.
+	if err := regularOnly(p.f); err != nil {
+		p.discard()
+		return fmt.Errorf("image %s: %w", p.id, err)
+	}
 	if p.s.perm != 0 {
 		if err := p.f.Chmod(p.s.perm); err != nil {
 			return fmt.Errorf("image %s: chmod %s: %w", p.id, p.path, err)
@@ -498,26 +759,25 @@ func (p *Partial) Commit() error {
 			return fmt.Errorf("image %s: chown %s: %w", p.id, p.path, err)
 		}
 	}
-	fi, err := p.f.Stat()
-	if err != nil {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(p.f.Fd()), &st); err != nil {
 		return fmt.Errorf("image %s: %w", p.id, err)
 	}
-	final := filepath.Join(p.s.dir, p.id)
 	// rename(2) replaces whatever is at the final name, a symlink included,
 	// without following it.
-	if err := os.Rename(p.path, final); err != nil {
-		return fmt.Errorf("image %s: placing %s: %w", p.id, final, err)
+	if err := unix.Renameat(int(p.s.root.Fd()), p.name, int(p.s.root.Fd()), p.id); err != nil {
+		return fmt.Errorf("image %s: placing %s: %w", p.id, filepath.Join(p.s.dir, p.id), err)
 	}
 	p.done = true
-	if err := syncDir(p.s.dir); err != nil {
+	if err := syncFile(p.s.root); err != nil {
 		return err
 	}
-	return p.s.writeRecord(p.id, recordOf(fi, p.md5hex))
+	return p.s.writeVerified(p.id, recordOf(st, p.md5hex))
 }
 
 func (p *Partial) discard() {
 	p.Close()
-	os.Remove(p.path)
+	unlinkAt(p.s.root, p.name)
 	p.done = true
 }
 
@@ -535,8 +795,8 @@ func (p *Partial) Close() error {
 	}
 	err := p.f.Close()
 	if !p.done && p.n == 0 {
-		if fi, serr := os.Lstat(p.path); serr == nil && fi.Size() == 0 {
-			os.Remove(p.path)
+		if st, serr := statAt(p.s.root, p.name); serr == nil && st.Size == 0 {
+			unlinkAt(p.s.root, p.name)
 		}
 	}
 	if err == nil {
@@ -548,13 +808,12 @@ func (p *Partial) Close() error {
 // Partials lists images with a partial file and the bytes each holds, for status
 // reports.
 func (s *Store) Partials() (map[string]int64, error) {
-	ents, err := os.ReadDir(s.dir)
+	all, err := names(s.root)
 	if err != nil {
 		return nil, fmt.Errorf("datadir %s: %w", s.dir, err)
 	}
 	out := map[string]int64{}
-	for _, e := range ents {
-		name := e.Name()
+	for _, name := range all {
 		if !strings.HasPrefix(name, ".") || !strings.HasSuffix(name, partSuffix) {
 			continue
 		}
@@ -562,28 +821,17 @@ func (s *Store) Partials() (map[string]int64, error) {
 		if !ok || checkID(id) != nil {
 			continue
 		}
-		if fi, err := e.Info(); err == nil {
-			out[id] += fi.Size()
+		if st, err := statAt(s.root, name); err == nil && isRegular(st) {
+			out[id] += st.Size
 		}
 	}
 	return out, nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
-}
-
-func (s *Store) chown(p string) {
-	if s.uid >= 0 {
-		os.Lchown(p, s.uid, s.gid)
+// chown gives a state directory the datadir's owner, through its fd.
+func (s *Store) chown(d *os.File) {
+	if s.uid >= 0 && d != nil {
+		d.Chown(s.uid, s.gid)
 	}
 }
 

@@ -15,7 +15,7 @@ const id = "8ab5b1b2-0000-4000-8000-000000000001"
 
 func newStore(t *testing.T) *Store {
 	t.Helper()
-	s, err := Open(t.TempDir(), 0o640)
+	s, err := Open(t.TempDir(), 0o640, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestCheckTrustsRecordWithoutReading(t *testing.T) {
 	if err != nil || st != Verified {
 		t.Fatalf("%v %v: the record was not trusted, the file was read", st, err)
 	}
-	os.Remove(s.recordPath("verified", id))
+	os.Remove(filepath.Join(s.Dir(), stateDirName, "verified", id))
 	if st, _ := s.Check(context.Background(), id, int64(len(data)), sum(data)); st != Different {
 		t.Fatalf("without a record: %v, want different", st)
 	}
@@ -190,7 +190,7 @@ func TestDeleteLeavesTombstoneAndRemovesPartials(t *testing.T) {
 	p, _ := s.Begin(context.Background(), id, 5, sum(other))
 	p.Write(other[:2])
 	p.Close()
-	removed, err := s.Delete(id)
+	removed, err := s.Delete(id, "")
 	if err != nil || !removed {
 		t.Fatalf("Delete = %v, %v", removed, err)
 	}
@@ -203,7 +203,7 @@ func TestDeleteLeavesTombstoneAndRemovesPartials(t *testing.T) {
 	if dead, _ := s.Deleted(id); !dead {
 		t.Error("no tombstone")
 	}
-	if removed, err := s.Delete(id); err != nil || removed {
+	if removed, err := s.Delete(id, ""); err != nil || removed {
 		t.Errorf("second Delete = %v, %v; want false, nil", removed, err)
 	}
 }
@@ -228,7 +228,7 @@ func TestSymlinksNotFollowed(t *testing.T) {
 	os.Symlink(victim, filepath.Join(s.Dir(), id+"x"))
 	os.Remove(filepath.Join(s.Dir(), id))
 	os.Symlink(victim, filepath.Join(s.Dir(), id))
-	if _, err := s.Delete(id); err != nil {
+	if _, err := s.Delete(id, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(victim); err != nil {
@@ -257,8 +257,15 @@ func TestPathRejectsNonUUIDs(t *testing.T) {
 		if _, err := s.Path(bad); err == nil {
 			t.Errorf("Path(%q) accepted", bad)
 		}
-		if _, err := s.Delete(bad); err == nil {
+		if _, err := s.Delete(bad, ""); err == nil {
 			t.Errorf("Delete(%q) accepted", bad)
 		}
+	}
+}
+
+func deleteImage(t *testing.T, s *Store) {
+	t.Helper()
+	if _, err := s.Delete(id, ""); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,14 +1,19 @@
 package store
 
 import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // File is one image file of the datadir.
@@ -23,112 +28,326 @@ type File struct {
 // a stray symlink) is not an image and is left out, so nothing built on this
 // list can touch it.
 func (s *Store) Files() ([]File, error) {
-	ents, err := os.ReadDir(s.dir)
+	all, err := names(s.root)
 	if err != nil {
 		return nil, fmt.Errorf("datadir %s: %w", s.dir, err)
 	}
 	var out []File
-	for _, e := range ents {
-		if !e.Type().IsRegular() || checkID(e.Name()) != nil {
+	for _, name := range all {
+		if checkID(name) != nil {
 			continue
 		}
-		fi, err := e.Info()
+		st, err := statAt(s.root, name)
 		if errors.Is(err, fs.ErrNotExist) {
-			continue // deleted since ReadDir
+			continue // deleted since listed
 		}
 		if err != nil {
 			return nil, fmt.Errorf("datadir %s: %w", s.dir, err)
 		}
-		out = append(out, File{ID: e.Name(), Size: fi.Size(), ModTime: fi.ModTime()})
+		if isRegular(st) {
+			out = append(out, File{ID: name, Size: st.Size, ModTime: time.Unix(st.Mtim.Unix())})
+		}
 	}
 	return out, nil
 }
 
-// DefaultTrashDir is where Trash puts files unless told otherwise: inside the
-// state directory, so on the datadir's filesystem and hidden from Glance.
-func (s *Store) DefaultTrashDir() string { return filepath.Join(s.dir, stateDirName, "trash") }
+// TrashDir is where removed images go.
+func (s *Store) TrashDir() string { return s.trashDir }
 
 // trashStamp is the UTC time a file was trashed, in its trash name
 // <id>.<stamp>; PurgeTrash reads it back, as rename keeps the image's mtime.
-const trashStamp = "20060102T150405Z"
+// Beside it, <id>.<stamp>.meta records what Restore checks.
+const (
+	trashStamp = "20060102T150405Z"
+	metaSuffix = ".meta"
+)
 
-// Trash moves image id out of the datadir into dir, as <id>.<UTC time>, and
-// leaves a tombstone as Delete does, so no late event brings it back. Its
-// partials and verification record are removed. dir must be on the datadir's
-// filesystem: a rename is instant and cannot half-happen; copying gigabytes
-// to another disk could. It returns the trash path ("" when there was no
-// file).
-func (s *Store) Trash(id, dir string, now time.Time) (string, error) {
-	p, err := s.Path(id)
+// trashEntry is a name in the trash: an image, or the metadata of one.
+type trashEntry struct {
+	id   string
+	at   time.Time
+	meta bool
+}
+
+func parseTrashName(name string) (trashEntry, bool) {
+	e := trashEntry{}
+	if strings.HasSuffix(name, metaSuffix) {
+		e.meta, name = true, strings.TrimSuffix(name, metaSuffix)
+	}
+	id, stamp, ok := strings.Cut(name, ".")
+	if !ok || checkID(id) != nil {
+		return e, false
+	}
+	at, err := time.Parse(trashStamp, stamp)
+	if err != nil {
+		return e, false
+	}
+	e.id, e.at = id, at
+	return e, true
+}
+
+// Trash moves image id out of the datadir into the trash, as Delete does,
+// for reconcile --prune (no event announced a checksum). It returns the
+// trash path ("" when there was no file).
+func (s *Store) Trash(id string, now time.Time) (string, error) {
+	dst, _, err := s.remove(id, "", now)
+	return dst, err
+}
+
+// moveToTrash renames the regular file <datadir>/<id> (st) into the trash
+// as <id>.<stamp>, with its metadata beside it, written first. A rename is
+// instant and cannot half-happen; it never replaces an earlier trash entry.
+func (s *Store) moveToTrash(id string, st unix.Stat_t, md5hex string, now time.Time) (string, error) {
+	if s.trash == nil {
+		return "", fmt.Errorf("image %s: trash_dir %s: %w", id, s.trashDir, fs.ErrNotExist)
+	}
+	sum, ok := s.validRecord(id, st)
+	from := "verified-here"
+	if !ok {
+		sum, from = "", "none"
+		if checkMD5(md5hex) == nil {
+			sum, from = md5hex, "delete-event"
+		}
+	}
+	// A second delete of the same id within a second (a restored image
+	// deleted again) gets the next free second.
+	for i := 0; i < 100; i++ {
+		at := now.UTC().Add(time.Duration(i) * time.Second)
+		name := id + "." + at.Format(trashStamp)
+		if _, err := statAt(s.trash, name); err == nil {
+			continue
+		}
+		meta := fmt.Sprintf("md5=%s from=%s size=%d trashed=%d\n", sum, from, st.Size, at.Unix())
+		if err := writeRecord(s.trash, name+metaSuffix, []byte(meta)); err != nil {
+			return "", fmt.Errorf("image %s: trash metadata: %w", id, err)
+		}
+		err := renameNoReplace(s.root, id, s.trash, name)
+		if errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		if err != nil {
+			unlinkAt(s.trash, name+metaSuffix)
+			if errors.Is(err, unix.EXDEV) {
+				return "", fmt.Errorf("image %s: trash_dir %s is on another filesystem than the datadir %s: choose one on the same filesystem", id, s.trashDir, s.dir)
+			}
+			return "", fmt.Errorf("image %s: moving it to the trash: %w", id, err)
+		}
+		if err := syncFile(s.trash); err != nil {
+			return "", err
+		}
+		return filepath.Join(s.trashDir, name), nil
+	}
+	return "", fmt.Errorf("image %s: no free name in trash_dir %s", id, s.trashDir)
+}
+
+// PurgeTrash removes, for good, the images Trash and Delete put in the trash
+// before cutoff, and their metadata. It removes only names of that form,
+// whatever else an operator keeps there, and returns the images' paths.
+func (s *Store) PurgeTrash(cutoff time.Time) ([]string, error) {
+	if err := s.writable(); err != nil {
+		return nil, err
+	}
+	all, err := names(s.trash)
+	if err != nil {
+		return nil, fmt.Errorf("trash_dir %s: %w", s.trashDir, err)
+	}
+	var removed []string
+	for _, name := range all {
+		e, ok := parseTrashName(name)
+		if !ok || !e.at.Before(cutoff) {
+			continue
+		}
+		st, err := statAt(s.trash, name)
+		if err != nil || st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			continue
+		}
+		if err := unlinkAt(s.trash, name); err != nil {
+			return removed, fmt.Errorf("trash_dir %s: %w", s.trashDir, err)
+		}
+		if !e.meta {
+			removed = append(removed, filepath.Join(s.trashDir, name))
+		}
+	}
+	if len(removed) > 0 {
+		if err := syncFile(s.trash); err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
+}
+
+// TrashUsage counts the images in the trash and their bytes.
+func (s *Store) TrashUsage() (files int, bytes int64, err error) {
+	all, err := names(s.trash)
+	if err != nil {
+		return 0, 0, fmt.Errorf("trash_dir %s: %w", s.trashDir, err)
+	}
+	for _, name := range all {
+		if e, ok := parseTrashName(name); !ok || e.meta {
+			continue
+		}
+		if st, err := statAt(s.trash, name); err == nil && isRegular(st) {
+			files++
+			bytes += st.Size
+		}
+	}
+	return files, bytes, nil
+}
+
+// ErrRestoreRefused marks a restore that was not done, for a reason the
+// error gives.
+var ErrRestoreRefused = errors.New("not restored")
+
+// Restore puts back the newest trashed copy of image id: it is hashed again
+// and must match the MD5 recorded when it was trashed; nothing at the final
+// path is replaced. Its tombstone is cleared and its verification record
+// written, so the next run trusts it.
+func (s *Store) Restore(ctx context.Context, id string) (string, error) {
+	if err := checkID(id); err != nil {
+		return "", err
+	}
+	if err := s.writable(); err != nil {
+		return "", err
+	}
+	name, err := s.newestTrashed(id)
 	if err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return "", fmt.Errorf("trash_dir %s: %w", dir, err)
+	final := filepath.Join(s.dir, id)
+	trashed := filepath.Join(s.trashDir, name)
+	if _, err := statAt(s.root, id); err == nil {
+		return "", fmt.Errorf("image %s: %w: %s already exists; move it away first", id, ErrRestoreRefused, final)
 	}
-	t := s.recordPath("deleted", id)
-	if err := os.WriteFile(t, nil, 0o640); err != nil {
-		return "", fmt.Errorf("image %s: tombstone: %w", id, err)
-	}
-	dst := filepath.Join(dir, id+"."+now.UTC().Format(trashStamp))
-	err = os.Rename(p, dst)
-	var le *os.LinkError
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		dst = ""
-	case errors.As(err, &le) && errors.Is(le.Err, syscall.EXDEV):
-		return "", fmt.Errorf("image %s: trash_dir %s is on another filesystem than the datadir %s: choose one on the same filesystem", id, dir, s.dir)
-	case err != nil:
-		return "", fmt.Errorf("image %s: moving %s to %s: %w", id, p, dst, err)
-	}
-	parts, err := s.partials(id)
+	want, from, err := s.trashedMD5(id, name)
 	if err != nil {
-		return dst, err
+		return "", err
 	}
-	for _, pp := range parts {
-		if err := os.Remove(pp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return dst, fmt.Errorf("image %s: removing partial %s: %w", id, pp, err)
+	// One link only: another name for the trashed file could change it
+	// between the hash and the rename.
+	f, err := openFile(s.trash, name, unix.O_RDONLY, 0)
+	if err != nil {
+		return "", fmt.Errorf("image %s: %w: %w", id, ErrRestoreRefused, err)
+	}
+	defer f.Close()
+	h := md5.New()
+	if _, err := io.Copy(h, ctxReader{ctx, f}); err != nil {
+		return "", fmt.Errorf("image %s: hashing %s: %w", id, trashed, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		why := "the copy changed since"
+		if from == "delete-event" {
+			why = "that MD5 came from the delete event, which may have been wrong"
 		}
+		return "", fmt.Errorf("image %s: %w: %s has MD5 %s, but %s was recorded when it was trashed (%s); "+
+			"if Glance has the image, compare its checksum with this MD5 and move the file to %s by hand",
+			id, ErrRestoreRefused, trashed, got, want, why, final)
 	}
-	if err := os.Remove(s.recordPath("verified", id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return dst, fmt.Errorf("image %s: verification record: %w", id, err)
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return "", fmt.Errorf("image %s: %w", id, err)
 	}
-	if dst != "" {
-		if err := syncDir(s.dir); err != nil {
-			return dst, err
+	if err := renameNoReplace(s.trash, name, s.root, id); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return "", fmt.Errorf("image %s: %w: %s already exists; move it away first", id, ErrRestoreRefused, final)
 		}
-		if err := syncDir(dir); err != nil {
-			return dst, err
-		}
+		return "", fmt.Errorf("image %s: %w", id, err)
 	}
-	return dst, nil
+	if err := syncFile(s.root); err != nil {
+		return final, err
+	}
+	if err := s.ClearTombstone(id); err != nil {
+		return final, err
+	}
+	if err := s.writeVerified(id, recordOf(st, want)); err != nil {
+		return final, err
+	}
+	if err := unlinkAt(s.trash, name+metaSuffix); err != nil {
+		return final, err
+	}
+	return final, syncFile(s.trash)
 }
 
-// PurgeTrash removes the files Trash put in dir before cutoff. It removes
-// only names of Trash's form, whatever else an operator keeps there.
-func (s *Store) PurgeTrash(dir string, cutoff time.Time) ([]string, error) {
-	ents, err := os.ReadDir(dir)
+// newestTrashed is the name of image id's latest trash entry.
+func (s *Store) newestTrashed(id string) (string, error) {
+	all, err := names(s.trash)
+	if err != nil {
+		return "", fmt.Errorf("trash_dir %s: %w", s.trashDir, err)
+	}
+	var best string
+	var bestAt time.Time
+	for _, name := range all {
+		e, ok := parseTrashName(name)
+		if !ok || e.meta || e.id != id {
+			continue
+		}
+		if best == "" || e.at.After(bestAt) {
+			best, bestAt = name, e.at
+		}
+	}
+	if best == "" {
+		return "", fmt.Errorf("image %s: %w: no copy of it in trash_dir %s", id, ErrRestoreRefused, s.trashDir)
+	}
+	return best, nil
+}
+
+// trashedMD5 reads the MD5 recorded beside trash entry name, and where it
+// came from.
+func (s *Store) trashedMD5(id, name string) (sum, from string, err error) {
+	trashed := filepath.Join(s.trashDir, name)
+	final := filepath.Join(s.dir, id)
+	rec, err := readRecord(s.trash, name+metaSuffix)
+	if err != nil {
+		return "", "", fmt.Errorf("image %s: %w: its trash metadata cannot be read (%v), so the bytes of %s cannot be checked; "+
+			"if Glance has the image, compare its checksum with md5sum and move the file to %s by hand", id, ErrRestoreRefused, err, trashed, final)
+	}
+	for _, f := range strings.Fields(string(rec)) {
+		if v, ok := strings.CutPrefix(f, "md5="); ok {
+			sum = v
+		}
+		if v, ok := strings.CutPrefix(f, "from="); ok {
+			from = v
+		}
+	}
+	if checkMD5(sum) != nil {
+		return "", "", fmt.Errorf("image %s: %w: no MD5 was recorded when %s was trashed (it was never verified here and the delete announced none), so its bytes cannot be checked; "+
+			"if Glance has the image, compare its checksum with md5sum and move the file to %s by hand", id, ErrRestoreRefused, trashed, final)
+	}
+	return sum, from, nil
+}
+
+// KeepForScrubber marks this node's copy of image id as glance-scrubber's:
+// the image is pending_delete, and `glance-scrubber --restore` needs the
+// file, so reconcile --prune must never trash it. Delete and Trash clear it.
+func (s *Store) KeepForScrubber(id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	if err := s.writable(); err != nil {
+		return err
+	}
+	rec := "kept-for-glance-scrubber=" + strconv.FormatInt(time.Now().Unix(), 10) + "\n"
+	if err := writeRecord(s.scrubber, id, []byte(rec)); err != nil {
+		return fmt.Errorf("image %s: scrubber marker: %w", id, err)
+	}
+	return nil
+}
+
+// KeptForScrubber reports whether KeepForScrubber marked image id.
+func (s *Store) KeptForScrubber(id string) (bool, error) {
+	if err := checkID(id); err != nil {
+		return false, err
+	}
+	if s.scrubber == nil {
+		return false, nil
+	}
+	_, err := statAt(s.scrubber, id)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("trash_dir %s: %w", dir, err)
+		return true, fmt.Errorf("image %s: scrubber marker: %w", id, err)
 	}
-	var removed []string
-	for _, e := range ents {
-		id, stamp, ok := strings.Cut(e.Name(), ".")
-		if !ok || checkID(id) != nil || !e.Type().IsRegular() {
-			continue
-		}
-		at, err := time.Parse(trashStamp, stamp)
-		if err != nil || !at.Before(cutoff) {
-			continue
-		}
-		p := filepath.Join(dir, e.Name())
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return removed, fmt.Errorf("trash_dir %s: %w", dir, err)
-		}
-		removed = append(removed, p)
-	}
-	return removed, nil
+	// Any entry counts: keeping a copy by mistake costs disk, trashing
+	// the scrubber's costs the image.
+	return true, nil
 }

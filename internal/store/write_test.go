@@ -15,7 +15,7 @@ import (
 // others), interrupted and resumed, verify at Commit.
 func TestLargeWritesResumeVerify(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(dir, 0)
+	s, err := Open(dir, 0, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func TestLargeWritesResumeVerify(t *testing.T) {
 // partial and never places the file.
 func TestLargeWriteMismatchNotPlaced(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(dir, 0)
+	s, err := Open(dir, 0, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -244,7 +244,7 @@ func (s *Syncer) delete(log *slog.Logger, j job) {
 		log.Info("would delete")
 		return
 	}
-	removed, err := s.store.Delete(j.ev.Image.ID)
+	removed, err := s.store.Delete(j.ev.Image.ID, j.ev.Image.Checksum)
 	if err != nil {
 		log.Error("delete failed", "err", err)
 		s.retry(context.Background(), j, err)
