@@ -65,7 +65,7 @@ func BenchmarkFetch(b *testing.B) {
 		}
 		cl.Close()
 		b.StopTimer()
-		if _, err := st.Delete(img.ID); err != nil {
+		if _, err := st.Delete(img.ID, img.Checksum); err != nil {
 			b.Fatal(err)
 		}
 		os.Remove(dir + "/.glance-image-sync/deleted/" + img.ID)

@@ -232,7 +232,7 @@ func (s *Store) Deleted(id string) (bool, error) {
 // Delete removes image id: its file, any partial of it and its verification
 // record, and leaves a tombstone so a late upload event cannot restore it. It
 // reports whether a file was removed. Symlinks are removed, never followed.
-func (s *Store) Delete(id string) (bool, error) {
+func (s *Store) Delete(id, md5hex string) (bool, error) {
 	p, err := s.Path(id)
 	if err != nil {
 		return false, err
@@ -272,6 +272,10 @@ func (s *Store) Delete(id string) (bool, error) {
 	}
 	return removed, nil
 }
+
+// KeepForScrubber marks image id's copy here as glance-scrubber's.
+// replaced by the store-safety branch
+func (s *Store) KeepForScrubber(id string) error { return nil }
 
 // partials lists the partial files of image id, whatever checksum they were for.
 func (s *Store) partials(id string) ([]string, error) {

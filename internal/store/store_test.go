@@ -190,7 +190,7 @@ func TestDeleteLeavesTombstoneAndRemovesPartials(t *testing.T) {
 	p, _ := s.Begin(context.Background(), id, 5, sum(other))
 	p.Write(other[:2])
 	p.Close()
-	removed, err := s.Delete(id)
+	removed, err := s.Delete(id, "")
 	if err != nil || !removed {
 		t.Fatalf("Delete = %v, %v", removed, err)
 	}
@@ -203,7 +203,7 @@ func TestDeleteLeavesTombstoneAndRemovesPartials(t *testing.T) {
 	if dead, _ := s.Deleted(id); !dead {
 		t.Error("no tombstone")
 	}
-	if removed, err := s.Delete(id); err != nil || removed {
+	if removed, err := s.Delete(id, ""); err != nil || removed {
 		t.Errorf("second Delete = %v, %v; want false, nil", removed, err)
 	}
 }
@@ -228,7 +228,7 @@ func TestSymlinksNotFollowed(t *testing.T) {
 	os.Symlink(victim, filepath.Join(s.Dir(), id+"x"))
 	os.Remove(filepath.Join(s.Dir(), id))
 	os.Symlink(victim, filepath.Join(s.Dir(), id))
-	if _, err := s.Delete(id); err != nil {
+	if _, err := s.Delete(id, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(victim); err != nil {
@@ -257,7 +257,7 @@ func TestPathRejectsNonUUIDs(t *testing.T) {
 		if _, err := s.Path(bad); err == nil {
 			t.Errorf("Path(%q) accepted", bad)
 		}
-		if _, err := s.Delete(bad); err == nil {
+		if _, err := s.Delete(bad, ""); err == nil {
 			t.Errorf("Delete(%q) accepted", bad)
 		}
 	}
