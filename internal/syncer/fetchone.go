@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 
-		"github.com/glance-image-sync/glance-image-sync/internal/store"
+	"github.com/glance-image-sync/glance-image-sync/internal/store"
 )
 
 // Want is an image this node should hold, as a source other than an event
