@@ -342,6 +342,16 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 	for _, n := range r.cfg.Nodes {
 		nodes = append(nodes, n.Short)
 	}
+	api, key, err := configuredGlance(ctx, r.cfg)
+	if err != nil {
+		r.log.Error("sync-images failed: the Images API that confirms deletes cannot be used", "key", key, "err", err)
+		return exitFailed
+	}
+	var glance syncer.ImageStatuser // stays nil, not a nil *Client, without one
+	if api != nil {
+		glance = api
+		r.log.Debug("deletes are confirmed with glance", "endpoint", api.Base)
+	}
 	s := syncer.New(syncer.Config{
 		Self:      r.cfg.Self.Short,
 		Peers:     peers,
@@ -368,6 +378,7 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 		Strategy:     r.cfg.SourceStrategy,
 		Nodes:        nodes,
 		StallTimeout: r.cfg.StallTimeout,
+		Glance:       glance,
 	}, conn, st, r.log)
 	res, err := s.Run(ctx)
 	r.syncRes = res
