@@ -58,7 +58,9 @@ Commands:
   sync-images              Drain this node's queue: fetch each image that became
                            active elsewhere over SSH/SFTP (as rsync_user, host keys
                            checked), verify size and MD5, place it in the datadir;
-                           remove deleted images.
+                           remove deleted images, only on a delete from a node of
+                           api_nodes (or image.localhost), confirmed with Glance
+                           when glance_url or os_cloud is set.
   both                     duplicate-notifications, then sync-images. This is what
                            cron runs on every node: */5 * * * * glance-image-sync both
   requeue-failed           Move this node's parked messages back to its queue, after
