@@ -1,12 +1,16 @@
 package integration
 
 import (
+	"context"
+	"crypto/rand"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/integration/harness"
 )
@@ -140,6 +144,78 @@ func TestDeleteConfirmedWithGlance(t *testing.T) {
 	}
 	for _, n := range c.Nodes {
 		assertAbsent(t, n, img.ID)
+		assertClean(t, c, n)
+	}
+
+	// A glance_url that cannot be used stops the run: no delete without
+	// the confirmation the operator asked for.
+	n1 := c.Nodes[0]
+	must(t, c.WriteConfig(n1, map[string]string{"glance_url": "glance:9292"}))
+	if stderr, _ := runOK(t, ctx, c, n1, []string{"sync-images"}, 1); !strings.Contains(stderr, "glance_url") {
+		t.Errorf("unusable glance_url: the log does not name the key:\n%s", stderr)
+	}
+}
+
+// On three real glance-api with glance_url set: a well-formed delete for an
+// image Glance serves is parked and every node keeps serving it; the real
+// DELETE that follows (Glance then answers 404) removes every copy.
+func TestDeleteConfirmedWithRealGlance(t *testing.T) {
+	harness.RequireGlance(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := newCluster(t, 3)
+	t.Cleanup(func() {
+		if err := harness.DeleteGlanceQueues(c.Topic); err != nil {
+			t.Error(err)
+		}
+	})
+	db, err := harness.GlanceDBSync(ctx, filepath.Join(c.Dir, "glance.sqlite"))
+	must(t, err)
+	apis, err := harness.StartClusterGlance(ctx, c, db)
+	must(t, err)
+	t.Cleanup(func() { harness.StopGlance(apis...) })
+	n2 := c.Nodes[1]
+	g1, g2 := apis[0], apis[1]
+	for _, n := range c.Nodes {
+		must(t, c.WriteConfig(n, map[string]string{"glance_url": g2.URL}))
+	}
+
+	data := make([]byte, 1<<20+5)
+	_, err = rand.Read(data)
+	must(t, err)
+	gi, err := g1.CreateImage(ctx, "kept")
+	must(t, err)
+	must(t, g1.Upload(ctx, gi.ID, data))
+	for _, n := range c.Nodes {
+		runOK(t, ctx, c, n, []string{"both"})
+	}
+	img := harness.Image{ID: gi.ID, Name: "kept", Size: int64(len(data)), Checksum: harness.GlanceMD5(data)}
+	// reconcile asks glance_url when --endpoint is not given: without it,
+	// and with no OS_* variables, it would have no Glance to ask (exit 1).
+	runOK(t, ctx, c, c.Nodes[2], []string{"reconcile"})
+
+	must(t, c.PublishDelete(ctx, n2, img))
+	for _, n := range c.Nodes {
+		runOK(t, ctx, c, n, []string{"both"}, 4)
+	}
+	for i, n := range c.Nodes {
+		assertHas(t, n, img)
+		if code, body := glanceDownload(t, ctx, apis[i], img.ID); code != 200 || len(body) != len(data) {
+			t.Errorf("%s serves %d with %d bytes after a forged delete, want 200 with %d", n.Name, code, len(body), len(data))
+		}
+		if reasons := parkedReasons(t, c, n); len(reasons) != 1 || reasons[0] != "Glance still lists the image as active" {
+			t.Errorf("%s parked %q; want the delete with \"Glance still lists the image as active\"", n.Name, reasons)
+		}
+	}
+
+	must(t, g2.Delete(ctx, img.ID))
+	for _, n := range c.Nodes {
+		runOK(t, ctx, c, n, []string{"both"})
+	}
+	for _, n := range c.Nodes {
+		if left := glanceLeftovers(n.ImagesDir, img.ID); len(left) > 0 {
+			t.Errorf("after the real delete, %s still has %v", n.Name, left)
+		}
 		assertClean(t, c, n)
 	}
 }
