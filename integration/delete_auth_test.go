@@ -219,3 +219,28 @@ func TestDeleteConfirmedWithRealGlance(t *testing.T) {
 		assertClean(t, c, n)
 	}
 }
+
+// An event whose checksum is wrong is parked once two whole copies from the
+// publisher's complete file failed it, instead of making the node read the
+// whole image again on every run until max_attempts.
+func TestWrongChecksumParked(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	c := newCluster(t, 2)
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	img, err := c.AddImage(n1, 1<<20)
+	must(t, err)
+	bad := img
+	bad.Checksum = strings.Repeat("0", 32)
+	must(t, c.PublishEvent(ctx, "image.upload", n1, bad, "active"))
+	runOK(t, ctx, c, n1, []string{"duplicate-notifications"})
+	runOK(t, ctx, c, n2, []string{"sync-images"}, 3)
+	runOK(t, ctx, c, n2, []string{"sync-images"}, 4)
+	assertAbsent(t, n2, img.ID)
+	if d := depth(t, c, harness.NodeQueue(n2)); d != 0 {
+		t.Errorf("%d messages still queued after two mismatching whole copies", d)
+	}
+	if reasons := parkedReasons(t, c, n2); len(reasons) != 1 || !strings.Contains(reasons[0], "did not match the event's size") {
+		t.Errorf("parked %q; want the mismatch", reasons)
+	}
+}
