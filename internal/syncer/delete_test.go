@@ -278,3 +278,14 @@ func TestWholeMismatchParks(t *testing.T) {
 		t.Error("a negative mismatch count was believed")
 	}
 }
+
+// A dry run publishes nothing: an unconfirmed delete is neither re-queued
+// (the original stays, unacked) nor acted on.
+func TestDryRunDeferPublishesNothing(t *testing.T) {
+	s, st, pub := testSyncer(Config{DryRun: true, Glance: &fakeGlance{err: errors.New("HTTP 503")}})
+	j, a := deleteJob("node1", "deleted", nil)
+	s.delete(context.Background(), s.log, j)
+	if len(pub.msgs) != 0 || len(st.deleted) != 0 || a.acks != 0 {
+		t.Errorf("dry run: published %d, deleted %v, acked %d; want nothing", len(pub.msgs), st.deleted, a.acks)
+	}
+}

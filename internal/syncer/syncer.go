@@ -480,6 +480,11 @@ func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, i
 func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
 	attempts := s.attempts(j.m) + 1
 	id := imageID(j.ev)
+	if s.cfg.DryRun {
+		// Nothing is acked in a dry run: a re-queued copy would be a duplicate.
+		s.log.Info("would leave for the next run", "image", id, "attempt", attempts, "err", cause)
+		return false
+	}
 	m := j.m
 	if n := wholeMismatches(cause); n > 0 {
 		total := clampCount(m.IntHeader(MismatchesHeader), s.cfg.MaxAttempts) + n
