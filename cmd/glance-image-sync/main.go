@@ -58,7 +58,9 @@ Commands:
   sync-images              Drain this node's queue: fetch each image that became
                            active elsewhere over SSH/SFTP (as rsync_user, host keys
                            checked), verify size and MD5, place it in the datadir;
-                           remove deleted images.
+                           remove deleted images, only on a delete from a node of
+                           api_nodes (or image.localhost), confirmed with Glance
+                           when glance_url or os_cloud is set.
   both                     duplicate-notifications, then sync-images. This is what
                            cron runs on every node: */5 * * * * glance-image-sync both
   requeue-failed           Move this node's parked messages back to its queue, after
@@ -357,6 +359,16 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 	for _, n := range r.cfg.Nodes {
 		nodes = append(nodes, n.Short)
 	}
+	api, key, err := configuredGlance(ctx, r.cfg)
+	if err != nil {
+		r.log.Error("sync-images failed: the Images API that confirms deletes cannot be used", "key", key, "err", err)
+		return exitFailed
+	}
+	var glance syncer.ImageStatuser // stays nil, not a nil *Client, without one
+	if api != nil {
+		glance = api
+		r.log.Debug("deletes are confirmed with glance", "endpoint", api.Base)
+	}
 	s := syncer.New(syncer.Config{
 		Self:      r.cfg.Self.Short,
 		Peers:     peers,
@@ -383,6 +395,7 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 		Strategy:     r.cfg.SourceStrategy,
 		Nodes:        nodes,
 		StallTimeout: r.cfg.StallTimeout,
+		Glance:       glance,
 	}, conn, st, r.log)
 	res, err := s.Run(ctx)
 	r.syncRes = res

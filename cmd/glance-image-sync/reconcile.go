@@ -19,8 +19,9 @@ import (
 
 const usageReconcile = `  reconcile [--endpoint URL] [--prune [--force]] [--dry-run]
                            Compare the datadir with the images Glance lists (Images
-                           API v2; clouds.yaml/OS_CLOUD or OS_* credentials, or
-                           --endpoint without auth): fetch active images missing
+                           API v2: --endpoint or glance_url without auth, else the
+                           os_cloud or OS_CLOUD cloud of clouds.yaml, else OS_*
+                           credentials): fetch active images missing
                            here or of the wrong size from a peer that has them,
                            verified against checksum and os_hash_value; report
                            files of deleted or unknown images. --prune moves them
@@ -42,7 +43,7 @@ const usageReconcile = `  reconcile [--endpoint URL] [--prune [--force]] [--dry-
 func runReconcile(ctx context.Context, cmd string, args []string, cfg *config.Config, log *slog.Logger, dryRun bool, prog syncer.Progress, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	endpoint := fs.String("endpoint", "", "glance-api `URL` to ask without authentication (no Keystone); default: clouds.yaml/OS_CLOUD, else OS_* variables")
+	endpoint := fs.String("endpoint", "", "glance-api `URL` to ask without authentication (no Keystone); default: glance_url, else os_cloud, else clouds.yaml/OS_CLOUD, else OS_* variables")
 	localDry := fs.Bool("dry-run", false, "report what would be fetched, pruned or verified; change nothing")
 	prune := fs.Bool("prune", false, "reconcile: move orphaned files to trash_dir")
 	force := fs.Bool("force", false, "reconcile --prune: ignore max_delete and max_delete_percent for this run")
@@ -77,12 +78,21 @@ func runReconcile(ctx context.Context, cmd string, args []string, cfg *config.Co
 	if *endpoint != "" {
 		api, err = glanceapi.NewNoAuth(*endpoint)
 		if err != nil {
-			fmt.Fprintf(stderr, "glance-image-sync %s: %v\n", cmd, err)
+			fmt.Fprintf(stderr, "glance-image-sync %s: --endpoint %v\n", cmd, err)
 			return exitUsage
 		}
-	} else if api, err = glanceapi.NewFromEnv(ctx); err != nil {
-		log.Error(cmd+" failed", "err", err)
-		return exitFailed
+	} else {
+		var key string
+		if api, key, err = configuredGlance(ctx, cfg); err != nil {
+			log.Error(cmd+" failed", "key", key, "err", err)
+			return exitFailed
+		}
+		if api == nil {
+			if api, err = glanceapi.NewFromEnv(ctx); err != nil {
+				log.Error(cmd+" failed", "err", err)
+				return exitFailed
+			}
+		}
 	}
 	log.Debug("glance", "endpoint", api.Base)
 
@@ -145,6 +155,21 @@ func runReconcile(ctx context.Context, cmd string, args []string, cfg *config.Co
 		return exitDeferred
 	}
 	return exitOK
+}
+
+// configuredGlance is the Images API the configuration names: glance_url
+// (no Keystone), else the clouds.yaml cloud os_cloud; nil when neither is
+// set. key names the option an error is about.
+func configuredGlance(ctx context.Context, cfg *config.Config) (api *glanceapi.Client, key string, err error) {
+	switch {
+	case cfg.GlanceURL != "":
+		api, err = glanceapi.NewNoAuth(cfg.GlanceURL)
+		return api, "glance_url", err
+	case cfg.OSCloud != "":
+		api, err = glanceapi.NewFromCloud(ctx, cfg.OSCloud)
+		return api, "os_cloud", err
+	}
+	return nil, "", nil
 }
 
 func fetcherConfig(cfg *config.Config, prog syncer.Progress) syncer.Config {

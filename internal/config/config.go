@@ -78,6 +78,9 @@ type Config struct {
 	VerifyRate        float64 // MB/s; 0 = unthrottled
 	VerifyDays        int     // verify skips files verified more recently
 
+	GlanceURL string // Images API endpoint without Keystone; "" = none
+	OSCloud   string // clouds.yaml cloud name; "" = none
+
 	Warnings []string // things an operator should know that do not stop a run
 }
 
@@ -278,6 +281,8 @@ func (c *Config) loadSync(f *ini.File) (topic string, err error) {
 	c.MaxDeletePercent = vals["max_delete_percent"].(float64)
 	c.VerifyRate = vals["verify_rate"].(float64)
 	c.VerifyDays = vals["verify_days"].(int)
+	c.GlanceURL = vals["glance_url"].(string)
+	c.OSCloud = vals["os_cloud"].(string)
 	topic = vals["notification_topic"].(string)
 
 	if strings.ContainsFunc(c.User, isSpace) {

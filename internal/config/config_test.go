@@ -600,7 +600,7 @@ func TestOptions(t *testing.T) {
 	spec := []string{"api_nodes", "rsync_user", "hostname", "ssh_key", "known_hosts", "ssh_port",
 		"ssh_ciphers", "host_key_checking", "lock_file", "log_file", "metrics_file", "notification_topic",
 		"forward_routing_key", "transfers", "max_attempts", "deadline", "ssh_timeout", "bwlimit", "source_strategy", "stall_timeout",
-		"pending_delete", "trash_dir", "trash_days", "max_delete", "max_delete_percent", "verify_rate", "verify_days"}
+		"pending_delete", "glance_url", "os_cloud", "trash_dir", "trash_days", "max_delete", "max_delete_percent", "verify_rate", "verify_days"}
 	opts := Options()
 	var keys []string
 	for _, o := range opts {

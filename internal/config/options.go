@@ -141,6 +141,19 @@ var options = []Option{
 			"it; Glance serves a pending_delete image no more, and glance-scrubber removes " +
 			"only the file on the host it runs on, so the other copies would stay for ever. " +
 			"keep: every copy stays until reconcile --prune moves it to trash_dir."},
+	{Section: SectionDefault, Key: "glance_url", Type: TypeString,
+		Help: "Images API endpoint asked without Keystone (a deployment without auth), " +
+			"e.g. http://127.0.0.1:9292. When this or os_cloud is set, sync-images confirms " +
+			"every delete event with Glance before removing anything: an image Glance " +
+			"still lists as active (or any status but deleted, killed or pending_delete) is " +
+			"parked, and a delete Glance cannot be asked about waits for a later run. " +
+			"reconcile and verify use it when --endpoint is not given. Default: none."},
+	{Section: SectionDefault, Key: "os_cloud", Type: TypeString,
+		Help: "Cloud name in clouds.yaml (as OS_CLOUD) whose credentials and catalog " +
+			"reach the Images API, for the same delete confirmation, and for reconcile " +
+			"and verify when --endpoint and glance_url are not given. glance_url, if set, " +
+			"is used instead. Give credentials that see every project's images (an admin): " +
+			"others see a 404 for most images. Default: none."},
 	{Section: SectionDefault, Key: "trash_dir", Type: TypePath,
 		Help: "Where removed image files go: deleted images (sync-images) and orphans " +
 			"(reconcile --prune); `restore ID` brings one back. It must be on the " +

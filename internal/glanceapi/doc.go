@@ -1,5 +1,6 @@
 // Package glanceapi reads the image records Glance keeps, through the Images
-// API v2: the whole list, or one image. It is the other source of truth beside
+// API v2: the whole list, or one image (its status confirms a delete event
+// before sync-images removes anything). It is the other source of truth beside
 // the notifications: an image uploaded before the tool was installed, or whose
 // events were lost (oslo.messaging notifications are at-most-once), is still
 // in this list.

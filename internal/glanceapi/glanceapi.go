@@ -50,7 +50,7 @@ const requestTimeout = 2 * time.Minute
 func NewNoAuth(endpoint string) (*Client, error) {
 	u, err := url.Parse(endpoint)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("--endpoint %q: want an http:// or https:// URL of glance-api", endpoint)
+		return nil, fmt.Errorf("%q: want an http:// or https:// URL of glance-api", endpoint)
 	}
 	base := gophercloud.NormalizeURL(strings.TrimSuffix(strings.TrimRight(endpoint, "/"), "/v2"))
 	pc := &gophercloud.ProviderClient{HTTPClient: http.Client{Timeout: requestTimeout}}
@@ -68,39 +68,44 @@ func NewNoAuth(endpoint string) (*Client, error) {
 // The image endpoint comes from the Keystone catalog (OS_REGION_NAME,
 // OS_INTERFACE).
 func NewFromEnv(ctx context.Context) (*Client, error) {
-	var (
-		ao gophercloud.AuthOptions
-		eo gophercloud.EndpointOpts
-		pc *gophercloud.ProviderClient
-	)
-	if os.Getenv("OS_CLOUD") != "" {
-		a, e, tlsConf, err := clouds.Parse()
-		if err != nil {
-			return nil, fmt.Errorf("clouds.yaml (OS_CLOUD=%s): %w", os.Getenv("OS_CLOUD"), err)
-		}
-		ao, eo = a, e
-		ao.AllowReauth = true
-		pc, err = osconfig.NewProviderClient(ctx, ao, osconfig.WithTLSConfig(tlsConf), osconfig.WithHTTPClient(http.Client{Timeout: requestTimeout}))
-		if err != nil {
-			return nil, fmt.Errorf("keystone %s (cloud %s): %w", ao.IdentityEndpoint, os.Getenv("OS_CLOUD"), err)
-		}
-	} else {
-		a, err := openstack.AuthOptionsFromEnv()
-		if err != nil {
-			return nil, fmt.Errorf("no Glance to ask: give --endpoint URL, or set OS_CLOUD (clouds.yaml) or OS_AUTH_URL and the other OS_* variables: %w", err)
-		}
-		ao = a
-		// A cron job runs for hours; let gophercloud log in again when the token expires.
-		ao.AllowReauth = true
-		eo = gophercloud.EndpointOpts{Region: os.Getenv("OS_REGION_NAME"), Availability: gophercloud.Availability(os.Getenv("OS_INTERFACE"))}
-		pc, err = osconfig.NewProviderClient(ctx, ao, osconfig.WithHTTPClient(http.Client{Timeout: requestTimeout}))
-		if err != nil {
-			return nil, fmt.Errorf("keystone %s: %w", ao.IdentityEndpoint, err)
-		}
+	if cloud := os.Getenv("OS_CLOUD"); cloud != "" {
+		return NewFromCloud(ctx, cloud)
+	}
+	ao, err := openstack.AuthOptionsFromEnv()
+	if err != nil {
+		return nil, fmt.Errorf("no Glance to ask: give --endpoint URL, or set OS_CLOUD (clouds.yaml) or OS_AUTH_URL and the other OS_* variables: %w", err)
+	}
+	// A cron job runs for hours; let gophercloud log in again when the token expires.
+	ao.AllowReauth = true
+	eo := gophercloud.EndpointOpts{Region: os.Getenv("OS_REGION_NAME"), Availability: gophercloud.Availability(os.Getenv("OS_INTERFACE"))}
+	pc, err := osconfig.NewProviderClient(ctx, ao, osconfig.WithHTTPClient(http.Client{Timeout: requestTimeout}))
+	if err != nil {
+		return nil, fmt.Errorf("keystone %s: %w", ao.IdentityEndpoint, err)
 	}
 	sc, err := openstack.NewImageV2(pc, eo)
 	if err != nil {
 		return nil, fmt.Errorf("image endpoint from the keystone catalog: %w", err)
+	}
+	return &Client{sc: sc, Base: sc.Endpoint}, nil
+}
+
+// NewFromCloud authenticates as the cloud named cloud in clouds.yaml
+// (OS_CLIENT_CONFIG_FILE, ./, ~/.config/openstack/, /etc/openstack/), as
+// OS_CLOUD=cloud would; the image endpoint comes from the Keystone catalog.
+func NewFromCloud(ctx context.Context, cloud string) (*Client, error) {
+	ao, eo, tlsConf, err := clouds.Parse(clouds.WithCloudName(cloud))
+	if err != nil {
+		return nil, fmt.Errorf("clouds.yaml (cloud %s): %w", cloud, err)
+	}
+	// A cron job runs for hours; let gophercloud log in again when the token expires.
+	ao.AllowReauth = true
+	pc, err := osconfig.NewProviderClient(ctx, ao, osconfig.WithTLSConfig(tlsConf), osconfig.WithHTTPClient(http.Client{Timeout: requestTimeout}))
+	if err != nil {
+		return nil, fmt.Errorf("keystone %s (cloud %s): %w", ao.IdentityEndpoint, cloud, err)
+	}
+	sc, err := openstack.NewImageV2(pc, eo)
+	if err != nil {
+		return nil, fmt.Errorf("image endpoint from the keystone catalog (cloud %s): %w", cloud, err)
 	}
 	return &Client{sc: sc, Base: sc.Endpoint}, nil
 }
@@ -161,6 +166,27 @@ func (c *Client) Get(ctx context.Context, id string) (Image, error) {
 		return Image{}, fmt.Errorf("glance %s: image %s: %w", c.Base, id, err)
 	}
 	return convert(*gi)
+}
+
+// statusTimeout bounds one ImageStatus: a delete waits on it, and an answer
+// that does not come is a delete left for a later run.
+var statusTimeout = 30 * time.Second
+
+// ImageStatus is Glance's status of image id (GET /v2/images/{id}), or found
+// false when Glance answers 404: deleted, never existed, or not visible to
+// these credentials. Any other failure, a 5xx or no answer within
+// statusTimeout included, is an error: Glance could not be asked.
+func (c *Client) ImageStatus(ctx context.Context, id string) (status string, found bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
+	img, err := c.Get(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return "", false, nil
+	case err != nil:
+		return "", false, err
+	}
+	return img.Status, true, nil
 }
 
 func convert(gi images.Image) (Image, error) {

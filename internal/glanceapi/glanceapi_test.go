@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // glanceLike answers GET /v2/images as Glance does: pages linked by "next",
@@ -85,5 +87,72 @@ func TestNoAuthRejectsBadURL(t *testing.T) {
 		if _, err := NewNoAuth(u); err == nil {
 			t.Errorf("NewNoAuth(%q) accepted", u)
 		}
+	}
+}
+
+// ImageStatus tells a 404 (gone) from an answer and from no answer: only the
+// first two may let a delete go on.
+func TestImageStatus(t *testing.T) {
+	const id = "8ab5b1b2-0000-4000-8000-000000000001"
+	code, status := 0, ""
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v2/images/"+id {
+			http.NotFound(w, r)
+			return
+		}
+		if code == -1 { // no answer
+			<-r.Context().Done()
+			return
+		}
+		if code != http.StatusOK {
+			http.Error(w, "no", code)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"id": %q, "status": %q, "size": 4, "checksum": null}`, id, status)
+	}))
+	defer srv.Close()
+	c, err := NewNoAuth(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func(d time.Duration) { statusTimeout = d }(statusTimeout)
+	statusTimeout = 200 * time.Millisecond
+	tests := []struct {
+		code          int
+		status        string
+		want          string
+		found, failed bool
+	}{
+		{200, "active", "active", true, false},
+		{200, "pending_delete", "pending_delete", true, false},
+		{404, "", "", false, false},
+		{500, "", "", false, true},
+		{503, "", "", false, true},
+		{403, "", "", false, true},
+		{-1, "", "", false, true},
+	}
+	for _, tt := range tests {
+		code, status = tt.code, tt.status
+		start := time.Now()
+		got, found, err := c.ImageStatus(context.Background(), id)
+		if got != tt.want || found != tt.found || (err != nil) != tt.failed {
+			t.Errorf("HTTP %d %q: ImageStatus = %q, %v, %v; want %q, %v, error %v", tt.code, tt.status, got, found, err, tt.want, tt.found, tt.failed)
+		}
+		if el := time.Since(start); el > 5*time.Second {
+			t.Errorf("HTTP %d: took %v, not bounded by the status timeout", tt.code, el)
+		}
+	}
+}
+
+func TestNewFromCloudUnknownCloud(t *testing.T) {
+	f := t.TempDir() + "/clouds.yaml"
+	if err := os.WriteFile(f, []byte("clouds:\n  other:\n    auth:\n      auth_url: http://127.0.0.1:1/v3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("OS_CLIENT_CONFIG_FILE", f)
+	_, err := NewFromCloud(context.Background(), "mycloud")
+	if err == nil || !strings.Contains(err.Error(), "mycloud") {
+		t.Errorf("NewFromCloud(mycloud) = %v; want an error naming the cloud", err)
 	}
 }

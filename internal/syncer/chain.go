@@ -34,8 +34,8 @@ const DefaultStallTimeout = 30 * time.Second
 // first, ending with the publisher; down is the nodes after it. ok is false
 // when the publisher is not another node of nodes (then there is no chain).
 func Chain(publisher, self string, nodes []string) (up, down []string, ok bool) {
-	pub := ShortName(publisher)
-	i, k := slices.Index(nodes, pub), slices.Index(nodes, self)
+	i := slices.IndexFunc(nodes, func(n string) bool { return sameNode(n, publisher) })
+	k := slices.IndexFunc(nodes, func(n string) bool { return sameNode(n, self) })
 	if i < 0 || k < 0 || i == k {
 		return nil, nil, false
 	}
@@ -78,14 +78,16 @@ func (k kind) String() string { return [...]string{"none", "file", "partial"}[k]
 
 type source struct {
 	name string
-	c    *transfer.Client
+	c    peerConn
 	kind kind
 }
 
 // fetchChain fetches img into one local partial, from a source chosen along
 // the chain; when a source fails or its partial stops growing, it resumes from
-// another that has the image complete. The local partial exists (empty) before
-// any source is chosen, so the next node down can start following it at once.
+// another that has the image complete. The local partial is begun (its disk
+// reserved) only once a source is chosen: a complete file whose size a peer
+// confirmed, or a partial, which its node begins only on the same condition.
+// The size in a message alone never reserves disk.
 func (s *Syncer) fetchChain(ctx context.Context, log *slog.Logger, img *notification.Image, up, down []string, lim *limiter) error {
 	final, err := s.store.Path(img.ID)
 	if err != nil {
@@ -95,11 +97,12 @@ func (s *Syncer) fetchChain(ctx context.Context, log *slog.Logger, img *notifica
 	if err != nil {
 		return err
 	}
-	p, err := s.begin(ctx, img)
-	if err != nil {
-		return err
-	}
-	defer func() { p.Close() }()
+	var p *store.Partial
+	defer func() {
+		if p != nil {
+			p.Close()
+		}
+	}()
 	c := &chooser{s: s, log: log, img: img, final: final, part: part, up: up, down: down,
 		tried: map[string]bool{}, gone: map[string]int{}}
 	var errs []error
@@ -107,6 +110,11 @@ func (s *Syncer) fetchChain(ctx context.Context, log *slog.Logger, img *notifica
 		src, err := c.pick(ctx)
 		if err != nil {
 			return errors.Join(append(errs, err)...)
+		}
+		if p == nil {
+			if p, err = s.begin(ctx, img); err != nil {
+				return errors.Join(append(errs, err)...)
+			}
 		}
 		offset := p.Offset()
 		start := time.Now()
@@ -141,13 +149,12 @@ func (s *Syncer) fetchChain(ctx context.Context, log *slog.Logger, img *notifica
 			if !errors.Is(err, store.ErrMismatch) {
 				return err
 			}
+			if src.kind == complete {
+				err = asWholeMismatch(err, src.name, offset)
+			}
 			// Commit threw the wrong bytes away; start over from another source.
 			c.tried[src.name] = true
-			np, berr := s.begin(ctx, img)
-			if berr != nil {
-				return errors.Join(append(errs, err, berr)...)
-			}
-			p = np
+			p = nil
 		} else {
 			if ctx.Err() != nil {
 				return err
@@ -160,10 +167,10 @@ func (s *Syncer) fetchChain(ctx context.Context, log *slog.Logger, img *notifica
 				c.tried[src.name] = true // the connection is fine, only the copy is not
 			default:
 				c.tried[src.name] = true
-				s.peers.drop(src.c)
+				s.peers.failedOn(ctx, src.c, err)
 			}
 		}
-		log.Warn("source failed; trying another", "peer", src.name, "from", src.kind.String(), "bytes", n, "at", p.Offset(), "err", err)
+		log.Warn("source failed; trying another", "peer", src.name, "from", src.kind.String(), "bytes", n, "err", err)
 		errs = append(errs, err)
 		// A source gone wrong may have taken the nodes after it down too:
 		// only complete copies from here on, so no one waits on a partial
@@ -231,7 +238,7 @@ func (c *chooser) pick(ctx context.Context) (*source, error) {
 			}
 		}
 		if err != nil {
-			c.s.peers.checkHealth(cl, err)
+			c.s.peers.failedOn(ctx, cl, err)
 			errs = append(errs, err)
 			return nil
 		}
@@ -265,7 +272,7 @@ func (c *chooser) pick(ctx context.Context) (*source, error) {
 const startGrace = 5 * time.Second
 
 // look asks a peer what it has of the image.
-func (c *chooser) look(ctx context.Context, cl *transfer.Client) (kind, error) {
+func (c *chooser) look(ctx context.Context, cl peerConn) (kind, error) {
 	size, err := cl.Stat(ctx, c.final)
 	switch {
 	case err == nil && size == c.img.Size:

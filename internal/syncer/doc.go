@@ -3,8 +3,11 @@
 // already here and verified: with the chain strategy from the node before this
 // one in api_nodes order counted from the publisher, even while that node is
 // still fetching it, else from a complete copy; with the publisher strategy
-// from the publisher, then the other peers. A deleted image is removed. A
-// message is acked only after its
+// from the publisher, then the other peers. A deleted image is removed only
+// on a delete from a node of api_nodes (or oslo's default image.localhost)
+// whose payload agrees with itself, once the Images API, when one is
+// configured, confirms it is gone; the removal is the store's, which keeps
+// it reversible. A message is acked only after its
 // work is done; one that failed for a reason that may pass is re-queued with an
 // attempt counted, and one that can never succeed is parked with the reason.
 //

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 )
 
@@ -78,22 +77,24 @@ var ErrTombstoned = errors.New("deleted here earlier (tombstone)")
 // Close ends the SSH connections.
 func (f *Fetcher) Close() { f.s.peers.close() }
 
-// keepPending says why the file of a delete event stays here, or "" when it
-// goes. With delayed_delete, Glance answers DELETE with status pending_delete
-// and leaves the data at its location for glance-scrubber, which removes the
-// file on the host it runs on, and which --restore can bring back. The node
-// that handled the DELETE (named by publisher_id) leaves its copy to Glance
-// as Glance itself would; the other nodes remove theirs unless
-// pending_delete = keep.
-func keepPending(ev *notification.Event, self string, keep bool) string {
-	if ev.Image == nil || ev.Image.Status != "pending_delete" {
-		return ""
+// keepPending says why the file of a delete stays here, or "" when it goes,
+// and whether the copy is glance-scrubber's. status is the image's status as
+// the Images API gives it, else as the event does. With delayed_delete,
+// Glance answers DELETE with status pending_delete and leaves the data at its
+// location for glance-scrubber, which removes the file on the host it runs
+// on, and which --restore can bring back. The node that handled the DELETE
+// (named by publisher) leaves its copy to Glance as Glance itself would; the
+// other nodes remove theirs unless pending_delete = keep.
+func keepPending(status, publisher, self string, keep bool) (why string, scrubber bool) {
+	if status != "pending_delete" {
+		return "", false
 	}
-	if keep {
-		return "pending_delete (delayed_delete) and pending_delete = keep"
+	scrubber = sameNode(publisher, self)
+	switch {
+	case keep:
+		return "pending_delete (delayed_delete) and pending_delete = keep", scrubber
+	case scrubber:
+		return "pending_delete (delayed_delete) on the node that handled the DELETE: left to glance-scrubber", true
 	}
-	if ShortName(ev.Publisher) == self {
-		return "pending_delete (delayed_delete) on the node that handled the DELETE: left to glance-scrubber"
-	}
-	return ""
+	return "", false
 }

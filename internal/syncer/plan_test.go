@@ -36,7 +36,7 @@ func TestPlanRealGlance(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", file, err)
 		}
-		if got, why := Plan(ev); got != action {
+		if got, why := Plan(ev, []string{"node1", "node2", "node3"}); got != action {
 			t.Errorf("%s: Plan = %v (%s), want %v", file, got, why, action)
 		}
 	}
@@ -58,13 +58,13 @@ func TestPlanRules(t *testing.T) {
 		{"update active without size", notification.Event{EventType: "image.update", Image: img("active", sum, -1)}, Ignore},
 		{"update saving", notification.Event{EventType: "image.update", Image: img("saving", "", -1)}, Ignore},
 		{"activate", notification.Event{EventType: "image.activate", Image: img("active", sum, 0)}, Fetch},
-		{"delete pending_delete", notification.Event{EventType: "image.delete", Image: img("pending_delete", sum, 5)}, Delete},
+		{"delete pending_delete", notification.Event{EventType: "image.delete", Publisher: "node1", Image: img("pending_delete", sum, 5)}, Delete},
 		{"update without payload object", notification.Event{EventType: "image.update"}, Park},
 		{"member event", notification.Event{EventType: "image.member.create"}, Ignore},
 		{"not an image", notification.Event{EventType: "compute.instance.create.end"}, Ignore},
 	}
 	for _, tt := range tests {
-		if got, why := Plan(&tt.ev); got != tt.want {
+		if got, why := Plan(&tt.ev, []string{"node1", "node2"}); got != tt.want {
 			t.Errorf("%s: Plan = %v (%s), want %v", tt.name, got, why, tt.want)
 		}
 	}
@@ -110,7 +110,7 @@ func TestKeepPending(t *testing.T) {
 		{ev("pending_delete", "node1"), true, true},
 	}
 	for _, tt := range tests {
-		if why := keepPending(tt.ev, "node2", tt.keep); (why != "") != tt.kept {
+		if why, _ := keepPending(tt.ev.Image.Status, tt.ev.Publisher, "node2", tt.keep); (why != "") != tt.kept {
 			t.Errorf("%s from %s, keep=%v: %q, want kept=%v", tt.ev.Image.Status, tt.ev.Publisher, tt.keep, why, tt.kept)
 		}
 	}

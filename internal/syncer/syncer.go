@@ -20,7 +20,43 @@ const (
 	AttemptsHeader = "x-glance-image-sync-attempts"
 	ReasonHeader   = "x-glance-image-sync-reason"
 	NodeHeader     = "x-glance-image-sync-node"
+	// MismatchesHeader counts whole copies read from a peer's complete
+	// file that did not match the event's checksum, over runs.
+	MismatchesHeader = "x-glance-image-sync-mismatches"
 )
+
+// ImageStatuser asks the Images API about one image: its status, or found
+// false when Glance answers 404. An error means Glance could not be asked.
+type ImageStatuser interface {
+	ImageStatus(ctx context.Context, id string) (status string, found bool, err error)
+}
+
+// imageStore is what a run needs of the datadir; *store.Store is one.
+type imageStore interface {
+	Deleted(id string) (bool, error)
+	// Delete moves the image's file out of the datadir (reversibly) and
+	// leaves a tombstone; md5hex is the event's checksum, recorded with it.
+	Delete(id, md5hex string) (removed bool, err error)
+	// KeepForScrubber marks this node's copy of a pending_delete image as
+	// glance-scrubber's, so nothing of ours removes it.
+	KeepForScrubber(id string) error
+	Size(id string) (size int64, regular bool, err error)
+	Check(ctx context.Context, id string, size int64, md5hex string) (store.State, error)
+	Path(id string) (string, error)
+	PartialPath(id, md5hex string) (string, error)
+	Begin(ctx context.Context, id string, size int64, md5hex string) (*store.Partial, error)
+	BeginMultihash(ctx context.Context, id string, size int64, md5hex string, mh store.Multihash) (*store.Partial, error)
+}
+
+var _ imageStore = (*store.Store)(nil)
+
+// acker is a received message, as far as settling it goes.
+type acker interface{ Ack() error }
+
+// publisher puts a message on a queue, confirmed.
+type publisher interface {
+	Publish(ctx context.Context, queue string, m broker.Message) error
+}
 
 // Config is what a sync-images run needs, as plain values.
 type Config struct {
@@ -48,6 +84,8 @@ type Config struct {
 	// Progress, if set, is told about each transfer's bytes as they are
 	// written (never by wrapping the SFTP reader, which would stop pipelining).
 	Progress Progress
+	// Glance, if set, confirms every delete before anything is removed.
+	Glance ImageStatuser
 }
 
 // Progress follows transfers, e.g. to draw a progress line on a terminal.
@@ -77,10 +115,10 @@ type Outcome struct{ Event, Result string }
 type Syncer struct {
 	cfg   Config
 	conn  *broker.Conn
-	store *store.Store
+	store imageStore
 	log   *slog.Logger
 
-	pub   *broker.Publisher
+	pub   publisher
 	peers *peerPool
 
 	mu  sync.Mutex
@@ -92,6 +130,10 @@ type Syncer struct {
 
 // New prepares a run; nothing is contacted until Run.
 func New(cfg Config, conn *broker.Conn, st *store.Store, log *slog.Logger) *Syncer {
+	return newSyncer(cfg, conn, st, log)
+}
+
+func newSyncer(cfg Config, conn *broker.Conn, st imageStore, log *slog.Logger) *Syncer {
 	if cfg.Transfers < 1 {
 		cfg.Transfers = 1
 	}
@@ -107,9 +149,18 @@ func New(cfg Config, conn *broker.Conn, st *store.Store, log *slog.Logger) *Sync
 	return &Syncer{cfg: cfg, conn: conn, store: st, log: log}
 }
 
+// nodes is api_nodes by short name, this node included.
+func (s *Syncer) nodes() []string {
+	if len(s.cfg.Nodes) > 0 {
+		return s.cfg.Nodes
+	}
+	return append([]string{s.cfg.Self}, s.cfg.PeerOrder...)
+}
+
 // job is one message for one image; jobs of an image run in queue order.
 type job struct {
-	d      *broker.Delivery
+	d      acker
+	m      broker.Message
 	ev     *notification.Event
 	action Action
 }
@@ -138,10 +189,12 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	// Closing the receiver returns every message not acked to the queue, in its
 	// place: that is how a run interrupted by its deadline leaves work for the next.
 	defer recv.Close()
-	if s.pub, err = s.conn.Publisher(); err != nil {
+	pub, err := s.conn.Publisher()
+	if err != nil {
 		return Result{}, err
 	}
-	defer s.pub.Close()
+	defer pub.Close()
+	s.pub = pub
 	s.peers = newPeerPool(s.cfg.Auth, s.log)
 	defer s.peers.close()
 	var lim *limiter
@@ -163,10 +216,10 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 		}
 		ev, err := notification.Decode(d.Body)
 		if err != nil {
-			s.park(ctx, d, "", "", "undecodable", err.Error())
+			s.park(ctx, d, d.Message, "", "", "undecodable", err.Error())
 			continue
 		}
-		action, why := Plan(ev)
+		action, why, cause := plan(ev, s.nodes())
 		switch action {
 		case Ignore:
 			s.log.Debug("ignored", "event", ev.EventType, "image", imageID(ev), "reason", why)
@@ -174,7 +227,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 			s.tally(ev.EventType, "ignored", "")
 			continue
 		case Park:
-			s.park(ctx, d, ev.EventType, imageID(ev), "invalid_event", why)
+			s.park(ctx, d, d.Message, ev.EventType, imageID(ev), cause, why)
 			continue
 		}
 		id := ev.Image.ID
@@ -188,7 +241,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 				s.runLane(ctx, lane, sem, lim)
 			}()
 		}
-		lane <- job{d: d, ev: ev, action: action}
+		lane <- job{d: d, m: d.Message, ev: ev, action: action}
 	}
 	for _, l := range lanes {
 		close(l)
@@ -203,9 +256,11 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 }
 
 // runLane handles one image's jobs in order. After a fetch of the image has
-// been re-queued, later fetch events of it in this run are covered by that copy.
+// been re-queued, later fetch events of it in this run are covered by that
+// copy, but only those that announce the same data: a bad event re-queued
+// must not swallow a genuine one.
 func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}, lim *limiter) {
-	requeued := false
+	var requeued *notification.Image // the event of the re-queued fetch, if any
 	for j := range lane {
 		if ctx.Err() != nil || s.broken() != nil {
 			continue // left unacked: back to the queue when the run ends
@@ -214,27 +269,69 @@ func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}
 		log := s.log.With("image", id, "event", j.ev.EventType)
 		switch j.action {
 		case Delete:
-			requeued = false
-			s.delete(log, j)
+			requeued = nil
+			s.delete(ctx, log, j)
 		case Fetch:
-			if requeued {
+			if covers(requeued, j.ev.Image) {
 				log.Info("skipped", "reason", "a re-queued copy of an earlier event covers it")
 				s.tally(j.ev.EventType, "skipped", "")
 				s.ack(j.d)
 				continue
 			}
 			sem <- struct{}{}
-			requeued = s.fetch(ctx, log, j, lim)
+			if s.fetch(ctx, log, j, lim) {
+				requeued = j.ev.Image
+			}
 			<-sem
 		}
 	}
 }
 
-func (s *Syncer) delete(log *slog.Logger, j job) {
-	if why := keepPending(j.ev, s.cfg.Self, s.cfg.KeepPendingDelete); why != "" {
+// covers says whether a re-queued fetch of prev does the work of next.
+func covers(prev, next *notification.Image) bool {
+	return prev != nil && prev.Size == next.Size && prev.Checksum == next.Checksum
+}
+
+// delete removes the image here once the Images API, when there is one,
+// agrees that it is gone. Plan has already checked who sent the event.
+func (s *Syncer) delete(ctx context.Context, log *slog.Logger, j job) {
+	img := j.ev.Image
+	status := img.Status
+	if s.cfg.Glance != nil {
+		st, found, err := s.cfg.Glance.ImageStatus(ctx, img.ID)
+		if err != nil {
+			// Never delete blind: the message waits for a run that can ask.
+			if ctx.Err() != nil {
+				s.tally(j.ev.EventType, "deferred", "")
+				return
+			}
+			s.retry(ctx, j, fmt.Errorf("image %s: confirming the delete with the Images API: %w", img.ID, err))
+			return
+		}
+		switch {
+		case !found, st == "deleted", st == "killed":
+		case st == "pending_delete":
+			status = st
+		default:
+			s.park(ctx, j.d, j.m, j.ev.EventType, img.ID, "glance_disagrees", "Glance still lists the image as "+orNone(st))
+			return
+		}
+		log.Debug("delete confirmed", "glance_status", orNone(st), "found", found)
+	}
+	if why, scrubber := keepPending(status, j.ev.Publisher, s.cfg.Self, s.cfg.KeepPendingDelete); why != "" {
 		// No tombstone either: glance-scrubber --restore may bring the
 		// image back, and reconcile --prune trashes a copy once Glance
 		// has forgotten the image.
+		if s.cfg.DryRun {
+			log.Info("would keep", "reason", why)
+			return
+		}
+		if scrubber {
+			if err := s.store.KeepForScrubber(img.ID); err != nil {
+				s.retry(ctx, j, err)
+				return
+			}
+		}
 		log.Info("skipped", "reason", why)
 		s.tally(j.ev.EventType, "skipped", "")
 		s.ack(j.d)
@@ -244,7 +341,7 @@ func (s *Syncer) delete(log *slog.Logger, j job) {
 		log.Info("would delete")
 		return
 	}
-	removed, err := s.store.Delete(j.ev.Image.ID, j.ev.Image.Checksum)
+	removed, err := s.store.Delete(img.ID, img.Checksum)
 	if err != nil {
 		log.Error("delete failed", "err", err)
 		s.retry(context.Background(), j, err)
@@ -273,7 +370,7 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 	}
 	order, fromSelf, ok := Sources(j.ev.Publisher, s.cfg.Self, s.cfg.PeerOrder)
 	if !ok {
-		s.park(ctx, j.d, j.ev.EventType, img.ID, "unknown_publisher", fmt.Sprintf("publisher %q is not one of api_nodes", j.ev.PublisherID))
+		s.park(ctx, j.d, j.m, j.ev.EventType, img.ID, "unknown_publisher", fmt.Sprintf("publisher %q is not one of api_nodes", j.ev.PublisherID))
 		return false
 	}
 	if fromSelf {
@@ -334,7 +431,7 @@ func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, i
 	}
 	size, err := c.Stat(ctx, remote)
 	if err != nil {
-		s.peers.checkHealth(c, err)
+		s.peers.failedOn(ctx, c, err)
 		return 0, err
 	}
 	if size != img.Size {
@@ -360,12 +457,13 @@ func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, i
 	if offset < img.Size {
 		n, err = c.Fetch(ctx, remote, offset, w, s.cfg.IdleTimeout)
 		if err != nil {
-			s.peers.drop(c)
+			s.peers.failedOn(ctx, c, err)
 			return 0, err
 		}
 	}
 	if err := p.Commit(); err != nil {
-		return 0, err
+		// Stat said the peer's file has the full size: it is complete.
+		return 0, asWholeMismatch(err, name, offset)
 	}
 	secs := time.Since(start).Seconds()
 	log.Info("fetched", "bytes", n, "resumed_at", offset, "seconds", fmt.Sprintf("%.2f", secs),
@@ -375,15 +473,34 @@ func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, i
 }
 
 // retry re-queues the message with one more attempt counted, or parks it once
-// max_attempts runs have failed. It reports whether the message was re-queued.
+// max_attempts runs have failed, or once whole copies from complete files
+// have failed the event's checksum twice (the event, not the copies, is
+// wrong then, and every further try would read the whole image again). It
+// reports whether the message was re-queued.
 func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
-	attempts := j.d.IntHeader(AttemptsHeader) + 1
+	attempts := s.attempts(j.m) + 1
 	id := imageID(j.ev)
-	if attempts >= s.cfg.MaxAttempts {
-		s.park(ctx, j.d, j.ev.EventType, id, "max_attempts", fmt.Sprintf("failed %d times, last: %v", attempts, cause))
+	if s.cfg.DryRun {
+		// Nothing is acked in a dry run: a re-queued copy would be a duplicate.
+		s.log.Info("would leave for the next run", "image", id, "attempt", attempts, "err", cause)
 		return false
 	}
-	m := j.d.Message.WithHeader(AttemptsHeader, int32(attempts)).WithHeader(ReasonHeader, truncate(cause.Error()))
+	m := j.m
+	if n := wholeMismatches(cause); n > 0 {
+		total := clampCount(m.IntHeader(MismatchesHeader), s.cfg.MaxAttempts) + n
+		if total >= mismatchLimit {
+			s.park(ctx, j.d, j.m, j.ev.EventType, id, "mismatch", fmt.Sprintf(
+				"%d whole copies read from complete files on the peers did not match the event's size %d and checksum %s; last: %v",
+				total, j.ev.Image.Size, j.ev.Image.Checksum, cause))
+			return false
+		}
+		m = m.WithHeader(MismatchesHeader, int32(total))
+	}
+	if attempts >= s.cfg.MaxAttempts {
+		s.park(ctx, j.d, j.m, j.ev.EventType, id, "max_attempts", fmt.Sprintf("failed %d times, last: %v", attempts, cause))
+		return false
+	}
+	m = m.WithHeader(AttemptsHeader, int32(attempts)).WithHeader(ReasonHeader, truncate(cause.Error()))
 	if err := s.pub.Publish(ctx, s.cfg.Queue, m); err != nil {
 		s.fail(err)
 		return false
@@ -394,15 +511,36 @@ func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
 	return true
 }
 
+// attemptsCeiling bounds the attempt count believed from a message: anyone
+// who can publish can set the header, and a count that is negative, absurd
+// or not a whole number would otherwise keep a message from ever being
+// parked, or park it at once.
+const attemptsCeiling = 10000
+
+// attempts is how many runs already failed the message, as far as it can be
+// believed.
+func (s *Syncer) attempts(m broker.Message) int {
+	return clampCount(m.IntHeader(AttemptsHeader), s.cfg.MaxAttempts)
+}
+
+// clampCount takes a count of ours from a header: negative, or beyond both
+// attemptsCeiling and max_attempts, it is 0.
+func clampCount(n, maxAttempts int) int {
+	if n < 0 || n > max(attemptsCeiling, maxAttempts) {
+		return 0
+	}
+	return n
+}
+
 // park moves a message that can never succeed to the parking queue with the
 // reason in a header, so it cannot block the queue and is not lost.
 // event and cause label it for metrics.
-func (s *Syncer) park(ctx context.Context, d *broker.Delivery, event, id, cause, reason string) {
+func (s *Syncer) park(ctx context.Context, d acker, msg broker.Message, event, id, cause, reason string) {
 	if s.cfg.DryRun {
 		s.log.Info("would park", "image", id, "reason", reason)
 		return
 	}
-	m := d.Message.WithHeader(ReasonHeader, truncate(reason)).WithHeader(NodeHeader, s.cfg.Self)
+	m := msg.WithHeader(ReasonHeader, truncate(reason)).WithHeader(NodeHeader, s.cfg.Self)
 	if err := s.pub.Publish(ctx, s.cfg.ParkQueue, m); err != nil {
 		s.fail(err)
 		return
@@ -412,7 +550,7 @@ func (s *Syncer) park(ctx context.Context, d *broker.Delivery, event, id, cause,
 	s.tally(event, "parked", cause)
 }
 
-func (s *Syncer) ack(d *broker.Delivery) {
+func (s *Syncer) ack(d acker) {
 	if s.cfg.DryRun {
 		return
 	}

@@ -1,0 +1,31 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/notification"
+	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
+)
+
+// The chain reserves disk for an image only once a peer has shown it has the
+// image: the size in a message alone reserves nothing.
+func TestChainBeginsOnlyAfterASource(t *testing.T) {
+	s, st, _ := testSyncer(Config{Strategy: StrategyChain, StallTimeout: 100 * time.Millisecond,
+		Peers: map[string]transfer.Peer{"node1": {Name: "node1"}, "node3": {Name: "node3"}}})
+	s.peers = fakePool(&fakeConn{name: "node1"}, &fakeConn{name: "node3"})
+	img := &notification.Image{ID: testID, Status: "active", Checksum: testSum, Size: 1 << 40}
+	up, down := s.chainFor("node1")
+	if up == nil {
+		t.Fatal("no chain")
+	}
+	err := s.fetchChain(context.Background(), s.log, img, up, down, nil)
+	if err == nil || errors.Is(err, errNoBegin) {
+		t.Fatalf("fetchChain = %v; want no source found", err)
+	}
+	if st.begun != 0 {
+		t.Errorf("Begin called %d times with no peer holding the image", st.begun)
+	}
+}
