@@ -180,6 +180,11 @@ func TestRealGlance(t *testing.T) {
 	serves(g1, n1, img2, data2, n2)
 	serves(g2, n2, img2, data2, n2)
 	serves(g3, n3, img2, data2, n2)
+	// A message is not a Glance: forged deletes of an image Glance still
+	// serves cost nothing with the Images API configured, and nothing that
+	// restore cannot bring back without it.
+	forgedDeletes(t, ctx, c, apis, img2, data2)
+
 	for _, n := range c.Nodes {
 		assertClean(t, c, n)
 	}
