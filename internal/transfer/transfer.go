@@ -46,12 +46,12 @@ type Auth struct {
 	KeyFiles   []string // private keys, tried in order
 	Agent      string   // SSH_AUTH_SOCK, or "" for none
 	KnownHosts string
-	AcceptNew  bool     // add unknown hosts to KnownHosts, like OpenSSH's accept-new
+	AcceptNew  bool // add unknown hosts to KnownHosts, like OpenSSH's accept-new
 	// ReadOnly, with AcceptNew, trusts an unknown host for this connection
 	// only and writes nothing (not even an empty KnownHosts): check reports
 	// what a run would add, through Client.NewHostKey, and changes nothing.
 	ReadOnly bool
-	Ciphers    []string // nil: x/crypto's order, AES-GCM first
+	Ciphers  []string // nil: x/crypto's order, AES-GCM first
 	// Timeout bounds the TCP connect plus SSH handshake, and each SFTP request
 	// made outside a transfer (stat, open). 0 means DefaultTimeout. The run's
 	// deadline is no bound for these: it is an hour by default, and a peer whose
