@@ -280,6 +280,9 @@ func (c *checker) checkFiles(cfg *config.Config) {
 		if fi, err := os.Lstat(f.path); err == nil && !fi.Mode().IsRegular() {
 			c.fail(f.key, "%s is a %s, not a regular file: a run refuses to open it (%s in %s)", f.path, fileKind(fi.Mode()), f.key, cfg.SyncFile)
 			continue
+		} else if st, ok := statT(fi); err == nil && ok && st.Nlink > 1 {
+			c.fail(f.key, "%s has %d hard links: a run refuses to open it (%s in %s)", f.path, st.Nlink, f.key, cfg.SyncFile)
+			continue
 		}
 		if err := syscall.Access(dir, wOK); err != nil {
 			c.fail(f.key, "%s: cannot write in %s: %v", f.path, dir, err)

@@ -62,7 +62,7 @@ func openOwnFile(key, path string, flag int, perm os.FileMode) (*os.File, error)
 		f.Close()
 		return nil, fmt.Errorf("%s %s is a %s, not a regular file: refused; remove it", key, path, fileKind(fi.Mode()))
 	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
+	if st, ok := statT(fi); ok && st.Nlink > 1 {
 		f.Close()
 		return nil, fmt.Errorf("%s %s has %d hard links: refused, another name may be a file the tool must not write; remove it", key, path, st.Nlink)
 	}
@@ -84,4 +84,12 @@ func fileKind(m fs.FileMode) string {
 		return "device"
 	}
 	return "special file"
+}
+
+func statT(fi fs.FileInfo) (*syscall.Stat_t, bool) {
+	if fi == nil {
+		return nil, false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return st, ok
 }

@@ -138,6 +138,11 @@ func TestOwnFilesRefuseLinks(t *testing.T) {
 				if b, _ := os.ReadFile(target); string(b) != "keep me\n" {
 					t.Errorf("the %s's target was changed to %q", kind, b)
 				}
+				// check says so before a run trips over it.
+				_, out, _ = runCmd(append(args, "check", "--timeout", "5s")...)
+				if !strings.Contains(out, "FAIL  "+key) || !strings.Contains(out, "a run refuses to open it") {
+					t.Errorf("check does not flag %s as a %s:\n%s", key, kind, out)
+				}
 			})
 		}
 	}
@@ -293,3 +298,22 @@ func serveSFTP(c net.Conn, cfg *ssh.ServerConfig) {
 }
 
 func mkfifo(p string) error { return syscall.Mkfifo(p, 0o600) }
+
+// A misspelt key is a configuration error (exit 2) naming the file, the
+// section, the key and the key meant, for every command; it never runs with
+// the default instead.
+func TestUnknownKeyIsUsageError(t *testing.T) {
+	args, root := setup(t, "rabbit://u:p%40ssw0rd@127.0.0.1:1/", "pending_delet = keep", "")
+	for _, cmd := range [][]string{{"sync-images"}, {"status"}, {"check"}} {
+		code, out, errOut := runCmd(append(args, cmd...)...)
+		msg := out + errOut
+		if code != exitUsage {
+			t.Errorf("%s: exit %d, want %d", cmd[0], code, exitUsage)
+		}
+		for _, want := range []string{filepath.Join(root, "glance-image-sync.conf"), "[DEFAULT] pending_delet", "did you mean pending_delete?"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("%s: the error lacks %q:\n%s", cmd[0], want, msg)
+			}
+		}
+	}
+}

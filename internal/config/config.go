@@ -381,10 +381,11 @@ func (c *Config) loadNodes(f *ini.File, vals map[string]any) error {
 			switch k.Name() {
 			case "address":
 				if a := v.(string); a != "" {
-					if strings.ContainsFunc(a, isSpace) {
-						return &Error{File: file, Section: sname, Key: "address", Msg: fmt.Sprintf("%q: an address has no spaces", a)}
+					a = strings.TrimSuffix(strings.TrimPrefix(a, "["), "]")
+					if problem := checkHost(a); problem != "" {
+						return &Error{File: file, Section: sname, Key: "address", Msg: fmt.Sprintf("%q: %s", a, problem)}
 					}
-					c.Nodes[i].Address = strings.TrimSuffix(strings.TrimPrefix(a, "["), "]")
+					c.Nodes[i].Address = a
 				}
 			case "port":
 				c.Nodes[i].Port = v.(int)

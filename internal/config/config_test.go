@@ -523,6 +523,8 @@ func TestErrors(t *testing.T) {
 		{name: "node section unknown key, with the nearest", sync: syncOK + "[node:node2]\nadress = x\n", section: "node:node2", key: "adress", msg: "did you mean address?"},
 		{name: "ssh_ciphers insecure", sync: syncOK + "ssh_ciphers = aes128-gcm@openssh.com, arcfour256\n", section: "DEFAULT", key: "ssh_ciphers", msg: `cipher "arcfour256" is insecure`},
 		{name: "ssh_ciphers insecure cbc", sync: syncOK + "ssh_ciphers = aes128-cbc\n", section: "DEFAULT", key: "ssh_ciphers", msg: `cipher "aes128-cbc" is insecure`},
+		{name: "node address not a host", sync: syncOK + "[node:node2]\naddress = no de2\n", section: "node:node2", key: "address", msg: "not a host name or IP address"},
+		{name: "node address with escape", sync: syncOK + "[node:node2]\naddress = ho%zzst\n", section: "node:node2", key: "address", msg: "invalid percent-escape"},
 		{name: "node section bad port", sync: syncOK + "[node:node2]\nport = 0\n", section: "node:node2", key: "port", msg: "from 1 to 65535"},
 		{name: "node configured twice", sync: syncOK + "[node:node2]\nport = 22\n[node:node2.example.com]\nport = 23\n", section: "node:node2.example.com", msg: "same node as [node:node2]"},
 		{name: "forward_routing_key loops", sync: syncOK + "forward_routing_key = notifications.info\n", glance: glanceMinimal, section: "DEFAULT", key: "forward_routing_key", msg: "would come straight back"},
