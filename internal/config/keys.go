@@ -85,9 +85,12 @@ func nearestKey(section, key string) string {
 	return best
 }
 
-// nearestSection suggests [node:<name>] for a section that looks like a
-// misspelt node section ([node-a], [Node:a], [node a]).
+// nearestSection suggests [DEFAULT] for [default], and [node:<name>] for a
+// section that looks like a misspelt node section ([node-a], [Node:a]).
 func nearestSection(name string) string {
+	if strings.EqualFold(name, SectionDefault) {
+		return "; did you mean [DEFAULT]? (section names are case-sensitive)"
+	}
 	lower := strings.ToLower(name)
 	if !strings.HasPrefix(lower, "node") || len(name) < 6 {
 		return ""
