@@ -364,9 +364,9 @@ func (c *Config) loadNodes(f *ini.File, vals map[string]any) error {
 		}
 		// checkKeys has refused every other section.
 		name, _ := strings.CutPrefix(sname, "node:")
-		i := slices.IndexFunc(c.Nodes, func(n Node) bool { return sameShort(n.Short, shortName(name)) })
+		i := slices.IndexFunc(c.Nodes, func(n Node) bool { return namesNode(name, n) })
 		if i < 0 {
-			return &Error{File: file, Section: sname, Msg: fmt.Sprintf("%q is not in api_nodes (%s)", name, c.nodeList())}
+			return &Error{File: file, Section: sname, Msg: fmt.Sprintf("%q is not in api_nodes (%s): name a node as listed there, or by its short name", name, c.nodeList())}
 		}
 		if other, dup := seen[strings.ToLower(c.Nodes[i].Short)]; dup {
 			return &Error{File: file, Section: sname, Msg: fmt.Sprintf("configures the same node as [%s]", other)}
@@ -438,6 +438,17 @@ func checkNodeName(name string) string {
 		}
 	}
 	return ""
+}
+
+// namesNode says whether a [node:<name>] section is about n: name is n's
+// api_nodes entry or its short name, or, when api_nodes lists the short
+// name, any FQDN of it. Another domain than the listed one is a typo, not
+// the same node.
+func namesNode(name string, n Node) bool {
+	if strings.EqualFold(name, n.Name) || strings.EqualFold(name, n.Short) {
+		return true
+	}
+	return !strings.Contains(n.Name, ".") && sameShort(shortName(name), n.Short)
 }
 
 // shortName is the text before the first dot, as the original tool compared names.

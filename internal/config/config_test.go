@@ -519,6 +519,7 @@ func TestErrors(t *testing.T) {
 		{name: "unknown key, nothing near", sync: syncOK + "frobnicate = 1\n", section: "DEFAULT", key: "frobnicate", msg: "unknown key (the keys are listed by glance-image-sync --help)"},
 		{name: "key of ours in the wrong case", sync: syncOK + "Transfers = 4\n", section: "DEFAULT", key: "Transfers", msg: "did you mean transfers?"},
 		{name: "unknown section", sync: syncOK + "[global]\ntransfers = 4\n", section: "global", msg: "unknown section: the sections are [DEFAULT] and [node:<name>]"},
+		{name: "node section in another domain", sync: "[DEFAULT]\napi_nodes = node1.example.com, node2.example.com\n[node:node2.exmaple.com]\nport = 22\n", section: "node:node2.exmaple.com", msg: `"node2.exmaple.com" is not in api_nodes`},
 		{name: "default in lower case", sync: syncOK + "[default]\ntransfers = 4\n", section: "default", msg: "did you mean [DEFAULT]?"},
 		{name: "node section misspelt", sync: syncOK + "[node-node2]\nport = 22\n", section: "node-node2", msg: "did you mean [node:node2]?"},
 		{name: "node section unknown key, with the nearest", sync: syncOK + "[node:node2]\nadress = x\n", section: "node:node2", key: "adress", msg: "did you mean address?"},
