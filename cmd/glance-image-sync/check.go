@@ -49,10 +49,13 @@ func (c *checker) summary() {
 	fmt.Fprintf(c.out, "\n%d ok, %d warnings, %d failed: %s\n", c.ok, c.warned, c.failed, verdict)
 }
 
-// runCheck answers "will a run work on this node?" without changing anything:
-// queues and exchanges are only inspected passively, and the only write is a
-// probe file in the datadir, removed at once. Exit 0 when nothing failed, 2
-// when the configuration is invalid, 1 when another check failed.
+// runCheck answers "will a run work on this node?" without changing
+// anything: queues and exchanges are only inspected passively, write access
+// is asked of the kernel (access(2)) rather than tried, known_hosts is only
+// read (with accept-new, a key a run would add is reported), and the lock
+// file, log file, metrics file and the datadir's state folders are looked at,
+// never created. Exit 0 when nothing failed, 2 when the configuration is
+// invalid, 1 when another check failed.
 func runCheck(args []string, syncConf, glanceConf string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -196,13 +199,10 @@ func (c *checker) checkDatadir(cfg *config.Config) {
 		c.fail("datadir", "%s is owned by %s:%s with mode %v: its owner cannot write it, and copies are placed as that owner", dir, owner, group, fi.Mode().Perm())
 		return
 	}
-	probe, err := os.CreateTemp(dir, ".glance-image-sync-check-*")
-	if err != nil {
+	if err := syscall.Access(dir, wOK); err != nil {
 		c.fail("datadir", "%s: this process (uid %d) cannot create files in it: %v; run as root or as the datadir's owner %s", dir, os.Geteuid(), err, owner)
 		return
 	}
-	probe.Close()
-	os.Remove(probe.Name())
 	msg := fmt.Sprintf("%s exists, owner %s:%s (mode %v) can write it; copies are placed as %s", dir, owner, group, fi.Mode().Perm(), owner)
 	if uid == 0 {
 		c.warn("datadir", "%s; glance-api normally runs as glance and must own its images (chown glance:glance %s)", msg, dir)
@@ -229,6 +229,7 @@ func (c *checker) checkDatadir(cfg *config.Config) {
 // since images are read from <datadir>/<id> on the peer.
 func (c *checker) checkPeers(ctx context.Context, cfg *config.Config) {
 	auth := sshAuth(cfg)
+	auth.ReadOnly = true
 	for _, n := range cfg.Peers() {
 		p := transfer.Peer{Name: n.Short, Address: n.Address, Port: n.Port}
 		cl, err := transfer.Dial(ctx, p, auth)
@@ -236,7 +237,11 @@ func (c *checker) checkPeers(ctx context.Context, cfg *config.Config) {
 			c.fail("ssh", "%v", err)
 			continue
 		}
-		c.pass("ssh", "%s@%s:%d: logged in, host key matches %s", cfg.User, n.Address, n.Port, cfg.KnownHosts)
+		if k := cl.NewHostKey(); k != "" {
+			c.warn("ssh", "%s@%s:%d: logged in; host key of %s (%s) not in known_hosts %s; a run would add it (accept-new)", cfg.User, n.Address, n.Port, n.Short, k, cfg.KnownHosts)
+		} else {
+			c.pass("ssh", "%s@%s:%d: logged in, host key matches %s", cfg.User, n.Address, n.Port, cfg.KnownHosts)
+		}
 		fi, err := cl.Lstat(ctx, cfg.Datadir)
 		switch {
 		case errors.Is(err, transfer.ErrNotFound):
@@ -256,7 +261,12 @@ func (c *checker) checkPeers(ctx context.Context, cfg *config.Config) {
 	}
 }
 
-// checkFiles: the files a run writes besides images can be written.
+// wOK is access(2)'s W_OK. access checks the real uid, which is the
+// effective one here: the tool is never setuid.
+const wOK = 2
+
+// checkFiles: the files a run writes besides images can be written, and are
+// not what a run refuses to open (a symlink, a non-regular file).
 func (c *checker) checkFiles(cfg *config.Config) {
 	for _, f := range []struct{ key, path string }{{"lock_file", cfg.LockFile}, {"log_file", cfg.LogFile}, {"metrics_file", cfg.MetricsFile}} {
 		if f.path == "" {
@@ -267,7 +277,14 @@ func (c *checker) checkFiles(cfg *config.Config) {
 			c.fail(f.key, "%s: directory %s does not exist (%s in %s)", f.path, dir, f.key, cfg.SyncFile)
 			continue
 		}
-		if err := syscall.Access(dir, 2 /* W_OK */); err != nil {
+		if fi, err := os.Lstat(f.path); err == nil && !fi.Mode().IsRegular() {
+			c.fail(f.key, "%s is a %s, not a regular file: a run refuses to open it (%s in %s)", f.path, fileKind(fi.Mode()), f.key, cfg.SyncFile)
+			continue
+		} else if st, ok := statT(fi); err == nil && ok && st.Nlink > 1 {
+			c.fail(f.key, "%s has %d hard links: a run refuses to open it (%s in %s)", f.path, st.Nlink, f.key, cfg.SyncFile)
+			continue
+		}
+		if err := syscall.Access(dir, wOK); err != nil {
 			c.fail(f.key, "%s: cannot write in %s: %v", f.path, dir, err)
 			continue
 		}

@@ -489,9 +489,9 @@ func (r *runner) requeueFailed(ctx context.Context, conn *broker.Conn) int {
 func newLogger(file, format string, verbose bool, stderr io.Writer) (*slog.Logger, func(), error) {
 	w, closeFn := stderr, func() {}
 	if file != "" {
-		f, err := os.OpenFile(file, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o640)
+		f, err := openOwnFile("log_file", file, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o640)
 		if err != nil {
-			return nil, nil, fmt.Errorf("log_file %s: %w", file, err)
+			return nil, nil, err
 		}
 		w, closeFn = f, func() { f.Close() }
 	}

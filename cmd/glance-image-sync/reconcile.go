@@ -27,7 +27,11 @@ const usageReconcile = `  reconcile [--endpoint URL] [--prune [--force]] [--dry-
                            files of deleted or unknown images. --prune moves them
                            to trash_dir (kept trash_days), never more than
                            max_delete / max_delete_percent unless --force, and
-                           never when the listing could not be read whole.
+                           never when the listing could not be read whole, nor
+                           with credentials that cannot see every project's
+                           images (no admin role), nor the copy this node keeps
+                           for glance-scrubber --restore. An image deleted here
+                           that Glance lists as active again is fetched again.
                            Seeds a new node; cron it hourly or daily beside both.
   verify [--endpoint URL] [--repair] [--dry-run]
                            Re-hash the datadir at verify_rate MB/s, oldest check
@@ -132,13 +136,13 @@ func runReconcile(ctx context.Context, cmd string, args []string, cfg *config.Co
 		TrashDays: cfg.TrashDays,
 		Transfers: cfg.Transfers,
 	}, log)
-	fmt.Fprintf(stdout, "reconcile: images=%d present=%d fetched=%d orphaned=%d pruned=%d failed=%d tombstoned=%d young=%d bytes=%d\n",
-		sum.Images, sum.Present, sum.Fetched, sum.Orphaned, sum.Pruned, sum.Failed, sum.Tombstoned, sum.Young, sum.Bytes)
+	fmt.Fprintf(stdout, "reconcile: images=%d present=%d fetched=%d orphaned=%d pruned=%d failed=%d tombstoned=%d young=%d kept_for_scrubber=%d bytes=%d\n",
+		sum.Images, sum.Present, sum.Fetched, sum.Orphaned, sum.Pruned, sum.Failed, sum.Tombstoned, sum.Young, sum.KeptForScrubber, sum.Bytes)
 	if sum.PruneRefused != "" {
 		fmt.Fprintf(stdout, "reconcile: prune refused: %s\n", sum.PruneRefused)
 	}
 	log.Info("reconcile done", "images", sum.Images, "present", sum.Present, "fetched", sum.Fetched, "orphaned", sum.Orphaned,
-		"pruned", sum.Pruned, "failed", sum.Failed, "tombstoned", sum.Tombstoned, "trash_emptied", sum.Purged, "bytes", sum.Bytes)
+		"pruned", sum.Pruned, "failed", sum.Failed, "tombstoned", sum.Tombstoned, "kept_for_scrubber", sum.KeptForScrubber, "trash_emptied", sum.Purged, "bytes", sum.Bytes)
 	switch {
 	case errors.Is(err, reconcile.ErrListing):
 		log.Error("reconcile failed; nothing was fetched or pruned", "err", err)

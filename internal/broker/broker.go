@@ -57,6 +57,25 @@ func Redact(raw string) string {
 	return u.String()
 }
 
+// rawPassword is the password of an AMQP URL as written, percent-encoded,
+// found without a URL parser: the URLs whose parse fails are the ones whose
+// error messages quote them whole.
+func rawPassword(raw string) string {
+	_, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return ""
+	}
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		rest = rest[:i]
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return ""
+	}
+	_, pass, _ := strings.Cut(rest[:at], ":")
+	return pass
+}
+
 // Conn is a connection to the broker.
 type Conn struct {
 	amqp *amqp.Connection
@@ -111,12 +130,18 @@ func dialOne(ctx context.Context, raw string, t TLS) (*Conn, error) {
 	return &Conn{amqp: conn, url: Redact(raw)}, nil
 }
 
-// scrub removes a URL's password from a library's error text, which may quote it.
+// scrub removes a URL's password from a library's error text, which may
+// quote it: the URL whole, the password as written (percent-encoded) or
+// decoded.
 func scrub(msg, raw string) string {
-	if u, err := url.Parse(raw); err == nil {
-		if p, ok := u.User.Password(); ok && p != "" {
-			msg = strings.ReplaceAll(msg, p, "xxxxx")
-		}
+	msg = strings.ReplaceAll(msg, raw, Redact(raw))
+	enc := rawPassword(raw)
+	if enc == "" {
+		return msg
+	}
+	msg = strings.ReplaceAll(msg, enc, "xxxxx")
+	if dec, err := url.PathUnescape(enc); err == nil && dec != "" {
+		msg = strings.ReplaceAll(msg, dec, "xxxxx")
 	}
 	return msg
 }

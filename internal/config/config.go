@@ -202,9 +202,37 @@ func readINI(path string) (*ini.File, error) {
 		IgnoreContinuation: true,
 	}, data)
 	if err != nil {
-		return nil, &Error{File: path, Msg: "not an ini file: " + err.Error()}
+		return nil, &Error{File: path, Msg: "not an ini file: " + iniProblem(data, err)}
 	}
 	return f, nil
+}
+
+// iniProblem describes a parse error of ini.v1 by line number and kind. It
+// never quotes the line, as ini.v1's own text does: in glance-api.conf the
+// line may hold a password.
+func iniProblem(data []byte, err error) string {
+	msg := err.Error()
+	var kind, line string
+	switch {
+	case ini.IsErrDelimiterNotFound(err):
+		kind, line = "neither key = value, a [section] header nor a comment", err.(ini.ErrDelimiterNotFound).Line
+	case ini.IsErrEmptyKeyName(err):
+		kind, line = "a value without a key name", err.(ini.ErrEmptyKeyName).Line
+	case strings.HasPrefix(msg, "unclosed section: "):
+		kind, line = "a [section] header without its ]", strings.TrimPrefix(msg, "unclosed section: ")
+	case strings.HasPrefix(msg, "missing closing key quote"):
+		kind = "a quoted key name without its closing quote"
+	default:
+		return "the file cannot be parsed"
+	}
+	if line = strings.TrimSpace(line); line != "" {
+		for i, l := range strings.Split(string(data), "\n") {
+			if strings.TrimSpace(l) == line {
+				return fmt.Sprintf("line %d: %s", i+1, kind)
+			}
+		}
+	}
+	return kind
 }
 
 // sectionValues returns a section's own keys. Section.GetKey is avoided: it
@@ -221,17 +249,10 @@ func sectionValues(sec *ini.Section) map[string]string {
 // loadSync reads glance-image-sync.conf and returns notification_topic.
 func (c *Config) loadSync(f *ini.File) (topic string, err error) {
 	file := c.SyncFile
+	if err := c.checkKeys(f); err != nil {
+		return "", err
+	}
 	def := sectionValues(f.Section(ini.DefaultSection))
-	keys := make([]string, 0, len(def))
-	for k := range def {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		if _, ok := lookupOption(SectionDefault, k); !ok {
-			c.Warnings = append(c.Warnings, fmt.Sprintf("%s: [%s] %s: unknown key, ignored", file, SectionDefault, k))
-		}
-	}
 
 	vals := make(map[string]any)
 	for _, o := range options {
@@ -346,25 +367,18 @@ func (c *Config) loadNodes(f *ini.File, vals map[string]any) error {
 		if sname == ini.DefaultSection {
 			continue
 		}
-		name, ok := strings.CutPrefix(sname, "node:")
-		if !ok {
-			c.Warnings = append(c.Warnings, fmt.Sprintf("%s: [%s]: unknown section, ignored", file, sname))
-			continue
-		}
-		i := slices.IndexFunc(c.Nodes, func(n Node) bool { return sameShort(n.Short, shortName(name)) })
+		// checkKeys has refused every other section.
+		name, _ := strings.CutPrefix(sname, "node:")
+		i := slices.IndexFunc(c.Nodes, func(n Node) bool { return namesNode(name, n) })
 		if i < 0 {
-			return &Error{File: file, Section: sname, Msg: fmt.Sprintf("%q is not in api_nodes (%s)", name, c.nodeList())}
+			return &Error{File: file, Section: sname, Msg: fmt.Sprintf("%q is not in api_nodes (%s): name a node as listed there, or by its short name", name, c.nodeList())}
 		}
 		if other, dup := seen[strings.ToLower(c.Nodes[i].Short)]; dup {
 			return &Error{File: file, Section: sname, Msg: fmt.Sprintf("configures the same node as [%s]", other)}
 		}
 		seen[strings.ToLower(c.Nodes[i].Short)] = sname
 		for _, k := range sec.Keys() {
-			o, known := lookupOption(SectionNode, k.Name())
-			if !known {
-				// A new section of ours: a typo here would silently do nothing.
-				return &Error{File: file, Section: sname, Key: k.Name(), Msg: "unknown key (known: address, port)"}
-			}
+			o, _ := lookupOption(SectionNode, k.Name()) // checkKeys has refused unknown keys
 			v, err := o.parse(k.Value())
 			if err != nil {
 				return &Error{File: file, Section: sname, Key: k.Name(), Msg: err.Error()}
@@ -372,10 +386,11 @@ func (c *Config) loadNodes(f *ini.File, vals map[string]any) error {
 			switch k.Name() {
 			case "address":
 				if a := v.(string); a != "" {
-					if strings.ContainsFunc(a, isSpace) {
-						return &Error{File: file, Section: sname, Key: "address", Msg: fmt.Sprintf("%q: an address has no spaces", a)}
+					a = strings.TrimSuffix(strings.TrimPrefix(a, "["), "]")
+					if problem := checkHost(a); problem != "" {
+						return &Error{File: file, Section: sname, Key: "address", Msg: fmt.Sprintf("%q: %s", a, problem)}
 					}
-					c.Nodes[i].Address = strings.TrimSuffix(strings.TrimPrefix(a, "["), "]")
+					c.Nodes[i].Address = a
 				}
 			case "port":
 				c.Nodes[i].Port = v.(int)
@@ -428,6 +443,17 @@ func checkNodeName(name string) string {
 		}
 	}
 	return ""
+}
+
+// namesNode says whether a [node:<name>] section is about n: name is n's
+// api_nodes entry or its short name, or, when api_nodes lists the short
+// name, any FQDN of it. Another domain than the listed one is a typo, not
+// the same node.
+func namesNode(name string, n Node) bool {
+	if strings.EqualFold(name, n.Name) || strings.EqualFold(name, n.Short) {
+		return true
+	}
+	return !strings.Contains(n.Name, ".") && sameShort(shortName(name), n.Short)
 }
 
 // shortName is the text before the first dot, as the original tool compared names.

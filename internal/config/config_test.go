@@ -18,6 +18,7 @@ import (
 var secrets = []string{
 	"Leg:acy@pw/", "#1;x", "Mod@rn/pw$1", "Mod%40rn", "Second$Pw", "Second$$Pw",
 	"RpcOnly", "DbSecret", "TopSecret", "pa$word", "$word", "Hidden42", "Hid@den42",
+	"p%40ssw0rd", "p@ssw0rd", "ssw0rd",
 }
 
 // env prepares a home directory, a directory of auxiliary files (keys, TLS
@@ -207,7 +208,7 @@ func TestLoadNodesModern(t *testing.T) {
 			{"amqps", "guest", "guest", "fd00::3", 5672, "openstack"},
 		}},
 		{"Warnings", c.Warnings, []string{
-			sync + ": [DEFAULT] glance_api_config: unknown key, ignored",
+			sync + ": [DEFAULT] glance_api_conf: a key of the original glance-image-sync that this one does not use, ignored: give --glance-config instead",
 		}},
 	}
 	for _, ck := range checks {
@@ -264,7 +265,7 @@ func TestSyncOptions(t *testing.T) {
 		{"host_key_checking yes", "host_key_checking = yes", func(c *Config) any { return c.AcceptNewHostKeys }, false},
 		{"ssh_ciphers empty", "", func(c *Config) any { return c.SSHCiphers }, []string(nil)},
 		{"no default key exists", "", func(c *Config) any { return c.SSHKeys }, []string(nil)},
-		{"no ini.v1 %(name)s interpolation", "lock_file = /run/%(name)s.lock\nname = x", func(c *Config) any { return c.LockFile }, "/run/%(name)s.lock"},
+		{"no ini.v1 %(name)s interpolation", "lock_file = /run/%(rsync_user)s.lock\nrsync_user = x", func(c *Config) any { return c.LockFile }, "/run/%(rsync_user)s.lock"},
 		{"forward_routing_key differs from source", "forward_routing_key = other.info", func(c *Config) any { return c.Broker.ForwardRoutingKey }, "other.info"},
 	}
 	for _, tc := range cases {
@@ -514,6 +515,18 @@ func TestErrors(t *testing.T) {
 		{name: "rsync_user with space", sync: syncOK + "rsync_user = a b\n", section: "DEFAULT", key: "rsync_user", msg: "no spaces"},
 		{name: "node section for unknown node", sync: syncOK + "[node:node7]\naddress = x\n", section: "node:node7", msg: `"node7" is not in api_nodes (node1, node2)`},
 		{name: "node section unknown key", sync: syncOK + "[node:node2]\nadress = x\n", section: "node:node2", key: "adress", msg: "unknown key"},
+		{name: "unknown key, with the nearest", sync: syncOK + "pending_delet = keep\n", section: "DEFAULT", key: "pending_delet", msg: "unknown key; did you mean pending_delete?"},
+		{name: "unknown key, nothing near", sync: syncOK + "frobnicate = 1\n", section: "DEFAULT", key: "frobnicate", msg: "unknown key (the keys are listed by glance-image-sync --help)"},
+		{name: "key of ours in the wrong case", sync: syncOK + "Transfers = 4\n", section: "DEFAULT", key: "Transfers", msg: "did you mean transfers?"},
+		{name: "unknown section", sync: syncOK + "[global]\ntransfers = 4\n", section: "global", msg: "unknown section: the sections are [DEFAULT] and [node:<name>]"},
+		{name: "node section in another domain", sync: "[DEFAULT]\napi_nodes = node1.example.com, node2.example.com\n[node:node2.exmaple.com]\nport = 22\n", section: "node:node2.exmaple.com", msg: `"node2.exmaple.com" is not in api_nodes`},
+		{name: "default in lower case", sync: syncOK + "[default]\ntransfers = 4\n", section: "default", msg: "did you mean [DEFAULT]?"},
+		{name: "node section misspelt", sync: syncOK + "[node-node2]\nport = 22\n", section: "node-node2", msg: "did you mean [node:node2]?"},
+		{name: "node section unknown key, with the nearest", sync: syncOK + "[node:node2]\nadress = x\n", section: "node:node2", key: "adress", msg: "did you mean address?"},
+		{name: "ssh_ciphers insecure", sync: syncOK + "ssh_ciphers = aes128-gcm@openssh.com, arcfour256\n", section: "DEFAULT", key: "ssh_ciphers", msg: `cipher "arcfour256" is insecure`},
+		{name: "ssh_ciphers insecure cbc", sync: syncOK + "ssh_ciphers = aes128-cbc\n", section: "DEFAULT", key: "ssh_ciphers", msg: `cipher "aes128-cbc" is insecure`},
+		{name: "node address not a host", sync: syncOK + "[node:node2]\naddress = no de2\n", section: "node:node2", key: "address", msg: "not a host name or IP address"},
+		{name: "node address with escape", sync: syncOK + "[node:node2]\naddress = ho%zzst\n", section: "node:node2", key: "address", msg: "invalid percent-escape"},
 		{name: "node section bad port", sync: syncOK + "[node:node2]\nport = 0\n", section: "node:node2", key: "port", msg: "from 1 to 65535"},
 		{name: "node configured twice", sync: syncOK + "[node:node2]\nport = 22\n[node:node2.example.com]\nport = 23\n", section: "node:node2.example.com", msg: "same node as [node:node2]"},
 		{name: "forward_routing_key loops", sync: syncOK + "forward_routing_key = notifications.info\n", glance: glanceMinimal, section: "DEFAULT", key: "forward_routing_key", msg: "would come straight back"},
@@ -532,6 +545,15 @@ func TestErrors(t *testing.T) {
 		{name: "ssl query not boolean", sync: syncOK, glance: "[DEFAULT]\ntransport_url = rabbit://u:Hidden42@mq/?ssl=maybe\n", inGlance: true, section: "DEFAULT", key: "transport_url", msg: "not a boolean"},
 		{name: "ssl CA file missing", sync: syncOK, glance: glanceMinimal + "[oslo_messaging_rabbit]\nssl = true\nssl_ca_file = /nonexistent/ca.pem\n", inGlance: true, section: "oslo_messaging_rabbit", key: "ssl_ca_file", msg: "/nonexistent/ca.pem: no such file"},
 		{name: "ssl_ca_file from the URL query missing", sync: syncOK, glance: "[DEFAULT]\ntransport_url = rabbit://u:Hidden42@mq/?ssl=1&ssl_ca_file=/nonexistent/q.pem\n[oslo_messaging_rabbit]\nssl_ca_file = /etc/hostname\n", inGlance: true, section: "DEFAULT", key: "transport_url", msg: "/nonexistent/q.pem: no such file"},
+		{name: "host with braces", sync: syncOK, glance: "[oslo_messaging_notifications]\ntransport_url = rabbit://user:p%40ssw0rd!@h{o}st:5672/\n", inGlance: true, section: "oslo_messaging_notifications", key: "transport_url", msg: "host 1: not a host name or IP address"},
+		{name: "host with a bad percent-escape", sync: syncOK, glance: "[oslo_messaging_notifications]\ntransport_url = rabbit://user:p%40ssw0rd!@ho%zzst:5672/\n", inGlance: true, section: "oslo_messaging_notifications", key: "transport_url", msg: "host 1: invalid percent-escape"},
+		{name: "host with a percent-escape", sync: syncOK, glance: "[DEFAULT]\ntransport_url = rabbit://user:p%40ssw0rd@ok:5672,user:p%40ssw0rd@ho%41st:5672/\n", inGlance: true, section: "DEFAULT", key: "transport_url", msg: "host 2: not a host name or IP address"},
+		{name: "host starting with a dash", sync: syncOK, glance: "[DEFAULT]\ntransport_url = rabbit://user:p%40ssw0rd@-mq:5672/\n", inGlance: true, section: "DEFAULT", key: "transport_url", msg: "host 1: not a host name or IP address"},
+		{name: "IPv6 literal not an address", sync: syncOK, glance: "[DEFAULT]\ntransport_url = rabbit://user:p%40ssw0rd@[fd00::zz]:5672/\n", inGlance: true, section: "DEFAULT", key: "transport_url", msg: "host 1: not a host name or IP address"},
+		{name: "legacy rabbit_host with braces", sync: syncOK, glance: "[DEFAULT]\nnotifier_strategy = rabbit\nrabbit_host = h{o}st\nrabbit_password = p@ssw0rd\n", inGlance: true, section: "DEFAULT", key: "rabbit_host", msg: "not a host name or IP address"},
+		{name: "oslo rabbit_hosts with escape", sync: syncOK, glance: "[oslo_messaging_rabbit]\nrabbit_hosts = mq1, ho%zzst:5672\nrabbit_password = p@ssw0rd\n", inGlance: true, section: "oslo_messaging_rabbit", key: "rabbit_hosts", msg: "entry 2"},
+		{name: "parse error does not echo the line", sync: syncOK, glance: "[oslo_messaging_notifications]\ndriver = messagingv2\nrabbit_password p@ssw0rd\n", inGlance: true, msg: "not an ini file: line 3: neither key = value, a [section] header nor a comment"},
+		{name: "unclosed section, line named", sync: syncOK, glance: "[DEFAULT]\nrabbit_password = x\n[p@ssw0rd\n", inGlance: true, msg: "line 3: a [section] header without its ]"},
 		{name: "datadir relative", sync: syncOK, glance: glanceMinimal + "[glance_store]\nfilesystem_store_datadir = images\n", inGlance: true, section: "glance_store", key: "filesystem_store_datadir", msg: "absolute"},
 		{name: "file_perm not octal", sync: syncOK, glance: glanceMinimal + "[glance_store]\nfilesystem_store_file_perm = 0o640\n", inGlance: true, section: "glance_store", key: "filesystem_store_file_perm", msg: "octal"},
 		{name: "file_perm 8", sync: syncOK, glance: glanceMinimal + "[DEFAULT]\nfilesystem_store_file_perm = 680\n", inGlance: true, section: "DEFAULT", key: "filesystem_store_file_perm", msg: "octal"},
@@ -644,5 +666,41 @@ func TestURLForm(t *testing.T) {
 		if got := amqpURL(false, tc.user, tc.pass, tc.host, tc.port, tc.vhost); got != tc.want {
 			t.Errorf("got %s, want %s", got, tc.want)
 		}
+	}
+}
+
+// A glance-image-sync.conf of the original tool (rcbops/glance-image-sync,
+// both its ConfigParser and its oslo.config versions) keeps loading: the keys
+// this tool does not use are warned about, not refused.
+func TestOriginalToolFile(t *testing.T) {
+	env(t, "node1.example.com")
+	sync := write(t, "sync.conf", "# Generic configration file\n[DEFAULT]\napi_nodes = node1,node2\nrsync_user = glance\n"+
+		"lock_file = /var/lib/glance/glance-image-sync\nlog_file = /var/log/glance/glance-image-sync.log\n"+
+		"glance_api_conf = /etc/glance/glance-api.conf\ndaemon = False\nverbose = True\ndebug = False\n")
+	c, err := Load(sync, write(t, "glance-api.conf", glanceMinimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var legacy []string
+	for _, w := range c.Warnings {
+		if strings.Contains(w, "a key of the original glance-image-sync") {
+			legacy = append(legacy, w[strings.Index(w, "] ")+2:strings.Index(w, ": a key")])
+		}
+	}
+	if want := []string{"daemon", "debug", "glance_api_conf", "verbose"}; !reflect.DeepEqual(legacy, want) {
+		t.Errorf("warned about %v, want %v (warnings %q)", legacy, want, c.Warnings)
+	}
+	if c.LogFile != "/var/log/glance/glance-image-sync.log" || c.LockFile != "/var/lib/glance/glance-image-sync" {
+		t.Errorf("log_file %q, lock_file %q", c.LogFile, c.LockFile)
+	}
+}
+
+// glance-api.conf is Glance's file: keys and sections this tool does not
+// read are none of its business.
+func TestGlanceFileUnknownKeysAccepted(t *testing.T) {
+	env(t, "node1.example.com")
+	sync := write(t, "sync.conf", "[DEFAULT]\napi_nodes = node1,node2\n")
+	if _, err := Load(sync, write(t, "glance-api.conf", glanceMinimal+"[DEFAULT]\nshow_multiple_locations = false\nfrobnicate = 1\n[paste_deploy]\nflavor = keystone\n")); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -12,7 +12,12 @@
 //     (datadir, file permissions).
 //
 // Every error Load returns is a *Error naming the file, [section] and key an
-// operator must fix. No message, error or warning ever carries a password.
+// operator must fix. In glance-image-sync.conf an unknown key or section is
+// such an error, with the key probably meant; the keys the original tool read
+// and this one does not use are warnings (keys.go). glance-api.conf is
+// Glance's: only what is read there is checked, and broker host names must be
+// host names or IP addresses. No message, error or warning ever carries a
+// password, nor quotes a line of glance-api.conf.
 //
 // Only cmd imports this package; it hands each other part the plain values it
 // needs. It imports nothing else of this module.

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -558,10 +559,66 @@ func splitHostPort(s string) (host string, port int, problem string) {
 		}
 		port = n
 	}
-	if strings.ContainsAny(host, " \t/?#@") {
-		return "", 0, "not a host name"
+	if problem := checkHost(host); problem != "" {
+		return "", 0, problem
 	}
 	return host, port, ""
+}
+
+// checkHost refuses what is neither a host name nor an IP address. Neither
+// oslo nor kombu percent-decodes a host, and Go's URL parser would: without
+// this, "ho%zzst" became a connection to "hot". The host is never quoted: in a
+// transport_url a mis-split password may be part of it. "" is allowed: it
+// means localhost.
+func checkHost(host string) string {
+	if host == "" {
+		return ""
+	}
+	if strings.Contains(host, "%") {
+		if !validEscapes(host) {
+			return "invalid percent-escape in the host name"
+		}
+		return "not a host name or IP address (a host name is not percent-encoded)"
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return ""
+	}
+	if !isHostName(host) {
+		return "not a host name or IP address"
+	}
+	return ""
+}
+
+// isHostName: dot-separated labels of letters, digits, - and _ (which
+// container and test host names carry), none empty or starting with -.
+func isHostName(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(strings.TrimSuffix(h, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// validEscapes says whether every % in s starts a %XX escape.
+func validEscapes(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' {
+			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+				return false
+			}
+			i += 2
+		}
+	}
+	return true
 }
 
 // amqpURL builds a URL amqp091-go's ParseURI reads back to exactly these

@@ -22,7 +22,7 @@ const (
 	TypeFloat    Type = "float"    // decimal, finite
 	TypeDuration Type = "duration" // Go duration: 90s, 45m, 1h30m; 0 = none
 	TypeChoice   Type = "choice"   // one of Choices, exactly
-	TypeCiphers  Type = "ciphers"  // list of SSH cipher names golang.org/x/crypto/ssh implements
+	TypeCiphers  Type = "ciphers"  // list of SSH cipher names golang.org/x/crypto/ssh implements and deems secure
 )
 
 // Section names used in glance-image-sync.conf.
@@ -76,7 +76,8 @@ var options = []Option{
 		Help: "SSH port of the peers; [node:<name>] port overrides it for one node."},
 	{Section: SectionDefault, Key: "ssh_ciphers", Type: TypeCiphers,
 		Help: "Comma-separated SSH ciphers, most preferred first. Default: " +
-			"aes128-gcm@openssh.com first, then golang.org/x/crypto/ssh's defaults."},
+			"aes128-gcm@openssh.com first, then golang.org/x/crypto/ssh's defaults. " +
+			"Ciphers golang.org/x/crypto/ssh deems insecure (CBC, arcfour, 3des) are refused."},
 	{Section: SectionDefault, Key: "host_key_checking", Type: TypeChoice, Default: "yes",
 		Choices: []string{"yes", "accept-new"},
 		Help: "yes: a peer's host key must be in known_hosts. accept-new: a peer not " +
@@ -233,8 +234,11 @@ func (o Option) parse(raw string) (any, error) {
 		return raw, nil
 	case TypeCiphers:
 		list := splitList(raw)
-		known := append(ssh.SupportedAlgorithms().Ciphers, ssh.InsecureAlgorithms().Ciphers...)
+		known := ssh.SupportedAlgorithms().Ciphers
 		for _, c := range list {
+			if slices.Contains(ssh.InsecureAlgorithms().Ciphers, c) {
+				return nil, fmt.Errorf("cipher %q is insecure (golang.org/x/crypto/ssh lists it among InsecureAlgorithms) and is refused: use %s", c, strings.Join(known, ", "))
+			}
 			if !slices.Contains(known, c) {
 				return nil, fmt.Errorf("unknown cipher %q: known are %s", c, strings.Join(known, ", "))
 			}

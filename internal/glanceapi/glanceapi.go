@@ -35,6 +35,8 @@ type Image struct {
 type Client struct {
 	sc   *gophercloud.ServiceClient
 	Base string // the endpoint, for messages
+	// noAuth: no Keystone (NewNoAuth); see SeesAllProjects.
+	noAuth bool
 }
 
 // pageSize is asked of Glance per page; Glance caps it at its api_limit_max
@@ -59,7 +61,7 @@ func NewNoAuth(endpoint string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{sc: sc, Base: base}, nil
+	return &Client{sc: sc, Base: base, noAuth: true}, nil
 }
 
 // NewFromEnv authenticates the way the openstack client does: the cloud

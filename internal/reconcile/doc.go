@@ -9,8 +9,13 @@
 // orphans to a trash directory, behind guards that assume the API answer may
 // be wrong: nothing is pruned unless the whole listing was read, every orphan
 // is confirmed by a GET of its own, files newer than the listing are never
-// judged, and a run that would prune more than a set number or share of the
-// files prunes nothing.
+// judged, a run that would prune more than a set number or share of the
+// files prunes nothing, credentials that cannot see every project's images
+// (a member's listing hides other projects' private images, and their GET
+// answers 404) prune nothing, and the copy kept on this node for
+// glance-scrubber --restore is never pruned. An image deleted here before
+// (tombstoned) that Glance lists as active again has its tombstone cleared
+// and is fetched.
 //
 // Verify re-hashes the files at rest, oldest verification first and at a
 // bounded rate, and with repair fetches a bad copy again.

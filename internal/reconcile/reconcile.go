@@ -19,6 +19,25 @@ type API interface {
 	Get(ctx context.Context, id string) (glanceapi.Image, error)
 }
 
+// Scope is what an API says of its own listing; *glanceapi.Client is one.
+// An API without it is taken as one that does not see every project.
+type Scope interface {
+	// SeesAllProjects says whether the listing holds every project's
+	// images, and what that was judged by, for a message.
+	SeesAllProjects() (bool, string)
+}
+
+// Store is the datadir as reconcile uses it; *store.Store is one.
+type Store interface {
+	Files() ([]store.File, error)
+	Deleted(id string) (bool, error)
+	ClearTombstone(id string) error
+	KeptForScrubber(id string) (bool, error)
+	TrashDir() string
+	Trash(id string, now time.Time) (string, error)
+	PurgeTrash(cutoff time.Time) ([]string, error)
+}
+
 // Fetcher places one image here; *syncer.Fetcher is one.
 type Fetcher interface {
 	Fetch(ctx context.Context, w syncer.Want) (peer string, bytes int64, err error)
@@ -42,11 +61,14 @@ type Summary struct {
 	Orphaned   int // confirmed: Glance does not have the image, or has it deleted
 	Pruned     int // moved to the trash
 	Failed     int // fetches, confirmations or moves that did not succeed
-	Tombstoned int
-	Young      int
-	NoData     int
-	Purged     int // trash files past trash_days removed
-	Bytes      int64
+	Tombstoned int // active in Glance, deleted here before: tombstone cleared and fetched
+	// KeptForScrubber counts orphans left in place: the copy glance-scrubber
+	// --restore needs on the node that handled a pending_delete.
+	KeptForScrubber int
+	Young           int
+	NoData          int
+	Purged          int // trash files past trash_days removed
+	Bytes           int64
 	// PruneRefused says why pruning did not happen although asked for.
 	PruneRefused string
 }
@@ -56,7 +78,7 @@ type Summary struct {
 var ErrListing = errors.New("the image listing could not be read whole")
 
 // Run reconciles the datadir with the API.
-func Run(ctx context.Context, api API, st *store.Store, f Fetcher, o Options, log *slog.Logger) (Summary, error) {
+func Run(ctx context.Context, api API, st Store, f Fetcher, o Options, log *slog.Logger) (Summary, error) {
 	now := time.Now
 	if o.Now != nil {
 		now = o.Now
@@ -82,21 +104,68 @@ func Run(ctx context.Context, api API, st *store.Store, f Fetcher, o Options, lo
 		return err == nil && dead
 	})
 	sum.Present, sum.Tombstoned, sum.Young, sum.NoData = len(p.Present), len(p.Tombstoned), len(p.Young), len(p.NoData)
-	for _, id := range p.Tombstoned {
-		log.Warn("skipped", "image", id, "reason", "active in Glance, but deleted here earlier (tombstone in .glance-image-sync/deleted); remove the tombstone to fetch it again")
-	}
+	toFetch := append(p.Fetch, revive(st, list, p.Tombstoned, o.DryRun, &sum, log)...)
 	for _, f := range p.Young {
 		log.Info("skipped", "image", f.ID, "reason", "not in the listing, but written after it began: judged by a later run")
 	}
 	log.Debug("listing read", "images", len(list), "files", len(files), "to_fetch", len(p.Fetch), "orphan_candidates", len(p.Orphans))
 
-	orphans := confirmOrphans(ctx, api, p.Orphans, o, &sum, log)
-	sum.Orphaned = len(orphans)
-	if o.Prune {
+	all, why := false, "the API cannot say whether it shows every project's images"
+	if sc, ok := api.(Scope); ok {
+		all, why = sc.SeesAllProjects()
+	}
+	var orphans []store.File
+	if all {
+		orphans = confirmOrphans(ctx, api, p.Orphans, o, &sum, log)
+		sum.Orphaned = len(orphans)
+	} else {
+		unconfirmable(p.Orphans, why, o, &sum, log)
+	}
+	if o.Prune && all {
 		prune(ctx, st, orphans, len(files), o, now(), &sum, log)
 	}
-	fetch(ctx, f, p.Fetch, o, &sum, log)
+	fetch(ctx, f, toFetch, o, &sum, log)
 	return sum, ctx.Err()
+}
+
+// unconfirmable reports orphan candidates of a listing that shows only some
+// projects' images: another project's private image is missing from it, and
+// its GET answers 404 as a deleted one would, so neither is asked and
+// nothing is pruned, whatever --force says.
+func unconfirmable(cands []store.File, why string, o Options, sum *Summary, log *slog.Logger) {
+	sum.Orphaned = len(cands)
+	for _, f := range cands {
+		log.Warn("orphan", "image", f.ID, "bytes", f.Size, "confirmed", false, "reason", "not in the listing of credentials that do not see every project")
+	}
+	if o.Prune {
+		sum.PruneRefused = "these credentials cannot see every project's images (" + why + "): another project's private image would look orphaned; nothing pruned; use credentials with the admin role, or --endpoint on a glance-api without Keystone"
+		log.Error("prune refused", "reason", sum.PruneRefused)
+	}
+}
+
+// revive clears the tombstone of each image Glance lists as active again
+// (restored, or deleted here by a delete that was not Glance's) and returns
+// them for fetching. A dry run only says so.
+func revive(st Store, list []glanceapi.Image, ids []string, dryRun bool, sum *Summary, log *slog.Logger) []glanceapi.Image {
+	byID := make(map[string]glanceapi.Image, len(list))
+	for _, img := range list {
+		byID[img.ID] = img
+	}
+	var out []glanceapi.Image
+	for _, id := range ids {
+		if dryRun {
+			log.Info("would clear tombstone and fetch", "image", id, "reason", "active in Glance again")
+			continue
+		}
+		if err := st.ClearTombstone(id); err != nil {
+			log.Error("cannot clear tombstone; not fetched", "image", id, "err", err)
+			sum.Failed++
+			continue
+		}
+		log.Info("tombstone cleared", "image", id, "reason", "active in Glance again")
+		out = append(out, byID[id])
+	}
+	return out
 }
 
 // confirmOrphans asks Glance about each candidate on its own: an image can be
@@ -139,9 +208,15 @@ func confirmOrphans(ctx context.Context, api API, cands []store.File, o Options,
 	return out
 }
 
-func prune(ctx context.Context, st *store.Store, orphans []store.File, total int, o Options, now time.Time, sum *Summary, log *slog.Logger) {
+func prune(ctx context.Context, st Store, orphans []store.File, total int, o Options, now time.Time, sum *Summary, log *slog.Logger) {
 	if sum.Failed > 0 {
 		sum.PruneRefused = "some orphans could not be confirmed with Glance; nothing pruned"
+		log.Error("prune refused", "reason", sum.PruneRefused)
+		return
+	}
+	orphans, ok := withoutScrubberCopies(st, orphans, sum, log)
+	if !ok {
+		sum.PruneRefused = "cannot tell whether some orphans are copies kept for glance-scrubber --restore; nothing pruned"
 		log.Error("prune refused", "reason", sum.PruneRefused)
 		return
 	}
@@ -181,6 +256,30 @@ func prune(ctx context.Context, st *store.Store, orphans []store.File, total int
 		log.Error("emptying the trash", "err", err)
 		sum.Failed++
 	}
+}
+
+// withoutScrubberCopies drops the orphans that are the copy this node keeps
+// for glance-scrubber --restore (it handled the image's pending_delete):
+// Glance lists such an image as pending_delete, an orphan by status, and the
+// scrubber restores it from this very file. ok is false when the store
+// could not tell for some file.
+func withoutScrubberCopies(st Store, orphans []store.File, sum *Summary, log *slog.Logger) (out []store.File, ok bool) {
+	ok = true
+	for _, f := range orphans {
+		kept, err := st.KeptForScrubber(f.ID)
+		switch {
+		case err != nil:
+			log.Error("cannot tell whether this file is kept for glance-scrubber; kept", "image", f.ID, "err", err)
+			sum.Failed++
+			ok = false
+		case kept:
+			log.Info("skipped", "image", f.ID, "reason", "kept for glance-scrubber --restore: this node handled its pending_delete")
+			sum.KeptForScrubber++
+		default:
+			out = append(out, f)
+		}
+	}
+	return out, ok
 }
 
 func fetch(ctx context.Context, f Fetcher, imgs []glanceapi.Image, o Options, sum *Summary, log *slog.Logger) {

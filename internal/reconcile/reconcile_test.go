@@ -26,6 +26,9 @@ type fakeAPI struct {
 
 func (f *fakeAPI) List(context.Context) ([]glanceapi.Image, error) { return f.list, f.listErr }
 
+// An admin's view, as every prune test but the scope ones assumes.
+func (f *fakeAPI) SeesAllProjects() (bool, string) { return true, "admin" }
+
 func (f *fakeAPI) Get(_ context.Context, id string) (glanceapi.Image, error) {
 	f.gets++
 	if err := f.getErr[id]; err != nil {

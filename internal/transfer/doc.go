@@ -1,6 +1,8 @@
 // Package transfer copies bytes of a file on a peer node into a local writer, over
 // SSH and SFTP, the way operators already trust: keys from files or the agent,
 // host keys checked against known_hosts, nothing else opened on the peer.
+// accept-new adds an unknown host's key to known_hosts on first contact; in
+// read-only mode (for check) it only reports the key a run would add.
 //
 // It knows nothing of images or of the datadir: it copies a remote file from an
 // offset into an io.Writer and reports how many bytes it wrote. Hashing and

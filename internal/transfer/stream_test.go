@@ -99,6 +99,26 @@ func (p *fakePeer) length() int64 {
 // connected to it with the real Dial: key file, known_hosts, host key checked.
 func startPeer(t *testing.T, p *fakePeer) *Client {
 	t.Helper()
+	peer, hostKey, keyFile := startSSH(t, p)
+	knownHosts := filepath.Join(t.TempDir(), "known_hosts")
+	line := knownhosts.Line([]string{knownhosts.Normalize(peer.hostport())}, hostKey)
+	if err := os.WriteFile(knownHosts, []byte(line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, peer, Auth{User: "glance", KeyFiles: []string{keyFile}, KnownHosts: knownHosts, Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// startSSH starts an SSH server for p on 127.0.0.1 and returns it as a Peer,
+// its host key, and a private key file it accepts.
+func startSSH(t *testing.T, p *fakePeer) (Peer, ssh.PublicKey, string) {
+	t.Helper()
 	_, hostKey, err := ed25519.GenerateKey(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -163,30 +183,16 @@ func startPeer(t *testing.T, p *fakePeer) *Client {
 		wg.Wait()
 	})
 
-	dir := t.TempDir()
-	knownHosts := filepath.Join(dir, "known_hosts")
-	line := knownhosts.Line([]string{knownhosts.Normalize(ln.Addr().String())}, hostSigner.PublicKey())
-	if err := os.WriteFile(knownHosts, []byte(line+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	block, err := ssh.MarshalPrivateKey(userKey, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyFile := filepath.Join(dir, "id_ed25519")
+	keyFile := filepath.Join(t.TempDir(), "id_ed25519")
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600); err != nil {
 		t.Fatal(err)
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
 	peer := Peer{Name: "fake", Address: "127.0.0.1", Port: ln.Addr().(*net.TCPAddr).Port}
-	c, err := Dial(ctx, peer, Auth{User: "glance", KeyFiles: []string{keyFile}, KnownHosts: knownHosts, Timeout: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return peer, hostSigner.PublicKey(), keyFile
 }
 
 func (p *fakePeer) serveConn(c net.Conn, cfg *ssh.ServerConfig) {

@@ -46,8 +46,12 @@ type Auth struct {
 	KeyFiles   []string // private keys, tried in order
 	Agent      string   // SSH_AUTH_SOCK, or "" for none
 	KnownHosts string
-	AcceptNew  bool     // add unknown hosts to KnownHosts, like OpenSSH's accept-new
-	Ciphers    []string // nil: x/crypto's order, AES-GCM first
+	AcceptNew  bool // add unknown hosts to KnownHosts, like OpenSSH's accept-new
+	// ReadOnly, with AcceptNew, trusts an unknown host for this connection
+	// only and writes nothing (not even an empty KnownHosts): check reports
+	// what a run would add, through Client.NewHostKey, and changes nothing.
+	ReadOnly bool
+	Ciphers  []string // nil: x/crypto's order, AES-GCM first
 	// Timeout bounds the TCP connect plus SSH handshake, and each SFTP request
 	// made outside a transfer (stat, open). 0 means DefaultTimeout. The run's
 	// deadline is no bound for these: it is an hour by default, and a peer whose
@@ -126,16 +130,23 @@ func (e *HostKeyError) Error() string {
 
 // hostKeyCallback checks against known_hosts and, with AcceptNew, records a key
 // for a host that has none yet (never replaces a changed one).
-func (a Auth) hostKeyCallback(p Peer) (ssh.HostKeyCallback, []string, error) {
+// With ReadOnly the key that would be recorded is put in *added instead.
+func (a Auth) hostKeyCallback(p Peer, added *string) (ssh.HostKeyCallback, []string, error) {
 	if a.KnownHosts == "" {
 		return nil, nil, errors.New("no known_hosts file configured")
 	}
-	if a.AcceptNew {
+	files := []string{a.KnownHosts}
+	if a.AcceptNew && !a.ReadOnly {
 		if f, err := os.OpenFile(a.KnownHosts, os.O_CREATE|os.O_RDONLY, 0o600); err == nil {
 			f.Close()
 		}
 	}
-	cb, err := knownhosts.New(a.KnownHosts)
+	if a.AcceptNew && a.ReadOnly {
+		if _, err := os.Stat(a.KnownHosts); errors.Is(err, fs.ErrNotExist) {
+			files = nil // a run would create it; for now it knows no host
+		}
+	}
+	cb, err := knownhosts.New(files...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("known_hosts %s: %w", a.KnownHosts, err)
 	}
@@ -166,6 +177,10 @@ func (a Auth) hostKeyCallback(p Peer) (ssh.HostKeyCallback, []string, error) {
 			return err
 		}
 		if len(ke.Want) == 0 && a.AcceptNew {
+			if a.ReadOnly {
+				*added = key.Type() + " " + ssh.FingerprintSHA256(key)
+				return nil
+			}
 			return appendKnownHost(a.KnownHosts, hostname, key)
 		}
 		return &HostKeyError{Peer: p, KnownHosts: a.KnownHosts, Fingerprint: ssh.FingerprintSHA256(key), Type: key.Type(), Changed: len(ke.Want) > 0}
@@ -208,6 +223,8 @@ type Client struct {
 	// timeout bounds one SFTP request: pkg/sftp has none, and a stalled
 	// sftp-server would otherwise hold a request until the run's deadline.
 	timeout time.Duration
+	// newHostKey: see NewHostKey.
+	newHostKey string
 }
 
 // bounded runs one SFTP request, closing the connection (the only way to
@@ -235,7 +252,8 @@ func Dial(ctx context.Context, p Peer, auth Auth) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	cb, algos, err := auth.hostKeyCallback(p)
+	var added string
+	cb, algos, err := auth.hostKeyCallback(p, &added)
 	if err != nil {
 		closeAgent()
 		return nil, err
@@ -281,8 +299,13 @@ func Dial(ctx context.Context, p Peer, auth Auth) (*Client, error) {
 		closeAgent()
 		return nil, fmt.Errorf("peer %s: starting sftp: %w", p.Name, err)
 	}
-	return &Client{peer: p, ssh: sc, sftp: sf, done: closeAgent, timeout: cfg.Timeout}, nil
+	return &Client{peer: p, ssh: sc, sftp: sf, done: closeAgent, timeout: cfg.Timeout, newHostKey: added}, nil
 }
+
+// NewHostKey is, after a ReadOnly dial with AcceptNew, the type and SHA256
+// fingerprint of the peer's host key that is not in known_hosts and that a
+// run would add; "" when known_hosts already has the peer.
+func (c *Client) NewHostKey() string { return c.newHostKey }
 
 // Peer is the peer this client is connected to.
 func (c *Client) Peer() Peer { return c.peer }

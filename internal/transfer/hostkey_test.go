@@ -1,0 +1,89 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+func dialWith(t *testing.T, peer Peer, keyFile, knownHosts string, acceptNew, readOnly bool) (*Client, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, peer, Auth{User: "glance", KeyFiles: []string{keyFile}, KnownHosts: knownHosts,
+		AcceptNew: acceptNew, ReadOnly: readOnly, Timeout: 5 * time.Second})
+	if err == nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	return c, err
+}
+
+// accept-new in read-only mode (check) logs in to an unknown host, says
+// which key a run would add, and writes nothing: not the key, not even an
+// empty known_hosts file.
+func TestAcceptNewReadOnlyWritesNothing(t *testing.T) {
+	peer, hostKey, keyFile := startSSH(t, &fakePeer{})
+	for _, existing := range []bool{false, true} {
+		knownHosts := filepath.Join(t.TempDir(), "known_hosts")
+		if existing {
+			if err := os.WriteFile(knownHosts, []byte("# none yet\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c, err := dialWith(t, peer, keyFile, knownHosts, true, true)
+		if err != nil {
+			t.Fatalf("existing=%v: %v", existing, err)
+		}
+		if got, want := c.NewHostKey(), ssh.FingerprintSHA256(hostKey); !strings.Contains(got, want) {
+			t.Errorf("NewHostKey() = %q, want the fingerprint %s", got, want)
+		}
+		b, err := os.ReadFile(knownHosts)
+		switch {
+		case !existing && !errors.Is(err, os.ErrNotExist):
+			t.Errorf("read-only dial created %s (%q, %v)", knownHosts, b, err)
+		case existing && string(b) != "# none yet\n":
+			t.Errorf("read-only dial changed %s to %q", knownHosts, b)
+		}
+	}
+}
+
+// The same without read-only adds the key (a run), and a known host reports
+// no new key.
+func TestAcceptNewWritesAndThenKnows(t *testing.T) {
+	peer, hostKey, keyFile := startSSH(t, &fakePeer{})
+	knownHosts := filepath.Join(t.TempDir(), "known_hosts")
+	if _, err := dialWith(t, peer, keyFile, knownHosts, true, false); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(knownHosts)
+	if !strings.Contains(string(b), strings.TrimSpace(string(ssh.MarshalAuthorizedKey(hostKey)))) {
+		t.Fatalf("accept-new did not record the key: %q", b)
+	}
+	c, err := dialWith(t, peer, keyFile, knownHosts, true, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := c.NewHostKey(); k != "" {
+		t.Errorf("a known host reported as new: %q", k)
+	}
+}
+
+// Read-only without accept-new still refuses an unknown host.
+func TestReadOnlyStrictRefusesUnknown(t *testing.T) {
+	peer, _, keyFile := startSSH(t, &fakePeer{})
+	knownHosts := filepath.Join(t.TempDir(), "known_hosts")
+	if err := os.WriteFile(knownHosts, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := dialWith(t, peer, keyFile, knownHosts, false, true)
+	var hk *HostKeyError
+	if !errors.As(err, &hk) {
+		t.Fatalf("err = %v, want a HostKeyError", err)
+	}
+}
