@@ -176,7 +176,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if term != nil {
 		logOut = term
 	}
-	log, closeLog, err := newLogger(cfg.LogFile, *logFormat, *verbose, logOut)
+	logFile := cfg.LogFile
+	if cmd == "status" {
+		// status changes nothing on the node, not even by creating log_file;
+		// its few log lines go to the operator's terminal.
+		logFile = ""
+	}
+	log, closeLog, err := newLogger(logFile, *logFormat, *verbose, logOut)
 	if err != nil {
 		fmt.Fprintf(stderr, "glance-image-sync: %v\n", err)
 		return exitUsage

@@ -173,6 +173,26 @@ func TestCheckChangesNothing(t *testing.T) {
 	}
 }
 
+// status changes nothing either: it opens the datadir read-only (no state
+// folder is made), keeps its log off log_file, and with accept-new looks at
+// a peer without writing known_hosts.
+func TestStatusChangesNothing(t *testing.T) {
+	addr, keyFile := startSSHServer(t)
+	host, port, _ := net.SplitHostPort(addr)
+	logDir := t.TempDir()
+	args, root := setup(t, "rabbit://u:p%40ssw0rd@127.0.0.1:1/",
+		fmt.Sprintf("api_nodes = node1, node2\nhost_key_checking = accept-new\nssh_key = %s\nlog_file = %s/sync.log\nmetrics_file = %s/gis.prom", keyFile, logDir, logDir),
+		fmt.Sprintf("[node:node2]\naddress = %s\nport = %s\n", host, port))
+	before := snapshot(t, root, logDir)
+	code, out, errOut := runCmd(append(args, "status", "--peers")...)
+	if code == exitUsage {
+		t.Fatalf("status: exit %d\n%s%s", code, out, errOut)
+	}
+	if after := snapshot(t, root, logDir); after != before {
+		t.Errorf("status changed files:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
 // snapshot lists every file under the roots with its type, size and mode.
 func snapshot(t *testing.T, roots ...string) string {
 	t.Helper()

@@ -171,7 +171,9 @@ func runStatus(args []string, cfg *config.Config, stdout, stderr io.Writer, log 
 func peerStatus(ctx context.Context, cfg *config.Config, local map[string]int64) *peerMatrix {
 	m := &peerMatrix{Unreachable: map[string]string{}, OnlyOn: map[string]string{}}
 	have := map[string]map[string]int64{cfg.Self.Short: local} // node -> id -> size
+	// status only looks: accept-new must not write known_hosts from here.
 	auth := sshAuth(cfg)
+	auth.ReadOnly = true
 	for _, n := range cfg.Nodes {
 		m.Nodes = append(m.Nodes, n.Short)
 		if n.Short == cfg.Self.Short {
