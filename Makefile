@@ -63,6 +63,27 @@ image:
 		-arch $(GOARCH) -tag $(IMAGE_TAG) -o $(IMAGE_TAR)
 	rm -rf $(IMAGE_DIR)/stage
 
+# The Debian package (issue 15), built with dpkg-deb by packaging/mkdeb.sh:
+# /usr/bin/glance-image-sync (built as for dist), the systemd units (not
+# enabled: no maintainer scripts), the cron line and example config as docs,
+# copyright and the licences of what the binary links. A commit that
+# `git describe` names v1.2 gives 1.2; any other gives 0~git<date>.<commit>.
+DEB_DIR ?= bin/deb
+DEB_MAINTAINER ?= glance-image-sync developers <glance-image-sync@example.org>
+DEB_ARCH  ?= $(if $(filter 386,$(GOARCH)),i386,$(if $(filter arm,$(GOARCH)),armhf,$(GOARCH)))
+
+deb:
+	rm -rf $(DEB_DIR)/stage
+	mkdir -p $(DEB_DIR)/stage
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH) $(GO) build -trimpath -buildvcs=false \
+		-ldflags "$(LDFLAGS) -buildid=" -o $(DEB_DIR)/stage/glance-image-sync ./cmd/glance-image-sync
+	$(GO) run ./cmd/glance-image-sync config-example > $(DEB_DIR)/stage/glance-image-sync.conf.example
+	$(GO) run ./cmd/glance-image-sync help > $(DEB_DIR)/stage/help.txt
+	./packaging/licenses.sh $(DEB_DIR)/stage/glance-image-sync $(DEB_DIR)/stage/licenses
+	VERSION=$(VERSION) COMMIT=$(COMMIT) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) DEB_ARCH=$(DEB_ARCH) \
+		DEB_MAINTAINER='$(DEB_MAINTAINER)' ./packaging/mkdeb.sh $(DEB_DIR)/stage $(DEB_DIR)
+	rm -rf $(DEB_DIR)/stage
+
 setup:
 	./integration/setup.sh
 
