@@ -71,7 +71,8 @@ printf 'glance-image-sync (%s) unstable; urgency=medium\n\n  * Built from commit
 	"$DEB_VERSION" "$COMMIT" "$DEB_MAINTAINER" "$date" | gzip -n -9 >"$doc/changelog.Debian.gz"
 
 chmod 0644 "$root"/usr/share/man/man1/* "$root"/lib/systemd/system/* "$doc"/*.cron "$doc/copyright" "$doc/changelog.Debian.gz"
-size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
+# Apparent sizes: the same on every filesystem, so the control file is too.
+size=$(du -s -k --apparent-size --exclude=DEBIAN "$root" | cut -f1)
 sed -e "s/@VERSION@/$DEB_VERSION/" -e "s/@ARCH@/$DEB_ARCH/" -e "s/@SIZE@/$size/" \
 	-e "s/@MAINTAINER@/$DEB_MAINTAINER/" "$here/deb/control" >"$root/DEBIAN/control"
 (cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\n' | LC_ALL=C sort | xargs md5sum) >"$root/DEBIAN/md5sums"
