@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/glance-image-sync/glance-image-sync/integration/harness"
 )
@@ -60,6 +61,16 @@ func TestImageReproducibleAndRunsAsGlance(t *testing.T) {
 
 	img, err := tarball.ImageFromPath(tarPath, nil)
 	must(t, err)
+	// Digests, sizes and diff ids agree between manifest, config and layers:
+	// what docker load and podman load check before accepting it.
+	if err := validate.Image(img); err != nil {
+		t.Errorf("the image does not validate: %v", err)
+	}
+	mt, err := img.MediaType()
+	must(t, err)
+	if mt != "application/vnd.oci.image.manifest.v1+json" {
+		t.Errorf("manifest media type %s, want OCI's", mt)
+	}
 	cf, err := img.ConfigFile()
 	must(t, err)
 	if cf.Config.User != "42415:42415" {
