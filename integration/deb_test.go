@@ -64,10 +64,8 @@ func TestDebPackage(t *testing.T) {
 		t.Log("lintian not installed: not run (integration/setup.sh installs it)")
 	}
 
-	// Install it on this machine; remove it whatever happens next.
-	if out, err := exec.CommandContext(ctx, "dpkg", "-i", deb).CombinedOutput(); err != nil {
-		t.Fatalf("dpkg -i: %v\n%s", err, out)
-	}
+	// Install it on this machine; remove it whatever happens next, even
+	// after a failed dpkg -i, which leaves it half-installed.
 	t.Cleanup(func() {
 		if out, err := exec.Command("dpkg", "--purge", "glance-image-sync").CombinedOutput(); err != nil {
 			t.Errorf("dpkg --purge glance-image-sync: %v\n%s", err, out)
@@ -76,6 +74,9 @@ func TestDebPackage(t *testing.T) {
 			t.Errorf("/usr/bin/glance-image-sync is still there after dpkg --purge (%v)", err)
 		}
 	})
+	if out, err := exec.CommandContext(ctx, "dpkg", "-i", deb).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg -i: %v\n%s", err, out)
+	}
 	out, err := exec.CommandContext(ctx, "/usr/bin/glance-image-sync", "version").CombinedOutput()
 	must(t, err)
 	want := "glance-image-sync " + describe + " (commit " + head + ")"
