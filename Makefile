@@ -11,7 +11,7 @@ COMMIT    := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TEST_TIMEOUT ?= 15m
 
-.PHONY: build dist test setup vet demo bench bench-scale clean
+.PHONY: build dist image deb test setup vet demo bench bench-scale clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/glance-image-sync
@@ -39,6 +39,50 @@ dist:
 	tar --format=gnu --sort=name --mtime=@$(SOURCE_DATE_EPOCH) --owner=0 --group=0 --numeric-owner \
 		-C $(DIST_DIR) -cf - $(DIST_NAME) | gzip -n -9 > $(DIST_DIR)/$(DIST_NAME).tar.gz
 	cd $(DIST_DIR) && sha256sum $(DIST_NAME).tar.gz | tee $(DIST_NAME).tar.gz.sha256
+
+# The container image (issue 15): the static binary built as for dist, the
+# example config and the licences of what it links, in one layer, as user
+# glance 42415:42415 (Kolla's uid), written by packaging/mkimage (no
+# container daemon) as a tarball for `docker load` / `podman load`.
+# Reproducible like dist: times from SOURCE_DATE_EPOCH, sorted entries.
+IMAGE_DIR ?= bin/image
+IMAGE_TAG ?= glance-image-sync:$(VERSION)
+IMAGE_SOURCE ?= https://github.com/glance-image-sync/glance-image-sync
+IMAGE_TAR := $(IMAGE_DIR)/glance-image-sync-$(VERSION)-image-$(GOARCH).tar
+
+image:
+	rm -rf $(IMAGE_DIR)/stage $(IMAGE_TAR)
+	mkdir -p $(IMAGE_DIR)/stage
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH) $(GO) build -trimpath -buildvcs=false \
+		-ldflags "$(LDFLAGS) -buildid=" -o $(IMAGE_DIR)/stage/glance-image-sync ./cmd/glance-image-sync
+	$(GO) run ./cmd/glance-image-sync config-example > $(IMAGE_DIR)/stage/glance-image-sync.conf.example
+	./packaging/licenses.sh $(IMAGE_DIR)/stage/glance-image-sync $(IMAGE_DIR)/stage/licenses
+	$(GO) run ./packaging/mkimage -binary $(IMAGE_DIR)/stage/glance-image-sync \
+		-example $(IMAGE_DIR)/stage/glance-image-sync.conf.example -licenses $(IMAGE_DIR)/stage/licenses \
+		-version $(VERSION) -revision $(COMMIT) -source $(IMAGE_SOURCE) -epoch $(SOURCE_DATE_EPOCH) \
+		-arch $(GOARCH) -tag $(IMAGE_TAG) -o $(IMAGE_TAR)
+	rm -rf $(IMAGE_DIR)/stage
+
+# The Debian package (issue 15), built with dpkg-deb by packaging/mkdeb.sh:
+# /usr/bin/glance-image-sync (built as for dist), the systemd units (not
+# enabled: no maintainer scripts), the cron line and example config as docs,
+# copyright and the licences of what the binary links. A commit that
+# `git describe` names v1.2 gives 1.2; any other gives 0~git<date>.<commit>.
+DEB_DIR ?= bin/deb
+DEB_MAINTAINER ?= glance-image-sync developers <glance-image-sync@example.org>
+DEB_ARCH  ?= $(if $(filter 386,$(GOARCH)),i386,$(if $(filter arm,$(GOARCH)),armhf,$(GOARCH)))
+
+deb:
+	rm -rf $(DEB_DIR)/stage
+	mkdir -p $(DEB_DIR)/stage
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH) $(GO) build -trimpath -buildvcs=false \
+		-ldflags "$(LDFLAGS) -buildid=" -o $(DEB_DIR)/stage/glance-image-sync ./cmd/glance-image-sync
+	$(GO) run ./cmd/glance-image-sync config-example > $(DEB_DIR)/stage/glance-image-sync.conf.example
+	$(GO) run ./cmd/glance-image-sync help > $(DEB_DIR)/stage/help.txt
+	./packaging/licenses.sh $(DEB_DIR)/stage/glance-image-sync $(DEB_DIR)/stage/licenses
+	VERSION=$(VERSION) COMMIT=$(COMMIT) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) DEB_ARCH=$(DEB_ARCH) \
+		DEB_MAINTAINER='$(DEB_MAINTAINER)' ./packaging/mkdeb.sh $(DEB_DIR)/stage $(DEB_DIR)
+	rm -rf $(DEB_DIR)/stage
 
 setup:
 	./integration/setup.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what the integration tests and the demo need, on Debian
-# 12 as root: RabbitMQ, OpenSSH server and client, rsync, and python3-glance
-# (for the real-Glance end-to-end test). Safe to run again: it installs only
+# 12 as root: RabbitMQ, OpenSSH server and client, rsync, python3-glance
+# (for the real-Glance end-to-end test) and lintian (checks `make deb`'s
+# package; about 15 s of install). Safe to run again: it installs only
 # what is missing and starts RabbitMQ only if it does not answer.
 set -euo pipefail
 
@@ -10,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
 	exit 1
 fi
 
-packages=(rabbitmq-server openssh-server openssh-client rsync python3-glance)
+packages=(rabbitmq-server openssh-server openssh-client rsync python3-glance lintian)
 missing=()
 for p in "${packages[@]}"; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -70,4 +71,4 @@ if ! amqp_answers; then
 	echo "setup.sh: nothing answers on 127.0.0.1:5672 (RabbitMQ)" >&2
 	exit 1
 fi
-echo "setup.sh: RabbitMQ answers on 127.0.0.1:5672; sshd, rsync and python3-glance are installed"
+echo "setup.sh: RabbitMQ answers on 127.0.0.1:5672; sshd, rsync, python3-glance and lintian are installed"
