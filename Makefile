@@ -42,7 +42,7 @@ dist:
 
 # The container image (issue 15): the static binary built as for dist, the
 # example config and the licences of what it links, in one layer, as user
-# glance 42415:42415 (Kolla's uid), written by packaging/mkimage (no
+# glance 42415:42415 (Kolla's uid), written by cmd/mkimage (no
 # container daemon) as a tarball for `docker load` / `podman load`.
 # Reproducible like dist: times from SOURCE_DATE_EPOCH, sorted entries.
 IMAGE_DIR ?= bin/image
@@ -56,14 +56,14 @@ image:
 	CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH) $(GO) build -trimpath -buildvcs=false \
 		-ldflags "$(LDFLAGS) -buildid=" -o $(IMAGE_DIR)/stage/glance-image-sync ./cmd/glance-image-sync
 	$(GO) run ./cmd/glance-image-sync config-example > $(IMAGE_DIR)/stage/glance-image-sync.conf.example
-	./packaging/licenses.sh $(IMAGE_DIR)/stage/glance-image-sync $(IMAGE_DIR)/stage/licenses
-	$(GO) run ./packaging/mkimage -binary $(IMAGE_DIR)/stage/glance-image-sync \
+	./cmd/mkdeb/licenses.sh $(IMAGE_DIR)/stage/glance-image-sync $(IMAGE_DIR)/stage/licenses
+	$(GO) run ./cmd/mkimage -binary $(IMAGE_DIR)/stage/glance-image-sync \
 		-example $(IMAGE_DIR)/stage/glance-image-sync.conf.example -licenses $(IMAGE_DIR)/stage/licenses \
 		-version $(VERSION) -revision $(COMMIT) -source $(IMAGE_SOURCE) -epoch $(SOURCE_DATE_EPOCH) \
 		-arch $(GOARCH) -tag $(IMAGE_TAG) -o $(IMAGE_TAR)
 	rm -rf $(IMAGE_DIR)/stage
 
-# The Debian package (issue 15), built with dpkg-deb by packaging/mkdeb.sh:
+# The Debian package (issue 15), built with dpkg-deb by cmd/mkdeb/mkdeb.sh:
 # /usr/bin/glance-image-sync (built as for dist), the systemd units (not
 # enabled: no maintainer scripts), the cron line and example config as docs,
 # copyright and the licences of what the binary links. A commit that
@@ -79,9 +79,9 @@ deb:
 		-ldflags "$(LDFLAGS) -buildid=" -o $(DEB_DIR)/stage/glance-image-sync ./cmd/glance-image-sync
 	$(GO) run ./cmd/glance-image-sync config-example > $(DEB_DIR)/stage/glance-image-sync.conf.example
 	$(GO) run ./cmd/glance-image-sync help > $(DEB_DIR)/stage/help.txt
-	./packaging/licenses.sh $(DEB_DIR)/stage/glance-image-sync $(DEB_DIR)/stage/licenses
+	./cmd/mkdeb/licenses.sh $(DEB_DIR)/stage/glance-image-sync $(DEB_DIR)/stage/licenses
 	VERSION=$(VERSION) COMMIT=$(COMMIT) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) DEB_ARCH=$(DEB_ARCH) \
-		DEB_MAINTAINER='$(DEB_MAINTAINER)' ./packaging/mkdeb.sh $(DEB_DIR)/stage $(DEB_DIR)
+		DEB_MAINTAINER='$(DEB_MAINTAINER)' ./cmd/mkdeb/mkdeb.sh $(DEB_DIR)/stage $(DEB_DIR)
 	rm -rf $(DEB_DIR)/stage
 
 setup:

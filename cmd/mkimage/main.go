@@ -59,7 +59,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.binary, "binary", "", "the static glance-image-sync binary")
 	flag.StringVar(&o.example, "example", "", "the example config (config-example's output)")
-	flag.StringVar(&o.licences, "licenses", "", "directory of licence texts (packaging/licenses.sh), stored as "+licenceDir+"/NAME")
+	flag.StringVar(&o.licences, "licenses", "", "directory of licence texts (cmd/mkdeb/licenses.sh), stored as "+licenceDir+"/NAME")
 	flag.StringVar(&o.out, "o", "", "the tarball to write")
 	flag.StringVar(&o.tag, "tag", "glance-image-sync:dev", "the name `docker load` gives the image")
 	flag.StringVar(&o.version, "version", "dev", "org.opencontainers.image.version")
@@ -102,7 +102,7 @@ func build(o options) error {
 		Layer: layer,
 		History: v1.History{
 			Created:   v1.Time{Time: created},
-			CreatedBy: "glance-image-sync packaging/mkimage",
+			CreatedBy: "glance-image-sync cmd/mkimage",
 			Comment:   "static binary, example config, licences",
 		},
 	})

@@ -2,7 +2,7 @@
 # mkdeb.sh STAGE OUTDIR: builds the Debian package with dpkg-deb from a
 # stage directory holding glance-image-sync (static binary),
 # glance-image-sync.conf.example, help.txt (`glance-image-sync help`, made
-# into the man page) and licenses/ (packaging/licenses.sh).
+# into the man page) and licenses/ (cmd/mkdeb/licenses.sh).
 # Environment: VERSION (git describe), COMMIT, SOURCE_DATE_EPOCH, DEB_ARCH,
 # DEB_MAINTAINER. The package installs files only: no maintainer scripts,
 # so nothing is enabled or started by installing it (README.Debian says how).
@@ -22,7 +22,7 @@ manpage() {
 }
 
 here=$(cd "$(dirname "$0")" && pwd)
-repo=$(dirname "$here")
+repo=$(dirname "$(dirname "$here")")
 : "${VERSION:?}" "${COMMIT:?}" "${SOURCE_DATE_EPOCH:?}" "${DEB_ARCH:?}" "${DEB_MAINTAINER:?}"
 export SOURCE_DATE_EPOCH
 # A Debian version starts with a digit: v1.2-3-gabc gives 1.2+3+gabc; a
