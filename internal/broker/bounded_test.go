@@ -91,3 +91,14 @@ func TestGatedConnExtendsReadDeadline(t *testing.T) {
 		t.Fatal("read never returned")
 	}
 }
+
+func TestWithoutHeaders(t *testing.T) {
+	orig := map[string]any{"X-Glance-Image-Sync-Attempts": int32(-1), "x-glance-image-sync-": 1, "x-glance-image": 2, "other": 3}
+	m := Message{Headers: orig}.WithoutHeaders("x-glance-image-sync-")
+	if len(m.Headers) != 2 || m.Headers["x-glance-image"] != 2 || m.Headers["other"] != 3 {
+		t.Errorf("headers left: %v", m.Headers)
+	}
+	if len(orig) != 4 {
+		t.Errorf("the original headers were changed: %v", orig)
+	}
+}

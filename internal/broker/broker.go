@@ -266,12 +266,20 @@ func (m Message) IntHeader(key string) int {
 // WithoutHeaders returns a copy of m without the headers whose name starts
 // with prefix, compared case-insensitively.
 func (m Message) WithoutHeaders(prefix string) Message {
+	has := func(k string) bool { return len(k) >= len(prefix) && strings.EqualFold(k[:len(prefix)], prefix) }
+	found := false
+	for k := range m.Headers {
+		found = found || has(k)
+	}
+	if !found {
+		// The common case (Glance sets no headers): no copy.
+		return m
+	}
 	h := make(map[string]any, len(m.Headers))
 	for k, v := range m.Headers {
-		if len(k) >= len(prefix) && strings.EqualFold(k[:len(prefix)], prefix) {
-			continue
+		if !has(k) {
+			h[k] = v
 		}
-		h[k] = v
 	}
 	m.Headers = h
 	return m
