@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/glance-image-sync/glance-image-sync/integration/harness"
@@ -69,12 +68,15 @@ func TestSourceHeadersStripped(t *testing.T) {
 	}
 }
 
-// runRSS runs the tool on node and returns its exit code, log and peak
-// resident memory (the kernel's ru_maxrss, what /usr/bin/time -v shows).
+// runRSS runs the tool on node under /usr/bin/time -v and returns its exit
+// code, log and peak resident memory ("Maximum resident set size"). The
+// kernel's ru_maxrss of a child this test process starts is no use: Go
+// starts children with a vfork-like clone, and the child's maximum then
+// includes this process's own RSS (which holds the test's large bodies).
 func runRSS(t *testing.T, ctx context.Context, c *harness.Cluster, node *harness.Node, args ...string) (int, string, int64) {
 	t.Helper()
-	full := append([]string{"--config", node.Config, "--glance-config", node.GlanceConf}, args...)
-	cmd := node.NS.Command(ctx, c.Tool, full...)
+	full := append([]string{"-v", c.Tool, "--config", node.Config, "--glance-config", node.GlanceConf}, args...)
+	cmd := node.NS.Command(ctx, "/usr/bin/time", full...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
@@ -84,11 +86,16 @@ func runRSS(t *testing.T, ctx context.Context, c *harness.Cluster, node *harness
 	} else if err != nil {
 		t.Fatalf("%v: %v", args, err)
 	}
-	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	if !ok {
-		t.Fatal("no rusage")
+	const label = "Maximum resident set size (kbytes): "
+	i := strings.LastIndex(out.String(), label)
+	if i < 0 {
+		t.Fatalf("no %q in the output of /usr/bin/time -v:\n%s", label, out.String())
 	}
-	return code, out.String(), ru.Maxrss << 10
+	var kib int64
+	if _, err := fmt.Sscan(out.String()[i+len(label):], &kib); err != nil {
+		t.Fatalf("%s: %v", label, err)
+	}
+	return code, out.String(), kib << 10
 }
 
 // Six 16 MiB bodies on Glance's queue once took duplicate-notifications to
@@ -141,6 +148,32 @@ func TestDuplicateMemoryBoundedByBytes(t *testing.T) {
 		}
 		if r, _ := p.Headers["x-glance-image-sync-reason"].(string); !strings.Contains(r, "larger than") {
 			t.Errorf("parked with reason %q", r)
+		}
+	}
+
+	// Bodies under the limit are decoded and copied, but not all at once:
+	// under a count-only prefetch, 64 image events of 900 KiB (a property
+	// that large) were all read ahead, 56 MiB.
+	big := harness.Payload(small, "active")
+	big["properties"] = map[string]any{"note": strings.Repeat("p", 900<<10)}
+	body, err := harness.OsloEnvelope("image.update", "image."+n1.Name, big)
+	must(t, err)
+	bodies := make([][]byte, 64)
+	for i := range bodies {
+		bodies[i] = body
+	}
+	must(t, c.PublishRawBatch(ctx, bodies))
+	code, log, rss = runRSS(t, ctx, c, n1, "duplicate-notifications")
+	t.Logf("duplicate-notifications over 64 image events of %d KiB: peak RSS %.1f MiB, exit %d", len(body)>>10, float64(rss)/(1<<20), code)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, log)
+	}
+	if rss > 64<<20 {
+		t.Errorf("peak RSS %.1f MiB, over the 64 MiB budget", float64(rss)/(1<<20))
+	}
+	for _, n := range c.Nodes {
+		if d := depth(t, c, harness.NodeQueue(n)); d != 3+len(bodies) {
+			t.Errorf("%s holds %d messages, want %d", harness.NodeQueue(n), d, 3+len(bodies))
 		}
 	}
 }

@@ -173,30 +173,37 @@ func Run(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (
 	var runErr error
 	timer := time.NewTimer(idle)
 	defer timer.Stop()
-loop:
-	for n := 0; n < src.Messages; n++ {
-		var d *broker.Delivery
-		var ok bool
-	wait:
-		select {
-		case d, ok = <-in:
-			if !ok {
-				if ctx.Err() == nil && cctx.Err() == nil {
-					runErr = fmt.Errorf("broker %s: consumer on %s closed", conn.URL(), cfg.SourceQueue)
+	// next waits for the next source message; nil, nil ends the drain.
+	next := func(taken int) (*broker.Delivery, error) {
+		for {
+			select {
+			case d, ok := <-in:
+				if !ok && ctx.Err() == nil && cctx.Err() == nil {
+					return nil, fmt.Errorf("broker %s: consumer on %s closed", conn.URL(), cfg.SourceQueue)
 				}
-				break loop
+				return d, nil
+			case <-timer.C:
+				// While the receiver holds bodies we took, its reads wait
+				// for their acks (bounded receiver): that silence is ours.
+				if _, held := recv.Held(); held > 0 {
+					timer.Reset(idle)
+					continue
+				}
+				log.Debug("no more messages arrived", "queue", cfg.SourceQueue, "taken", taken, "counted", src.Messages)
+				return nil, nil
+			case <-cctx.Done():
+				return nil, nil
 			}
-		case <-timer.C:
-			// While the receiver holds bodies we took, its reads wait for
-			// their acks (bounded receiver): that silence is ours.
-			if _, held := recv.Held(); held > 0 {
-				timer.Reset(idle)
-				goto wait
-			}
-			log.Debug("no more messages arrived", "queue", cfg.SourceQueue, "taken", n, "counted", src.Messages)
-			break loop
-		case <-cctx.Done():
-			break loop
+		}
+	}
+	for n := 0; n < src.Messages; n++ {
+		d, err := next(n)
+		if err != nil {
+			runErr = err
+			break
+		}
+		if d == nil {
+			break
 		}
 		timer.Reset(idle)
 		pending, err := route(cctx, cfg, pub, d.Message, &res, log)
