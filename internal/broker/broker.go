@@ -384,7 +384,10 @@ func (r *Receiver) Get() (*Delivery, error) {
 	if !ok {
 		return nil, nil
 	}
-	return &Delivery{Message: fromDelivery(d), Redelivered: d.Redelivered, ch: r.ch, tag: d.DeliveryTag}, nil
+	if r.held != nil {
+		r.held.take(d.DeliveryTag, len(d.Body))
+	}
+	return r.delivery(d), nil
 }
 
 // Consume streams the queue's messages with up to prefetch unacked at once,
