@@ -63,7 +63,7 @@ func (r *runner) recordMetrics(set *metrics.Set, conn *broker.Conn, cmd string, 
 		return
 	}
 	if set == nil {
-		set = metrics.Load(r.cfg.MetricsFile)
+		set = r.loadMetrics()
 	}
 	set.Add(r.runMetrics(conn, cmd, code, start))
 	if r.cfg.MetricsFile == "" {
@@ -72,4 +72,14 @@ func (r *runner) recordMetrics(set *metrics.Set, conn *broker.Conn, cmd string, 
 	if err := set.WriteFile(r.cfg.MetricsFile); err != nil {
 		r.log.Warn("metrics not written", "err", err)
 	}
+}
+
+// loadMetrics reads the counters the previous run left in metrics_file; a
+// file it cannot use is said in the log, and the counters restart from zero.
+func (r *runner) loadMetrics() *metrics.Set {
+	set, err := metrics.Load(r.cfg.MetricsFile)
+	if err != nil {
+		r.log.Warn("previous metrics unusable: counters start from zero", "err", err)
+	}
+	return set
 }

@@ -52,7 +52,7 @@ func runWatch(ctx context.Context, args []string, r *runner, stderr io.Writer) i
 	}
 	set := metrics.New()
 	if r.cfg.MetricsFile != "" {
-		set = metrics.Load(r.cfg.MetricsFile)
+		set = r.loadMetrics()
 	}
 	if *listen != "" {
 		ln, err := net.Listen("tcp", *listen)

@@ -80,6 +80,10 @@ func rawPassword(raw string) string {
 type Conn struct {
 	amqp *amqp.Connection
 	url  string // redacted
+	// raw and tls redial the same broker for a bounded receiver, which
+	// needs a connection of its own (see ReceiveBounded).
+	raw string
+	tls TLS
 }
 
 // Dial connects to the first URL that answers, in order, and returns an error
@@ -103,6 +107,16 @@ func Dial(ctx context.Context, urls []string, t TLS) (*Conn, error) {
 }
 
 func dialOne(ctx context.Context, raw string, t TLS) (*Conn, error) {
+	conn, err := dialAMQP(ctx, raw, t, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{amqp: conn, url: Redact(raw), raw: raw, tls: t}, nil
+}
+
+// dialAMQP opens one AMQP connection; wrap, when set, wraps the TCP
+// connection (under TLS) before the AMQP handshake.
+func dialAMQP(ctx context.Context, raw string, t TLS, wrap func(net.Conn) net.Conn) (*amqp.Connection, error) {
 	uri, err := amqp.ParseURI(raw)
 	if err != nil {
 		return nil, fmt.Errorf("bad URL: %s", scrub(err.Error(), raw))
@@ -112,7 +126,11 @@ func dialOne(ctx context.Context, raw string, t TLS) (*Conn, error) {
 		Locale:    "en_US",
 		Dial: func(network, addr string) (net.Conn, error) {
 			d := net.Dialer{Timeout: 10 * time.Second}
-			return d.DialContext(ctx, network, addr)
+			nc, err := d.DialContext(ctx, network, addr)
+			if err != nil || wrap == nil {
+				return nc, err
+			}
+			return wrap(nc), nil
 		},
 		Properties: amqp.Table{"connection_name": "glance-image-sync"},
 	}
@@ -127,7 +145,7 @@ func dialOne(ctx context.Context, raw string, t TLS) (*Conn, error) {
 	if err != nil {
 		return nil, errors.New(scrub(err.Error(), raw))
 	}
-	return &Conn{amqp: conn, url: Redact(raw)}, nil
+	return conn, nil
 }
 
 // scrub removes a URL's password from a library's error text, which may
@@ -270,6 +288,28 @@ func (m Message) IntHeader(key string) int {
 	return 0
 }
 
+// WithoutHeaders returns a copy of m without the headers whose name starts
+// with prefix, compared case-insensitively.
+func (m Message) WithoutHeaders(prefix string) Message {
+	has := func(k string) bool { return len(k) >= len(prefix) && strings.EqualFold(k[:len(prefix)], prefix) }
+	found := false
+	for k := range m.Headers {
+		found = found || has(k)
+	}
+	if !found {
+		// The common case (Glance sets no headers): no copy.
+		return m
+	}
+	h := make(map[string]any, len(m.Headers))
+	for k, v := range m.Headers {
+		if !has(k) {
+			h[k] = v
+		}
+	}
+	m.Headers = h
+	return m
+}
+
 // WithHeader returns a copy of m with one header set.
 func (m Message) WithHeader(key string, value any) Message {
 	h := make(map[string]any, len(m.Headers)+1)
@@ -310,13 +350,30 @@ type Delivery struct {
 	Redelivered bool
 	ch          *amqp.Channel
 	tag         uint64
+	held        *held // of a bounded receiver; nil otherwise
 }
 
 // Ack removes the message from its queue.
-func (d *Delivery) Ack() error { return d.ch.Ack(d.tag, false) }
+func (d *Delivery) Ack() error {
+	err := d.ch.Ack(d.tag, false)
+	d.settled(false)
+	return err
+}
 
 // AckUpTo acks this message and every earlier one of the same receiver.
-func (d *Delivery) AckUpTo() error { return d.ch.Ack(d.tag, true) }
+func (d *Delivery) AckUpTo() error {
+	err := d.ch.Ack(d.tag, true)
+	d.settled(true)
+	return err
+}
+
+// settled frees the bytes a bounded receiver holds for the message (and, with
+// multiple, for every earlier one).
+func (d *Delivery) settled(multiple bool) {
+	if d.held != nil {
+		d.held.release(d.tag, multiple)
+	}
+}
 
 // Receiver takes messages off one queue. Messages not acked when it is closed go
 // back to the queue, in their place, for a later run.
@@ -326,6 +383,10 @@ type Receiver struct {
 	queue     string
 	done      chan struct{}
 	closeOnce sync.Once
+	// Set by ReceiveBounded: the receiver's own connection and the
+	// accounting that gates reading from it.
+	own  *amqp.Connection
+	held *held
 }
 
 // Receive opens a receiver on queue.
@@ -348,7 +409,10 @@ func (r *Receiver) Get() (*Delivery, error) {
 	if !ok {
 		return nil, nil
 	}
-	return &Delivery{Message: fromDelivery(d), Redelivered: d.Redelivered, ch: r.ch, tag: d.DeliveryTag}, nil
+	if r.held != nil {
+		r.held.take(d.DeliveryTag, len(d.Body))
+	}
+	return r.delivery(d), nil
 }
 
 // Consume streams the queue's messages with up to prefetch unacked at once,
@@ -365,22 +429,67 @@ func (r *Receiver) Consume(prefetch int) (<-chan *Delivery, error) {
 		return nil, fmt.Errorf("broker %s: consuming %s: %w", r.c.url, r.queue, err)
 	}
 	out := make(chan *Delivery)
-	go func() {
-		defer close(out)
-		for d := range in {
-			select {
-			case out <- &Delivery{Message: fromDelivery(d), Redelivered: d.Redelivered, ch: r.ch, tag: d.DeliveryTag}:
-			case <-r.done:
+	if r.held == nil {
+		go r.forward(in, out)
+	} else {
+		go r.forwardHeld(in, out)
+	}
+	return out, nil
+}
+
+func (r *Receiver) forward(in <-chan amqp.Delivery, out chan<- *Delivery) {
+	defer close(out)
+	for d := range in {
+		select {
+		case out <- r.delivery(d):
+		case <-r.done:
+			return
+		}
+	}
+}
+
+// forwardHeld is forward for a bounded receiver: each message is counted
+// the moment the library hands it over, not when the caller takes it, so
+// the gate closes as soon as the budget is used. Once the receiver is
+// closed it keeps taking (and dropping) what the library still reads
+// while the connection closes, so that is not piled up either.
+func (r *Receiver) forwardHeld(in <-chan amqp.Delivery, out chan<- *Delivery) {
+	defer close(out)
+	var queue []*Delivery
+	for {
+		var first *Delivery
+		var send chan<- *Delivery
+		if len(queue) > 0 {
+			first, send = queue[0], out
+		}
+		select {
+		case d, ok := <-in:
+			if !ok {
 				return
 			}
+			r.held.take(d.DeliveryTag, len(d.Body))
+			queue = append(queue, r.delivery(d))
+		case send <- first:
+			queue[0] = nil
+			queue = queue[1:]
+		case <-r.done:
+			for range in {
+			}
+			return
 		}
-	}()
-	return out, nil
+	}
+}
+
+func (r *Receiver) delivery(d amqp.Delivery) *Delivery {
+	return &Delivery{Message: fromDelivery(d), Redelivered: d.Redelivered, ch: r.ch, tag: d.DeliveryTag, held: r.held}
 }
 
 // Close returns every unacked message to the queue.
 func (r *Receiver) Close() error {
 	r.closeOnce.Do(func() { close(r.done) })
+	if r.own != nil {
+		return r.closeOwn()
+	}
 	return r.c.closeChannel(r.ch)
 }
 
@@ -388,6 +497,11 @@ func (r *Receiver) Close() error {
 type Publisher struct {
 	c  *Conn
 	ch *amqp.Channel
+	// closed is the broker's reason for closing the channel, once it has
+	// (ACCESS_REFUSED for a publish the user may not make, NOT_FOUND for a
+	// missing exchange): the confirms it leaves pending only say "nack".
+	closed  chan struct{}
+	closeBy *amqp.Error
 }
 
 // Publisher opens a channel in confirm mode.
@@ -400,7 +514,23 @@ func (c *Conn) Publisher() (*Publisher, error) {
 		ch.Close()
 		return nil, fmt.Errorf("broker %s: enabling publisher confirms: %w", c.url, err)
 	}
-	return &Publisher{c: c, ch: ch}, nil
+	p := &Publisher{c: c, ch: ch, closed: make(chan struct{})}
+	reasons := ch.NotifyClose(make(chan *amqp.Error, 1))
+	go func() {
+		p.closeBy = <-reasons
+		close(p.closed)
+	}()
+	return p, nil
+}
+
+// closeReason waits briefly for the reason the channel closed, if it did.
+func (p *Publisher) closeReason() *amqp.Error {
+	select {
+	case <-p.closed:
+		return p.closeBy
+	case <-time.After(100 * time.Millisecond):
+		return nil
+	}
 }
 
 // Pending is a publish whose confirm has not been waited for yet.
@@ -408,6 +538,7 @@ type Pending struct {
 	dc    *amqp.DeferredConfirmation
 	where string
 	url   string
+	pub   *Publisher
 }
 
 // Wait returns nil once the broker has taken responsibility for the message.
@@ -417,6 +548,9 @@ func (p *Pending) Wait(ctx context.Context) error {
 		return fmt.Errorf("broker %s: confirm for %s: %w", p.url, p.where, err)
 	}
 	if !ok {
+		if why := p.pub.closeReason(); why != nil {
+			return fmt.Errorf("broker %s: publishing to %s: %w", p.url, p.where, why)
+		}
 		return fmt.Errorf("broker %s: %s refused the message (nack)", p.url, p.where)
 	}
 	return nil
@@ -444,7 +578,7 @@ func (p *Publisher) Send(ctx context.Context, exchange, key string, m Message) (
 	if err != nil {
 		return nil, fmt.Errorf("broker %s: publishing to %s: %w", p.c.url, where, err)
 	}
-	return &Pending{dc: dc, where: where, url: p.c.url}, nil
+	return &Pending{dc: dc, where: where, url: p.c.url, pub: p}, nil
 }
 
 // Publish sends m to a queue through the default exchange and waits for the

@@ -3,7 +3,13 @@
 // checking Glance's queues and exchange passively, taking messages off a queue
 // with manual acks, and publishing persistent messages with publisher confirms.
 //
+// ReceiveBounded bounds the bytes of message bodies held unacked, not only
+// their count: RabbitMQ has no byte limit for a consumer, so the receiver
+// runs on a connection of its own and stops reading its socket while the
+// budget is used, leaving the rest on the broker.
+//
 // It holds no policy: what to ack, when, and what to park is decided by the
 // callers (fanout, syncer). Errors and logs name the broker by its URL with the
-// password hidden.
+// password hidden; a publish the broker refuses reports the broker's reason
+// (ACCESS_REFUSED, NOT_FOUND) rather than a bare nack.
 package broker

@@ -3,4 +3,12 @@
 // node can act on every event at its own pace. A source message is acked only
 // once the broker has confirmed every copy; the confirms are pipelined, because
 // waiting for each before the next caps a run at a few hundred events a second.
+//
+// Glance's queue is writable by anyone with a credential of the cloud's
+// broker, so nothing on it is trusted: headers named x-glance-image-sync-*
+// (any case) are dropped before a copy is made, bodies over MaxEventBody
+// (1 MiB) are parked with their first ParkedBodyCap (64 KiB) and their size,
+// undecodable ones are parked whole, and the source is read at most about
+// 8 MiB of bodies ahead of the acks (broker.ReceiveBounded), so a drain's
+// memory does not depend on what was published.
 package fanout

@@ -1,9 +1,11 @@
 package fanout
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
@@ -14,6 +16,42 @@ import (
 const (
 	ReasonHeader = "x-glance-image-sync-reason"
 	NodeHeader   = "x-glance-image-sync-node"
+	// TruncatedHeader holds the original size in bytes of a message parked
+	// with only the first ParkedBodyCap bytes of its body.
+	TruncatedHeader = "x-glance-image-sync-truncated-from"
+)
+
+// OwnHeaderPrefix starts every header this tool sets. Glance's queue can be
+// written by anyone holding a credential of the cloud's broker, so headers
+// with this prefix (in any case) are stripped from what comes off it:
+// downstream they would be taken as ours (an attempt count, a reason).
+const OwnHeaderPrefix = "x-glance-image-sync-"
+
+// Limits on what one source message may cost.
+const (
+	// MaxEventBody is the largest body decoded as a notification. Glance's
+	// image events are a few KiB (format_image_notification in
+	// openstack/glance:glance/notifier.py: the record's fields, its
+	// properties and tags); even a hundred properties of a few hundred bytes
+	// stay far below this. A larger body is parked, never decoded: decoding
+	// costs several times the body in memory.
+	MaxEventBody = 1 << 20
+	// ParkedBodyCap is how much of an oversize body is parked: enough to
+	// see what it was and who sent it, with TruncatedHeader saying how much
+	// was cut. Bodies up to MaxEventBody are parked whole.
+	ParkedBodyCap = 64 << 10
+	// heapLimit is the Go soft memory limit while a drain runs, when the
+	// process has none lower. amqp091-go assembles a body by appending
+	// frames, so the last growth step holds about 2.25 times the body; a
+	// 16 MiB body is then ~30 MiB live, and under the run's 56 MiB limit
+	// the collector let the heap reach ~50 MiB, peak RSS 60–73 MiB over
+	// the 64 MiB budget. Small events keep a few MiB live, so the tighter
+	// limit costs them nothing.
+	heapLimit = 32 << 20
+	// heldBodies bounds the bytes of source bodies taken and not yet acked
+	// (broker.ReceiveBounded). Small events never reach it (prefetch 512 ×
+	// a few KiB); large bodies are then read one or two at a time.
+	heldBodies = 8 << 20
 )
 
 // Config is what a duplicate-notifications run needs.
@@ -47,6 +85,10 @@ const idle = time.Second
 // copies already made are harmless duplicates.
 func Run(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (Result, error) {
 	var res Result
+	if prev := debug.SetMemoryLimit(-1); prev > heapLimit {
+		debug.SetMemoryLimit(heapLimit)
+		defer debug.SetMemoryLimit(prev)
+	}
 	for _, q := range append([]string{cfg.ParkQueue}, cfg.NodeQueues...) {
 		if err := conn.DeclareQueue(q); err != nil {
 			return res, err
@@ -64,7 +106,7 @@ func Run(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (
 		log.Debug("source queue empty", "queue", cfg.SourceQueue)
 		return res, nil
 	}
-	recv, err := conn.Receive(cfg.SourceQueue)
+	recv, err := conn.ReceiveBounded(ctx, cfg.SourceQueue, heldBodies)
 	if err != nil {
 		return res, err
 	}
@@ -98,7 +140,9 @@ func Run(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (
 				return nil
 			}
 			unacked = 0
-			return last.AckUpTo()
+			d := last
+			last = nil
+			return d.AckUpTo()
 		}
 		for e := range order {
 			for _, p := range e.pending {
@@ -129,30 +173,47 @@ func Run(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (
 	var runErr error
 	timer := time.NewTimer(idle)
 	defer timer.Stop()
-loop:
-	for n := 0; n < src.Messages; n++ {
-		var d *broker.Delivery
-		var ok bool
-		select {
-		case d, ok = <-in:
-			if !ok {
-				if ctx.Err() == nil && cctx.Err() == nil {
-					runErr = fmt.Errorf("broker %s: consumer on %s closed", conn.URL(), cfg.SourceQueue)
+	// next waits for the next source message; nil, nil ends the drain.
+	next := func(taken int) (*broker.Delivery, error) {
+		for {
+			select {
+			case d, ok := <-in:
+				if !ok && ctx.Err() == nil && cctx.Err() == nil {
+					return nil, fmt.Errorf("broker %s: consumer on %s closed", conn.URL(), cfg.SourceQueue)
 				}
-				break loop
+				return d, nil
+			case <-timer.C:
+				// While the receiver holds bodies we took, its reads wait
+				// for their acks (bounded receiver): that silence is ours.
+				if _, held := recv.Held(); held > 0 {
+					timer.Reset(idle)
+					continue
+				}
+				log.Debug("no more messages arrived", "queue", cfg.SourceQueue, "taken", taken, "counted", src.Messages)
+				return nil, nil
+			case <-cctx.Done():
+				return nil, nil
 			}
-		case <-timer.C:
-			log.Debug("no more messages arrived", "queue", cfg.SourceQueue, "taken", n, "counted", src.Messages)
-			break loop
-		case <-cctx.Done():
-			break loop
 		}
-		timer.Reset(idle)
-		pending, err := route(cctx, cfg, pub, d, &res, log)
+	}
+	for n := 0; n < src.Messages; n++ {
+		d, err := next(n)
 		if err != nil {
 			runErr = err
 			break
 		}
+		if d == nil {
+			break
+		}
+		timer.Reset(idle)
+		pending, err := route(cctx, cfg, pub, d.Message, &res, log)
+		if err != nil {
+			runErr = err
+			break
+		}
+		// The acker needs only the tag: a large body must not stay alive
+		// while the confirms come in and the next message is read.
+		d.Body = nil
 		order <- entry{d: d, pending: pending}
 	}
 	close(order)
@@ -165,19 +226,25 @@ loop:
 	return res, runErr
 }
 
+// sender publishes without waiting for the confirm (broker.Publisher).
+type sender interface {
+	Send(ctx context.Context, exchange, key string, m broker.Message) (*broker.Pending, error)
+}
+
 // route publishes what one source message becomes and returns the confirms to
 // wait for before the source may be acked.
-func route(ctx context.Context, cfg Config, pub *broker.Publisher, d *broker.Delivery, res *Result, log *slog.Logger) ([]*broker.Pending, error) {
-	ev, err := notification.Decode(d.Body)
+func route(ctx context.Context, cfg Config, pub sender, m broker.Message, res *Result, log *slog.Logger) ([]*broker.Pending, error) {
+	m = m.WithoutHeaders(OwnHeaderPrefix)
+	if len(m.Body) > MaxEventBody {
+		reason := fmt.Sprintf("body of %d bytes is larger than the %d bytes of any Glance notification; parked with its first %d bytes", len(m.Body), MaxEventBody, ParkedBodyCap)
+		// A copy, so the large body can be freed before the confirm.
+		m = m.WithHeader(TruncatedHeader, int64(len(m.Body)))
+		m.Body = bytes.Clone(m.Body[:ParkedBodyCap])
+		return park(ctx, cfg, pub, m, reason, res, log)
+	}
+	ev, err := notification.Decode(m.Body)
 	if err != nil {
-		m := d.Message.WithHeader(ReasonHeader, truncate(err.Error())).WithHeader(NodeHeader, cfg.Self)
-		p, perr := pub.Send(ctx, "", cfg.ParkQueue, m)
-		if perr != nil {
-			return nil, perr
-		}
-		log.Warn("parked", "queue", cfg.ParkQueue, "reason", err.Error())
-		res.Parked++
-		return []*broker.Pending{p}, nil
+		return park(ctx, cfg, pub, m, err.Error(), res, log)
 	}
 	if !ev.IsImageEvent() {
 		if cfg.ForwardKey == "" {
@@ -185,7 +252,7 @@ func route(ctx context.Context, cfg Config, pub *broker.Publisher, d *broker.Del
 			res.Dropped++
 			return nil, nil
 		}
-		p, err := pub.Send(ctx, cfg.Exchange, cfg.ForwardKey, d.Message)
+		p, err := pub.Send(ctx, cfg.Exchange, cfg.ForwardKey, m)
 		if err != nil {
 			return nil, err
 		}
@@ -194,7 +261,7 @@ func route(ctx context.Context, cfg Config, pub *broker.Publisher, d *broker.Del
 	}
 	out := make([]*broker.Pending, 0, len(cfg.NodeQueues))
 	for _, q := range cfg.NodeQueues {
-		p, err := pub.Send(ctx, "", q, d.Message)
+		p, err := pub.Send(ctx, "", q, m)
 		if err != nil {
 			return nil, err
 		}
@@ -207,6 +274,19 @@ func route(ctx context.Context, cfg Config, pub *broker.Publisher, d *broker.Del
 	log.Debug("copied", "event", ev.EventType, "image", id, "queues", len(out))
 	res.Copied++
 	return out, nil
+}
+
+// park moves a message that can never be copied to the parking queue, with
+// the reason.
+func park(ctx context.Context, cfg Config, pub sender, m broker.Message, reason string, res *Result, log *slog.Logger) ([]*broker.Pending, error) {
+	m = m.WithHeader(ReasonHeader, truncate(reason)).WithHeader(NodeHeader, cfg.Self)
+	p, err := pub.Send(ctx, "", cfg.ParkQueue, m)
+	if err != nil {
+		return nil, err
+	}
+	log.Warn("parked", "queue", cfg.ParkQueue, "reason", truncate(reason))
+	res.Parked++
+	return []*broker.Pending{p}, nil
 }
 
 // truncate keeps a reason header small; AMQP headers are not meant for logs.

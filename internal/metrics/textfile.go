@@ -1,9 +1,11 @@
 package metrics
 
 import (
-	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 const prefix = "glance_image_sync_"
@@ -78,35 +81,72 @@ type Set struct {
 	values map[string]float64 // by series key, name{labels} as written
 }
 
+// maxFile bounds the previous file Load reads. A file of this tool's series
+// is a few KiB: label values are bounded (maxLabel) and event types are a
+// fixed set, so anything near this size was not written by us.
+const maxFile = 4 << 20
+
 // Load reads the file a previous run left, so its counters go on from there.
-// A missing or unreadable file starts from zero: losing counts resets a
-// counter, which Prometheus handles.
-func Load(path string) *Set {
-	s := &Set{values: map[string]float64{}}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return s
+// A missing file is a first run. A file that cannot be read or is not what
+// this package writes gives an empty set and an error naming the file: the
+// counters then restart from zero (Prometheus handles a reset), and the
+// caller says so in the log.
+func Load(path string) (*Set, error) {
+	s := New()
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return s, nil
 	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		line := sc.Text()
+	if err != nil {
+		return s, fmt.Errorf("metrics_file %s: %w", path, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFile+1))
+	if err != nil {
+		return s, fmt.Errorf("metrics_file %s: %w", path, err)
+	}
+	if len(data) > maxFile {
+		return s, fmt.Errorf("metrics_file %s: larger than %d bytes, not a file this tool wrote", path, maxFile)
+	}
+	values, err := parseText(data)
+	if err != nil {
+		return s, fmt.Errorf("metrics_file %s: %w", path, err)
+	}
+	s.values = values
+	return s, nil
+}
+
+// parseText reads the series lines of Text's output, whatever their length.
+func parseText(data []byte) (map[string]float64, error) {
+	values := map[string]float64{}
+	for n, line := range strings.Split(string(data), "\n") {
 		if line == "" || line[0] == '#' {
 			continue
 		}
 		i := strings.LastIndexByte(line, ' ')
 		if i < 0 {
-			continue
+			return nil, fmt.Errorf("line %d: no value", n+1)
 		}
 		v, err := strconv.ParseFloat(line[i+1:], 64)
 		if err != nil || math.IsNaN(v) {
-			continue
+			return nil, fmt.Errorf("line %d: value %s is not a number", n+1, excerpt(line[i+1:]))
 		}
 		key := line[:i]
-		if strings.HasPrefix(key, prefix) {
-			s.values[key] = v
+		if !strings.HasPrefix(key, prefix) {
+			return nil, fmt.Errorf("line %d: series %s is not one of ours", n+1, excerpt(key))
 		}
+		values[key] = v
 	}
-	return s
+	return values, nil
+}
+
+// excerpt keeps an error readable whatever the file holds.
+func excerpt(s string) string {
+	const max = 80
+	if len(s) > max {
+		s = strings.ToValidUTF8(s[:max], "") + "…"
+	}
+	return strconv.Quote(s)
 }
 
 // New is an empty set, for a daemon that serves its own numbers.
@@ -120,7 +160,7 @@ func (s *Set) Add(r Run) {
 		if e.N == 0 {
 			continue
 		}
-		s.values[key(prefix+"events_total", Labels{"command": e.Command, "event": e.Type, "result": e.Result})] += float64(e.N)
+		s.values[key(prefix+"events_total", Labels{"command": e.Command, "event": EventLabel(e.Type), "result": e.Result})] += float64(e.N)
 	}
 	s.values[key(prefix+"transferred_bytes_total", nil)] += float64(r.Bytes)
 	s.values[key(prefix+"transfer_seconds_total", nil)] += r.Seconds
@@ -230,6 +270,48 @@ func key(name string, l Labels) string {
 	return b.String()
 }
 
+// maxLabel bounds a label value in bytes. Values come from config (queue
+// names) and from messages (through EventLabel); none that is meant to be
+// told apart from another is longer.
+const maxLabel = 128
+
 var escaper = strings.NewReplacer(`\`, `\\`, "\n", `\n`, `"`, `\"`)
 
-func escape(v string) string { return escaper.Replace(v) }
+// escape makes v a valid label value of the text format: valid UTF-8,
+// bounded, with the three escapes the format defines.
+func escape(v string) string {
+	v = strings.ToValidUTF8(v, "\uFFFD")
+	if len(v) > maxLabel {
+		cut := maxLabel
+		for cut > 0 && !utf8.RuneStart(v[cut]) {
+			cut--
+		}
+		v = v[:cut] + "…"
+	}
+	return escaper.Replace(v)
+}
+
+// knownEvents are the event types Glance sends (shared/glance.md, "Events";
+// openstack/glance:glance/notifier.py): the only ones that get a series of
+// their own. Anything in a message is attacker-chosen, and each distinct
+// label value is a series kept for ever in the file and in Prometheus.
+var knownEvents = map[string]bool{
+	"image.create": true, "image.update": true, "image.prepare": true,
+	"image.upload": true, "image.activate": true, "image.delete": true,
+	"image.send": true, "image.member.create": true, "image.member.update": true,
+	"image.member.delete": true, "task.create": true, "task.run": true,
+	"task.processing": true, "task.success": true, "task.failure": true,
+	"task.delete": true,
+}
+
+// OtherEvent is the event label of every type not in the known set.
+const OtherEvent = "other"
+
+// EventLabel is the event label for an event type read from a message.
+// "" stays "" (the duplicate-notifications side does not look at types).
+func EventLabel(eventType string) string {
+	if eventType == "" || knownEvents[eventType] {
+		return eventType
+	}
+	return OtherEvent
+}

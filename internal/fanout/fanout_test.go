@@ -1,0 +1,135 @@
+package fanout
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+)
+
+// sent is one publish a fakeSender saw.
+type sent struct {
+	exchange, key string
+	m             broker.Message
+}
+
+type fakeSender struct{ sent []sent }
+
+func (f *fakeSender) Send(_ context.Context, exchange, key string, m broker.Message) (*broker.Pending, error) {
+	f.sent = append(f.sent, sent{exchange, key, m})
+	return nil, nil
+}
+
+var testCfg = Config{
+	Self:        "n1",
+	SourceQueue: "notifications.info",
+	NodeQueues:  []string{"glance_image_sync.n1.info", "glance_image_sync.n2.info"},
+	ParkQueue:   "glance_image_sync.n1.failed",
+	Exchange:    "glance",
+	ForwardKey:  "ours.info",
+}
+
+func fixture(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", "notifications", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// Anyone who can publish to Glance's exchange can set headers. Ours must
+// not come through, in any spelling, on any path out of the source queue:
+// an attempt count of -2147483000 on a node queue was never parked.
+func TestOwnHeadersStripped(t *testing.T) {
+	forged := map[string]any{
+		"x-glance-image-sync-attempts":  int32(-2147483000),
+		"X-Glance-Image-Sync-Attempts":  int32(-5),
+		"X-GLANCE-IMAGE-SYNC-REASON":    "forged",
+		"x-glance-image-sync-node":      "evil",
+		"x-glance-image-sync-anything":  "x",
+		"x-glance-image-sync-truncated": int64(1),
+		"x-other":                       "kept",
+	}
+	for _, c := range []struct {
+		name string
+		body []byte
+		key  string // where the message must go
+	}{
+		{"copied", fixture(t, "oslo2_image_update_active.json"), "glance_image_sync.n1.info"},
+		{"forwarded", fixture(t, "oslo2_image_send.json"), "ours.info"},
+		{"parked", []byte("{not json"), "glance_image_sync.n1.failed"},
+		{"parked oversize", bytes.Repeat([]byte("x"), MaxEventBody+1), "glance_image_sync.n1.failed"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var f fakeSender
+			var res Result
+			m := broker.Message{Body: c.body, Headers: forged}
+			if _, err := route(context.Background(), testCfg, &f, m, &res, quiet()); err != nil {
+				t.Fatal(err)
+			}
+			if len(f.sent) == 0 || f.sent[0].key != c.key {
+				t.Fatalf("sent %v, want to %s", f.sent, c.key)
+			}
+			for _, s := range f.sent {
+				if s.m.Headers["x-other"] != "kept" {
+					t.Errorf("to %s: a foreign header was dropped: %v", s.key, s.m.Headers)
+				}
+				for k, v := range s.m.Headers {
+					if v == forged[k] && strings.HasPrefix(strings.ToLower(k), OwnHeaderPrefix) {
+						t.Errorf("to %s: forged header %s = %v came through", s.key, k, v)
+					}
+				}
+			}
+			if len(forged) != 7 {
+				t.Errorf("the source message's headers were changed in place")
+			}
+		})
+	}
+}
+
+// An oversize body is parked, never decoded, with its head and its size;
+// anything up to the limit is parked whole.
+func TestOversizeParkedCapped(t *testing.T) {
+	big := append([]byte(`{"event_type":"image.update","payload":{"name":"`), bytes.Repeat([]byte("y"), 16<<20)...)
+	big = append(big, `"}}`...)
+	var f fakeSender
+	var res Result
+	if _, err := route(context.Background(), testCfg, &f, broker.Message{Body: big}, &res, quiet()); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.sent) != 1 || f.sent[0].key != testCfg.ParkQueue || res.Parked != 1 {
+		t.Fatalf("sent %d messages (%+v), want one to the parking queue", len(f.sent), res)
+	}
+	m := f.sent[0].m
+	if len(m.Body) != ParkedBodyCap || !bytes.Equal(m.Body, big[:ParkedBodyCap]) {
+		t.Errorf("parked body: %d bytes, want the first %d", len(m.Body), ParkedBodyCap)
+	}
+	if got := m.IntHeader(TruncatedHeader); got != len(big) {
+		t.Errorf("%s = %v, want %d", TruncatedHeader, m.Headers[TruncatedHeader], len(big))
+	}
+	if r, _ := m.Headers[ReasonHeader].(string); !strings.Contains(r, "larger than") {
+		t.Errorf("reason %q", r)
+	}
+
+	// Undecodable but within the limit: parked whole, not marked truncated.
+	f = fakeSender{}
+	odd := append([]byte("{"), bytes.Repeat([]byte("z"), MaxEventBody-1)...)
+	if _, err := route(context.Background(), testCfg, &f, broker.Message{Body: odd}, &res, quiet()); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.sent) != 1 || !bytes.Equal(f.sent[0].m.Body, odd) {
+		t.Fatalf("undecodable body of %d bytes not parked whole", len(odd))
+	}
+	if _, ok := f.sent[0].m.Headers[TruncatedHeader]; ok {
+		t.Errorf("whole body marked truncated")
+	}
+}
