@@ -576,6 +576,12 @@ func (p *Publisher) Send(ctx context.Context, exchange, key string, m Message) (
 	}
 	dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, false, false, m.publishing())
 	if err != nil {
+		// A refused earlier publish closes the channel; the next one then
+		// fails with a bare 504. The reason the broker gave is what an
+		// operator needs (ACCESS_REFUSED naming the exchange).
+		if why := p.closeReason(); why != nil {
+			err = why
+		}
 		return nil, fmt.Errorf("broker %s: publishing to %s: %w", p.c.url, where, err)
 	}
 	return &Pending{dc: dc, where: where, url: p.c.url, pub: p}, nil
