@@ -15,6 +15,7 @@ import (
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/progress"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
 )
@@ -149,7 +150,7 @@ func (c *checker) checkQueues(cfg *config.Config, conn *broker.Conn) {
 		c.pass("source queue", "%s: %d ready, %d consumers", src, st.Messages, st.Consumers)
 	}
 	for _, n := range cfg.Nodes {
-		q, park := cfg.NodeQueue(n.Short), cfg.ParkingQueue(n.Short)
+		q, park := nodequeue.Queue(n.Short), nodequeue.ParkQueue(n.Short)
 		st, err := conn.Inspect(q)
 		switch {
 		case err != nil:

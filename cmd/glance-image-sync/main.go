@@ -19,6 +19,7 @@ import (
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
 	"github.com/glance-image-sync/glance-image-sync/internal/fanout"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/progress"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
@@ -321,13 +322,13 @@ func worse(a, b int) int {
 func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
 	var queues []string
 	for _, n := range r.cfg.Nodes {
-		queues = append(queues, r.cfg.NodeQueue(n.Short))
+		queues = append(queues, nodequeue.Queue(n.Short))
 	}
 	res, err := fanout.Run(ctx, fanout.Config{
 		Self:        r.cfg.Self.Short,
 		SourceQueue: r.cfg.Broker.SourceQueue(),
 		NodeQueues:  queues,
-		ParkQueue:   r.cfg.ParkingQueue(r.cfg.Self.Short),
+		ParkQueue:   nodequeue.ParkQueue(r.cfg.Self.Short),
 		Exchange:    r.cfg.Broker.Exchange,
 		ForwardKey:  r.cfg.Broker.ForwardRoutingKey,
 	}, conn, r.log)
@@ -388,8 +389,8 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 			Ciphers:    r.cfg.SSHCiphers,
 			Timeout:    r.cfg.SSHTimeout,
 		},
-		Queue:             r.cfg.NodeQueue(r.cfg.Self.Short),
-		ParkQueue:         r.cfg.ParkingQueue(r.cfg.Self.Short),
+		Queue:             nodequeue.Queue(r.cfg.Self.Short),
+		ParkQueue:         nodequeue.ParkQueue(r.cfg.Self.Short),
 		MaxAttempts:       r.cfg.MaxAttempts,
 		Transfers:         r.cfg.Transfers,
 		IdleTimeout:       r.cfg.SSHTimeout,
@@ -437,56 +438,12 @@ func (r *runner) purgeTrash(st *store.Store, start time.Time) {
 	}
 }
 
-// requeueFailed moves parked messages back to this node's queue with their
-// attempt count reset, for after an operator fixed what made them fail.
+// requeueFailed moves this node's parked messages back to its queue.
 func (r *runner) requeueFailed(ctx context.Context, conn *broker.Conn) int {
-	park, queue := r.cfg.ParkingQueue(r.cfg.Self.Short), r.cfg.NodeQueue(r.cfg.Self.Short)
-	for _, q := range []string{park, queue} {
-		if err := conn.DeclareQueue(q); err != nil {
-			r.log.Error("requeue-failed", "err", err)
-			return exitFailed
-		}
-	}
-	qs, err := conn.Inspect(park)
+	moved, err := nodequeue.RequeueFailed(ctx, conn, r.cfg.Self.Short, r.log)
 	if err != nil {
-		r.log.Error("requeue-failed", "err", err)
+		r.log.Error("requeue-failed", "moved", moved, "err", err)
 		return exitFailed
-	}
-	recv, err := conn.Receive(park)
-	if err != nil {
-		r.log.Error("requeue-failed", "err", err)
-		return exitFailed
-	}
-	defer recv.Close()
-	pub, err := conn.Publisher()
-	if err != nil {
-		r.log.Error("requeue-failed", "err", err)
-		return exitFailed
-	}
-	defer pub.Close()
-	moved := 0
-	for i := 0; i < qs.Messages; i++ {
-		d, err := recv.Get()
-		if err != nil {
-			r.log.Error("requeue-failed", "err", err)
-			return exitFailed
-		}
-		if d == nil {
-			break
-		}
-		m := d.Message
-		reason, _ := m.Headers[syncer.ReasonHeader].(string)
-		m = m.WithHeader(syncer.AttemptsHeader, int32(0))
-		if err := pub.Publish(ctx, queue, m); err != nil {
-			r.log.Error("requeue-failed", "err", err)
-			return exitFailed
-		}
-		if err := d.Ack(); err != nil {
-			r.log.Error("requeue-failed", "err", err)
-			return exitFailed
-		}
-		moved++
-		r.log.Info("requeued", "from", park, "to", queue, "was_parked_for", reason)
 	}
 	r.log.Info("requeue-failed done", "moved", moved)
 	return exitOK

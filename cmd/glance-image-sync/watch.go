@@ -14,6 +14,7 @@ import (
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/fanout"
 	"github.com/glance-image-sync/glance-image-sync/internal/metrics"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
 )
 
@@ -80,7 +81,7 @@ func runWatch(ctx context.Context, args []string, r *runner, stderr io.Writer) i
 			backoff = min(2*backoff, reconnectMax)
 			continue
 		}
-		r.log.Info("watching", "broker", conn.URL(), "queue", r.cfg.NodeQueue(r.cfg.Self.Short), "duplicate", *duplicate, "interval", interval.String())
+		r.log.Info("watching", "broker", conn.URL(), "queue", nodequeue.Queue(r.cfg.Self.Short), "duplicate", *duplicate, "interval", interval.String())
 		start := time.Now()
 		err = w.serve(ctx, conn)
 		conn.Close()

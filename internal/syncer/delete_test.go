@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 )
@@ -129,16 +130,16 @@ func TestDeleteConfirmation(t *testing.T) {
 			parked := pub.to(testPark)
 			switch {
 			case tt.parked == "" && len(parked) > 0:
-				t.Errorf("parked: %v", parked[0].Headers[ReasonHeader])
-			case tt.parked != "" && (len(parked) != 1 || parked[0].Headers[ReasonHeader] != tt.parked):
+				t.Errorf("parked: %v", parked[0].Headers[nodequeue.ReasonHeader])
+			case tt.parked != "" && (len(parked) != 1 || parked[0].Headers[nodequeue.ReasonHeader] != tt.parked):
 				t.Errorf("parked %v, want one with reason %q", parked, tt.parked)
 			}
 			requeued := pub.to(testQueue)
 			if got := len(requeued) == 1; got != tt.deferred {
 				t.Errorf("re-queued %d, want deferred %v", len(requeued), tt.deferred)
 			}
-			if tt.deferred && requeued[0].IntHeader(AttemptsHeader) != 1 {
-				t.Errorf("deferred with attempts %v, want 1", requeued[0].Headers[AttemptsHeader])
+			if tt.deferred && requeued[0].IntHeader(nodequeue.AttemptsHeader) != 1 {
+				t.Errorf("deferred with attempts %v, want 1", requeued[0].Headers[nodequeue.AttemptsHeader])
 			}
 			if a.acks != 1 {
 				t.Errorf("acked %d times, want 1 (the message is settled: done, parked or re-queued)", a.acks)
@@ -174,7 +175,7 @@ func TestDeleteUnconfirmedParksAfterAttempts(t *testing.T) {
 func TestAttemptsClamp(t *testing.T) {
 	for _, start := range []any{int32(-2147483000), int64(-1), int32(2000000000), int64(1 << 40), "7", 3.5} {
 		s, _, pub := testSyncer(Config{MaxAttempts: 4})
-		headers := map[string]any{AttemptsHeader: start}
+		headers := map[string]any{nodequeue.AttemptsHeader: start}
 		runs := 0
 		for len(pub.to(testPark)) == 0 && runs < 10 {
 			runs++
@@ -190,7 +191,7 @@ func TestAttemptsClamp(t *testing.T) {
 	}
 	// A count of ours is believed.
 	s, _, pub := testSyncer(Config{MaxAttempts: 4})
-	j, _ := fetchJob(5, testSum, map[string]any{AttemptsHeader: int32(3)})
+	j, _ := fetchJob(5, testSum, map[string]any{nodequeue.AttemptsHeader: int32(3)})
 	s.retry(context.Background(), j, errors.New("peer down"))
 	if len(pub.to(testPark)) != 1 {
 		t.Error("attempts 3 of 4 was not parked on its last failure")
@@ -253,7 +254,7 @@ func TestWholeMismatchParks(t *testing.T) {
 	s, _, pub := testSyncer(Config{MaxAttempts: 12})
 	j, _ := fetchJob(5, testSum, nil)
 	s.retry(context.Background(), j, errors.Join(mm("node1", 0), mm("node3", 0)))
-	if p := pub.to(testPark); len(p) != 1 || !strings.Contains(p[0].Headers[ReasonHeader].(string), "did not match") {
+	if p := pub.to(testPark); len(p) != 1 || !strings.Contains(p[0].Headers[nodequeue.ReasonHeader].(string), "did not match") {
 		t.Fatalf("two whole mismatches in one run: parked %v", p)
 	}
 
@@ -262,7 +263,7 @@ func TestWholeMismatchParks(t *testing.T) {
 	j, _ = fetchJob(5, testSum, nil)
 	s.retry(context.Background(), j, mm("node1", 0))
 	q := pub.to(testQueue)
-	if len(q) != 1 || q[0].IntHeader(MismatchesHeader) != 1 {
+	if len(q) != 1 || q[0].IntHeader(nodequeue.MismatchesHeader) != 1 {
 		t.Fatalf("first mismatch: re-queued %v", q)
 	}
 	j, _ = fetchJob(5, testSum, q[0].Headers)
@@ -272,9 +273,9 @@ func TestWholeMismatchParks(t *testing.T) {
 	}
 	// A forged mismatch count is clamped like attempts.
 	s, _, pub = testSyncer(Config{MaxAttempts: 12})
-	j, _ = fetchJob(5, testSum, map[string]any{MismatchesHeader: int32(-5)})
+	j, _ = fetchJob(5, testSum, map[string]any{nodequeue.MismatchesHeader: int32(-5)})
 	s.retry(context.Background(), j, mm("node1", 0))
-	if len(pub.to(testPark)) != 0 || pub.to(testQueue)[0].IntHeader(MismatchesHeader) != 1 {
+	if len(pub.to(testPark)) != 0 || pub.to(testQueue)[0].IntHeader(nodequeue.MismatchesHeader) != 1 {
 		t.Error("a negative mismatch count was believed")
 	}
 }

@@ -10,19 +10,10 @@ import (
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
-)
-
-// Header names on messages this tool re-queues or parks.
-const (
-	AttemptsHeader = "x-glance-image-sync-attempts"
-	ReasonHeader   = "x-glance-image-sync-reason"
-	NodeHeader     = "x-glance-image-sync-node"
-	// MismatchesHeader counts whole copies read from a peer's complete
-	// file that did not match the event's checksum, over runs.
-	MismatchesHeader = "x-glance-image-sync-mismatches"
 )
 
 // ImageStatuser asks the Images API about one image: its status, or found
@@ -478,29 +469,28 @@ func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, i
 // wrong then, and every further try would read the whole image again). It
 // reports whether the message was re-queued.
 func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
-	attempts := s.attempts(j.m) + 1
+	attempts := nodequeue.Attempts(j.m, s.cfg.MaxAttempts) + 1
 	id := imageID(j.ev)
 	if s.cfg.DryRun {
 		// Nothing is acked in a dry run: a re-queued copy would be a duplicate.
 		s.log.Info("would leave for the next run", "image", id, "attempt", attempts, "err", cause)
 		return false
 	}
-	m := j.m
+	mismatches := 0
 	if n := wholeMismatches(cause); n > 0 {
-		total := clampCount(m.IntHeader(MismatchesHeader), s.cfg.MaxAttempts) + n
-		if total >= mismatchLimit {
+		mismatches = nodequeue.Mismatches(j.m, s.cfg.MaxAttempts) + n
+		if mismatches >= mismatchLimit {
 			s.park(ctx, j.d, j.m, j.ev.EventType, id, "mismatch", fmt.Sprintf(
 				"%d whole copies read from complete files on the peers did not match the event's size %d and checksum %s; last: %v",
-				total, j.ev.Image.Size, j.ev.Image.Checksum, cause))
+				mismatches, j.ev.Image.Size, j.ev.Image.Checksum, cause))
 			return false
 		}
-		m = m.WithHeader(MismatchesHeader, int32(total))
 	}
 	if attempts >= s.cfg.MaxAttempts {
 		s.park(ctx, j.d, j.m, j.ev.EventType, id, "max_attempts", fmt.Sprintf("failed %d times, last: %v", attempts, cause))
 		return false
 	}
-	m = m.WithHeader(AttemptsHeader, int32(attempts)).WithHeader(ReasonHeader, truncate(cause.Error()))
+	m := nodequeue.Retried(j.m, attempts, mismatches, cause.Error())
 	if err := s.pub.Publish(ctx, s.cfg.Queue, m); err != nil {
 		s.fail(err)
 		return false
@@ -511,27 +501,6 @@ func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
 	return true
 }
 
-// attemptsCeiling bounds the attempt count believed from a message: anyone
-// who can publish can set the header, and a count that is negative, absurd
-// or not a whole number would otherwise keep a message from ever being
-// parked, or park it at once.
-const attemptsCeiling = 10000
-
-// attempts is how many runs already failed the message, as far as it can be
-// believed.
-func (s *Syncer) attempts(m broker.Message) int {
-	return clampCount(m.IntHeader(AttemptsHeader), s.cfg.MaxAttempts)
-}
-
-// clampCount takes a count of ours from a header: negative, or beyond both
-// attemptsCeiling and max_attempts, it is 0.
-func clampCount(n, maxAttempts int) int {
-	if n < 0 || n > max(attemptsCeiling, maxAttempts) {
-		return 0
-	}
-	return n
-}
-
 // park moves a message that can never succeed to the parking queue with the
 // reason in a header, so it cannot block the queue and is not lost.
 // event and cause label it for metrics.
@@ -540,8 +509,7 @@ func (s *Syncer) park(ctx context.Context, d acker, msg broker.Message, event, i
 		s.log.Info("would park", "image", id, "reason", reason)
 		return
 	}
-	m := msg.WithHeader(ReasonHeader, truncate(reason)).WithHeader(NodeHeader, s.cfg.Self)
-	if err := s.pub.Publish(ctx, s.cfg.ParkQueue, m); err != nil {
+	if err := s.pub.Publish(ctx, s.cfg.ParkQueue, nodequeue.Parked(msg, s.cfg.Self, reason)); err != nil {
 		s.fail(err)
 		return
 	}
@@ -615,13 +583,4 @@ func imageID(ev *notification.Event) string {
 		return ""
 	}
 	return ev.Image.ID
-}
-
-// truncate keeps a reason header small; AMQP headers are not meant for logs.
-func truncate(s string) string {
-	const max = 1000
-	if len(s) > max {
-		return s[:max] + "…"
-	}
-	return s
 }
