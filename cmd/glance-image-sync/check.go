@@ -15,6 +15,7 @@ import (
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/progress"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
@@ -111,7 +112,7 @@ func peerNames(cfg *config.Config) string {
 // when failover would hide it, and returns a connection to the first that works.
 func (c *checker) checkBroker(ctx context.Context, cfg *config.Config) *broker.Conn {
 	var first *broker.Conn
-	t := broker.TLS{CAFile: cfg.Broker.TLS.CAFile, CertFile: cfg.Broker.TLS.CertFile, KeyFile: cfg.Broker.TLS.KeyFile}
+	t := brokerTLS(cfg)
 	for _, u := range cfg.Broker.URLs {
 		dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		conn, err := broker.Dial(dctx, []string{u}, t)
@@ -150,7 +151,7 @@ func (c *checker) checkQueues(cfg *config.Config, conn *broker.Conn) {
 		c.pass("source queue", "%s: %d ready, %d consumers", src, st.Messages, st.Consumers)
 	}
 	for _, n := range cfg.Nodes {
-		q, park := nodequeue.Queue(n.Short), nodequeue.ParkQueue(n.Short)
+		q, park := nodequeue.Queue(node.Name(n.Short)), nodequeue.ParkQueue(node.Name(n.Short))
 		st, err := conn.Inspect(q)
 		switch {
 		case err != nil:
@@ -290,18 +291,5 @@ func (c *checker) checkFiles(cfg *config.Config) {
 			continue
 		}
 		c.pass(f.key, "%s can be written", f.path)
-	}
-}
-
-// sshAuth is how this node logs in to its peers.
-func sshAuth(cfg *config.Config) transfer.Auth {
-	return transfer.Auth{
-		User:       cfg.User,
-		KeyFiles:   cfg.SSHKeys,
-		Agent:      os.Getenv("SSH_AUTH_SOCK"),
-		KnownHosts: cfg.KnownHosts,
-		AcceptNew:  cfg.AcceptNewHostKeys,
-		Ciphers:    cfg.SSHCiphers,
-		Timeout:    cfg.SSHTimeout,
 	}
 }

@@ -23,7 +23,6 @@ import (
 	"github.com/glance-image-sync/glance-image-sync/internal/progress"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
-	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
 )
 
 // Set by the Makefile with -ldflags.
@@ -270,9 +269,7 @@ func (r *runner) summary(idle bool, msg string, args ...any) {
 }
 
 func (r *runner) dial(ctx context.Context) (*broker.Conn, error) {
-	return broker.Dial(ctx, r.cfg.Broker.URLs, broker.TLS{
-		CAFile: r.cfg.Broker.TLS.CAFile, CertFile: r.cfg.Broker.TLS.CertFile, KeyFile: r.cfg.Broker.TLS.KeyFile,
-	})
+	return broker.Dial(ctx, r.cfg.Broker.URLs, brokerTLS(r.cfg))
 }
 
 func (r *runner) run(ctx context.Context, cmd string) int {
@@ -321,14 +318,14 @@ func worse(a, b int) int {
 
 func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
 	var queues []string
-	for _, n := range r.cfg.Nodes {
-		queues = append(queues, nodequeue.Queue(n.Short))
+	for _, n := range nodeNames(r.cfg) {
+		queues = append(queues, nodequeue.Queue(n))
 	}
 	res, err := fanout.Run(ctx, fanout.Config{
-		Self:        r.cfg.Self.Short,
+		Self:        selfName(r.cfg),
 		SourceQueue: r.cfg.Broker.SourceQueue(),
 		NodeQueues:  queues,
-		ParkQueue:   nodequeue.ParkQueue(r.cfg.Self.Short),
+		ParkQueue:   nodequeue.ParkQueue(selfName(r.cfg)),
 		Exchange:    r.cfg.Broker.Exchange,
 		ForwardKey:  r.cfg.Broker.ForwardRoutingKey,
 	}, conn, r.log)
@@ -356,16 +353,6 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 	if !r.dryRun {
 		r.purgeTrash(st, start)
 	}
-	peers := map[string]transfer.Peer{}
-	var order []string
-	for _, n := range r.cfg.Peers() {
-		peers[n.Short] = transfer.Peer{Name: n.Short, Address: n.Address, Port: n.Port}
-		order = append(order, n.Short)
-	}
-	var nodes []string
-	for _, n := range r.cfg.Nodes {
-		nodes = append(nodes, n.Short)
-	}
 	api, key, err := configuredGlance(ctx, r.cfg)
 	if err != nil {
 		r.log.Error("sync-images failed: the Images API that confirms deletes cannot be used", "key", key, "err", err)
@@ -376,34 +363,16 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 		glance = api
 		r.log.Debug("deletes are confirmed with glance", "endpoint", api.Base)
 	}
-	s := syncer.New(syncer.Config{
-		Self:      r.cfg.Self.Short,
-		Peers:     peers,
-		PeerOrder: order,
-		Auth: transfer.Auth{
-			User:       r.cfg.User,
-			KeyFiles:   r.cfg.SSHKeys,
-			Agent:      os.Getenv("SSH_AUTH_SOCK"),
-			KnownHosts: r.cfg.KnownHosts,
-			AcceptNew:  r.cfg.AcceptNewHostKeys,
-			Ciphers:    r.cfg.SSHCiphers,
-			Timeout:    r.cfg.SSHTimeout,
-		},
-		Queue:             nodequeue.Queue(r.cfg.Self.Short),
-		ParkQueue:         nodequeue.ParkQueue(r.cfg.Self.Short),
-		MaxAttempts:       r.cfg.MaxAttempts,
-		Transfers:         r.cfg.Transfers,
-		IdleTimeout:       r.cfg.SSHTimeout,
-		BWLimit:           r.cfg.BWLimit,
-		DryRun:            r.dryRun,
-		Progress:          r.progress,
-		KeepPendingDelete: r.cfg.KeepPendingDelete,
-		// How sources are chosen (source_strategy).
-		Strategy:     r.cfg.SourceStrategy,
-		Nodes:        nodes,
-		StallTimeout: r.cfg.StallTimeout,
-		Glance:       glance,
-	}, conn, st, r.log)
+	cfg := fetchConfig(r.cfg, r.progress)
+	self := selfName(r.cfg)
+	cfg.Queue, cfg.ParkQueue = nodequeue.Queue(self), nodequeue.ParkQueue(self)
+	cfg.MaxAttempts = r.cfg.MaxAttempts
+	cfg.DryRun = r.dryRun
+	cfg.KeepPendingDelete = r.cfg.KeepPendingDelete
+	cfg.Strategy = r.cfg.SourceStrategy // source_strategy
+	cfg.StallTimeout = r.cfg.StallTimeout
+	cfg.Glance = glance
+	s := syncer.New(cfg, conn, st, r.log)
 	res, err := s.Run(ctx)
 	r.syncRes = res
 	r.summary(len(res.Events) == 0 && err == nil, "sync-images done", "fetched", res.Fetched, "deleted", res.Deleted, "skipped", res.Skipped,
@@ -440,7 +409,7 @@ func (r *runner) purgeTrash(st *store.Store, start time.Time) {
 
 // requeueFailed moves this node's parked messages back to its queue.
 func (r *runner) requeueFailed(ctx context.Context, conn *broker.Conn) int {
-	moved, err := nodequeue.RequeueFailed(ctx, conn, r.cfg.Self.Short, r.log)
+	moved, err := nodequeue.RequeueFailed(ctx, conn, selfName(r.cfg), r.log)
 	if err != nil {
 		r.log.Error("requeue-failed", "moved", moved, "err", err)
 		return exitFailed

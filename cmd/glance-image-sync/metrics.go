@@ -46,7 +46,7 @@ func (r *runner) runMetrics(conn *broker.Conn, cmd string, code int, start time.
 		st.Close()
 	}
 	if conn != nil {
-		self := r.cfg.Self.Short
+		self := selfName(r.cfg)
 		for q, into := range map[string]map[string]int{nodequeue.Queue(self): run.Queues, nodequeue.ParkQueue(self): run.Parked} {
 			if st, err := conn.Inspect(q); err == nil && st.Exists {
 				into[q] = st.Messages

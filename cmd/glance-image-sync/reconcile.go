@@ -7,14 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
 	"github.com/glance-image-sync/glance-image-sync/internal/glanceapi"
 	"github.com/glance-image-sync/glance-image-sync/internal/reconcile"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
-	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
 )
 
 const usageReconcile = `  reconcile [--endpoint URL] [--prune [--force]] [--dry-run]
@@ -100,7 +98,7 @@ func runReconcile(ctx context.Context, cmd string, args []string, cfg *config.Co
 	}
 	log.Debug("glance", "endpoint", api.Base)
 
-	f := syncer.NewFetcher(fetcherConfig(cfg, prog), st, log)
+	f := syncer.NewFetcher(fetchConfig(cfg, prog), st, log)
 	defer f.Close()
 
 	if cmd == "verify" {
@@ -174,31 +172,4 @@ func configuredGlance(ctx context.Context, cfg *config.Config) (api *glanceapi.C
 		return api, "os_cloud", err
 	}
 	return nil, "", nil
-}
-
-func fetcherConfig(cfg *config.Config, prog syncer.Progress) syncer.Config {
-	peers := map[string]transfer.Peer{}
-	var order []string
-	for _, n := range cfg.Peers() {
-		peers[n.Short] = transfer.Peer{Name: n.Short, Address: n.Address, Port: n.Port}
-		order = append(order, n.Short)
-	}
-	return syncer.Config{
-		Self:      cfg.Self.Short,
-		Peers:     peers,
-		PeerOrder: order,
-		Auth: transfer.Auth{
-			User:       cfg.User,
-			KeyFiles:   cfg.SSHKeys,
-			Agent:      os.Getenv("SSH_AUTH_SOCK"),
-			KnownHosts: cfg.KnownHosts,
-			AcceptNew:  cfg.AcceptNewHostKeys,
-			Ciphers:    cfg.SSHCiphers,
-			Timeout:    cfg.SSHTimeout,
-		},
-		Transfers:   cfg.Transfers,
-		IdleTimeout: cfg.SSHTimeout,
-		BWLimit:     cfg.BWLimit,
-		Progress:    prog,
-	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/progress"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
@@ -99,7 +100,7 @@ func runStatus(args []string, cfg *config.Config, stdout, stderr io.Writer, log 
 			rep.SourceQueue = &queueStatus{Queue: cfg.Broker.SourceQueue(), Exists: st.Exists, Ready: st.Messages, Consumers: st.Consumers}
 		}
 		for _, n := range cfg.Nodes {
-			q := queueStatus{Node: n.Short, Queue: nodequeue.Queue(n.Short), ParkQueue: nodequeue.ParkQueue(n.Short)}
+			q := queueStatus{Node: n.Short, Queue: nodequeue.Queue(node.Name(n.Short)), ParkQueue: nodequeue.ParkQueue(node.Name(n.Short))}
 			st, err := conn.Inspect(q.Queue)
 			if err != nil {
 				rep.BrokerError = err.Error()

@@ -81,7 +81,7 @@ func runWatch(ctx context.Context, args []string, r *runner, stderr io.Writer) i
 			backoff = min(2*backoff, reconnectMax)
 			continue
 		}
-		r.log.Info("watching", "broker", conn.URL(), "queue", nodequeue.Queue(r.cfg.Self.Short), "duplicate", *duplicate, "interval", interval.String())
+		r.log.Info("watching", "broker", conn.URL(), "queue", nodequeue.Queue(selfName(r.cfg)), "duplicate", *duplicate, "interval", interval.String())
 		start := time.Now()
 		err = w.serve(ctx, conn)
 		conn.Close()

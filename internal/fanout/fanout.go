@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 )
@@ -41,10 +42,10 @@ const (
 
 // Config is what a duplicate-notifications run needs.
 type Config struct {
-	Self        string   // this node's short name, recorded on parked messages
-	SourceQueue string   // Glance's <topic>.info
-	NodeQueues  []string // one per api node
-	ParkQueue   string   // where undecodable messages go
+	Self        node.Name // this node, recorded on parked messages
+	SourceQueue string    // Glance's <topic>.info
+	NodeQueues  []string  // one per api node
+	ParkQueue   string    // where undecodable messages go
 	// Non-image events are re-published to Exchange with ForwardKey when set,
 	// so other consumers of the source queue are not robbed of them.
 	Exchange   string

@@ -7,6 +7,6 @@
 // since anyone who can publish can set a header), and how parked messages go
 // back to the node's queue.
 //
-// No other package writes a header of ours. It imports broker and nothing
-// else of this module.
+// No other package writes a header of ours. It imports broker and node and
+// nothing else of this module.
 package nodequeue

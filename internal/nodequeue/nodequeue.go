@@ -7,13 +7,15 @@ import (
 	"log/slog"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 )
 
-// Queue is a node's durable queue of image events.
-func Queue(short string) string { return "glance_image_sync." + short + ".info" }
+// Queue is a node's durable queue of image events, named by its short name
+// as configured.
+func Queue(n node.Name) string { return "glance_image_sync." + string(n.Short()) + ".info" }
 
 // ParkQueue holds the messages of a node that can never succeed.
-func ParkQueue(short string) string { return "glance_image_sync." + short + ".failed" }
+func ParkQueue(n node.Name) string { return "glance_image_sync." + string(n.Short()) + ".failed" }
 
 // HeaderPrefix starts every header this tool sets. A message from a queue
 // anyone may write (Glance's) loses them all (Strip): downstream they would
@@ -51,8 +53,8 @@ func truncate(s string) string {
 
 // Parked is m as it goes to node's parking queue: with the reason, and the
 // node that parked it.
-func Parked(m broker.Message, node, reason string) broker.Message {
-	return m.WithHeader(ReasonHeader, truncate(reason)).WithHeader(NodeHeader, node)
+func Parked(m broker.Message, by node.Name, reason string) broker.Message {
+	return m.WithHeader(ReasonHeader, truncate(reason)).WithHeader(NodeHeader, string(by))
 }
 
 // Capped is m with only the first n bytes of its body, a copy (so the large
@@ -110,11 +112,11 @@ func Requeued(m broker.Message) (out broker.Message, reason string) {
 	return m.WithHeader(AttemptsHeader, int32(0)), reason
 }
 
-// RequeueFailed moves every message parked for node back to its queue
+// RequeueFailed moves every message parked for n back to its queue
 // (Requeued), each acked only once its copy is confirmed. It returns how
 // many moved; on an error the rest stay parked.
-func RequeueFailed(ctx context.Context, conn *broker.Conn, node string, log *slog.Logger) (moved int, err error) {
-	park, queue := ParkQueue(node), Queue(node)
+func RequeueFailed(ctx context.Context, conn *broker.Conn, n node.Name, log *slog.Logger) (moved int, err error) {
+	park, queue := ParkQueue(n), Queue(n)
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("moving %s back to %s: %w", park, queue, err)

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
 	"time"
 
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
@@ -33,9 +33,8 @@ const DefaultStallTimeout = 30 * time.Second
 // a ring, starting at the publisher. up is the nodes before this one, nearest
 // first, ending with the publisher; down is the nodes after it. ok is false
 // when the publisher is not another node of nodes (then there is no chain).
-func Chain(publisher, self string, nodes []string) (up, down []string, ok bool) {
-	i := slices.IndexFunc(nodes, func(n string) bool { return sameNode(n, publisher) })
-	k := slices.IndexFunc(nodes, func(n string) bool { return sameNode(n, self) })
+func Chain(publisher, self node.Name, nodes []node.Name) (up, down []node.Name, ok bool) {
+	i, k := node.Index(nodes, publisher), node.Index(nodes, self)
 	if i < 0 || k < 0 || i == k {
 		return nil, nil, false
 	}
@@ -54,7 +53,7 @@ func Chain(publisher, self string, nodes []string) (up, down []string, ok bool) 
 
 // chainFor is the chain to fetch an image along, or nil when the other
 // strategy applies.
-func (s *Syncer) chainFor(publisher string) (up, down []string) {
+func (s *Syncer) chainFor(publisher node.Name) (up, down []node.Name) {
 	if s.cfg.Strategy != StrategyChain {
 		return nil, nil
 	}
@@ -77,7 +76,7 @@ const (
 func (k kind) String() string { return [...]string{"none", "file", "partial"}[k] }
 
 type source struct {
-	name string
+	name node.Name
 	c    peerConn
 	kind kind
 }
@@ -88,7 +87,7 @@ type source struct {
 // reserved) only once a source is chosen: a complete file whose size a peer
 // confirmed, or a partial, which its node begins only on the same condition.
 // The size in a message alone never reserves disk.
-func (s *Syncer) fetchChain(ctx context.Context, log *slog.Logger, img *notification.Image, up, down []string, lim *limiter) error {
+func (s *Syncer) fetchChain(ctx context.Context, log *slog.Logger, img *notification.Image, up, down []node.Name, lim *limiter) error {
 	final, err := s.store.Path(img.ID)
 	if err != nil {
 		return err
@@ -104,7 +103,7 @@ func (s *Syncer) fetchChain(ctx context.Context, log *slog.Logger, img *notifica
 		}
 	}()
 	c := &chooser{s: s, log: log, img: img, final: final, part: part, up: up, down: down,
-		tried: map[string]bool{}, gone: map[string]int{}}
+		tried: map[node.Name]bool{}, gone: map[node.Name]int{}}
 	var errs []error
 	for {
 		src, err := c.pick(ctx)
@@ -121,7 +120,7 @@ func (s *Syncer) fetchChain(ctx context.Context, log *slog.Logger, img *notifica
 		var w io.Writer = p
 		var done func()
 		if s.cfg.Progress != nil {
-			w, done = s.cfg.Progress.Track(img.ID, src.name, offset, img.Size, w)
+			w, done = s.cfg.Progress.Track(img.ID, string(src.name), offset, img.Size, w)
 		}
 		if lim != nil {
 			w = lim.writer(ctx, w)
@@ -197,9 +196,9 @@ type chooser struct {
 	log          *slog.Logger
 	img          *notification.Image
 	final, part  string
-	up, down     []string
-	tried        map[string]bool // failed this fetch: not asked again
-	gone         map[string]int  // looked there, then the file had moved
+	up, down     []node.Name
+	tried        map[node.Name]bool // failed this fetch: not asked again
+	gone         map[node.Name]int  // looked there, then the file had moved
 	completeOnly bool
 }
 
@@ -209,7 +208,7 @@ type chooser struct {
 // time, and reading from it is what keeps the publisher to one reader.
 func (c *chooser) pick(ctx context.Context) (*source, error) {
 	var errs []error
-	try := func(name string, wait bool) *source {
+	try := func(name node.Name, wait bool) *source {
 		if c.tried[name] {
 			return nil
 		}
@@ -305,17 +304,17 @@ func (c *chooser) look(ctx context.Context, cl peerConn) (kind, error) {
 
 // mayWaitFor reports whether peer may be given the start grace: once it let
 // one image's grace pass without starting, it is not waited for again this run.
-func (s *Syncer) mayWaitFor(peer string) bool {
+func (s *Syncer) mayWaitFor(peer node.Name) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return !s.noShows[peer]
 }
 
-func (s *Syncer) noShow(peer string) {
+func (s *Syncer) noShow(peer node.Name) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.noShows == nil {
-		s.noShows = map[string]bool{}
+		s.noShows = map[node.Name]bool{}
 	}
 	s.noShows[peer] = true
 }

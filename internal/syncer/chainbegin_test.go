@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
 )
@@ -14,7 +15,7 @@ import (
 // image: the size in a message alone reserves nothing.
 func TestChainBeginsOnlyAfterASource(t *testing.T) {
 	s, st, _ := testSyncer(Config{Strategy: StrategyChain, StallTimeout: 100 * time.Millisecond,
-		Peers: map[string]transfer.Peer{"node1": {Name: "node1"}, "node3": {Name: "node3"}}})
+		Peers: map[node.Name]transfer.Peer{"node1": {Name: "node1"}, "node3": {Name: "node3"}}})
 	s.peers = fakePool(&fakeConn{name: "node1"}, &fakeConn{name: "node3"})
 	img := &notification.Image{ID: testID, Status: "active", Checksum: testSum, Size: 1 << 40}
 	up, down := s.chainFor("node1")

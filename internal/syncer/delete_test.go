@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
@@ -15,7 +16,7 @@ import (
 // oslo's default publisher; nobody else, and no delete that contradicts
 // itself.
 func TestPlanDeleteAuthentication(t *testing.T) {
-	nodes := []string{"Node1", "node2", "node3"}
+	nodes := []node.Name{"Node1", "node2", "node3"}
 	ev := func(eventType, publisherID, format, status string, deleted bool) *notification.Event {
 		e := &notification.Event{EventType: eventType, PublisherID: publisherID, Format: format,
 			Image: &notification.Image{ID: testID, Status: status, Checksum: testSum, Size: 5, Deleted: deleted}}
@@ -67,7 +68,7 @@ func TestPlanForgedDeleteBody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, why := Plan(ev, []string{"node1", "node2"}); got != Park || !strings.Contains(why, "image.not-a-glance-node") {
+	if got, why := Plan(ev, []node.Name{"node1", "node2"}); got != Park || !strings.Contains(why, "image.not-a-glance-node") {
 		t.Errorf("Plan = %v (%s), want Park naming the publisher", got, why)
 	}
 }
@@ -76,7 +77,7 @@ func TestPlanForgedDeleteBody(t *testing.T) {
 func TestPlanCauseForPublisher(t *testing.T) {
 	e := &notification.Event{EventType: "image.delete", PublisherID: "image.x", Publisher: "x",
 		Image: &notification.Image{ID: testID, Status: "deleted", Deleted: true}}
-	if a, _, cause := plan(e, []string{"node1"}); a != Park || cause != causePublisher {
+	if a, _, cause := plan(e, []node.Name{"node1"}); a != Park || cause != causePublisher {
 		t.Errorf("plan = %v, cause %q; want park, %q", a, cause, causePublisher)
 	}
 }
@@ -213,7 +214,7 @@ func TestCoveredOnlyBySameData(t *testing.T) {
 		{"other size", 6, testSum, false},
 	}
 	for _, tt := range tests {
-		s, _, pub := testSyncer(Config{PeerOrder: []string{}})
+		s, _, pub := testSyncer(Config{PeerOrder: []node.Name{}})
 		bad, _ := fetchJob(5, testSum, nil)
 		later, a := fetchJob(tt.size, tt.sum, nil)
 		lane := make(chan job, 2)
@@ -236,14 +237,14 @@ func TestCoveredOnlyBySameData(t *testing.T) {
 // Whole copies from complete files that fail the event's checksum twice
 // park the message instead of reading the whole image again on every run.
 func TestWholeMismatchParks(t *testing.T) {
-	mismatch := func(peer string) error {
+	mismatch := func(peer node.Name) error {
 		return asWholeMismatch(errors.New("md5 x: copy does not match the image"), peer, 0)
 	}
 	// asWholeMismatch only marks store.ErrMismatch read from offset 0.
 	if wholeMismatches(mismatch("node1")) != 0 {
 		t.Fatal("a plain error was taken for a mismatch")
 	}
-	mm := func(peer string, offset int64) error {
+	mm := func(peer node.Name, offset int64) error {
 		return asWholeMismatch(errors.Join(errors.New("image x"), store.ErrMismatch), peer, offset)
 	}
 	if n := wholeMismatches(errors.Join(mm("node1", 0), mm("node3", 4096), errors.New("down"))); n != 1 {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
@@ -127,10 +128,10 @@ func testSyncer(cfg Config) (*Syncer, *fakeStore, *fakePub) {
 		cfg.Self = "node2"
 	}
 	if cfg.PeerOrder == nil {
-		cfg.PeerOrder = []string{"node1", "node3"}
+		cfg.PeerOrder = []node.Name{"node1", "node3"}
 	}
 	if cfg.Nodes == nil {
-		cfg.Nodes = []string{"node1", "node2", "node3"}
+		cfg.Nodes = []node.Name{"node1", "node2", "node3"}
 	}
 	cfg.Queue, cfg.ParkQueue = testQueue, testPark
 	if cfg.MaxAttempts == 0 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 )
 
@@ -59,7 +60,7 @@ func (f *Fetcher) Fetch(ctx context.Context, w Want) (peer string, bytes int64, 
 	for _, name := range order {
 		n, err := f.s.fetchFrom(ctx, f.s.log.With("image", w.ID, "peer", name), name, w, f.lim)
 		if err == nil {
-			return name, n, nil
+			return string(name), n, nil
 		}
 		if ctx.Err() != nil {
 			return "", 0, err
@@ -85,11 +86,11 @@ func (f *Fetcher) Close() { f.s.peers.close() }
 // on, and which --restore can bring back. The node that handled the DELETE
 // (named by publisher) leaves its copy to Glance as Glance itself would; the
 // other nodes remove theirs unless pending_delete = keep.
-func keepPending(status, publisher, self string, keep bool) (why string, scrubber bool) {
+func keepPending(status string, publisher, self node.Name, keep bool) (why string, scrubber bool) {
 	if status != "pending_delete" {
 		return "", false
 	}
-	scrubber = sameNode(publisher, self)
+	scrubber = publisher.Is(self)
 	switch {
 	case keep:
 		return "pending_delete (delayed_delete) and pending_delete = keep", scrubber

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
@@ -51,9 +52,9 @@ type publisher interface {
 
 // Config is what a sync-images run needs, as plain values.
 type Config struct {
-	Self        string                   // this node's short name
-	Peers       map[string]transfer.Peer // by short name, this node excluded
-	PeerOrder   []string                 // api_nodes order, this node excluded
+	Self        node.Name                   // this node
+	Peers       map[node.Name]transfer.Peer // keyed as PeerOrder spells them
+	PeerOrder   []node.Name                 // api_nodes order, this node excluded
 	Auth        transfer.Auth
 	Queue       string // this node's queue
 	ParkQueue   string // where messages that cannot succeed go
@@ -64,8 +65,8 @@ type Config struct {
 	DryRun      bool
 	// Strategy chooses sources: StrategyChain, or StrategyPublisher (also "").
 	Strategy string
-	// Nodes is api_nodes by short name, this node included: the chain's order.
-	Nodes []string
+	// Nodes is api_nodes, this node included: the chain's order.
+	Nodes []node.Name
 	// StallTimeout is how long a peer's partial may stop growing before it
 	// is taken as abandoned (chain strategy).
 	StallTimeout time.Duration
@@ -116,7 +117,7 @@ type Syncer struct {
 	res Result
 	bad error // a broker failure: stop taking messages
 	// noShows are peers that let a chain's start grace pass in this run.
-	noShows map[string]bool
+	noShows map[node.Name]bool
 }
 
 // New prepares a run; nothing is contacted until Run.
@@ -141,11 +142,11 @@ func newSyncer(cfg Config, conn *broker.Conn, st imageStore, log *slog.Logger) *
 }
 
 // nodes is api_nodes by short name, this node included.
-func (s *Syncer) nodes() []string {
+func (s *Syncer) nodes() []node.Name {
 	if len(s.cfg.Nodes) > 0 {
 		return s.cfg.Nodes
 	}
-	return append([]string{s.cfg.Self}, s.cfg.PeerOrder...)
+	return append([]node.Name{s.cfg.Self}, s.cfg.PeerOrder...)
 }
 
 // job is one message for one image; jobs of an image run in queue order.
@@ -309,7 +310,7 @@ func (s *Syncer) delete(ctx context.Context, log *slog.Logger, j job) {
 		}
 		log.Debug("delete confirmed", "glance_status", orNone(st), "found", found)
 	}
-	if why, scrubber := keepPending(status, j.ev.Publisher, s.cfg.Self, s.cfg.KeepPendingDelete); why != "" {
+	if why, scrubber := keepPending(status, node.Name(j.ev.Publisher), s.cfg.Self, s.cfg.KeepPendingDelete); why != "" {
 		// No tombstone either: glance-scrubber --restore may bring the
 		// image back, and reconcile --prune trashes a copy once Glance
 		// has forgotten the image.
@@ -359,7 +360,7 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 		s.ack(j.d)
 		return false
 	}
-	order, fromSelf, ok := Sources(j.ev.Publisher, s.cfg.Self, s.cfg.PeerOrder)
+	order, fromSelf, ok := Sources(node.Name(j.ev.Publisher), s.cfg.Self, s.cfg.PeerOrder)
 	if !ok {
 		s.park(ctx, j.d, j.m, j.ev.EventType, img.ID, "unknown_publisher", fmt.Sprintf("publisher %q is not one of api_nodes", j.ev.PublisherID))
 		return false
@@ -393,7 +394,7 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 		log.Info("would fetch", "size", img.Size, "sources", order)
 		return false
 	}
-	if up, down := s.chainFor(j.ev.Publisher); up != nil {
+	if up, down := s.chainFor(node.Name(j.ev.Publisher)); up != nil {
 		return s.settle(ctx, log, j, s.fetchChain(ctx, log, img, up, down, lim))
 	}
 	var errs []error
@@ -411,7 +412,7 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 	return s.retry(ctx, j, errors.Join(errs...))
 }
 
-func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, img Want, lim *limiter) (int64, error) {
+func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name node.Name, img Want, lim *limiter) (int64, error) {
 	c, err := s.peers.get(ctx, s.cfg.Peers[name])
 	if err != nil {
 		return 0, err
@@ -438,7 +439,7 @@ func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, i
 	var w io.Writer = p
 	if s.cfg.Progress != nil {
 		var done func()
-		w, done = s.cfg.Progress.Track(img.ID, name, offset, img.Size, w)
+		w, done = s.cfg.Progress.Track(img.ID, string(name), offset, img.Size, w)
 		defer done()
 	}
 	if lim != nil {
