@@ -59,9 +59,9 @@ func (f *fakeStore) PartialPath(id, md5hex string) (string, error) {
 	return "/var/lib/glance/images/." + id + "." + md5hex + ".part", nil
 }
 
-var errNoBegin = errors.New("fake store: Begin")
+var errNoBegin = errors.New("fake store: BeginMultihash")
 
-func (f *fakeStore) Begin(context.Context, string, int64, string) (*store.Partial, error) {
+func (f *fakeStore) BeginMultihash(context.Context, string, int64, string, store.Multihash) (*store.Partial, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.begun++
@@ -141,8 +141,8 @@ func testSyncer(cfg Config) (*Syncer, *fakeStore, *fakePub) {
 	pub := &fakePub{}
 	s := newSyncer(cfg, nil, st, slog.New(slog.DiscardHandler))
 	s.pub = pub
-	s.peers = newPeerPool(cfg.Auth, s.log)
-	s.peers.dial = func(context.Context, transfer.Peer, transfer.Auth) (peerConn, error) {
+	s.f = newFetcher(s.cfg, st, s.log)
+	s.f.peers.dial = func(context.Context, transfer.Peer, transfer.Auth) (peerConn, error) {
 		return nil, errors.New("no peer in this test")
 	}
 	return s, st, pub

@@ -2,7 +2,6 @@ package syncer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -36,7 +35,6 @@ type imageStore interface {
 	Check(ctx context.Context, id string, size int64, md5hex string) (store.State, error)
 	Path(id string) (string, error)
 	PartialPath(id, md5hex string) (string, error)
-	Begin(ctx context.Context, id string, size int64, md5hex string) (*store.Partial, error)
 	BeginMultihash(ctx context.Context, id string, size int64, md5hex string, mh store.Multihash) (*store.Partial, error)
 }
 
@@ -103,21 +101,23 @@ type Result struct {
 // Outcome is what became of one message of one event type.
 type Outcome struct{ Event, Result string }
 
-// Syncer drains one node's queue into its datadir.
+// Syncer drains one node's queue into its datadir: it decides what each
+// message asks (plan), has the fetcher or the store do it, and settles the
+// message (ack, retry, park) and counts it.
 type Syncer struct {
+	// Immutable after New.
 	cfg   Config
 	conn  *broker.Conn
 	store imageStore
 	log   *slog.Logger
 
-	pub   publisher
-	peers *peerPool
+	// Set once by Run (by the tests' constructor), before any lane starts.
+	pub publisher
+	f   *fetcher
 
-	mu  sync.Mutex
+	mu  sync.Mutex // guards the fields below
 	res Result
 	bad error // a broker failure: stop taking messages
-	// noShows are peers that let a chain's start grace pass in this run.
-	noShows map[node.Name]bool
 }
 
 // New prepares a run; nothing is contacted until Run.
@@ -126,6 +126,10 @@ func New(cfg Config, conn *broker.Conn, st *store.Store, log *slog.Logger) *Sync
 }
 
 func newSyncer(cfg Config, conn *broker.Conn, st imageStore, log *slog.Logger) *Syncer {
+	return &Syncer{cfg: cfg.withDefaults(), conn: conn, store: st, log: log}
+}
+
+func (cfg Config) withDefaults() Config {
 	if cfg.Transfers < 1 {
 		cfg.Transfers = 1
 	}
@@ -138,7 +142,7 @@ func newSyncer(cfg Config, conn *broker.Conn, st imageStore, log *slog.Logger) *
 	if cfg.StallTimeout <= 0 {
 		cfg.StallTimeout = DefaultStallTimeout
 	}
-	return &Syncer{cfg: cfg, conn: conn, store: st, log: log}
+	return cfg
 }
 
 // nodes is api_nodes by short name, this node included.
@@ -187,12 +191,8 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	}
 	defer pub.Close()
 	s.pub = pub
-	s.peers = newPeerPool(s.cfg.Auth, s.log)
-	defer s.peers.close()
-	var lim *limiter
-	if s.cfg.BWLimit > 0 {
-		lim = newLimiter(s.cfg.BWLimit)
-	}
+	s.f = newFetcher(s.cfg, s.store, s.log)
+	defer s.f.close()
 
 	sem := make(chan struct{}, s.cfg.Transfers)
 	lanes := map[string]chan job{}
@@ -230,7 +230,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.runLane(ctx, lane, sem, lim)
+				s.runLane(ctx, lane, sem)
 			}()
 		}
 		lane <- job{d: d, m: d.Message, ev: ev, action: action}
@@ -241,6 +241,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	wg.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.res.Bytes, s.res.Seconds = s.f.totals()
 	if s.bad != nil {
 		return s.res, s.bad
 	}
@@ -251,7 +252,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 // been re-queued, later fetch events of it in this run are covered by that
 // copy, but only those that announce the same data: a bad event re-queued
 // must not swallow a genuine one.
-func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}, lim *limiter) {
+func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}) {
 	var requeued *notification.Image // the event of the re-queued fetch, if any
 	for j := range lane {
 		if ctx.Err() != nil || s.broken() != nil {
@@ -271,7 +272,7 @@ func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}
 				continue
 			}
 			sem <- struct{}{}
-			if s.fetch(ctx, log, j, lim) {
+			if s.fetch(ctx, log, j) {
 				requeued = j.ev.Image
 			}
 			<-sem
@@ -350,7 +351,7 @@ func (s *Syncer) delete(ctx context.Context, log *slog.Logger, j job) {
 
 // fetch makes sure the image is here; it reports whether the message was
 // re-queued for a later run.
-func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limiter) bool {
+func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job) bool {
 	img := j.ev.Image
 	if dead, err := s.store.Deleted(img.ID); err != nil {
 		return s.retry(ctx, j, err)
@@ -394,74 +395,16 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 		log.Info("would fetch", "size", img.Size, "sources", order)
 		return false
 	}
+	t, err := s.f.target(Want{ID: img.ID, Size: img.Size, MD5: img.Checksum})
+	if err != nil {
+		return s.retry(ctx, j, err)
+	}
+	var pk picker = s.f.publisherOrder(log, t, order)
 	if up, down := s.chainFor(node.Name(j.ev.Publisher)); up != nil {
-		return s.settle(ctx, log, j, s.fetchChain(ctx, log, img, up, down, lim))
+		pk = s.f.chain(log, t, up, down)
 	}
-	var errs []error
-	for _, name := range order {
-		_, err := s.fetchFrom(ctx, log.With("peer", name), name, Want{ID: img.ID, Size: img.Size, MD5: img.Checksum}, lim)
-		if err == nil || ctx.Err() != nil {
-			return s.settle(ctx, log, j, err)
-		}
-		log.Warn("fetch failed", "peer", name, "err", err)
-		errs = append(errs, err)
-	}
-	if len(order) == 0 {
-		errs = append(errs, errors.New("no peer to fetch from"))
-	}
-	return s.retry(ctx, j, errors.Join(errs...))
-}
-
-func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name node.Name, img Want, lim *limiter) (int64, error) {
-	c, err := s.peers.get(ctx, s.cfg.Peers[name])
-	if err != nil {
-		return 0, err
-	}
-	remote, err := s.store.Path(img.ID)
-	if err != nil {
-		return 0, err
-	}
-	size, err := c.Stat(ctx, remote)
-	if err != nil {
-		s.peers.failedOn(ctx, c, err)
-		return 0, err
-	}
-	if size != img.Size {
-		return 0, fmt.Errorf("peer %s has %d bytes of it, expected %d", name, size, img.Size)
-	}
-	p, err := s.store.BeginMultihash(ctx, img.ID, img.Size, img.MD5, img.Multihash)
-	if err != nil {
-		return 0, err
-	}
-	defer p.Close()
-	offset := p.Offset()
-	start := time.Now()
-	var w io.Writer = p
-	if s.cfg.Progress != nil {
-		var done func()
-		w, done = s.cfg.Progress.Track(img.ID, string(name), offset, img.Size, w)
-		defer done()
-	}
-	if lim != nil {
-		w = lim.writer(ctx, w)
-	}
-	var n int64
-	if offset < img.Size {
-		n, err = c.Fetch(ctx, remote, offset, w, s.cfg.IdleTimeout)
-		if err != nil {
-			s.peers.failedOn(ctx, c, err)
-			return 0, err
-		}
-	}
-	if err := p.Commit(); err != nil {
-		// Stat said the peer's file has the full size: it is complete.
-		return 0, asWholeMismatch(err, name, offset)
-	}
-	secs := time.Since(start).Seconds()
-	log.Info("fetched", "bytes", n, "resumed_at", offset, "seconds", fmt.Sprintf("%.2f", secs),
-		"MBps", fmt.Sprintf("%.1f", float64(n)/1e6/max(secs, 1e-9)))
-	s.count(func(r *Result) { r.Bytes += n; r.Seconds += secs })
-	return n, nil
+	_, _, err = s.f.fetch(ctx, log, t, pk)
+	return s.settle(ctx, log, j, err)
 }
 
 // retry re-queues the message with one more attempt counted, or parks it once
