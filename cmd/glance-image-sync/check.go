@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -58,13 +57,7 @@ func (c *checker) summary() {
 // file, log file, metrics file and the datadir's state folders are looked at,
 // never created. Exit 0 when nothing failed, 2 when the configuration is
 // invalid, 1 when another check failed.
-func runCheck(args []string, syncConf, glanceConf string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	timeout := fs.Duration("timeout", time.Minute, "give up on the checks after this long")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
+func runCheck(timeout time.Duration, syncConf, glanceConf string, stdout io.Writer) int {
 	c := &checker{out: stdout}
 	cfg, err := config.Load(syncConf, glanceConf)
 	if err != nil {
@@ -76,7 +69,7 @@ func runCheck(args []string, syncConf, glanceConf string, stdout, stderr io.Writ
 	for _, w := range cfg.Warnings {
 		c.warn("config", "%s", w)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 
 	conn := c.checkBroker(ctx, cfg)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -76,16 +75,15 @@ type imageRow struct {
 	Sizes map[string]int64  `json:"sizes"` // node -> size, where present
 }
 
-func runStatus(args []string, cfg *config.Config, stdout, stderr io.Writer, log *slog.Logger) int {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	asJSON := fs.Bool("json", false, "print JSON for scripts instead of tables")
-	peers := fs.Bool("peers", false, "also list every peer's datadir over SFTP: an image x node matrix")
-	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+// statusOptions are status's flags.
+type statusOptions struct {
+	json, peers bool
+	timeout     time.Duration
+}
+
+func runStatus(o statusOptions, cfg *config.Config, stdout io.Writer, log *slog.Logger) int {
+	asJSON, peers := &o.json, &o.peers
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
 	rep := &statusReport{Node: cfg.Self.Short, Datadir: cfg.Datadir, Images: map[string]int64{}, Partials: []partialStatus{}}
 	code := exitOK
