@@ -692,6 +692,8 @@ func (p *Partial) Write(b []byte) (int, error) {
 	return n, nil
 }
 
+var _ io.ReaderFrom = (*Partial)(nil)
+
 // ReadFrom appends what r yields until EOF, like Write. With O_DIRECT the
 // bytes are read straight into the aligned buffers and hashed there, one copy
 // fewer than Write; the SFTP read path hands each reply's data over this way.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
+	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
 )
 
 // fetcher is the one fetch engine, of sync-images, reconcile and verify
@@ -235,7 +236,8 @@ func (o *publisherOrder) look(ctx context.Context, name node.Name) (*source, err
 		return nil, err
 	}
 	if size != o.t.Size {
-		return nil, fmt.Errorf("peer %s has %d bytes of it, expected %d", name, size, o.t.Size)
+		return nil, &transfer.PeerError{Peer: string(name), Op: "stat", Path: o.t.final,
+			Err: fmt.Errorf("%d bytes, the image has %d", size, o.t.Size)}
 	}
 	return &source{name: name, c: c, kind: complete}, nil
 }

@@ -298,7 +298,7 @@ func (s *Syncer) delete(ctx context.Context, log *slog.Logger, j job) {
 				s.tally(j.ev.EventType, "deferred", "")
 				return
 			}
-			s.retry(ctx, j, fmt.Errorf("image %s: confirming the delete with the Images API: %w", img.ID, err))
+			s.retry(ctx, j, fmt.Errorf("confirming the delete with the Images API: %w", err)) // the error names the image
 			return
 		}
 		switch {
