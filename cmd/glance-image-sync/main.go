@@ -103,10 +103,11 @@ Keys of glance-image-sync.conf (broker and datadir are read from glance-api.conf
 `
 
 func main() {
-	// The transfer path allocates a buffer per SFTP packet; left to GOGC alone
-	// the garbage would let peak RSS grow to twice the live heap. A soft limit
-	// keeps a run under the 64 MiB budget; 56 MiB cost no throughput where 48
-	// and 40 MiB did (make bench, 2 GiB, alternating rounds).
+	// Left to GOGC alone, the garbage of a run (decoded events, SSH's
+	// buffers, the transfer path's reply buffers) would let peak RSS grow
+	// to twice the live heap. A soft limit keeps a run under the 64 MiB
+	// budget; 56 MiB cost no throughput where 48 and 40 MiB did (make
+	// bench, 2 GiB, alternating rounds).
 	// GOMEMLIMIT, when set, wins.
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(memoryLimit)
