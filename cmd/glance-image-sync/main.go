@@ -309,6 +309,21 @@ func (r *runner) pass(ctx context.Context, conn *broker.Conn, st steps) int {
 	return code
 }
 
+// endedBy is the exit code of a run that ended with err, logged with what
+// it means: stopped (its deadline or a signal: the rest is left for the
+// next run) or failed. ended is false when err is nil.
+func endedBy(log *slog.Logger, err error, stopped, failed string) (code int, ended bool) {
+	switch {
+	case err == nil:
+		return exitOK, false
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+		log.Warn(stopped, "err", err)
+		return exitDeferred, true
+	}
+	log.Error(failed, "err", err)
+	return exitFailed, true
+}
+
 // worse keeps the more serious of two exit codes.
 func worse(a, b int) int {
 	rank := map[int]int{exitOK: 0, exitDeferred: 1, exitParked: 2, exitFailed: 3}
@@ -379,13 +394,10 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 	r.syncRes = res
 	r.summary(len(res.Events) == 0 && err == nil, "sync-images done", "fetched", res.Fetched, "deleted", res.Deleted, "skipped", res.Skipped,
 		"deferred", res.Deferred, "parked", res.Parked, "bytes", res.Bytes)
+	if code, ended := endedBy(r.log, err, "stopped before the queue was drained; the rest waits for the next run", "sync-images failed; unacked messages stay queued"); ended {
+		return code
+	}
 	switch {
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-		r.log.Warn("stopped before the queue was drained; the rest waits for the next run", "err", err)
-		return exitDeferred
-	case err != nil:
-		r.log.Error("sync-images failed; unacked messages stay queued", "err", err)
-		return exitFailed
 	case res.Parked > 0:
 		return exitParked
 	case res.Deferred > 0:

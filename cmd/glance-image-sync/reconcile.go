@@ -26,22 +26,24 @@ func (o *reconcileOptions) declare(fs *flag.FlagSet) {
 	fs.BoolVar(&o.dryRun, "dry-run", false, "report what would be fetched, pruned or verified; change nothing")
 }
 
-// glanceAndFetcher opens what reconcile and verify both work with: the
-// datadir, the Images API and the fetcher. On failure it returns the exit
-// code; the caller closes what it returns.
-func glanceAndFetcher(e *env, name string, o reconcileOptions) (*store.Store, *glanceapi.Client, *syncer.Fetcher, int) {
+// withGlance runs work with what reconcile and verify both work with: the
+// datadir, the Images API and the fetcher, closed after it. It returns
+// work's exit code, or its own when one cannot be had.
+func withGlance(e *env, name string, o reconcileOptions, work func(*store.Store, *glanceapi.Client, *syncer.Fetcher) int) int {
 	st, err := store.Open(e.cfg.Datadir, e.cfg.FilePerm, e.cfg.TrashDir)
 	if err != nil {
 		e.log.Error(name+" failed", "err", err)
-		return nil, nil, nil, exitFailed
+		return exitFailed
 	}
+	defer st.Close()
 	api, code := glanceFor(e, name, o.endpoint)
 	if code != exitOK {
-		st.Close()
-		return nil, nil, nil, code
+		return code
 	}
 	e.log.Debug("glance", "endpoint", api.Base)
-	return st, api, syncer.NewFetcher(fetchConfig(e.cfg, e.progress()), st, e.log), exitOK
+	f := syncer.NewFetcher(fetchConfig(e.cfg, e.progress()), st, e.log)
+	defer f.Close()
+	return work(st, api, f)
 }
 
 // glanceFor is the Images API to ask: --endpoint, else the configured one,
@@ -73,35 +75,25 @@ func glanceFor(e *env, name, endpoint string) (*glanceapi.Client, int) {
 // run could not work; 3 some repairs failed and a later run may succeed;
 // 4 corrupt files were found without --repair.
 func runVerify(e *env, o reconcileOptions) int {
-	st, api, f, code := glanceAndFetcher(e, "verify", o)
-	if code != exitOK {
-		return code
-	}
-	defer st.Close()
-	defer f.Close()
-	sum, err := reconcile.Verify(e.ctx, api, st, f, reconcile.VerifyOptions{
-		Repair: o.repair, DryRun: e.dryRun || o.dryRun, Rate: e.cfg.VerifyRate, Days: e.cfg.VerifyDays,
-	}, e.log)
-	fmt.Fprintf(e.stdout, "verify: files=%d checked=%d ok=%d recent=%d mismatch=%d repaired=%d not_active_in_glance=%d failed=%d bytes=%d\n",
-		sum.Files, sum.Checked, sum.OK, sum.Recent, sum.Mismatch, sum.Repaired, sum.NotImage, sum.Failed, sum.Bytes)
-	e.log.Info("verify done", "files", sum.Files, "checked", sum.Checked, "ok", sum.OK, "recent", sum.Recent,
-		"mismatch", sum.Mismatch, "repaired", sum.Repaired, "failed", sum.Failed, "bytes", sum.Bytes)
-	switch {
-	case errors.Is(err, reconcile.ErrListing):
-		e.log.Error("verify failed", "err", err)
-		return exitFailed
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-		e.log.Warn("stopped before every file was verified; the next run goes on from the oldest", "err", err)
-		return exitDeferred
-	case err != nil:
-		e.log.Error("verify failed", "err", err)
-		return exitFailed
-	case sum.Mismatch > sum.Repaired && !o.repair:
-		return exitParked
-	case sum.Failed > 0:
-		return exitDeferred
-	}
-	return exitOK
+	return withGlance(e, "verify", o, func(st *store.Store, api *glanceapi.Client, f *syncer.Fetcher) int {
+		sum, err := reconcile.Verify(e.ctx, api, st, f, reconcile.VerifyOptions{
+			Repair: o.repair, DryRun: e.dryRun || o.dryRun, Rate: e.cfg.VerifyRate, Days: e.cfg.VerifyDays,
+		}, e.log)
+		fmt.Fprintf(e.stdout, "verify: files=%d checked=%d ok=%d recent=%d mismatch=%d repaired=%d not_active_in_glance=%d failed=%d bytes=%d\n",
+			sum.Files, sum.Checked, sum.OK, sum.Recent, sum.Mismatch, sum.Repaired, sum.NotImage, sum.Failed, sum.Bytes)
+		e.log.Info("verify done", "files", sum.Files, "checked", sum.Checked, "ok", sum.OK, "recent", sum.Recent,
+			"mismatch", sum.Mismatch, "repaired", sum.Repaired, "failed", sum.Failed, "bytes", sum.Bytes)
+		if code, ended := endedBy(e.log, err, "stopped before every file was verified; the next run goes on from the oldest", "verify failed"); ended {
+			return code
+		}
+		switch {
+		case sum.Mismatch > sum.Repaired && !o.repair:
+			return exitParked
+		case sum.Failed > 0:
+			return exitDeferred
+		}
+		return exitOK
+	})
 }
 
 // runReconcile compares the datadir with Glance. Exit codes: 0 the datadir
@@ -113,42 +105,36 @@ func runReconcile(e *env, o reconcileOptions) int {
 		fmt.Fprintln(e.stderr, "glance-image-sync reconcile: --force only makes sense with --prune")
 		return exitUsage
 	}
-	st, api, f, code := glanceAndFetcher(e, "reconcile", o)
-	if code != exitOK {
-		return code
-	}
-	defer st.Close()
-	defer f.Close()
-	sum, err := reconcile.Run(e.ctx, api, st, f, reconcile.Options{
-		Prune:     o.prune,
-		DryRun:    e.dryRun || o.dryRun,
-		Limits:    reconcile.Limits{MaxDelete: e.cfg.MaxDelete, MaxPercent: e.cfg.MaxDeletePercent, Force: o.force},
-		TrashDays: e.cfg.TrashDays,
-		Transfers: e.cfg.Transfers,
-	}, e.log)
-	fmt.Fprintf(e.stdout, "reconcile: images=%d present=%d fetched=%d orphaned=%d pruned=%d failed=%d tombstoned=%d young=%d kept_for_scrubber=%d bytes=%d\n",
-		sum.Images, sum.Present, sum.Fetched, sum.Orphaned, sum.Pruned, sum.Failed, sum.Tombstoned, sum.Young, sum.KeptForScrubber, sum.Bytes)
-	if sum.PruneRefused != "" {
-		fmt.Fprintf(e.stdout, "reconcile: prune refused: %s\n", sum.PruneRefused)
-	}
-	e.log.Info("reconcile done", "images", sum.Images, "present", sum.Present, "fetched", sum.Fetched, "orphaned", sum.Orphaned,
-		"pruned", sum.Pruned, "failed", sum.Failed, "tombstoned", sum.Tombstoned, "kept_for_scrubber", sum.KeptForScrubber, "trash_emptied", sum.Purged, "bytes", sum.Bytes)
-	switch {
-	case errors.Is(err, reconcile.ErrListing):
-		e.log.Error("reconcile failed; nothing was fetched or pruned", "err", err)
-		return exitFailed
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-		e.log.Warn("stopped before the end; the next run goes on", "err", err)
-		return exitDeferred
-	case err != nil:
-		e.log.Error("reconcile failed", "err", err)
-		return exitFailed
-	case sum.PruneRefused != "":
-		return exitParked
-	case sum.Failed > 0:
-		return exitDeferred
-	}
-	return exitOK
+	return withGlance(e, "reconcile", o, func(st *store.Store, api *glanceapi.Client, f *syncer.Fetcher) int {
+		sum, err := reconcile.Run(e.ctx, api, st, f, reconcile.Options{
+			Prune:     o.prune,
+			DryRun:    e.dryRun || o.dryRun,
+			Limits:    reconcile.Limits{MaxDelete: e.cfg.MaxDelete, MaxPercent: e.cfg.MaxDeletePercent, Force: o.force},
+			TrashDays: e.cfg.TrashDays,
+			Transfers: e.cfg.Transfers,
+		}, e.log)
+		fmt.Fprintf(e.stdout, "reconcile: images=%d present=%d fetched=%d orphaned=%d pruned=%d failed=%d tombstoned=%d young=%d kept_for_scrubber=%d bytes=%d\n",
+			sum.Images, sum.Present, sum.Fetched, sum.Orphaned, sum.Pruned, sum.Failed, sum.Tombstoned, sum.Young, sum.KeptForScrubber, sum.Bytes)
+		if sum.PruneRefused != "" {
+			fmt.Fprintf(e.stdout, "reconcile: prune refused: %s\n", sum.PruneRefused)
+		}
+		e.log.Info("reconcile done", "images", sum.Images, "present", sum.Present, "fetched", sum.Fetched, "orphaned", sum.Orphaned,
+			"pruned", sum.Pruned, "failed", sum.Failed, "tombstoned", sum.Tombstoned, "kept_for_scrubber", sum.KeptForScrubber, "trash_emptied", sum.Purged, "bytes", sum.Bytes)
+		if errors.Is(err, reconcile.ErrListing) {
+			e.log.Error("reconcile failed; nothing was fetched or pruned", "err", err)
+			return exitFailed
+		}
+		if code, ended := endedBy(e.log, err, "stopped before the end; the next run goes on", "reconcile failed"); ended {
+			return code
+		}
+		switch {
+		case sum.PruneRefused != "":
+			return exitParked
+		case sum.Failed > 0:
+			return exitDeferred
+		}
+		return exitOK
+	})
 }
 
 // configuredGlance is the Images API the configuration names: glance_url

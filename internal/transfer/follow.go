@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"sync/atomic"
 	"time"
 )
@@ -23,13 +22,9 @@ type FileState struct {
 // Probe returns the size and modification time of a regular remote file;
 // Stat is its size alone.
 func (c *Client) Probe(ctx context.Context, path string) (FileState, error) {
-	var fi fs.FileInfo
-	err := c.bounded(ctx, func() (err error) {
-		fi, err = c.sftp.Lstat(path)
-		return err
-	})
+	fi, err := c.Lstat(ctx, path)
 	if err != nil {
-		return FileState{}, c.fail("stat", path, notFound(err))
+		return FileState{}, err
 	}
 	if !fi.Mode().IsRegular() {
 		return FileState{}, c.fail("stat", path, errNotRegular)

@@ -9,27 +9,28 @@ import (
 // Read-only looks at a peer, for the check and status commands.
 
 // Lstat returns what the peer has at path, whatever its type.
-func (c *Client) Lstat(ctx context.Context, path string) (fi fs.FileInfo, err error) {
-	err = c.bounded(ctx, func() (err error) {
-		fi, err = c.sftp.Lstat(path)
-		return err
-	})
-	if err != nil {
-		return nil, c.fail("stat", path, notFound(err))
-	}
-	return fi, nil
+func (c *Client) Lstat(ctx context.Context, path string) (fs.FileInfo, error) {
+	return request(ctx, c, "stat", path, func() (fs.FileInfo, error) { return c.sftp.Lstat(path) })
 }
 
 // ReadDir lists a directory of the peer.
-func (c *Client) ReadDir(ctx context.Context, dir string) (list []fs.FileInfo, err error) {
-	err = c.bounded(ctx, func() (err error) {
-		list, err = c.sftp.ReadDir(dir)
+func (c *Client) ReadDir(ctx context.Context, dir string) ([]fs.FileInfo, error) {
+	return request(ctx, c, "list", dir, func() ([]fs.FileInfo, error) { return c.sftp.ReadDir(dir) })
+}
+
+// request runs one SFTP request about path, bounded like every request
+// (ssh_timeout, ctx); its error is a PeerError of op.
+func request[T any](ctx context.Context, c *Client, op, path string, f func() (T, error)) (T, error) {
+	var v T
+	err := c.bounded(ctx, func() (err error) {
+		v, err = f()
 		return err
 	})
 	if err != nil {
-		return nil, c.fail("list", dir, notFound(err))
+		var zero T
+		return zero, c.fail(op, path, notFound(err))
 	}
-	return list, nil
+	return v, nil
 }
 
 // errNotRegular is a path that names no regular file: a directory, a link.
