@@ -160,7 +160,7 @@ func (c *checker) checkQueues(cfg *config.Config, conn *broker.Conn) {
 		case err != nil:
 			c.fail("parked", "%v", err)
 		case pst.Exists && pst.Messages > 0:
-			c.warn("parked", "%s holds %d messages: read their x-glance-image-sync-reason header, fix the cause, then run requeue-failed on %s", park, pst.Messages, n.Short)
+			c.warn("parked", "%s holds %d messages: read their %s header, fix the cause, then run requeue-failed on %s", park, pst.Messages, nodequeue.ReasonHeader, n.Short)
 		}
 	}
 }

@@ -170,13 +170,14 @@ func runStatus(o statusOptions, cfg *config.Config, stdout io.Writer, log *slog.
 // peerStatus lists every node's datadir: this one locally, the peers over SFTP.
 func peerStatus(ctx context.Context, cfg *config.Config, local map[string]int64) *peerMatrix {
 	m := &peerMatrix{Unreachable: map[string]string{}, OnlyOn: map[string]string{}}
-	have := map[string]map[string]int64{cfg.Self.Short: local} // node -> id -> size
+	have := map[string]map[string]int64{} // node, as api_nodes spells it -> id -> size
 	// status only looks: accept-new must not write known_hosts from here.
 	auth := sshAuth(cfg)
 	auth.ReadOnly = true
 	for _, n := range cfg.Nodes {
 		m.Nodes = append(m.Nodes, n.Short)
-		if n.Short == cfg.Self.Short {
+		if node.Name(n.Short).Is(selfName(cfg)) {
+			have[n.Short] = local
 			continue
 		}
 		cl, err := transfer.Dial(ctx, transfer.Peer{Name: n.Short, Address: n.Address, Port: n.Port}, auth)
