@@ -385,10 +385,16 @@ func (s *Store) Deleted(id string) (bool, error) {
 	if err := checkID(id); err != nil {
 		return false, err
 	}
-	if s.deleted == nil {
+	return marked(s.deleted, id)
+}
+
+// marked reports whether the state folder dir (nil: the store keeps none)
+// holds an entry for image id; err is a failure to look.
+func marked(dir *os.File, id string) (bool, error) {
+	if dir == nil {
 		return false, nil
 	}
-	_, err := statAt(s.deleted, id)
+	_, err := statAt(dir, id)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
