@@ -69,7 +69,7 @@ func TestChainDeliversDownTheChain(t *testing.T) {
 		}
 		want, from := c.Nodes[i-1].Name, "partial"
 		if i == 1 {
-			from = "file"
+			from = "complete"
 		}
 		if !fetchedFrom(logs[n.Name], img.ID, want, from) {
 			t.Errorf("%s did not fetch from %s's %s:\n%s", n.Name, want, from, logs[n.Name])
@@ -135,10 +135,10 @@ func TestChainSurvivesMiddleNodeKilled(t *testing.T) {
 	start := time.Now()
 	log := <-n3log
 	t.Logf("node2 killed at %d bytes; node3 done %.1fs later", killedAt, time.Since(start).Seconds())
-	if !fetchedFrom(log, img.ID, n1.Name, "file") {
+	if !fetchedFrom(log, img.ID, n1.Name, "complete") {
 		t.Errorf("node3 did not finish from node1:\n%s", log)
 	}
-	if !regexp.MustCompile(`msg="source failed; trying another".*peer=` + n2.Name).MatchString(log) {
+	if !regexp.MustCompile(`msg="fetch failed; trying another source".*peer=` + n2.Name).MatchString(log) {
 		t.Errorf("node3's log does not say node2 failed as a source:\n%s", log)
 	}
 	if m := regexp.MustCompile(`msg=fetched .*resumed_at=(\d+)`).FindStringSubmatch(log); m == nil || m[1] == "0" {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +14,8 @@ import (
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/progress"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
 )
@@ -56,13 +57,7 @@ func (c *checker) summary() {
 // file, log file, metrics file and the datadir's state folders are looked at,
 // never created. Exit 0 when nothing failed, 2 when the configuration is
 // invalid, 1 when another check failed.
-func runCheck(args []string, syncConf, glanceConf string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	timeout := fs.Duration("timeout", time.Minute, "give up on the checks after this long")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
+func runCheck(timeout time.Duration, syncConf, glanceConf string, stdout io.Writer) int {
 	c := &checker{out: stdout}
 	cfg, err := config.Load(syncConf, glanceConf)
 	if err != nil {
@@ -74,7 +69,7 @@ func runCheck(args []string, syncConf, glanceConf string, stdout, stderr io.Writ
 	for _, w := range cfg.Warnings {
 		c.warn("config", "%s", w)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 
 	conn := c.checkBroker(ctx, cfg)
@@ -110,7 +105,7 @@ func peerNames(cfg *config.Config) string {
 // when failover would hide it, and returns a connection to the first that works.
 func (c *checker) checkBroker(ctx context.Context, cfg *config.Config) *broker.Conn {
 	var first *broker.Conn
-	t := broker.TLS{CAFile: cfg.Broker.TLS.CAFile, CertFile: cfg.Broker.TLS.CertFile, KeyFile: cfg.Broker.TLS.KeyFile}
+	t := brokerTLS(cfg)
 	for _, u := range cfg.Broker.URLs {
 		dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		conn, err := broker.Dial(dctx, []string{u}, t)
@@ -149,7 +144,7 @@ func (c *checker) checkQueues(cfg *config.Config, conn *broker.Conn) {
 		c.pass("source queue", "%s: %d ready, %d consumers", src, st.Messages, st.Consumers)
 	}
 	for _, n := range cfg.Nodes {
-		q, park := cfg.NodeQueue(n.Short), cfg.ParkingQueue(n.Short)
+		q, park := nodequeue.Queue(node.Name(n.Short)), nodequeue.ParkQueue(node.Name(n.Short))
 		st, err := conn.Inspect(q)
 		switch {
 		case err != nil:
@@ -165,7 +160,7 @@ func (c *checker) checkQueues(cfg *config.Config, conn *broker.Conn) {
 		case err != nil:
 			c.fail("parked", "%v", err)
 		case pst.Exists && pst.Messages > 0:
-			c.warn("parked", "%s holds %d messages: read their x-glance-image-sync-reason header, fix the cause, then run requeue-failed on %s", park, pst.Messages, n.Short)
+			c.warn("parked", "%s holds %d messages: read their %s header, fix the cause, then run requeue-failed on %s", park, pst.Messages, nodequeue.ReasonHeader, n.Short)
 		}
 	}
 }
@@ -289,18 +284,5 @@ func (c *checker) checkFiles(cfg *config.Config) {
 			continue
 		}
 		c.pass(f.key, "%s can be written", f.path)
-	}
-}
-
-// sshAuth is how this node logs in to its peers.
-func sshAuth(cfg *config.Config) transfer.Auth {
-	return transfer.Auth{
-		User:       cfg.User,
-		KeyFiles:   cfg.SSHKeys,
-		Agent:      os.Getenv("SSH_AUTH_SOCK"),
-		KnownHosts: cfg.KnownHosts,
-		AcceptNew:  cfg.AcceptNewHostKeys,
-		Ciphers:    cfg.SSHCiphers,
-		Timeout:    cfg.SSHTimeout,
 	}
 }

@@ -19,17 +19,53 @@ import (
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
 	"github.com/glance-image-sync/glance-image-sync/internal/fanout"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/progress"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
-	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
 )
 
-// Set by the Makefile with -ldflags.
+// Set by the Makefile with -ldflags; see versionLine for a plain go build.
 var (
 	version = "dev"
 	commit  = "unknown"
 )
+
+// versionLine names the version and commit: from -ldflags, else from what
+// the Go toolchain recorded of the module and of the checkout it was built in.
+func versionLine() string {
+	v, c := version, commit
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v = bi.Main.Version
+		}
+		if c == "unknown" {
+			c = vcsCommit(bi.Settings)
+		}
+	}
+	return fmt.Sprintf("glance-image-sync %s (commit %s)", v, c)
+}
+
+// vcsCommit is the revision a build recorded, "-dirty" when the tree had
+// changes, or "unknown".
+func vcsCommit(settings []debug.BuildSetting) string {
+	rev, dirty := "", false
+	for _, s := range settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	switch {
+	case rev == "":
+		return "unknown"
+	case dirty:
+		return rev + "-dirty"
+	}
+	return rev
+}
 
 // memoryLimit is the Go runtime's soft memory limit for a run.
 const memoryLimit = 56 << 20
@@ -48,44 +84,10 @@ const usageHead = `glance-image-sync keeps every glance-api node's image directo
 clean, driven by Glance's notifications on RabbitMQ.
 
 Usage:
-  glance-image-sync [options] COMMAND
+  glance-image-sync [options] COMMAND [command options]
+  glance-image-sync COMMAND --help, glance-image-sync help COMMAND: one command's help
 
 Commands:
-  duplicate-notifications  Drain Glance's notification queue (<topic>.info) and copy
-                           each image event into every node's durable queue,
-                           glance_image_sync.<short name>.info. A notification is
-                           acked only after the broker confirmed every copy.
-  sync-images              Drain this node's queue: fetch each image that became
-                           active elsewhere over SSH/SFTP (as rsync_user, host keys
-                           checked), verify size and MD5, place it in the datadir;
-                           remove deleted images, only on a delete from a node of
-                           api_nodes (or image.localhost), confirmed with Glance
-                           when glance_url or os_cloud is set.
-  both                     duplicate-notifications, then sync-images. This is what
-                           cron runs on every node: */5 * * * * glance-image-sync both
-  requeue-failed           Move this node's parked messages back to its queue, after
-                           the cause (see their x-glance-image-sync-reason header)
-                           is fixed.
-  check [--timeout D]      Check this node's setup without changing anything: both
-                           config files, every broker URL, Glance's exchange and
-                           queue and the node queues (passively), SSH with host
-                           key checking to every peer, the datadir (owner, write
-                           access, same path on the peers) and free space. One
-                           line per check, then a summary; exit 1 if any failed.
-  status [--peers] [--json]
-                           Messages ready and parked per node, this node's images
-                           and partial files; --peers lists every peer's datadir
-                           over SFTP as an image x node matrix and names images
-                           that exist on one node only.
-  watch [--duplicate] [--interval D] [--listen ADDR]
-                           Run as a daemon: drain this node's queue every interval
-                           (2s), and with --duplicate Glance's queue too; reconnect
-                           to the broker with backoff; serve /metrics on ADDR.
-                           SIGTERM stops it cleanly; partial files are resumed
-                           by the next run.
-` + usageReconcile + usageRestore + `  version                  Print the version and commit.
-
-Options:
 `
 
 const usageTail = `
@@ -101,10 +103,11 @@ Keys of glance-image-sync.conf (broker and datadir are read from glance-api.conf
 `
 
 func main() {
-	// The transfer path allocates a buffer per SFTP packet; left to GOGC alone
-	// the garbage would let peak RSS grow to twice the live heap. A soft limit
-	// keeps a run under the 64 MiB budget; 56 MiB cost no throughput where 48
-	// and 40 MiB did (make bench, 2 GiB, alternating rounds).
+	// Left to GOGC alone, the garbage of a run (decoded events, SSH's
+	// buffers, the transfer path's reply buffers) would let peak RSS grow
+	// to twice the live heap. A soft limit keeps a run under the 64 MiB
+	// budget; 56 MiB cost no throughput where 48 and 40 MiB did (make
+	// bench, 2 GiB, alternating rounds).
 	// GOMEMLIMIT, when set, wins.
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(memoryLimit)
@@ -115,15 +118,28 @@ func main() {
 	os.Exit(code)
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
+// globals is the options before the command.
+type globals struct {
+	syncConf, glanceConf, logFormat *string
+	verbose, dryRun                 *bool
+}
+
+func globalFlags(out io.Writer) (*flag.FlagSet, *globals) {
 	fs := flag.NewFlagSet("glance-image-sync", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	syncConf := fs.String("config", "/etc/glance/glance-image-sync.conf", "glance-image-sync configuration `file`")
-	glanceConf := fs.String("glance-config", "/etc/glance/glance-api.conf", "glance-api configuration `file` (broker, topic, datadir)")
-	verbose := fs.Bool("v", false, "log debug messages too")
-	logFormat := fs.String("log-format", "text", "log format: text or json")
-	dryRun := fs.Bool("dry-run", false, "sync-images/both: log what would be fetched, deleted or parked; ack nothing")
-	fs.Usage = func() { usage(fs, stderr) }
+	fs.SetOutput(out)
+	g := &globals{
+		syncConf:   fs.String("config", "/etc/glance/glance-image-sync.conf", "glance-image-sync configuration `file`"),
+		glanceConf: fs.String("glance-config", "/etc/glance/glance-api.conf", "glance-api configuration `file` (broker, topic, datadir)"),
+		verbose:    fs.Bool("v", false, "log debug messages too"),
+		logFormat:  fs.String("log-format", "text", "log format: text or json"),
+		dryRun:     fs.Bool("dry-run", false, "sync-images/both: log what would be fetched, deleted or parked; ack nothing"),
+	}
+	fs.Usage = func() { usage(fs, out) }
+	return fs, g
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs, g := globalFlags(stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -134,80 +150,72 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "glance-image-sync: no command given; try --help")
 		return exitUsage
 	}
-	cmd, cmdArgs := fs.Arg(0), fs.Args()[1:]
-	// check, status and watch take options of their own after the command.
-	if len(cmdArgs) > 0 && cmd != "check" && cmd != "status" && cmd != "watch" && cmd != "reconcile" && cmd != "verify" && cmd != "restore" {
-		fmt.Fprintf(stderr, "glance-image-sync: one command expected, got %q; options go before the command\n", fs.Args())
+	c := lookup(fs.Arg(0))
+	if c == nil {
+		fmt.Fprintf(stderr, "glance-image-sync: unknown command %q; try --help\n", fs.Arg(0))
 		return exitUsage
 	}
-	switch cmd {
-	case "version":
-		fmt.Fprintf(stdout, "glance-image-sync %s (commit %s)\n", version, commit)
-		return exitOK
-	case "help":
-		usage(fs, stdout)
-		return exitOK
-	case "config-example":
-		writeConfigExample(stdout)
-		return exitOK
-	case "duplicate-notifications", "sync-images", "both", "requeue-failed", "check", "status", "watch", "reconcile", "verify", "restore":
-	default:
-		fmt.Fprintf(stderr, "glance-image-sync: unknown command %q; try --help\n", cmd)
+	// The command's flags and --help come before any file is read: help
+	// must work on a node not yet configured.
+	cfs, runCmd := c.flagSet(stderr)
+	if err := cfs.Parse(fs.Args()[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			c.usage(cfs, stdout)
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "try: glance-image-sync help %s\n", c.name)
 		return exitUsage
 	}
-	if *logFormat != "text" && *logFormat != "json" {
-		fmt.Fprintf(stderr, "glance-image-sync: --log-format must be text or json, not %q\n", *logFormat)
+	if err := c.checkArgs(cfs.Args()); err != nil {
+		fmt.Fprintf(stderr, "glance-image-sync %s: %v\n", c.name, err)
 		return exitUsage
 	}
-	if cmd == "check" {
-		// check reports a bad configuration as one of its lines, not as a usage error.
-		return runCheck(cmdArgs, *syncConf, *glanceConf, stdout, stderr)
+	if *g.logFormat != "text" && *g.logFormat != "json" {
+		fmt.Fprintf(stderr, "glance-image-sync: --log-format must be text or json, not %q\n", *g.logFormat)
+		return exitUsage
+	}
+	e := &env{ctx: context.Background(), dryRun: *g.dryRun, args: cfs.Args(),
+		syncConf: *g.syncConf, glanceConf: *g.glanceConf, stdout: stdout, stderr: stderr}
+	if !c.config {
+		return runCmd(e)
 	}
 
-	cfg, err := config.Load(*syncConf, *glanceConf)
+	cfg, err := config.Load(*g.syncConf, *g.glanceConf)
 	if err != nil {
 		fmt.Fprintf(stderr, "glance-image-sync: configuration error: %v\n", err)
 		return exitUsage
 	}
+	e.cfg = cfg
 	// On a terminal, log lines go through the progress line's owner so the
 	// two do not garble each other; under cron stderr is used as it is.
-	term := newTerminal(stderr)
+	e.term = newTerminal(stderr)
 	logOut := stderr
-	if term != nil {
-		logOut = term
+	if e.term != nil {
+		logOut = e.term
 	}
 	logFile := cfg.LogFile
-	if cmd == "status" {
-		// status changes nothing on the node, not even by creating log_file;
+	if c.readOnly {
+		// It changes nothing on the node, not even by creating log_file;
 		// its few log lines go to the operator's terminal.
 		logFile = ""
 	}
-	log, closeLog, err := newLogger(logFile, *logFormat, *verbose, logOut)
+	log, closeLog, err := newLogger(logFile, *g.logFormat, *g.verbose, logOut)
 	if err != nil {
 		fmt.Fprintf(stderr, "glance-image-sync: %v\n", err)
 		return exitUsage
 	}
 	defer closeLog()
-	log = log.With("node", cfg.Self.Short)
+	e.log = log.With("node", cfg.Self.Short)
 	for _, w := range cfg.Warnings {
-		log.Warn("configuration", "warning", w)
+		e.log.Warn("configuration", "warning", w)
 	}
-
-	if cmd == "status" {
-		// status only reads: it must work while a cron run or watch holds the lock.
-		return runStatus(cmdArgs, cfg, stdout, stderr, log)
-	}
-
-	if cmd == "restore" {
-		if err := restoreArgs(cmdArgs); err != nil {
-			fmt.Fprintf(stderr, "glance-image-sync restore: %v\n", err)
-			return exitUsage
-		}
+	if c.readOnly {
+		return runCmd(e)
 	}
 
 	unlock, err := lock(cfg.LockFile)
 	if err != nil {
-		log.Error("not running", "err", err)
+		e.log.Error("not running", "err", err)
 		if errors.Is(err, errLocked) {
 			return exitLocked
 		}
@@ -217,26 +225,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if cmd == "watch" {
-		// deadline bounds each pass of the daemon, not its life.
-		return runWatch(ctx, cmdArgs, newRunner(cfg, log, *dryRun, term), stderr)
-	}
-	if cfg.Deadline > 0 {
+	if cfg.Deadline > 0 && !c.daemon {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, cfg.Deadline)
 		defer cancel()
 	}
-	if cmd == "restore" {
-		return runRestore(ctx, cmdArgs[0], cfg, log, stdout)
-	}
-	if cmd == "reconcile" || cmd == "verify" {
-		var prog syncer.Progress
-		if term != nil {
-			prog = term
-		}
-		return runReconcile(ctx, cmd, cmdArgs, cfg, log, *dryRun, prog, stdout, stderr)
-	}
-	return newRunner(cfg, log, *dryRun, term).run(ctx, cmd)
+	e.ctx = ctx
+	return runCmd(e)
 }
 
 type runner struct {
@@ -249,6 +244,7 @@ type runner struct {
 	// What the last pass did, for metrics.
 	fanoutRes fanout.Result
 	syncRes   syncer.Result
+	synced    bool // the last pass ran sync-images
 }
 
 func newRunner(cfg *config.Config, log *slog.Logger, dryRun bool, term *progress.Terminal) *runner {
@@ -269,12 +265,14 @@ func (r *runner) summary(idle bool, msg string, args ...any) {
 }
 
 func (r *runner) dial(ctx context.Context) (*broker.Conn, error) {
-	return broker.Dial(ctx, r.cfg.Broker.URLs, broker.TLS{
-		CAFile: r.cfg.Broker.TLS.CAFile, CertFile: r.cfg.Broker.TLS.CertFile, KeyFile: r.cfg.Broker.TLS.KeyFile,
-	})
+	return broker.Dial(ctx, r.cfg.Broker.URLs, brokerTLS(r.cfg))
 }
 
-func (r *runner) run(ctx context.Context, cmd string) int {
+// steps is what one pass does, in this order.
+type steps struct{ duplicate, sync, requeue bool }
+
+// run dials the broker and makes one pass; cmd labels the log and metrics.
+func (r *runner) run(ctx context.Context, cmd string, st steps) int {
 	start := time.Now()
 	conn, err := r.dial(ctx)
 	if err != nil {
@@ -284,29 +282,46 @@ func (r *runner) run(ctx context.Context, cmd string) int {
 	}
 	defer conn.Close()
 	r.log.Debug("connected", "broker", conn.URL())
-	code := r.pass(ctx, conn, cmd)
+	code := r.pass(ctx, conn, st)
 	r.log.Info("run finished", "command", cmd, "exit", code, "seconds", fmt.Sprintf("%.2f", time.Since(start).Seconds()))
 	r.recordMetrics(nil, conn, cmd, code, start)
 	return code
 }
 
-// pass does the work of one command on an open connection.
-func (r *runner) pass(ctx context.Context, conn *broker.Conn, cmd string) int {
-	r.fanoutRes, r.syncRes = fanout.Result{}, syncer.Result{}
+// pass does the steps on an open connection; nothing after a failed
+// duplicate-notifications.
+func (r *runner) pass(ctx context.Context, conn *broker.Conn, st steps) int {
+	r.fanoutRes, r.syncRes, r.synced = fanout.Result{}, syncer.Result{}, false
 	code := exitOK
-	if cmd == "duplicate-notifications" || (cmd == "both" && !r.dryRun) {
+	if st.duplicate {
 		code = worse(code, r.duplicate(ctx, conn))
 		if code == exitFailed {
 			return code
 		}
 	}
-	switch cmd {
-	case "sync-images", "both":
+	if st.sync {
 		code = worse(code, r.syncImages(ctx, conn))
-	case "requeue-failed":
+		r.synced = true
+	}
+	if st.requeue {
 		code = worse(code, r.requeueFailed(ctx, conn))
 	}
 	return code
+}
+
+// endedBy is the exit code of a run that ended with err, logged with what
+// it means: stopped (its deadline or a signal: the rest is left for the
+// next run) or failed. ended is false when err is nil.
+func endedBy(log *slog.Logger, err error, stopped, failed string) (code int, ended bool) {
+	switch {
+	case err == nil:
+		return exitOK, false
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+		log.Warn(stopped, "err", err)
+		return exitDeferred, true
+	}
+	log.Error(failed, "err", err)
+	return exitFailed, true
 }
 
 // worse keeps the more serious of two exit codes.
@@ -320,14 +335,14 @@ func worse(a, b int) int {
 
 func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
 	var queues []string
-	for _, n := range r.cfg.Nodes {
-		queues = append(queues, r.cfg.NodeQueue(n.Short))
+	for _, n := range nodeNames(r.cfg) {
+		queues = append(queues, nodequeue.Queue(n))
 	}
 	res, err := fanout.Run(ctx, fanout.Config{
-		Self:        r.cfg.Self.Short,
+		Self:        selfName(r.cfg),
 		SourceQueue: r.cfg.Broker.SourceQueue(),
 		NodeQueues:  queues,
-		ParkQueue:   r.cfg.ParkingQueue(r.cfg.Self.Short),
+		ParkQueue:   nodequeue.ParkQueue(selfName(r.cfg)),
 		Exchange:    r.cfg.Broker.Exchange,
 		ForwardKey:  r.cfg.Broker.ForwardRoutingKey,
 	}, conn, r.log)
@@ -355,16 +370,6 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 	if !r.dryRun {
 		r.purgeTrash(st, start)
 	}
-	peers := map[string]transfer.Peer{}
-	var order []string
-	for _, n := range r.cfg.Peers() {
-		peers[n.Short] = transfer.Peer{Name: n.Short, Address: n.Address, Port: n.Port}
-		order = append(order, n.Short)
-	}
-	var nodes []string
-	for _, n := range r.cfg.Nodes {
-		nodes = append(nodes, n.Short)
-	}
 	api, key, err := configuredGlance(ctx, r.cfg)
 	if err != nil {
 		r.log.Error("sync-images failed: the Images API that confirms deletes cannot be used", "key", key, "err", err)
@@ -375,45 +380,24 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 		glance = api
 		r.log.Debug("deletes are confirmed with glance", "endpoint", api.Base)
 	}
-	s := syncer.New(syncer.Config{
-		Self:      r.cfg.Self.Short,
-		Peers:     peers,
-		PeerOrder: order,
-		Auth: transfer.Auth{
-			User:       r.cfg.User,
-			KeyFiles:   r.cfg.SSHKeys,
-			Agent:      os.Getenv("SSH_AUTH_SOCK"),
-			KnownHosts: r.cfg.KnownHosts,
-			AcceptNew:  r.cfg.AcceptNewHostKeys,
-			Ciphers:    r.cfg.SSHCiphers,
-			Timeout:    r.cfg.SSHTimeout,
-		},
-		Queue:             r.cfg.NodeQueue(r.cfg.Self.Short),
-		ParkQueue:         r.cfg.ParkingQueue(r.cfg.Self.Short),
-		MaxAttempts:       r.cfg.MaxAttempts,
-		Transfers:         r.cfg.Transfers,
-		IdleTimeout:       r.cfg.SSHTimeout,
-		BWLimit:           r.cfg.BWLimit,
-		DryRun:            r.dryRun,
-		Progress:          r.progress,
-		KeepPendingDelete: r.cfg.KeepPendingDelete,
-		// How sources are chosen (source_strategy).
-		Strategy:     r.cfg.SourceStrategy,
-		Nodes:        nodes,
-		StallTimeout: r.cfg.StallTimeout,
-		Glance:       glance,
-	}, conn, st, r.log)
+	cfg := fetchConfig(r.cfg, r.progress)
+	self := selfName(r.cfg)
+	cfg.Queue, cfg.ParkQueue = nodequeue.Queue(self), nodequeue.ParkQueue(self)
+	cfg.MaxAttempts = r.cfg.MaxAttempts
+	cfg.DryRun = r.dryRun
+	cfg.KeepPendingDelete = r.cfg.KeepPendingDelete
+	cfg.Strategy = r.cfg.SourceStrategy // source_strategy
+	cfg.StallTimeout = r.cfg.StallTimeout
+	cfg.Glance = glance
+	s := syncer.New(cfg, conn, st, r.log)
 	res, err := s.Run(ctx)
 	r.syncRes = res
 	r.summary(len(res.Events) == 0 && err == nil, "sync-images done", "fetched", res.Fetched, "deleted", res.Deleted, "skipped", res.Skipped,
 		"deferred", res.Deferred, "parked", res.Parked, "bytes", res.Bytes)
+	if code, ended := endedBy(r.log, err, "stopped before the queue was drained; the rest waits for the next run", "sync-images failed; unacked messages stay queued"); ended {
+		return code
+	}
 	switch {
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-		r.log.Warn("stopped before the queue was drained; the rest waits for the next run", "err", err)
-		return exitDeferred
-	case err != nil:
-		r.log.Error("sync-images failed; unacked messages stay queued", "err", err)
-		return exitFailed
 	case res.Parked > 0:
 		return exitParked
 	case res.Deferred > 0:
@@ -437,56 +421,12 @@ func (r *runner) purgeTrash(st *store.Store, start time.Time) {
 	}
 }
 
-// requeueFailed moves parked messages back to this node's queue with their
-// attempt count reset, for after an operator fixed what made them fail.
+// requeueFailed moves this node's parked messages back to its queue.
 func (r *runner) requeueFailed(ctx context.Context, conn *broker.Conn) int {
-	park, queue := r.cfg.ParkingQueue(r.cfg.Self.Short), r.cfg.NodeQueue(r.cfg.Self.Short)
-	for _, q := range []string{park, queue} {
-		if err := conn.DeclareQueue(q); err != nil {
-			r.log.Error("requeue-failed", "err", err)
-			return exitFailed
-		}
-	}
-	qs, err := conn.Inspect(park)
+	moved, err := nodequeue.RequeueFailed(ctx, conn, selfName(r.cfg), r.log)
 	if err != nil {
-		r.log.Error("requeue-failed", "err", err)
+		r.log.Error("requeue-failed", "moved", moved, "err", err)
 		return exitFailed
-	}
-	recv, err := conn.Receive(park)
-	if err != nil {
-		r.log.Error("requeue-failed", "err", err)
-		return exitFailed
-	}
-	defer recv.Close()
-	pub, err := conn.Publisher()
-	if err != nil {
-		r.log.Error("requeue-failed", "err", err)
-		return exitFailed
-	}
-	defer pub.Close()
-	moved := 0
-	for i := 0; i < qs.Messages; i++ {
-		d, err := recv.Get()
-		if err != nil {
-			r.log.Error("requeue-failed", "err", err)
-			return exitFailed
-		}
-		if d == nil {
-			break
-		}
-		m := d.Message
-		reason, _ := m.Headers[syncer.ReasonHeader].(string)
-		m = m.WithHeader(syncer.AttemptsHeader, int32(0))
-		if err := pub.Publish(ctx, queue, m); err != nil {
-			r.log.Error("requeue-failed", "err", err)
-			return exitFailed
-		}
-		if err := d.Ack(); err != nil {
-			r.log.Error("requeue-failed", "err", err)
-			return exitFailed
-		}
-		moved++
-		r.log.Info("requeued", "from", park, "to", queue, "was_parked_for", reason)
 	}
 	r.log.Info("requeue-failed done", "moved", moved)
 	return exitOK
@@ -514,6 +454,10 @@ func newLogger(file, format string, verbose bool, stderr io.Writer) (*slog.Logge
 
 func usage(fs *flag.FlagSet, w io.Writer) {
 	fmt.Fprint(w, usageHead)
+	for _, c := range commands {
+		c.summary(w)
+	}
+	fmt.Fprint(w, "\nOptions:\n")
 	fs.SetOutput(w)
 	fs.PrintDefaults()
 	fmt.Fprint(w, usageTail)

@@ -5,6 +5,7 @@ import (
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/metrics"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 )
 
@@ -45,8 +46,8 @@ func (r *runner) runMetrics(conn *broker.Conn, cmd string, code int, start time.
 		st.Close()
 	}
 	if conn != nil {
-		self := r.cfg.Self.Short
-		for q, into := range map[string]map[string]int{r.cfg.NodeQueue(self): run.Queues, r.cfg.ParkingQueue(self): run.Parked} {
+		self := selfName(r.cfg)
+		for q, into := range map[string]map[string]int{nodequeue.Queue(self): run.Queues, nodequeue.ParkQueue(self): run.Parked} {
 			if st, err := conn.Inspect(q); err == nil && st.Exists {
 				into[q] = st.Messages
 			}

@@ -5,160 +5,136 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"log/slog"
-	"os"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
 	"github.com/glance-image-sync/glance-image-sync/internal/glanceapi"
 	"github.com/glance-image-sync/glance-image-sync/internal/reconcile"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
-	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
 )
 
-const usageReconcile = `  reconcile [--endpoint URL] [--prune [--force]] [--dry-run]
-                           Compare the datadir with the images Glance lists (Images
-                           API v2: --endpoint or glance_url without auth, else the
-                           os_cloud or OS_CLOUD cloud of clouds.yaml, else OS_*
-                           credentials): fetch active images missing
-                           here or of the wrong size from a peer that has them,
-                           verified against checksum and os_hash_value; report
-                           files of deleted or unknown images. --prune moves them
-                           to trash_dir (kept trash_days), never more than
-                           max_delete / max_delete_percent unless --force, and
-                           never when the listing could not be read whole, nor
-                           with credentials that cannot see every project's
-                           images (no admin role), nor the copy this node keeps
-                           for glance-scrubber --restore. An image deleted here
-                           that Glance lists as active again is fetched again.
-                           Seeds a new node; cron it hourly or daily beside both.
-  verify [--endpoint URL] [--repair] [--dry-run]
-                           Re-hash the datadir at verify_rate MB/s, oldest check
-                           first, skipping files verified within verify_days;
-                           report files whose MD5 no longer matches Glance's;
-                           --repair fetches them again.
-`
+// reconcileOptions are the flags of reconcile and verify.
+type reconcileOptions struct {
+	endpoint             string
+	dryRun               bool
+	prune, force, repair bool
+}
 
-// runReconcile runs reconcile or verify. Exit codes: 0 the datadir matches
-// Glance; 1 the run could not work (listing unreadable: nothing deleted);
-// 3 some fetches failed and a later run may succeed; 4 an operator is needed
-// (prune refused by its guards, corrupt files found without --repair).
-func runReconcile(ctx context.Context, cmd string, args []string, cfg *config.Config, log *slog.Logger, dryRun bool, prog syncer.Progress, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	endpoint := fs.String("endpoint", "", "glance-api `URL` to ask without authentication (no Keystone); default: glance_url, else os_cloud, else clouds.yaml/OS_CLOUD, else OS_* variables")
-	localDry := fs.Bool("dry-run", false, "report what would be fetched, pruned or verified; change nothing")
-	prune := fs.Bool("prune", false, "reconcile: move orphaned files to trash_dir")
-	force := fs.Bool("force", false, "reconcile --prune: ignore max_delete and max_delete_percent for this run")
-	repair := fs.Bool("repair", false, "verify: fetch files that no longer match again")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "glance-image-sync %s: unexpected %q\n", cmd, fs.Args())
-		return exitUsage
-	}
-	dryRun = dryRun || *localDry
-	if cmd == "verify" && (*prune || *force) || cmd == "reconcile" && *repair {
-		fmt.Fprintf(stderr, "glance-image-sync %s: --prune and --force belong to reconcile, --repair to verify\n", cmd)
-		return exitUsage
-	}
-	if *force && !*prune {
-		fmt.Fprintln(stderr, "glance-image-sync reconcile: --force only makes sense with --prune")
-		return exitUsage
-	}
+// declare declares the flags reconcile and verify share.
+func (o *reconcileOptions) declare(fs *flag.FlagSet) {
+	fs.StringVar(&o.endpoint, "endpoint", "", "glance-api `URL` to ask without authentication (no Keystone); default: glance_url, else os_cloud, else clouds.yaml/OS_CLOUD, else OS_* variables")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "report what would be fetched, pruned or verified; change nothing")
+}
 
-	st, err := store.Open(cfg.Datadir, cfg.FilePerm, cfg.TrashDir)
+// withGlance runs work with what reconcile and verify both work with: the
+// datadir, the Images API and the fetcher, closed after it. It returns
+// work's exit code, or its own when one cannot be had.
+func withGlance(e *env, name string, o reconcileOptions, work func(*store.Store, *glanceapi.Client, *syncer.Fetcher) int) int {
+	st, err := store.Open(e.cfg.Datadir, e.cfg.FilePerm, e.cfg.TrashDir)
 	if err != nil {
-		log.Error(cmd+" failed", "err", err)
+		e.log.Error(name+" failed", "err", err)
 		return exitFailed
 	}
 	defer st.Close()
-	var api *glanceapi.Client
-	if *endpoint != "" {
-		api, err = glanceapi.NewNoAuth(*endpoint)
+	api, code := glanceFor(e, name, o.endpoint)
+	if code != exitOK {
+		return code
+	}
+	e.log.Debug("glance", "endpoint", api.Base)
+	f := syncer.NewFetcher(fetchConfig(e.cfg, e.progress()), st, e.log)
+	defer f.Close()
+	return work(st, api, f)
+}
+
+// glanceFor is the Images API to ask: --endpoint, else the configured one,
+// else the environment's.
+func glanceFor(e *env, name, endpoint string) (*glanceapi.Client, int) {
+	if endpoint != "" {
+		api, err := glanceapi.NewNoAuth(endpoint)
 		if err != nil {
-			fmt.Fprintf(stderr, "glance-image-sync %s: --endpoint %v\n", cmd, err)
-			return exitUsage
+			fmt.Fprintf(e.stderr, "glance-image-sync %s: --endpoint %v\n", name, err)
+			return nil, exitUsage
 		}
-	} else {
-		var key string
-		if api, key, err = configuredGlance(ctx, cfg); err != nil {
-			log.Error(cmd+" failed", "key", key, "err", err)
-			return exitFailed
-		}
-		if api == nil {
-			if api, err = glanceapi.NewFromEnv(ctx); err != nil {
-				log.Error(cmd+" failed", "err", err)
-				return exitFailed
-			}
+		return api, exitOK
+	}
+	api, key, err := configuredGlance(e.ctx, e.cfg)
+	if err != nil {
+		e.log.Error(name+" failed", "key", key, "err", err)
+		return nil, exitFailed
+	}
+	if api == nil {
+		if api, err = glanceapi.NewFromEnv(e.ctx); err != nil {
+			e.log.Error(name+" failed", "err", err)
+			return nil, exitFailed
 		}
 	}
-	log.Debug("glance", "endpoint", api.Base)
+	return api, exitOK
+}
 
-	f := syncer.NewFetcher(fetcherConfig(cfg, prog), st, log)
-	defer f.Close()
-
-	if cmd == "verify" {
-		sum, err := reconcile.Verify(ctx, api, st, f, reconcile.VerifyOptions{
-			Repair: *repair, DryRun: dryRun, Rate: cfg.VerifyRate, Days: cfg.VerifyDays,
-		}, log)
-		fmt.Fprintf(stdout, "verify: files=%d checked=%d ok=%d recent=%d mismatch=%d repaired=%d not_active_in_glance=%d failed=%d bytes=%d\n",
+// runVerify re-hashes the datadir. Exit codes: 0 every file matches; 1 the
+// run could not work; 3 some repairs failed and a later run may succeed;
+// 4 corrupt files were found without --repair.
+func runVerify(e *env, o reconcileOptions) int {
+	return withGlance(e, "verify", o, func(st *store.Store, api *glanceapi.Client, f *syncer.Fetcher) int {
+		sum, err := reconcile.Verify(e.ctx, api, st, f, reconcile.VerifyOptions{
+			Repair: o.repair, DryRun: e.dryRun || o.dryRun, Rate: e.cfg.VerifyRate, Days: e.cfg.VerifyDays,
+		}, e.log)
+		fmt.Fprintf(e.stdout, "verify: files=%d checked=%d ok=%d recent=%d mismatch=%d repaired=%d not_active_in_glance=%d failed=%d bytes=%d\n",
 			sum.Files, sum.Checked, sum.OK, sum.Recent, sum.Mismatch, sum.Repaired, sum.NotImage, sum.Failed, sum.Bytes)
-		log.Info("verify done", "files", sum.Files, "checked", sum.Checked, "ok", sum.OK, "recent", sum.Recent,
+		e.log.Info("verify done", "files", sum.Files, "checked", sum.Checked, "ok", sum.OK, "recent", sum.Recent,
 			"mismatch", sum.Mismatch, "repaired", sum.Repaired, "failed", sum.Failed, "bytes", sum.Bytes)
+		if code, ended := endedBy(e.log, err, "stopped before every file was verified; the next run goes on from the oldest", "verify failed"); ended {
+			return code
+		}
 		switch {
-		case errors.Is(err, reconcile.ErrListing):
-			log.Error("verify failed", "err", err)
-			return exitFailed
-		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-			log.Warn("stopped before every file was verified; the next run goes on from the oldest", "err", err)
-			return exitDeferred
-		case err != nil:
-			log.Error("verify failed", "err", err)
-			return exitFailed
-		case sum.Mismatch > sum.Repaired && !*repair:
+		case sum.Mismatch > sum.Repaired && !o.repair:
 			return exitParked
 		case sum.Failed > 0:
 			return exitDeferred
 		}
 		return exitOK
-	}
+	})
+}
 
-	sum, err := reconcile.Run(ctx, api, st, f, reconcile.Options{
-		Prune:     *prune,
-		DryRun:    dryRun,
-		Limits:    reconcile.Limits{MaxDelete: cfg.MaxDelete, MaxPercent: cfg.MaxDeletePercent, Force: *force},
-		TrashDays: cfg.TrashDays,
-		Transfers: cfg.Transfers,
-	}, log)
-	fmt.Fprintf(stdout, "reconcile: images=%d present=%d fetched=%d orphaned=%d pruned=%d failed=%d tombstoned=%d young=%d kept_for_scrubber=%d bytes=%d\n",
-		sum.Images, sum.Present, sum.Fetched, sum.Orphaned, sum.Pruned, sum.Failed, sum.Tombstoned, sum.Young, sum.KeptForScrubber, sum.Bytes)
-	if sum.PruneRefused != "" {
-		fmt.Fprintf(stdout, "reconcile: prune refused: %s\n", sum.PruneRefused)
+// runReconcile compares the datadir with Glance. Exit codes: 0 the datadir
+// matches Glance; 1 the run could not work (listing unreadable: nothing
+// deleted); 3 some fetches failed and a later run may succeed; 4 an
+// operator is needed (prune refused by its guards).
+func runReconcile(e *env, o reconcileOptions) int {
+	if o.force && !o.prune {
+		fmt.Fprintln(e.stderr, "glance-image-sync reconcile: --force only makes sense with --prune")
+		return exitUsage
 	}
-	log.Info("reconcile done", "images", sum.Images, "present", sum.Present, "fetched", sum.Fetched, "orphaned", sum.Orphaned,
-		"pruned", sum.Pruned, "failed", sum.Failed, "tombstoned", sum.Tombstoned, "kept_for_scrubber", sum.KeptForScrubber, "trash_emptied", sum.Purged, "bytes", sum.Bytes)
-	switch {
-	case errors.Is(err, reconcile.ErrListing):
-		log.Error("reconcile failed; nothing was fetched or pruned", "err", err)
-		return exitFailed
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-		log.Warn("stopped before the end; the next run goes on", "err", err)
-		return exitDeferred
-	case err != nil:
-		log.Error("reconcile failed", "err", err)
-		return exitFailed
-	case sum.PruneRefused != "":
-		return exitParked
-	case sum.Failed > 0:
-		return exitDeferred
-	}
-	return exitOK
+	return withGlance(e, "reconcile", o, func(st *store.Store, api *glanceapi.Client, f *syncer.Fetcher) int {
+		sum, err := reconcile.Run(e.ctx, api, st, f, reconcile.Options{
+			Prune:     o.prune,
+			DryRun:    e.dryRun || o.dryRun,
+			Limits:    reconcile.Limits{MaxDelete: e.cfg.MaxDelete, MaxPercent: e.cfg.MaxDeletePercent, Force: o.force},
+			TrashDays: e.cfg.TrashDays,
+			Transfers: e.cfg.Transfers,
+		}, e.log)
+		fmt.Fprintf(e.stdout, "reconcile: images=%d present=%d fetched=%d orphaned=%d pruned=%d failed=%d tombstoned=%d young=%d kept_for_scrubber=%d bytes=%d\n",
+			sum.Images, sum.Present, sum.Fetched, sum.Orphaned, sum.Pruned, sum.Failed, sum.Tombstoned, sum.Young, sum.KeptForScrubber, sum.Bytes)
+		if sum.PruneRefused != "" {
+			fmt.Fprintf(e.stdout, "reconcile: prune refused: %s\n", sum.PruneRefused)
+		}
+		e.log.Info("reconcile done", "images", sum.Images, "present", sum.Present, "fetched", sum.Fetched, "orphaned", sum.Orphaned,
+			"pruned", sum.Pruned, "failed", sum.Failed, "tombstoned", sum.Tombstoned, "kept_for_scrubber", sum.KeptForScrubber, "trash_emptied", sum.Purged, "bytes", sum.Bytes)
+		if errors.Is(err, reconcile.ErrListing) {
+			e.log.Error("reconcile failed; nothing was fetched or pruned", "err", err)
+			return exitFailed
+		}
+		if code, ended := endedBy(e.log, err, "stopped before the end; the next run goes on", "reconcile failed"); ended {
+			return code
+		}
+		switch {
+		case sum.PruneRefused != "":
+			return exitParked
+		case sum.Failed > 0:
+			return exitDeferred
+		}
+		return exitOK
+	})
 }
 
 // configuredGlance is the Images API the configuration names: glance_url
@@ -174,31 +150,4 @@ func configuredGlance(ctx context.Context, cfg *config.Config) (api *glanceapi.C
 		return api, "os_cloud", err
 	}
 	return nil, "", nil
-}
-
-func fetcherConfig(cfg *config.Config, prog syncer.Progress) syncer.Config {
-	peers := map[string]transfer.Peer{}
-	var order []string
-	for _, n := range cfg.Peers() {
-		peers[n.Short] = transfer.Peer{Name: n.Short, Address: n.Address, Port: n.Port}
-		order = append(order, n.Short)
-	}
-	return syncer.Config{
-		Self:      cfg.Self.Short,
-		Peers:     peers,
-		PeerOrder: order,
-		Auth: transfer.Auth{
-			User:       cfg.User,
-			KeyFiles:   cfg.SSHKeys,
-			Agent:      os.Getenv("SSH_AUTH_SOCK"),
-			KnownHosts: cfg.KnownHosts,
-			AcceptNew:  cfg.AcceptNewHostKeys,
-			Ciphers:    cfg.SSHCiphers,
-			Timeout:    cfg.SSHTimeout,
-		},
-		Transfers:   cfg.Transfers,
-		IdleTimeout: cfg.SSHTimeout,
-		BWLimit:     cfg.BWLimit,
-		Progress:    prog,
-	}
 }

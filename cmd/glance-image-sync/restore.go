@@ -11,15 +11,6 @@ import (
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 )
 
-const usageRestore = `  restore ID               Put image ID back from trash_dir (where deletes and
-                           reconcile --prune move files): its newest trashed copy
-                           is hashed again and must match the MD5 recorded when
-                           it was trashed; nothing at <datadir>/ID is replaced.
-                           The tombstone is cleared, so later events may fetch
-                           the image again. Exit 0 restored, 1 refused (the
-                           reason is logged), 2 not an image id.
-`
-
 // restoreArgs checks restore's one argument before anything else is done.
 func restoreArgs(args []string) error {
 	if len(args) != 1 {

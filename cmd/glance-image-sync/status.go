@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/progress"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
@@ -74,16 +75,15 @@ type imageRow struct {
 	Sizes map[string]int64  `json:"sizes"` // node -> size, where present
 }
 
-func runStatus(args []string, cfg *config.Config, stdout, stderr io.Writer, log *slog.Logger) int {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	asJSON := fs.Bool("json", false, "print JSON for scripts instead of tables")
-	peers := fs.Bool("peers", false, "also list every peer's datadir over SFTP: an image x node matrix")
-	timeout := fs.Duration("timeout", 2*time.Minute, "give up after this long")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+// statusOptions are status's flags.
+type statusOptions struct {
+	json, peers bool
+	timeout     time.Duration
+}
+
+func runStatus(o statusOptions, cfg *config.Config, stdout io.Writer, log *slog.Logger) int {
+	asJSON, peers := &o.json, &o.peers
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
 	rep := &statusReport{Node: cfg.Self.Short, Datadir: cfg.Datadir, Images: map[string]int64{}, Partials: []partialStatus{}}
 	code := exitOK
@@ -98,7 +98,7 @@ func runStatus(args []string, cfg *config.Config, stdout, stderr io.Writer, log 
 			rep.SourceQueue = &queueStatus{Queue: cfg.Broker.SourceQueue(), Exists: st.Exists, Ready: st.Messages, Consumers: st.Consumers}
 		}
 		for _, n := range cfg.Nodes {
-			q := queueStatus{Node: n.Short, Queue: cfg.NodeQueue(n.Short), ParkQueue: cfg.ParkingQueue(n.Short)}
+			q := queueStatus{Node: n.Short, Queue: nodequeue.Queue(node.Name(n.Short)), ParkQueue: nodequeue.ParkQueue(node.Name(n.Short))}
 			st, err := conn.Inspect(q.Queue)
 			if err != nil {
 				rep.BrokerError = err.Error()
@@ -170,13 +170,14 @@ func runStatus(args []string, cfg *config.Config, stdout, stderr io.Writer, log 
 // peerStatus lists every node's datadir: this one locally, the peers over SFTP.
 func peerStatus(ctx context.Context, cfg *config.Config, local map[string]int64) *peerMatrix {
 	m := &peerMatrix{Unreachable: map[string]string{}, OnlyOn: map[string]string{}}
-	have := map[string]map[string]int64{cfg.Self.Short: local} // node -> id -> size
+	have := map[string]map[string]int64{} // node, as api_nodes spells it -> id -> size
 	// status only looks: accept-new must not write known_hosts from here.
 	auth := sshAuth(cfg)
 	auth.ReadOnly = true
 	for _, n := range cfg.Nodes {
 		m.Nodes = append(m.Nodes, n.Short)
-		if n.Short == cfg.Self.Short {
+		if node.Name(n.Short).Is(selfName(cfg)) {
+			have[n.Short] = local
 			continue
 		}
 		cl, err := transfer.Dial(ctx, transfer.Peer{Name: n.Short, Address: n.Address, Port: n.Port}, auth)

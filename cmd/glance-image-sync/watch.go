@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -14,7 +13,7 @@ import (
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/fanout"
 	"github.com/glance-image-sync/glance-image-sync/internal/metrics"
-	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 )
 
 // Backoff bounds, for reconnecting to the broker and for retrying a queue
@@ -33,15 +32,15 @@ const (
 // 75 and does nothing. SIGTERM or SIGINT stops it: a transfer in flight is
 // cut, its partial file kept for the next run to resume, and its message
 // returns to the queue unacked. Exit 0 after a signal.
-func runWatch(ctx context.Context, args []string, r *runner, stderr io.Writer) int {
-	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	duplicate := fs.Bool("duplicate", false, "also copy Glance's notifications into every node's queue (duplicate-notifications), continuously")
-	interval := fs.Duration("interval", 2*time.Second, "how often to look for new messages")
-	listen := fs.String("listen", "", "serve Prometheus metrics at http://`ADDR`/metrics, e.g. 127.0.0.1:9464")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
-	}
+// watchOptions are watch's flags.
+type watchOptions struct {
+	duplicate bool
+	interval  time.Duration
+	listen    string
+}
+
+func runWatch(ctx context.Context, o watchOptions, r *runner, stderr io.Writer) int {
+	duplicate, interval, listen := &o.duplicate, &o.interval, &o.listen
 	if r.dryRun {
 		fmt.Fprintln(stderr, "glance-image-sync: watch does not take --dry-run; use sync-images --dry-run")
 		return exitUsage
@@ -80,7 +79,7 @@ func runWatch(ctx context.Context, args []string, r *runner, stderr io.Writer) i
 			backoff = min(2*backoff, reconnectMax)
 			continue
 		}
-		r.log.Info("watching", "broker", conn.URL(), "queue", r.cfg.NodeQueue(r.cfg.Self.Short), "duplicate", *duplicate, "interval", interval.String())
+		r.log.Info("watching", "broker", conn.URL(), "queue", nodequeue.Queue(selfName(r.cfg)), "duplicate", *duplicate, "interval", interval.String())
 		start := time.Now()
 		err = w.serve(ctx, conn)
 		conn.Close()
@@ -120,13 +119,8 @@ func (w *watcher) serve(ctx context.Context, conn *broker.Conn) error {
 		if r.cfg.Deadline > 0 {
 			pctx, cancel = context.WithTimeout(ctx, r.cfg.Deadline)
 		}
-		r.fanoutRes, r.syncRes = fanout.Result{}, syncer.Result{}
-		code := exitOK
-		if w.duplicate {
-			code = worse(code, r.duplicate(pctx, conn))
-		}
-		if code != exitFailed && !start.Before(w.nextSync) {
-			code = worse(code, r.syncImages(pctx, conn))
+		code := r.pass(pctx, conn, steps{duplicate: w.duplicate, sync: !start.Before(w.nextSync)})
+		if r.synced {
 			w.schedule(start)
 		}
 		cancel()

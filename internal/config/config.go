@@ -107,13 +107,6 @@ func (c *Config) Node(name string) (Node, bool) {
 	return Node{}, false
 }
 
-// NodeQueue is the durable queue of one node; the name keeps the original
-// tool's form so existing deployments keep their queues.
-func (c *Config) NodeQueue(short string) string { return "glance_image_sync." + short + ".info" }
-
-// ParkingQueue holds the messages of one node that can never succeed.
-func (c *Config) ParkingQueue(short string) string { return "glance_image_sync." + short + ".failed" }
-
 // Error is a configuration error: which file, [section] and key to fix, and
 // why. Section and Key are empty when the error is about the whole file.
 type Error struct {

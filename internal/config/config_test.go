@@ -236,12 +236,6 @@ func TestNodeLookupAndQueues(t *testing.T) {
 	if n, ok := c.Node("node4"); ok {
 		t.Errorf("Node(node4) = %+v, want not found", n)
 	}
-	if q := c.NodeQueue("node1"); q != "glance_image_sync.node1.info" {
-		t.Errorf("NodeQueue = %q", q)
-	}
-	if q := c.ParkingQueue("node1"); q != "glance_image_sync.node1.failed" {
-		t.Errorf("ParkingQueue = %q", q)
-	}
 }
 
 // glanceMinimal is a modern glance-api.conf with nothing but a broker.

@@ -1,7 +1,6 @@
 package fanout
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -9,23 +8,10 @@ import (
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 )
-
-// Header names set on messages this package parks.
-const (
-	ReasonHeader = "x-glance-image-sync-reason"
-	NodeHeader   = "x-glance-image-sync-node"
-	// TruncatedHeader holds the original size in bytes of a message parked
-	// with only the first ParkedBodyCap bytes of its body.
-	TruncatedHeader = "x-glance-image-sync-truncated-from"
-)
-
-// OwnHeaderPrefix starts every header this tool sets. Glance's queue can be
-// written by anyone holding a credential of the cloud's broker, so headers
-// with this prefix (in any case) are stripped from what comes off it:
-// downstream they would be taken as ours (an attempt count, a reason).
-const OwnHeaderPrefix = "x-glance-image-sync-"
 
 // Limits on what one source message may cost.
 const (
@@ -37,7 +23,7 @@ const (
 	// costs several times the body in memory.
 	MaxEventBody = 1 << 20
 	// ParkedBodyCap is how much of an oversize body is parked: enough to
-	// see what it was and who sent it, with TruncatedHeader saying how much
+	// see what it was and who sent it, with a header saying how much
 	// was cut. Bodies up to MaxEventBody are parked whole.
 	ParkedBodyCap = 64 << 10
 	// heapLimit is the Go soft memory limit while a drain runs, when the
@@ -56,10 +42,10 @@ const (
 
 // Config is what a duplicate-notifications run needs.
 type Config struct {
-	Self        string   // this node's short name, recorded on parked messages
-	SourceQueue string   // Glance's <topic>.info
-	NodeQueues  []string // one per api node
-	ParkQueue   string   // where undecodable messages go
+	Self        node.Name // this node, recorded on parked messages
+	SourceQueue string    // Glance's <topic>.info
+	NodeQueues  []string  // one per api node
+	ParkQueue   string    // where undecodable messages go
 	// Non-image events are re-published to Exchange with ForwardKey when set,
 	// so other consumers of the source queue are not robbed of them.
 	Exchange   string
@@ -234,13 +220,13 @@ type sender interface {
 // route publishes what one source message becomes and returns the confirms to
 // wait for before the source may be acked.
 func route(ctx context.Context, cfg Config, pub sender, m broker.Message, res *Result, log *slog.Logger) ([]*broker.Pending, error) {
-	m = m.WithoutHeaders(OwnHeaderPrefix)
+	// Glance's queue can be written by anyone holding a credential of the
+	// cloud's broker: a header of ours on it would be believed downstream.
+	m = nodequeue.Strip(m)
 	if len(m.Body) > MaxEventBody {
 		reason := fmt.Sprintf("body of %d bytes is larger than the %d bytes of any Glance notification; parked with its first %d bytes", len(m.Body), MaxEventBody, ParkedBodyCap)
 		// A copy, so the large body can be freed before the confirm.
-		m = m.WithHeader(TruncatedHeader, int64(len(m.Body)))
-		m.Body = bytes.Clone(m.Body[:ParkedBodyCap])
-		return park(ctx, cfg, pub, m, reason, res, log)
+		return park(ctx, cfg, pub, nodequeue.Capped(m, ParkedBodyCap), reason, res, log)
 	}
 	ev, err := notification.Decode(m.Body)
 	if err != nil {
@@ -279,21 +265,13 @@ func route(ctx context.Context, cfg Config, pub sender, m broker.Message, res *R
 // park moves a message that can never be copied to the parking queue, with
 // the reason.
 func park(ctx context.Context, cfg Config, pub sender, m broker.Message, reason string, res *Result, log *slog.Logger) ([]*broker.Pending, error) {
-	m = m.WithHeader(ReasonHeader, truncate(reason)).WithHeader(NodeHeader, cfg.Self)
+	m = nodequeue.Parked(m, cfg.Self, reason)
 	p, err := pub.Send(ctx, "", cfg.ParkQueue, m)
 	if err != nil {
 		return nil, err
 	}
-	log.Warn("parked", "queue", cfg.ParkQueue, "reason", truncate(reason))
+	// The header's reason, capped: a decoder's message may quote the body.
+	log.Warn("parked", "queue", cfg.ParkQueue, "reason", m.Headers[nodequeue.ReasonHeader])
 	res.Parked++
 	return []*broker.Pending{p}, nil
-}
-
-// truncate keeps a reason header small; AMQP headers are not meant for logs.
-func truncate(s string) string {
-	const max = 1000
-	if len(s) > max {
-		return s[:max] + "…"
-	}
-	return s
 }

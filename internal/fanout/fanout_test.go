@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 )
 
 // sent is one publish a fakeSender saw.
@@ -84,7 +85,7 @@ func TestOwnHeadersStripped(t *testing.T) {
 					t.Errorf("to %s: a foreign header was dropped: %v", s.key, s.m.Headers)
 				}
 				for k, v := range s.m.Headers {
-					if v == forged[k] && strings.HasPrefix(strings.ToLower(k), OwnHeaderPrefix) {
+					if v == forged[k] && strings.HasPrefix(strings.ToLower(k), nodequeue.HeaderPrefix) {
 						t.Errorf("to %s: forged header %s = %v came through", s.key, k, v)
 					}
 				}
@@ -113,10 +114,10 @@ func TestOversizeParkedCapped(t *testing.T) {
 	if len(m.Body) != ParkedBodyCap || !bytes.Equal(m.Body, big[:ParkedBodyCap]) {
 		t.Errorf("parked body: %d bytes, want the first %d", len(m.Body), ParkedBodyCap)
 	}
-	if got := m.IntHeader(TruncatedHeader); got != len(big) {
-		t.Errorf("%s = %v, want %d", TruncatedHeader, m.Headers[TruncatedHeader], len(big))
+	if got := m.IntHeader(nodequeue.TruncatedHeader); got != len(big) {
+		t.Errorf("%s = %v, want %d", nodequeue.TruncatedHeader, m.Headers[nodequeue.TruncatedHeader], len(big))
 	}
-	if r, _ := m.Headers[ReasonHeader].(string); !strings.Contains(r, "larger than") {
+	if r, _ := m.Headers[nodequeue.ReasonHeader].(string); !strings.Contains(r, "larger than") {
 		t.Errorf("reason %q", r)
 	}
 
@@ -129,7 +130,7 @@ func TestOversizeParkedCapped(t *testing.T) {
 	if len(f.sent) != 1 || !bytes.Equal(f.sent[0].m.Body, odd) {
 		t.Fatalf("undecodable body of %d bytes not parked whole", len(odd))
 	}
-	if _, ok := f.sent[0].m.Headers[TruncatedHeader]; ok {
+	if _, ok := f.sent[0].m.Headers[nodequeue.TruncatedHeader]; ok {
 		t.Errorf("whole body marked truncated")
 	}
 }

@@ -70,6 +70,8 @@ func (tr *transfer) Write(b []byte) (int, error) {
 	return n, err
 }
 
+var _ io.ReaderFrom = (*transfer)(nil)
+
 // ReadFrom keeps the fetch's copy-free path (the reader filling the temp
 // file's buffers directly) when the writer offers it.
 func (tr *transfer) ReadFrom(r io.Reader) (int64, error) {

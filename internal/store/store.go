@@ -385,10 +385,16 @@ func (s *Store) Deleted(id string) (bool, error) {
 	if err := checkID(id); err != nil {
 		return false, err
 	}
-	if s.deleted == nil {
+	return marked(s.deleted, id)
+}
+
+// marked reports whether the state folder dir (nil: the store keeps none)
+// holds an entry for image id; err is a failure to look.
+func marked(dir *os.File, id string) (bool, error) {
+	if dir == nil {
 		return false, nil
 	}
-	_, err := statAt(s.deleted, id)
+	_, err := statAt(dir, id)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -691,6 +697,8 @@ func (p *Partial) Write(b []byte) (int, error) {
 	}
 	return n, nil
 }
+
+var _ io.ReaderFrom = (*Partial)(nil)
 
 // ReadFrom appends what r yields until EOF, like Write. With O_DIRECT the
 // bytes are read straight into the aligned buffers and hashed there, one copy

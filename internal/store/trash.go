@@ -337,17 +337,12 @@ func (s *Store) KeptForScrubber(id string) (bool, error) {
 	if err := checkID(id); err != nil {
 		return false, err
 	}
-	if s.scrubber == nil {
-		return false, nil
-	}
-	_, err := statAt(s.scrubber, id)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
+	kept, err := marked(s.scrubber, id)
 	if err != nil {
+		// Taken as kept: keeping a copy by mistake costs disk, trashing
+		// the scrubber's costs the image.
 		return true, fmt.Errorf("image %s: scrubber marker: %w", id, err)
 	}
-	// Any entry counts: keeping a copy by mistake costs disk, trashing
-	// the scrubber's costs the image.
-	return true, nil
+	// Any entry counts, whatever its type.
+	return kept, nil
 }

@@ -3,21 +3,23 @@ package syncer
 import (
 	"slices"
 	"testing"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 )
 
 func TestChain(t *testing.T) {
-	nodes := []string{"n1", "n2", "n3", "n4"}
+	nodes := []node.Name{"n1", "n2", "n3", "n4"}
 	tests := []struct {
-		publisher, self string
-		up, down        []string
+		publisher, self node.Name
+		up, down        []node.Name
 		ok              bool
 	}{
-		{"n1", "n2", []string{"n1"}, []string{"n3", "n4"}, true},
-		{"n1", "n3", []string{"n2", "n1"}, []string{"n4"}, true},
-		{"n1", "n4", []string{"n3", "n2", "n1"}, nil, true},
+		{"n1", "n2", []node.Name{"n1"}, []node.Name{"n3", "n4"}, true},
+		{"n1", "n3", []node.Name{"n2", "n1"}, []node.Name{"n4"}, true},
+		{"n1", "n4", []node.Name{"n3", "n2", "n1"}, nil, true},
 		// The ring wraps: an image published on n3 flows n3 -> n4 -> n1 -> n2.
-		{"n3.example.com", "n1", []string{"n4", "n3"}, []string{"n2"}, true},
-		{"n3", "n2", []string{"n1", "n4", "n3"}, nil, true},
+		{"n3.example.com", "n1", []node.Name{"n4", "n3"}, []node.Name{"n2"}, true},
+		{"n3", "n2", []node.Name{"n1", "n4", "n3"}, nil, true},
 		{"n2", "n2", nil, nil, false},
 		{"localhost", "n2", nil, nil, false},
 		{"", "n2", nil, nil, false},
@@ -30,7 +32,7 @@ func TestChain(t *testing.T) {
 		}
 	}
 	// Two nodes: the chain is the publisher alone.
-	if up, down, ok := Chain("a", "b", []string{"a", "b"}); !slices.Equal(up, []string{"a"}) || down != nil || !ok {
+	if up, down, ok := Chain("a", "b", []node.Name{"a", "b"}); !slices.Equal(up, []node.Name{"a"}) || down != nil || !ok {
 		t.Errorf("two nodes: %v %v %v", up, down, ok)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 )
@@ -14,7 +16,7 @@ import (
 // oslo's default publisher; nobody else, and no delete that contradicts
 // itself.
 func TestPlanDeleteAuthentication(t *testing.T) {
-	nodes := []string{"Node1", "node2", "node3"}
+	nodes := []node.Name{"Node1", "node2", "node3"}
 	ev := func(eventType, publisherID, format, status string, deleted bool) *notification.Event {
 		e := &notification.Event{EventType: eventType, PublisherID: publisherID, Format: format,
 			Image: &notification.Image{ID: testID, Status: status, Checksum: testSum, Size: 5, Deleted: deleted}}
@@ -66,7 +68,7 @@ func TestPlanForgedDeleteBody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, why := Plan(ev, []string{"node1", "node2"}); got != Park || !strings.Contains(why, "image.not-a-glance-node") {
+	if got, why := Plan(ev, []node.Name{"node1", "node2"}); got != Park || !strings.Contains(why, "image.not-a-glance-node") {
 		t.Errorf("Plan = %v (%s), want Park naming the publisher", got, why)
 	}
 }
@@ -75,7 +77,7 @@ func TestPlanForgedDeleteBody(t *testing.T) {
 func TestPlanCauseForPublisher(t *testing.T) {
 	e := &notification.Event{EventType: "image.delete", PublisherID: "image.x", Publisher: "x",
 		Image: &notification.Image{ID: testID, Status: "deleted", Deleted: true}}
-	if a, _, cause := plan(e, []string{"node1"}); a != Park || cause != causePublisher {
+	if a, _, cause := plan(e, []node.Name{"node1"}); a != Park || cause != causePublisher {
 		t.Errorf("plan = %v, cause %q; want park, %q", a, cause, causePublisher)
 	}
 }
@@ -129,16 +131,16 @@ func TestDeleteConfirmation(t *testing.T) {
 			parked := pub.to(testPark)
 			switch {
 			case tt.parked == "" && len(parked) > 0:
-				t.Errorf("parked: %v", parked[0].Headers[ReasonHeader])
-			case tt.parked != "" && (len(parked) != 1 || parked[0].Headers[ReasonHeader] != tt.parked):
+				t.Errorf("parked: %v", parked[0].Headers[nodequeue.ReasonHeader])
+			case tt.parked != "" && (len(parked) != 1 || parked[0].Headers[nodequeue.ReasonHeader] != tt.parked):
 				t.Errorf("parked %v, want one with reason %q", parked, tt.parked)
 			}
 			requeued := pub.to(testQueue)
 			if got := len(requeued) == 1; got != tt.deferred {
 				t.Errorf("re-queued %d, want deferred %v", len(requeued), tt.deferred)
 			}
-			if tt.deferred && requeued[0].IntHeader(AttemptsHeader) != 1 {
-				t.Errorf("deferred with attempts %v, want 1", requeued[0].Headers[AttemptsHeader])
+			if tt.deferred && requeued[0].IntHeader(nodequeue.AttemptsHeader) != 1 {
+				t.Errorf("deferred with attempts %v, want 1", requeued[0].Headers[nodequeue.AttemptsHeader])
 			}
 			if a.acks != 1 {
 				t.Errorf("acked %d times, want 1 (the message is settled: done, parked or re-queued)", a.acks)
@@ -174,7 +176,7 @@ func TestDeleteUnconfirmedParksAfterAttempts(t *testing.T) {
 func TestAttemptsClamp(t *testing.T) {
 	for _, start := range []any{int32(-2147483000), int64(-1), int32(2000000000), int64(1 << 40), "7", 3.5} {
 		s, _, pub := testSyncer(Config{MaxAttempts: 4})
-		headers := map[string]any{AttemptsHeader: start}
+		headers := map[string]any{nodequeue.AttemptsHeader: start}
 		runs := 0
 		for len(pub.to(testPark)) == 0 && runs < 10 {
 			runs++
@@ -190,7 +192,7 @@ func TestAttemptsClamp(t *testing.T) {
 	}
 	// A count of ours is believed.
 	s, _, pub := testSyncer(Config{MaxAttempts: 4})
-	j, _ := fetchJob(5, testSum, map[string]any{AttemptsHeader: int32(3)})
+	j, _ := fetchJob(5, testSum, map[string]any{nodequeue.AttemptsHeader: int32(3)})
 	s.retry(context.Background(), j, errors.New("peer down"))
 	if len(pub.to(testPark)) != 1 {
 		t.Error("attempts 3 of 4 was not parked on its last failure")
@@ -212,14 +214,14 @@ func TestCoveredOnlyBySameData(t *testing.T) {
 		{"other size", 6, testSum, false},
 	}
 	for _, tt := range tests {
-		s, _, pub := testSyncer(Config{PeerOrder: []string{}})
+		s, _, pub := testSyncer(Config{PeerOrder: []node.Name{}})
 		bad, _ := fetchJob(5, testSum, nil)
 		later, a := fetchJob(tt.size, tt.sum, nil)
 		lane := make(chan job, 2)
 		lane <- bad
 		lane <- later
 		close(lane)
-		s.runLane(context.Background(), lane, make(chan struct{}, 1), nil)
+		s.runLane(context.Background(), lane, make(chan struct{}, 1))
 		// With no peer every fetch fails: a fetch that was tried is re-queued.
 		requeued := len(pub.to(testQueue))
 		skipped := s.res.Events[Outcome{Event: "image.update", Result: "skipped"}]
@@ -235,14 +237,14 @@ func TestCoveredOnlyBySameData(t *testing.T) {
 // Whole copies from complete files that fail the event's checksum twice
 // park the message instead of reading the whole image again on every run.
 func TestWholeMismatchParks(t *testing.T) {
-	mismatch := func(peer string) error {
+	mismatch := func(peer node.Name) error {
 		return asWholeMismatch(errors.New("md5 x: copy does not match the image"), peer, 0)
 	}
 	// asWholeMismatch only marks store.ErrMismatch read from offset 0.
 	if wholeMismatches(mismatch("node1")) != 0 {
 		t.Fatal("a plain error was taken for a mismatch")
 	}
-	mm := func(peer string, offset int64) error {
+	mm := func(peer node.Name, offset int64) error {
 		return asWholeMismatch(errors.Join(errors.New("image x"), store.ErrMismatch), peer, offset)
 	}
 	if n := wholeMismatches(errors.Join(mm("node1", 0), mm("node3", 4096), errors.New("down"))); n != 1 {
@@ -253,7 +255,7 @@ func TestWholeMismatchParks(t *testing.T) {
 	s, _, pub := testSyncer(Config{MaxAttempts: 12})
 	j, _ := fetchJob(5, testSum, nil)
 	s.retry(context.Background(), j, errors.Join(mm("node1", 0), mm("node3", 0)))
-	if p := pub.to(testPark); len(p) != 1 || !strings.Contains(p[0].Headers[ReasonHeader].(string), "did not match") {
+	if p := pub.to(testPark); len(p) != 1 || !strings.Contains(p[0].Headers[nodequeue.ReasonHeader].(string), "did not match") {
 		t.Fatalf("two whole mismatches in one run: parked %v", p)
 	}
 
@@ -262,7 +264,7 @@ func TestWholeMismatchParks(t *testing.T) {
 	j, _ = fetchJob(5, testSum, nil)
 	s.retry(context.Background(), j, mm("node1", 0))
 	q := pub.to(testQueue)
-	if len(q) != 1 || q[0].IntHeader(MismatchesHeader) != 1 {
+	if len(q) != 1 || q[0].IntHeader(nodequeue.MismatchesHeader) != 1 {
 		t.Fatalf("first mismatch: re-queued %v", q)
 	}
 	j, _ = fetchJob(5, testSum, q[0].Headers)
@@ -272,9 +274,9 @@ func TestWholeMismatchParks(t *testing.T) {
 	}
 	// A forged mismatch count is clamped like attempts.
 	s, _, pub = testSyncer(Config{MaxAttempts: 12})
-	j, _ = fetchJob(5, testSum, map[string]any{MismatchesHeader: int32(-5)})
+	j, _ = fetchJob(5, testSum, map[string]any{nodequeue.MismatchesHeader: int32(-5)})
 	s.retry(context.Background(), j, mm("node1", 0))
-	if len(pub.to(testPark)) != 0 || pub.to(testQueue)[0].IntHeader(MismatchesHeader) != 1 {
+	if len(pub.to(testPark)) != 0 || pub.to(testQueue)[0].IntHeader(nodequeue.MismatchesHeader) != 1 {
 		t.Error("a negative mismatch count was believed")
 	}
 }

@@ -11,6 +11,10 @@
 // work is done; one that failed for a reason that may pass is re-queued with an
 // attempt counted, and one that can never succeed is parked with the reason.
 //
-// It pairs transfer (bytes from a peer) with store (where they land); neither
-// knows of the other.
+// It holds the one fetch engine (fetch.go): one loop over a source picker
+// (publisher order, a picker of complete copies; the chain), used by queue
+// runs and, through Fetcher, by reconcile and verify --repair. It pairs
+// transfer (bytes from a peer) with store (where they land); neither knows
+// of the other. What a message's headers say and how it is parked is
+// nodequeue's; which name is which node is node's.
 package syncer

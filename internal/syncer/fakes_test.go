@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
@@ -58,9 +59,9 @@ func (f *fakeStore) PartialPath(id, md5hex string) (string, error) {
 	return "/var/lib/glance/images/." + id + "." + md5hex + ".part", nil
 }
 
-var errNoBegin = errors.New("fake store: Begin")
+var errNoBegin = errors.New("fake store: BeginMultihash")
 
-func (f *fakeStore) Begin(context.Context, string, int64, string) (*store.Partial, error) {
+func (f *fakeStore) BeginMultihash(context.Context, string, int64, string, store.Multihash) (*store.Partial, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.begun++
@@ -127,10 +128,10 @@ func testSyncer(cfg Config) (*Syncer, *fakeStore, *fakePub) {
 		cfg.Self = "node2"
 	}
 	if cfg.PeerOrder == nil {
-		cfg.PeerOrder = []string{"node1", "node3"}
+		cfg.PeerOrder = []node.Name{"node1", "node3"}
 	}
 	if cfg.Nodes == nil {
-		cfg.Nodes = []string{"node1", "node2", "node3"}
+		cfg.Nodes = []node.Name{"node1", "node2", "node3"}
 	}
 	cfg.Queue, cfg.ParkQueue = testQueue, testPark
 	if cfg.MaxAttempts == 0 {
@@ -140,8 +141,8 @@ func testSyncer(cfg Config) (*Syncer, *fakeStore, *fakePub) {
 	pub := &fakePub{}
 	s := newSyncer(cfg, nil, st, slog.New(slog.DiscardHandler))
 	s.pub = pub
-	s.peers = newPeerPool(cfg.Auth, s.log)
-	s.peers.dial = func(context.Context, transfer.Peer, transfer.Auth) (peerConn, error) {
+	s.f = newFetcher(s.cfg, st, s.log)
+	s.f.peers.dial = func(context.Context, transfer.Peer, transfer.Auth) (peerConn, error) {
 		return nil, errors.New("no peer in this test")
 	}
 	return s, st, pub

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 )
 
@@ -20,24 +21,15 @@ type Want struct {
 	Multihash store.Multihash
 }
 
-// Fetcher fetches single images outside a queue run, through the same path
-// as sync-images: the peers' SSH connections shared for its life, Stat of
-// the peer's copy before any byte moves, resume of a partial, verification
+// Fetcher fetches single images outside a queue run, with the engine of
+// sync-images: the peers' SSH connections shared for its life, a peer's
+// copy looked at before any byte moves, resume of a partial, verification
 // before the rename, bwlimit over all its transfers.
-type Fetcher struct {
-	s   *Syncer
-	lim *limiter
-}
+type Fetcher struct{ engine *fetcher }
 
 // NewFetcher prepares a Fetcher; cfg's queue fields are not used. Close it.
 func NewFetcher(cfg Config, st *store.Store, log *slog.Logger) *Fetcher {
-	s := New(cfg, nil, st, log)
-	s.peers = newPeerPool(s.cfg.Auth, s.log)
-	f := &Fetcher{s: s}
-	if s.cfg.BWLimit > 0 {
-		f.lim = newLimiter(s.cfg.BWLimit)
-	}
-	return f
+	return &Fetcher{newFetcher(cfg.withDefaults(), st, log)}
 }
 
 // Fetch places image w here from the first peer, in api_nodes order, that
@@ -45,29 +37,27 @@ func NewFetcher(cfg Config, st *store.Store, log *slog.Logger) *Fetcher {
 // (every node records the same datadir path), so every peer is a candidate,
 // as for oslo's default publisher image.localhost. It returns the peer it
 // came from and the bytes moved.
-func (f *Fetcher) Fetch(ctx context.Context, w Want) (peer string, bytes int64, err error) {
-	if dead, err := f.s.store.Deleted(w.ID); err != nil {
+func (fr *Fetcher) Fetch(ctx context.Context, w Want) (peer string, bytes int64, err error) {
+	f := fr.engine
+	if dead, err := f.store.Deleted(w.ID); err != nil {
 		return "", 0, err
 	} else if dead {
 		return "", 0, fmt.Errorf("image %s: %w", w.ID, ErrTombstoned)
 	}
-	order, _, _ := Sources("", f.s.cfg.Self, f.s.cfg.PeerOrder)
-	if len(order) == 0 {
-		return "", 0, fmt.Errorf("image %s: no peer to fetch from", w.ID)
+	t, err := f.target(w)
+	if err != nil {
+		return "", 0, err
 	}
-	var errs []error
-	for _, name := range order {
-		n, err := f.s.fetchFrom(ctx, f.s.log.With("image", w.ID, "peer", name), name, w, f.lim)
-		if err == nil {
-			return name, n, nil
-		}
+	order, _, _ := Sources("", f.cfg.Self, f.cfg.PeerOrder)
+	log := f.log.With("image", w.ID)
+	from, n, err := f.fetch(ctx, log, t, f.publisherOrder(log, t, order))
+	if err != nil {
 		if ctx.Err() != nil {
 			return "", 0, err
 		}
-		f.s.log.Debug("not from this peer", "image", w.ID, "peer", name, "err", err)
-		errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		return "", 0, fmt.Errorf("image %s: no peer gave a verified copy: %w", w.ID, err)
 	}
-	return "", 0, fmt.Errorf("image %s: no peer gave a verified copy: %w", w.ID, errors.Join(errs...))
+	return string(from), n, nil
 }
 
 // ErrTombstoned is an image this node deleted before: Glance never reuses
@@ -75,7 +65,7 @@ func (f *Fetcher) Fetch(ctx context.Context, w Want) (peer string, bytes int64, 
 var ErrTombstoned = errors.New("deleted here earlier (tombstone)")
 
 // Close ends the SSH connections.
-func (f *Fetcher) Close() { f.s.peers.close() }
+func (fr *Fetcher) Close() { fr.engine.close() }
 
 // keepPending says why the file of a delete stays here, or "" when it goes,
 // and whether the copy is glance-scrubber's. status is the image's status as
@@ -85,11 +75,11 @@ func (f *Fetcher) Close() { f.s.peers.close() }
 // on, and which --restore can bring back. The node that handled the DELETE
 // (named by publisher) leaves its copy to Glance as Glance itself would; the
 // other nodes remove theirs unless pending_delete = keep.
-func keepPending(status, publisher, self string, keep bool) (why string, scrubber bool) {
+func keepPending(status string, publisher, self node.Name, keep bool) (why string, scrubber bool) {
 	if status != "pending_delete" {
 		return "", false
 	}
-	scrubber = sameNode(publisher, self)
+	scrubber = publisher.Is(self)
 	switch {
 	case keep:
 		return "pending_delete (delayed_delete) and pending_delete = keep", scrubber

@@ -22,6 +22,9 @@ func (l *limiter) writer(ctx context.Context, w io.Writer) io.Writer {
 	return &limitedWriter{ctx: ctx, l: l.l, w: w}
 }
 
+// limitedWriter keeps the writer's copy-free path (ReadFrom: the SFTP reply
+// read straight into the store's buffers), so a bwlimit never silently
+// turns a fetch into a copying one.
 type limitedWriter struct {
 	ctx context.Context
 	l   *rate.Limiter
@@ -43,4 +46,22 @@ func (lw *limitedWriter) Write(b []byte) (int, error) {
 		b = b[n:]
 	}
 	return written, nil
+}
+
+var _ io.ReaderFrom = (*limitedWriter)(nil)
+
+// ReadFrom waits for as many bytes as r can yield, then lets the inner
+// writer read them. transfer hands one SFTP reply at a time, an
+// *io.LimitedReader of at most a packet; any other reader, or a writer
+// without ReadFrom, takes the copying path through Write.
+func (lw *limitedWriter) ReadFrom(r io.Reader) (int64, error) {
+	rf, ok := lw.w.(io.ReaderFrom)
+	lr, bounded := r.(*io.LimitedReader)
+	if !ok || !bounded || lr.N > limitBurst {
+		return io.Copy(struct{ io.Writer }{lw}, r)
+	}
+	if err := lw.l.WaitN(lw.ctx, int(max(lr.N, 0))); err != nil {
+		return 0, err
+	}
+	return rf.ReadFrom(r)
 }

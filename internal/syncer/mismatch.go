@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 )
 
@@ -17,7 +18,7 @@ const mismatchLimit = 2
 // wholeMismatch is a copy read whole from a peer's complete file that failed
 // verification.
 type wholeMismatch struct {
-	peer string
+	peer node.Name
 	err  error
 }
 
@@ -29,7 +30,7 @@ func (e *wholeMismatch) Unwrap() error { return e.err }
 
 // asWholeMismatch marks err when it is a verification failure of a copy
 // read from offset 0 out of peer's complete file.
-func asWholeMismatch(err error, peer string, offset int64) error {
+func asWholeMismatch(err error, peer node.Name, offset int64) error {
 	if offset == 0 && errors.Is(err, store.ErrMismatch) {
 		return &wholeMismatch{peer: peer, err: err}
 	}

@@ -2,9 +2,9 @@ package syncer
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 )
 
@@ -28,7 +28,7 @@ func (a Action) String() string {
 // default publisher, could have sent and whose payload agrees with itself:
 // whoever can publish to Glance's exchange is a large group, and one message
 // must never cost an image.
-func Plan(ev *notification.Event, nodes []string) (Action, string) {
+func Plan(ev *notification.Event, nodes []node.Name) (Action, string) {
 	a, why, _ := plan(ev, nodes)
 	return a, why
 }
@@ -40,7 +40,7 @@ const (
 )
 
 // plan is Plan with, for Park, the cause to count it under.
-func plan(ev *notification.Event, nodes []string) (a Action, why, cause string) {
+func plan(ev *notification.Event, nodes []node.Name) (a Action, why, cause string) {
 	if !ev.IsImageEvent() {
 		return Ignore, "not an image event", ""
 	}
@@ -104,18 +104,18 @@ func live(status string) bool {
 // authorizeDelete returns Delete when the event's publisher may delete: one
 // of nodes, or oslo's default "image.localhost", which every node sends
 // unless default_publisher_id is set. Anything else is parked, naming it.
-func authorizeDelete(ev *notification.Event, nodes []string, why string) (Action, string, string) {
-	pub := ev.Publisher
+func authorizeDelete(ev *notification.Event, nodes []node.Name, why string) (Action, string, string) {
+	pub := node.Name(ev.Publisher)
 	switch {
 	case pub == "":
 		return Park, "delete without a publisher_id", causePublisher
-	case strings.EqualFold(pub, "localhost"):
+	case pub.Is(oslosDefault):
 		return Delete, why, ""
-	case slices.ContainsFunc(nodes, func(n string) bool { return sameNode(n, pub) }):
+	case node.Index(nodes, pub) >= 0:
 		return Delete, why, ""
 	}
 	return Park, fmt.Sprintf("delete from publisher %q, which is not one of api_nodes (%s) nor oslo's default image.localhost",
-		ev.PublisherID, strings.Join(nodes, ", ")), causePublisher
+		ev.PublisherID, joinNames(nodes)), causePublisher
 }
 
 func orNone(s string) string {
@@ -125,20 +125,17 @@ func orNone(s string) string {
 	return s
 }
 
-// ShortName is a host name up to its first dot, as the original tool compared
-// them.
-func ShortName(host string) string {
-	short, _, _ := strings.Cut(host, ".")
-	return short
+// oslosDefault is the host of oslo's default publisher_id, image.localhost,
+// which every node sends unless default_publisher_id is set: it names no node.
+const oslosDefault node.Name = "localhost"
+
+func joinNames(ns []node.Name) string {
+	ss := make([]string, len(ns))
+	for i, n := range ns {
+		ss[i] = string(n)
+	}
+	return strings.Join(ss, ", ")
 }
-
-// nodeKey is the one form in which node names are compared: the short name,
-// case folded, since host names are case-insensitive and api_nodes,
-// hostname(1) and publisher_id may each spell a node differently.
-func nodeKey(host string) string { return strings.ToLower(ShortName(host)) }
-
-// sameNode reports whether two names name the same node.
-func sameNode(a, b string) bool { return nodeKey(a) == nodeKey(b) }
 
 // Sources orders the peers to try for an image: the publisher first when it is
 // a configured node, then the others in api_nodes order, so an image whose
@@ -146,21 +143,20 @@ func sameNode(a, b string) bool { return nodeKey(a) == nodeKey(b) }
 // as spelled in peers. ok is false when the publisher names a host outside
 // api_nodes: no connection is made on the word of a message. oslo's default
 // publisher "image.localhost" names no node; every peer is a candidate then.
-func Sources(publisher, self string, peers []string) (order []string, fromSelf, ok bool) {
-	pub := nodeKey(publisher)
+func Sources(publisher, self node.Name, peers []node.Name) (order []node.Name, fromSelf, ok bool) {
 	switch {
-	case pub == nodeKey(self):
+	case publisher.Is(self):
 		fromSelf = true
-	case pub == "" || pub == "localhost":
+	case publisher == "" || publisher.Is(oslosDefault):
 	default:
-		i := slices.IndexFunc(peers, func(p string) bool { return nodeKey(p) == pub })
+		i := node.Index(peers, publisher)
 		if i < 0 {
 			return nil, false, false
 		}
 		order = append(order, peers[i])
 	}
 	for _, p := range peers {
-		if nodeKey(p) != pub {
+		if !p.Is(publisher) {
 			order = append(order, p)
 		}
 	}

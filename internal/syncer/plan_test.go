@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 )
 
@@ -36,7 +37,7 @@ func TestPlanRealGlance(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", file, err)
 		}
-		if got, why := Plan(ev, []string{"node1", "node2", "node3"}); got != action {
+		if got, why := Plan(ev, []node.Name{"node1", "node2", "node3"}); got != action {
 			t.Errorf("%s: Plan = %v (%s), want %v", file, got, why, action)
 		}
 	}
@@ -64,24 +65,24 @@ func TestPlanRules(t *testing.T) {
 		{"not an image", notification.Event{EventType: "compute.instance.create.end"}, Ignore},
 	}
 	for _, tt := range tests {
-		if got, why := Plan(&tt.ev, []string{"node1", "node2"}); got != tt.want {
+		if got, why := Plan(&tt.ev, []node.Name{"node1", "node2"}); got != tt.want {
 			t.Errorf("%s: Plan = %v (%s), want %v", tt.name, got, why, tt.want)
 		}
 	}
 }
 
 func TestSources(t *testing.T) {
-	peers := []string{"node1", "node3", "node4"}
+	peers := []node.Name{"node1", "node3", "node4"}
 	tests := []struct {
-		publisher    string
-		order        []string
+		publisher    node.Name
+		order        []node.Name
 		fromSelf, ok bool
 	}{
-		{"node3", []string{"node3", "node1", "node4"}, false, true},
-		{"node3.example.com", []string{"node3", "node1", "node4"}, false, true},
-		{"localhost", []string{"node1", "node3", "node4"}, false, true},
-		{"", []string{"node1", "node3", "node4"}, false, true},
-		{"node2", []string{"node1", "node3", "node4"}, true, true},
+		{"node3", []node.Name{"node3", "node1", "node4"}, false, true},
+		{"node3.example.com", []node.Name{"node3", "node1", "node4"}, false, true},
+		{"localhost", []node.Name{"node1", "node3", "node4"}, false, true},
+		{"", []node.Name{"node1", "node3", "node4"}, false, true},
+		{"node2", []node.Name{"node1", "node3", "node4"}, true, true},
 		{"evil", nil, false, false},
 		{"node1-evil", nil, false, false},
 	}
@@ -110,7 +111,7 @@ func TestKeepPending(t *testing.T) {
 		{ev("pending_delete", "node1"), true, true},
 	}
 	for _, tt := range tests {
-		if why, _ := keepPending(tt.ev.Image.Status, tt.ev.Publisher, "node2", tt.keep); (why != "") != tt.kept {
+		if why, _ := keepPending(tt.ev.Image.Status, node.Name(tt.ev.Publisher), "node2", tt.keep); (why != "") != tt.kept {
 			t.Errorf("%s from %s, keep=%v: %q, want kept=%v", tt.ev.Image.Status, tt.ev.Publisher, tt.keep, why, tt.kept)
 		}
 	}

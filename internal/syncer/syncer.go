@@ -2,7 +2,6 @@ package syncer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,19 +9,11 @@ import (
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
-)
-
-// Header names on messages this tool re-queues or parks.
-const (
-	AttemptsHeader = "x-glance-image-sync-attempts"
-	ReasonHeader   = "x-glance-image-sync-reason"
-	NodeHeader     = "x-glance-image-sync-node"
-	// MismatchesHeader counts whole copies read from a peer's complete
-	// file that did not match the event's checksum, over runs.
-	MismatchesHeader = "x-glance-image-sync-mismatches"
 )
 
 // ImageStatuser asks the Images API about one image: its status, or found
@@ -44,7 +35,6 @@ type imageStore interface {
 	Check(ctx context.Context, id string, size int64, md5hex string) (store.State, error)
 	Path(id string) (string, error)
 	PartialPath(id, md5hex string) (string, error)
-	Begin(ctx context.Context, id string, size int64, md5hex string) (*store.Partial, error)
 	BeginMultihash(ctx context.Context, id string, size int64, md5hex string, mh store.Multihash) (*store.Partial, error)
 }
 
@@ -60,9 +50,9 @@ type publisher interface {
 
 // Config is what a sync-images run needs, as plain values.
 type Config struct {
-	Self        string                   // this node's short name
-	Peers       map[string]transfer.Peer // by short name, this node excluded
-	PeerOrder   []string                 // api_nodes order, this node excluded
+	Self        node.Name                   // this node
+	Peers       map[node.Name]transfer.Peer // keyed as PeerOrder spells them
+	PeerOrder   []node.Name                 // api_nodes order, this node excluded
 	Auth        transfer.Auth
 	Queue       string // this node's queue
 	ParkQueue   string // where messages that cannot succeed go
@@ -73,8 +63,8 @@ type Config struct {
 	DryRun      bool
 	// Strategy chooses sources: StrategyChain, or StrategyPublisher (also "").
 	Strategy string
-	// Nodes is api_nodes by short name, this node included: the chain's order.
-	Nodes []string
+	// Nodes is api_nodes, this node included: the chain's order.
+	Nodes []node.Name
 	// StallTimeout is how long a peer's partial may stop growing before it
 	// is taken as abandoned (chain strategy).
 	StallTimeout time.Duration
@@ -111,21 +101,23 @@ type Result struct {
 // Outcome is what became of one message of one event type.
 type Outcome struct{ Event, Result string }
 
-// Syncer drains one node's queue into its datadir.
+// Syncer drains one node's queue into its datadir: it decides what each
+// message asks (plan), has the fetcher or the store do it, and settles the
+// message (ack, retry, park) and counts it.
 type Syncer struct {
+	// Immutable after New.
 	cfg   Config
 	conn  *broker.Conn
 	store imageStore
 	log   *slog.Logger
 
-	pub   publisher
-	peers *peerPool
+	// Set once by Run (by the tests' constructor), before any lane starts.
+	pub publisher
+	f   *fetcher
 
-	mu  sync.Mutex
+	mu  sync.Mutex // guards the fields below
 	res Result
 	bad error // a broker failure: stop taking messages
-	// noShows are peers that let a chain's start grace pass in this run.
-	noShows map[string]bool
 }
 
 // New prepares a run; nothing is contacted until Run.
@@ -134,6 +126,10 @@ func New(cfg Config, conn *broker.Conn, st *store.Store, log *slog.Logger) *Sync
 }
 
 func newSyncer(cfg Config, conn *broker.Conn, st imageStore, log *slog.Logger) *Syncer {
+	return &Syncer{cfg: cfg.withDefaults(), conn: conn, store: st, log: log}
+}
+
+func (cfg Config) withDefaults() Config {
 	if cfg.Transfers < 1 {
 		cfg.Transfers = 1
 	}
@@ -146,15 +142,15 @@ func newSyncer(cfg Config, conn *broker.Conn, st imageStore, log *slog.Logger) *
 	if cfg.StallTimeout <= 0 {
 		cfg.StallTimeout = DefaultStallTimeout
 	}
-	return &Syncer{cfg: cfg, conn: conn, store: st, log: log}
+	return cfg
 }
 
 // nodes is api_nodes by short name, this node included.
-func (s *Syncer) nodes() []string {
+func (s *Syncer) nodes() []node.Name {
 	if len(s.cfg.Nodes) > 0 {
 		return s.cfg.Nodes
 	}
-	return append([]string{s.cfg.Self}, s.cfg.PeerOrder...)
+	return append([]node.Name{s.cfg.Self}, s.cfg.PeerOrder...)
 }
 
 // job is one message for one image; jobs of an image run in queue order.
@@ -195,12 +191,8 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	}
 	defer pub.Close()
 	s.pub = pub
-	s.peers = newPeerPool(s.cfg.Auth, s.log)
-	defer s.peers.close()
-	var lim *limiter
-	if s.cfg.BWLimit > 0 {
-		lim = newLimiter(s.cfg.BWLimit)
-	}
+	s.f = newFetcher(s.cfg, s.store, s.log)
+	defer s.f.close()
 
 	sem := make(chan struct{}, s.cfg.Transfers)
 	lanes := map[string]chan job{}
@@ -238,7 +230,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.runLane(ctx, lane, sem, lim)
+				s.runLane(ctx, lane, sem)
 			}()
 		}
 		lane <- job{d: d, m: d.Message, ev: ev, action: action}
@@ -249,6 +241,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	wg.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.res.Bytes, s.res.Seconds = s.f.totals()
 	if s.bad != nil {
 		return s.res, s.bad
 	}
@@ -259,7 +252,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 // been re-queued, later fetch events of it in this run are covered by that
 // copy, but only those that announce the same data: a bad event re-queued
 // must not swallow a genuine one.
-func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}, lim *limiter) {
+func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}) {
 	var requeued *notification.Image // the event of the re-queued fetch, if any
 	for j := range lane {
 		if ctx.Err() != nil || s.broken() != nil {
@@ -279,7 +272,7 @@ func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}
 				continue
 			}
 			sem <- struct{}{}
-			if s.fetch(ctx, log, j, lim) {
+			if s.fetch(ctx, log, j) {
 				requeued = j.ev.Image
 			}
 			<-sem
@@ -305,7 +298,7 @@ func (s *Syncer) delete(ctx context.Context, log *slog.Logger, j job) {
 				s.tally(j.ev.EventType, "deferred", "")
 				return
 			}
-			s.retry(ctx, j, fmt.Errorf("image %s: confirming the delete with the Images API: %w", img.ID, err))
+			s.retry(ctx, j, fmt.Errorf("confirming the delete with the Images API: %w", err)) // the error names the image
 			return
 		}
 		switch {
@@ -318,7 +311,7 @@ func (s *Syncer) delete(ctx context.Context, log *slog.Logger, j job) {
 		}
 		log.Debug("delete confirmed", "glance_status", orNone(st), "found", found)
 	}
-	if why, scrubber := keepPending(status, j.ev.Publisher, s.cfg.Self, s.cfg.KeepPendingDelete); why != "" {
+	if why, scrubber := keepPending(status, node.Name(j.ev.Publisher), s.cfg.Self, s.cfg.KeepPendingDelete); why != "" {
 		// No tombstone either: glance-scrubber --restore may bring the
 		// image back, and reconcile --prune trashes a copy once Glance
 		// has forgotten the image.
@@ -358,7 +351,7 @@ func (s *Syncer) delete(ctx context.Context, log *slog.Logger, j job) {
 
 // fetch makes sure the image is here; it reports whether the message was
 // re-queued for a later run.
-func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limiter) bool {
+func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job) bool {
 	img := j.ev.Image
 	if dead, err := s.store.Deleted(img.ID); err != nil {
 		return s.retry(ctx, j, err)
@@ -368,7 +361,7 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 		s.ack(j.d)
 		return false
 	}
-	order, fromSelf, ok := Sources(j.ev.Publisher, s.cfg.Self, s.cfg.PeerOrder)
+	order, fromSelf, ok := Sources(node.Name(j.ev.Publisher), s.cfg.Self, s.cfg.PeerOrder)
 	if !ok {
 		s.park(ctx, j.d, j.m, j.ev.EventType, img.ID, "unknown_publisher", fmt.Sprintf("publisher %q is not one of api_nodes", j.ev.PublisherID))
 		return false
@@ -402,74 +395,16 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job, lim *limite
 		log.Info("would fetch", "size", img.Size, "sources", order)
 		return false
 	}
-	if up, down := s.chainFor(j.ev.Publisher); up != nil {
-		return s.settle(ctx, log, j, s.fetchChain(ctx, log, img, up, down, lim))
-	}
-	var errs []error
-	for _, name := range order {
-		_, err := s.fetchFrom(ctx, log.With("peer", name), name, Want{ID: img.ID, Size: img.Size, MD5: img.Checksum}, lim)
-		if err == nil || ctx.Err() != nil {
-			return s.settle(ctx, log, j, err)
-		}
-		log.Warn("fetch failed", "peer", name, "err", err)
-		errs = append(errs, err)
-	}
-	if len(order) == 0 {
-		errs = append(errs, errors.New("no peer to fetch from"))
-	}
-	return s.retry(ctx, j, errors.Join(errs...))
-}
-
-func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, img Want, lim *limiter) (int64, error) {
-	c, err := s.peers.get(ctx, s.cfg.Peers[name])
+	t, err := s.f.target(Want{ID: img.ID, Size: img.Size, MD5: img.Checksum})
 	if err != nil {
-		return 0, err
+		return s.retry(ctx, j, err)
 	}
-	remote, err := s.store.Path(img.ID)
-	if err != nil {
-		return 0, err
+	var pk picker = s.f.publisherOrder(log, t, order)
+	if up, down := s.chainFor(node.Name(j.ev.Publisher)); up != nil {
+		pk = s.f.chain(log, t, up, down)
 	}
-	size, err := c.Stat(ctx, remote)
-	if err != nil {
-		s.peers.failedOn(ctx, c, err)
-		return 0, err
-	}
-	if size != img.Size {
-		return 0, fmt.Errorf("peer %s has %d bytes of it, expected %d", name, size, img.Size)
-	}
-	p, err := s.store.BeginMultihash(ctx, img.ID, img.Size, img.MD5, img.Multihash)
-	if err != nil {
-		return 0, err
-	}
-	defer p.Close()
-	offset := p.Offset()
-	start := time.Now()
-	var w io.Writer = p
-	if s.cfg.Progress != nil {
-		var done func()
-		w, done = s.cfg.Progress.Track(img.ID, name, offset, img.Size, w)
-		defer done()
-	}
-	if lim != nil {
-		w = lim.writer(ctx, w)
-	}
-	var n int64
-	if offset < img.Size {
-		n, err = c.Fetch(ctx, remote, offset, w, s.cfg.IdleTimeout)
-		if err != nil {
-			s.peers.failedOn(ctx, c, err)
-			return 0, err
-		}
-	}
-	if err := p.Commit(); err != nil {
-		// Stat said the peer's file has the full size: it is complete.
-		return 0, asWholeMismatch(err, name, offset)
-	}
-	secs := time.Since(start).Seconds()
-	log.Info("fetched", "bytes", n, "resumed_at", offset, "seconds", fmt.Sprintf("%.2f", secs),
-		"MBps", fmt.Sprintf("%.1f", float64(n)/1e6/max(secs, 1e-9)))
-	s.count(func(r *Result) { r.Bytes += n; r.Seconds += secs })
-	return n, nil
+	_, _, err = s.f.fetch(ctx, log, t, pk)
+	return s.settle(ctx, log, j, err)
 }
 
 // retry re-queues the message with one more attempt counted, or parks it once
@@ -478,29 +413,28 @@ func (s *Syncer) fetchFrom(ctx context.Context, log *slog.Logger, name string, i
 // wrong then, and every further try would read the whole image again). It
 // reports whether the message was re-queued.
 func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
-	attempts := s.attempts(j.m) + 1
+	attempts := nodequeue.Attempts(j.m, s.cfg.MaxAttempts) + 1
 	id := imageID(j.ev)
 	if s.cfg.DryRun {
 		// Nothing is acked in a dry run: a re-queued copy would be a duplicate.
 		s.log.Info("would leave for the next run", "image", id, "attempt", attempts, "err", cause)
 		return false
 	}
-	m := j.m
+	mismatches := 0
 	if n := wholeMismatches(cause); n > 0 {
-		total := clampCount(m.IntHeader(MismatchesHeader), s.cfg.MaxAttempts) + n
-		if total >= mismatchLimit {
+		mismatches = nodequeue.Mismatches(j.m, s.cfg.MaxAttempts) + n
+		if mismatches >= mismatchLimit {
 			s.park(ctx, j.d, j.m, j.ev.EventType, id, "mismatch", fmt.Sprintf(
 				"%d whole copies read from complete files on the peers did not match the event's size %d and checksum %s; last: %v",
-				total, j.ev.Image.Size, j.ev.Image.Checksum, cause))
+				mismatches, j.ev.Image.Size, j.ev.Image.Checksum, cause))
 			return false
 		}
-		m = m.WithHeader(MismatchesHeader, int32(total))
 	}
 	if attempts >= s.cfg.MaxAttempts {
 		s.park(ctx, j.d, j.m, j.ev.EventType, id, "max_attempts", fmt.Sprintf("failed %d times, last: %v", attempts, cause))
 		return false
 	}
-	m = m.WithHeader(AttemptsHeader, int32(attempts)).WithHeader(ReasonHeader, truncate(cause.Error()))
+	m := nodequeue.Retried(j.m, attempts, mismatches, cause.Error())
 	if err := s.pub.Publish(ctx, s.cfg.Queue, m); err != nil {
 		s.fail(err)
 		return false
@@ -511,27 +445,6 @@ func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
 	return true
 }
 
-// attemptsCeiling bounds the attempt count believed from a message: anyone
-// who can publish can set the header, and a count that is negative, absurd
-// or not a whole number would otherwise keep a message from ever being
-// parked, or park it at once.
-const attemptsCeiling = 10000
-
-// attempts is how many runs already failed the message, as far as it can be
-// believed.
-func (s *Syncer) attempts(m broker.Message) int {
-	return clampCount(m.IntHeader(AttemptsHeader), s.cfg.MaxAttempts)
-}
-
-// clampCount takes a count of ours from a header: negative, or beyond both
-// attemptsCeiling and max_attempts, it is 0.
-func clampCount(n, maxAttempts int) int {
-	if n < 0 || n > max(attemptsCeiling, maxAttempts) {
-		return 0
-	}
-	return n
-}
-
 // park moves a message that can never succeed to the parking queue with the
 // reason in a header, so it cannot block the queue and is not lost.
 // event and cause label it for metrics.
@@ -540,8 +453,7 @@ func (s *Syncer) park(ctx context.Context, d acker, msg broker.Message, event, i
 		s.log.Info("would park", "image", id, "reason", reason)
 		return
 	}
-	m := msg.WithHeader(ReasonHeader, truncate(reason)).WithHeader(NodeHeader, s.cfg.Self)
-	if err := s.pub.Publish(ctx, s.cfg.ParkQueue, m); err != nil {
+	if err := s.pub.Publish(ctx, s.cfg.ParkQueue, nodequeue.Parked(msg, s.cfg.Self, reason)); err != nil {
 		s.fail(err)
 		return
 	}
@@ -615,13 +527,4 @@ func imageID(ev *notification.Event) string {
 		return ""
 	}
 	return ev.Image.ID
-}
-
-// truncate keeps a reason header small; AMQP headers are not meant for logs.
-func truncate(s string) string {
-	const max = 1000
-	if len(s) > max {
-		return s[:max] + "…"
-	}
-	return s
 }

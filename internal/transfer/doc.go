@@ -16,4 +16,8 @@
 // Follow reads, the same way, a file that a process on the peer is still
 // appending to (a peer's partial copy of an image it is fetching), never past
 // the size it has when asked.
+//
+// Every request is bounded by ssh_timeout and the caller's context, and every
+// error is a *PeerError naming the peer, the operation and the path once, as
+// fs.PathError does; callers add only what it cannot know (the image).
 package transfer

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"sync/atomic"
 	"time"
 )
@@ -20,21 +19,15 @@ type FileState struct {
 	ModTime time.Time // whole seconds: SFTP v3 carries no more
 }
 
-// Probe returns the size and modification time of a regular remote file.
+// Probe returns the size and modification time of a regular remote file;
+// Stat is its size alone.
 func (c *Client) Probe(ctx context.Context, path string) (FileState, error) {
-	var fi fs.FileInfo
-	err := c.bounded(ctx, "stat "+path, func() (err error) {
-		fi, err = c.sftp.Lstat(path)
-		return err
-	})
+	fi, err := c.Lstat(ctx, path)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return FileState{}, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
-		}
-		return FileState{}, fmt.Errorf("peer %s: stat %s: %w", c.peer.Name, path, err)
+		return FileState{}, err
 	}
 	if !fi.Mode().IsRegular() {
-		return FileState{}, fmt.Errorf("peer %s: %s is not a regular file", c.peer.Name, path)
+		return FileState{}, c.fail("stat", path, errNotRegular)
 	}
 	return FileState{Size: fi.Size(), ModTime: fi.ModTime()}, nil
 }
@@ -59,7 +52,7 @@ const followPoll = 100 * time.Millisecond
 // stall, or ctx ends, the connection is closed and the client is no longer
 // usable, as with Fetch.
 func (c *Client) Follow(ctx context.Context, path string, offset, size int64, w io.Writer, stall time.Duration) (int64, error) {
-	return c.watched(ctx, "following", path, stall, func(last *atomic.Int64) (int64, error) {
+	return c.watched(ctx, "follow", path, stall, func(last *atomic.Int64) (int64, error) {
 		return c.follow(ctx, path, offset, size, w, stall, last)
 	})
 }

@@ -3,7 +3,6 @@ package transfer
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 )
 
@@ -11,50 +10,36 @@ import (
 
 // Lstat returns what the peer has at path, whatever its type.
 func (c *Client) Lstat(ctx context.Context, path string) (fs.FileInfo, error) {
-	return withCtx(ctx, c, func() (fs.FileInfo, error) {
-		fi, err := c.sftp.Lstat(path)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("peer %s: stat %s: %w", c.peer.Name, path, err)
-		}
-		return fi, nil
-	})
+	return request(ctx, c, "stat", path, func() (fs.FileInfo, error) { return c.sftp.Lstat(path) })
 }
 
 // ReadDir lists a directory of the peer.
 func (c *Client) ReadDir(ctx context.Context, dir string) ([]fs.FileInfo, error) {
-	return withCtx(ctx, c, func() ([]fs.FileInfo, error) {
-		list, err := c.sftp.ReadDir(dir)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("peer %s: %s: %w", c.peer.Name, dir, ErrNotFound)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("peer %s: listing %s: %w", c.peer.Name, dir, err)
-		}
-		return list, nil
-	})
+	return request(ctx, c, "list", dir, func() ([]fs.FileInfo, error) { return c.sftp.ReadDir(dir) })
 }
 
-// withCtx runs f, closing the connection if ctx ends first (pkg/sftp calls
-// take no context).
-func withCtx[T any](ctx context.Context, c *Client, f func() (T, error)) (T, error) {
-	type res struct {
-		v   T
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		v, err := f()
-		ch <- res{v, err}
-	}()
-	select {
-	case <-ctx.Done():
-		c.ssh.Close()
+// request runs one SFTP request about path, bounded like every request
+// (ssh_timeout, ctx); its error is a PeerError of op.
+func request[T any](ctx context.Context, c *Client, op, path string, f func() (T, error)) (T, error) {
+	var v T
+	err := c.bounded(ctx, func() (err error) {
+		v, err = f()
+		return err
+	})
+	if err != nil {
 		var zero T
-		return zero, ctx.Err()
-	case r := <-ch:
-		return r.v, r.err
+		return zero, c.fail(op, path, notFound(err))
 	}
+	return v, nil
+}
+
+// errNotRegular is a path that names no regular file: a directory, a link.
+var errNotRegular = errors.New("not a regular file")
+
+// notFound is err, or ErrNotFound when it says the file does not exist.
+func notFound(err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return ErrNotFound
+	}
+	return err
 }

@@ -135,43 +135,54 @@ func appendString(b []byte, v string) []byte {
 	return append(b, v...)
 }
 
+// sftpReply is the head of one reply: its type and id; for any type but
+// DATA its body (s.small: valid until the next reply); for DATA the length
+// of the data that follows it on the stream, still to be read.
+type sftpReply struct {
+	typ     byte
+	id      uint32
+	body    []byte
+	dataLen uint32
+}
+
 // reply reads the next reply's length, type and id, and for any type but
 // DATA its body into s.small. A reply to a READ (toRead) is read with the
-// DATA length in one go, s.hdr[9:13]: every such reply, DATA or STATUS, is at
-// least 13 bytes, and each read from an SSH channel costs a window-adjust
-// message to the peer.
-func (s *stream) reply(toRead bool) (typ byte, id uint32, body []byte, err error) {
+// DATA length in one go: every such reply, DATA or STATUS, is at least 13
+// bytes, and each read from an SSH channel costs a window-adjust message
+// to the peer.
+func (s *stream) reply(toRead bool) (sftpReply, error) {
 	h := 9
 	if toRead {
 		h = 13
 	}
 	if _, err := io.ReadFull(s.r, s.hdr[:h]); err != nil {
-		return 0, 0, nil, fmt.Errorf("reading an sftp reply: %w", err)
+		return sftpReply{}, fmt.Errorf("reading an sftp reply: %w", err)
 	}
 	s.last.Store(time.Now().UnixNano())
 	length := binary.BigEndian.Uint32(s.hdr[:4])
-	typ, id = s.hdr[4], binary.BigEndian.Uint32(s.hdr[5:9])
+	r := sftpReply{typ: s.hdr[4], id: binary.BigEndian.Uint32(s.hdr[5:9])}
 	if length < uint32(h-4) {
-		return 0, 0, nil, fmt.Errorf("sftp reply of %d bytes is too short", length)
+		return sftpReply{}, fmt.Errorf("sftp reply of %d bytes is too short", length)
 	}
-	if typ == fxpData {
+	if r.typ == fxpData {
 		if !toRead {
-			return 0, 0, nil, fmt.Errorf("unexpected sftp data reply %d", id)
+			return sftpReply{}, fmt.Errorf("unexpected sftp data reply %d", r.id)
 		}
-		return typ, id, nil, nil
+		r.dataLen = binary.BigEndian.Uint32(s.hdr[9:13])
+		return r, nil
 	}
 	if length-5 > maxReplyHeader {
-		return 0, 0, nil, fmt.Errorf("sftp reply type %d of %d bytes is too long", typ, length)
+		return sftpReply{}, fmt.Errorf("sftp reply type %d of %d bytes is too long", r.typ, length)
 	}
 	if cap(s.small) < int(length-5) {
 		s.small = make([]byte, length-5, maxReplyHeader)
 	}
-	body = s.small[:length-5]
-	got := copy(body, s.hdr[9:h])
-	if _, err := io.ReadFull(s.r, body[got:]); err != nil {
-		return 0, 0, nil, fmt.Errorf("reading an sftp reply: %w", err)
+	r.body = s.small[:length-5]
+	got := copy(r.body, s.hdr[9:h])
+	if _, err := io.ReadFull(s.r, r.body[got:]); err != nil {
+		return sftpReply{}, fmt.Errorf("reading an sftp reply: %w", err)
 	}
-	return typ, id, body, nil
+	return r, nil
 }
 
 // StatusError is an SFTP status other than OK from the peer.
@@ -206,14 +217,14 @@ func (s *stream) call(req []byte) (byte, []byte, error) {
 	if err := s.send(req); err != nil {
 		return 0, nil, err
 	}
-	typ, got, body, err := s.reply(false)
+	r, err := s.reply(false)
 	if err != nil {
 		return 0, nil, err
 	}
-	if got != id {
-		return 0, nil, fmt.Errorf("unexpected sftp reply type %d id %d to request %d", typ, got, id)
+	if r.id != id {
+		return 0, nil, fmt.Errorf("unexpected sftp reply type %d id %d to request %d", r.typ, r.id, id)
 	}
-	return typ, body, nil
+	return r.typ, r.body, nil
 }
 
 func (s *stream) init() error {
@@ -222,12 +233,12 @@ func (s *stream) init() error {
 		return err
 	}
 	// VERSION has no id: the 4 bytes reply() reads as one are the version.
-	typ, version, _, err := s.reply(false)
+	r, err := s.reply(false)
 	if err != nil {
 		return err
 	}
-	if typ != fxpVersion || version < 3 {
-		return fmt.Errorf("sftp server answered init with type %d version %d", typ, version)
+	if version := r.id; r.typ != fxpVersion || version < 3 {
+		return fmt.Errorf("sftp server answered init with type %d version %d", r.typ, version)
 	}
 	return nil
 }
@@ -322,14 +333,14 @@ func (s *stream) read(ctx context.Context, handle string, offset, size int64, w 
 				return written, err
 			}
 		}
-		typ, id, body, err := s.reply(true)
+		r, err := s.reply(true)
 		if err != nil {
 			return written, err
 		}
 		head := queue[0]
-		if id != head.id {
+		if r.id != head.id {
 			// Out of order: drop everything in flight, go on one by one.
-			if err := s.skip(typ); err != nil {
+			if err := s.skip(r); err != nil {
 				return written, err
 			}
 			if err := s.drain(len(queue) - 1); err != nil {
@@ -339,9 +350,9 @@ func (s *stream) read(ctx context.Context, handle string, offset, size int64, w 
 			continue
 		}
 		queue = queue[1:]
-		switch typ {
+		switch r.typ {
 		case fxpStatus:
-			err := statusOf(body)
+			err := statusOf(r.body)
 			var se *StatusError
 			if errors.As(err, &se) && se.Code == fxEOF {
 				return written, fmt.Errorf("the file ended at %d bytes, before the %d it had when opened", at, size)
@@ -352,9 +363,9 @@ func (s *stream) read(ctx context.Context, handle string, offset, size int64, w 
 			return written, err
 		case fxpData:
 		default:
-			return written, fmt.Errorf("unexpected sftp reply type %d to a read", typ)
+			return written, fmt.Errorf("unexpected sftp reply type %d to a read", r.typ)
 		}
-		n := binary.BigEndian.Uint32(s.hdr[9:13])
+		n := r.dataLen
 		if n > head.length {
 			return written, fmt.Errorf("sftp read of %d bytes answered with %d", head.length, n)
 		}
@@ -394,23 +405,23 @@ func (s *stream) read(ctx context.Context, handle string, offset, size int64, w 
 	return written, nil
 }
 
-// skip drops the rest of a reply whose header reply() has read.
-func (s *stream) skip(typ byte) error {
-	if typ != fxpData {
+// skip drops the rest of a reply whose head reply() has read.
+func (s *stream) skip(r sftpReply) error {
+	if r.typ != fxpData {
 		return nil // reply() read its body
 	}
-	_, err := io.CopyN(io.Discard, s.r, int64(binary.BigEndian.Uint32(s.hdr[9:13])))
+	_, err := io.CopyN(io.Discard, s.r, int64(r.dataLen))
 	return err
 }
 
 // drain reads and drops n replies.
 func (s *stream) drain(n int) error {
 	for range n {
-		typ, _, _, err := s.reply(true)
+		r, err := s.reply(true)
 		if err != nil {
 			return err
 		}
-		if err := s.skip(typ); err != nil {
+		if err := s.skip(r); err != nil {
 			return fmt.Errorf("reading an sftp reply: %w", err)
 		}
 	}

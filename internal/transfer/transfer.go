@@ -228,8 +228,9 @@ type Client struct {
 }
 
 // bounded runs one SFTP request, closing the connection (the only way to
-// abandon a pkg/sftp request) if ctx ends or no answer comes within c.timeout.
-func (c *Client) bounded(ctx context.Context, what string, f func() error) error {
+// abandon a pkg/sftp request) if ctx ends or no answer comes within c.timeout
+// (ssh_timeout).
+func (c *Client) bounded(ctx context.Context, f func() error) error {
 	ch := make(chan error, 1)
 	go func() { ch <- f() }()
 	t := time.NewTimer(c.timeout)
@@ -242,7 +243,7 @@ func (c *Client) bounded(ctx context.Context, what string, f func() error) error
 		return ctx.Err()
 	case <-t.C:
 		c.ssh.Close()
-		return fmt.Errorf("%s: %w (no answer for %s)", what, ErrStalled, c.timeout)
+		return fmt.Errorf("%w (no answer for %s)", ErrStalled, c.timeout)
 	}
 }
 
@@ -270,7 +271,7 @@ func Dial(ctx context.Context, p Peer, auth Auth) (*Client, error) {
 	conn, err := d.DialContext(ctx, "tcp", p.hostport())
 	if err != nil {
 		closeAgent()
-		return nil, fmt.Errorf("peer %s: %w", p.Name, err)
+		return nil, &PeerError{Peer: p.Name, Op: "dial", Path: "", Err: err}
 	}
 	// The handshake has no context of its own: bound it by the run's.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
@@ -284,7 +285,7 @@ func Dial(ctx context.Context, p Peer, auth Auth) (*Client, error) {
 		if errors.As(err, &hk) {
 			return nil, hk
 		}
-		return nil, fmt.Errorf("peer %s (%s) as %s: %w", p.Name, p.hostport(), auth.User, err)
+		return nil, &PeerError{Peer: p.Name, Op: "dial", Err: fmt.Errorf("%s as %s: %w", p.hostport(), auth.User, err)}
 	}
 	conn.SetDeadline(time.Time{})
 	sc := ssh.NewClient(c, chans, reqs)
@@ -297,7 +298,7 @@ func Dial(ctx context.Context, p Peer, auth Auth) (*Client, error) {
 	if err != nil {
 		sc.Close()
 		closeAgent()
-		return nil, fmt.Errorf("peer %s: starting sftp: %w", p.Name, err)
+		return nil, &PeerError{Peer: p.Name, Op: "sftp", Err: err}
 	}
 	return &Client{peer: p, ssh: sc, sftp: sf, done: closeAgent, timeout: cfg.Timeout, newHostKey: added}, nil
 }
@@ -323,21 +324,8 @@ var ErrNotFound = errors.New("no such file on the peer")
 
 // Stat returns the size of a regular remote file.
 func (c *Client) Stat(ctx context.Context, path string) (int64, error) {
-	var fi fs.FileInfo
-	err := c.bounded(ctx, "stat "+path, func() (err error) {
-		fi, err = c.sftp.Lstat(path)
-		return err
-	})
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return 0, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
-		}
-		return 0, fmt.Errorf("peer %s: stat %s: %w", c.peer.Name, path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return 0, fmt.Errorf("peer %s: %s is not a regular file", c.peer.Name, path)
-	}
-	return fi.Size(), nil
+	st, err := c.Probe(ctx, path)
+	return st.Size, err
 }
 
 // ErrStalled is a transfer that made no progress for the idle timeout.
@@ -350,15 +338,15 @@ var ErrStalled = errors.New("transfer stalled")
 // connection is closed and the client is no longer usable; the bytes written
 // so far are kept by w's owner.
 func (c *Client) Fetch(ctx context.Context, path string, offset int64, w io.Writer, idle time.Duration) (int64, error) {
-	return c.watched(ctx, "fetching", path, idle, func(last *atomic.Int64) (int64, error) {
+	return c.watched(ctx, "fetch", path, idle, func(last *atomic.Int64) (int64, error) {
 		return c.streamFile(ctx, path, offset, w, last)
 	})
 }
 
 // watched runs a read of path under the watchdog, which closes the
-// connection when ctx ends or no reply comes for idle, and names peer, path
-// and cause in the error.
-func (c *Client) watched(ctx context.Context, verb, path string, idle time.Duration, read func(last *atomic.Int64) (int64, error)) (int64, error) {
+// connection when ctx ends or no reply comes for idle; its error is a
+// PeerError of op that names the cause.
+func (c *Client) watched(ctx context.Context, op, path string, idle time.Duration, read func(last *atomic.Int64) (int64, error)) (int64, error) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	stop := c.watchdog(ctx, idle, &last)
@@ -367,13 +355,13 @@ func (c *Client) watched(ctx context.Context, verb, path string, idle time.Durat
 	var se *StatusError
 	switch {
 	case ctx.Err() != nil:
-		return n, fmt.Errorf("peer %s: %s %s: %w", c.peer.Name, verb, path, ctx.Err())
+		return n, c.fail(op, path, ctx.Err())
 	case stalled:
-		return n, fmt.Errorf("peer %s: %s %s: %w (no answer for %s)", c.peer.Name, verb, path, ErrStalled, idle)
+		return n, c.fail(op, path, fmt.Errorf("%w (no answer for %s)", ErrStalled, idle))
 	case errors.As(err, &se) && se.Code == fxNoSuchFile:
-		return n, fmt.Errorf("peer %s: %s: %w", c.peer.Name, path, ErrNotFound)
+		return n, c.fail(op, path, ErrNotFound)
 	case err != nil:
-		return n, fmt.Errorf("peer %s: %s %s: %w", c.peer.Name, verb, path, err)
+		return n, c.fail(op, path, err)
 	}
 	return n, nil
 }

@@ -1,5 +1,7 @@
 package store
 
+// The partial file as peers see it: where it lives and who may read it.
+
 import "fmt"
 
 // PartialPath is where image id's partial file lives while it is being

@@ -1,0 +1,162 @@
+package nodequeue
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
+)
+
+// Queue is a node's durable queue of image events, named by its short name
+// as configured.
+func Queue(n node.Name) string { return "glance_image_sync." + string(n.Short()) + ".info" }
+
+// ParkQueue holds the messages of a node that can never succeed.
+func ParkQueue(n node.Name) string { return "glance_image_sync." + string(n.Short()) + ".failed" }
+
+// HeaderPrefix starts every header this tool sets. A message from a queue
+// anyone may write (Glance's) loses them all (Strip): downstream they would
+// be taken as ours.
+const HeaderPrefix = "x-glance-image-sync-"
+
+// The headers of ours.
+const (
+	// AttemptsHeader counts runs that failed the message.
+	AttemptsHeader = HeaderPrefix + "attempts"
+	// ReasonHeader says why the last attempt failed, or why it was parked.
+	ReasonHeader = HeaderPrefix + "reason"
+	// NodeHeader names the node that parked the message.
+	NodeHeader = HeaderPrefix + "node"
+	// MismatchesHeader counts whole copies read from a peer's complete file
+	// that did not match the event's checksum, over runs.
+	MismatchesHeader = HeaderPrefix + "mismatches"
+	// TruncatedHeader holds the original size in bytes of a message parked
+	// with only the first part of its body.
+	TruncatedHeader = HeaderPrefix + "truncated-from"
+)
+
+// Strip returns m without any header of ours, in any spelling.
+func Strip(m broker.Message) broker.Message { return m.WithoutHeaders(HeaderPrefix) }
+
+// maxReason keeps a reason header small; AMQP headers are not meant for logs.
+const maxReason = 1000
+
+func truncate(s string) string {
+	if len(s) > maxReason {
+		return s[:maxReason] + "…"
+	}
+	return s
+}
+
+// Parked is m as it goes to node's parking queue: with the reason, and the
+// node that parked it.
+func Parked(m broker.Message, by node.Name, reason string) broker.Message {
+	return m.WithHeader(ReasonHeader, truncate(reason)).WithHeader(NodeHeader, string(by))
+}
+
+// Capped is m with only the first n bytes of its body, a copy (so the large
+// body can be freed), and its original size in TruncatedHeader. A body of n
+// bytes or fewer is left as it is.
+func Capped(m broker.Message, n int) broker.Message {
+	if len(m.Body) <= n {
+		return m
+	}
+	m = m.WithHeader(TruncatedHeader, int64(len(m.Body)))
+	m.Body = bytes.Clone(m.Body[:n])
+	return m
+}
+
+// attemptsCeiling bounds a count believed from a message: anyone who can
+// publish can set the header, and a count that is negative, absurd or not a
+// whole number would otherwise keep a message from ever being parked, or
+// park it at once.
+const attemptsCeiling = 10000
+
+// clamp takes a count of ours from a header: negative, or beyond both
+// attemptsCeiling and maxAttempts, it is 0.
+func clamp(n, maxAttempts int) int {
+	if n < 0 || n > max(attemptsCeiling, maxAttempts) {
+		return 0
+	}
+	return n
+}
+
+// Attempts is how many runs already failed m, as far as it can be believed.
+func Attempts(m broker.Message, maxAttempts int) int {
+	return clamp(m.IntHeader(AttemptsHeader), maxAttempts)
+}
+
+// Mismatches is how many whole copies already failed m's checksum, as far
+// as it can be believed.
+func Mismatches(m broker.Message, maxAttempts int) int {
+	return clamp(m.IntHeader(MismatchesHeader), maxAttempts)
+}
+
+// Retried is m as it is re-queued after a failed attempt: attempts and
+// mismatches are the totals so far, reason the failure.
+func Retried(m broker.Message, attempts, mismatches int, reason string) broker.Message {
+	if mismatches > 0 {
+		m = m.WithHeader(MismatchesHeader, int32(mismatches))
+	}
+	return m.WithHeader(AttemptsHeader, int32(attempts)).WithHeader(ReasonHeader, truncate(reason))
+}
+
+// Requeued is a parked message as it goes back to its node's queue, for
+// after an operator fixed the cause: its attempts start again. reason is
+// why it was parked.
+func Requeued(m broker.Message) (out broker.Message, reason string) {
+	reason, _ = m.Headers[ReasonHeader].(string)
+	return m.WithHeader(AttemptsHeader, int32(0)), reason
+}
+
+// RequeueFailed moves every message parked for n back to its queue
+// (Requeued), each acked only once its copy is confirmed. It returns how
+// many moved; on an error the rest stay parked.
+func RequeueFailed(ctx context.Context, conn *broker.Conn, n node.Name, log *slog.Logger) (moved int, err error) {
+	park, queue := ParkQueue(n), Queue(n)
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("moving %s back to %s: %w", park, queue, err)
+		}
+	}()
+	for _, q := range []string{park, queue} {
+		if err := conn.DeclareQueue(q); err != nil {
+			return 0, err
+		}
+	}
+	qs, err := conn.Inspect(park)
+	if err != nil {
+		return 0, err
+	}
+	recv, err := conn.Receive(park)
+	if err != nil {
+		return 0, err
+	}
+	defer recv.Close()
+	pub, err := conn.Publisher()
+	if err != nil {
+		return 0, err
+	}
+	defer pub.Close()
+	for ; moved < qs.Messages; moved++ {
+		d, err := recv.Get()
+		if err != nil {
+			return moved, err
+		}
+		if d == nil {
+			break
+		}
+		m, reason := Requeued(d.Message)
+		if err := pub.Publish(ctx, queue, m); err != nil {
+			return moved, err
+		}
+		if err := d.Ack(); err != nil {
+			return moved, err
+		}
+		log.Info("requeued", "from", park, "to", queue, "was_parked_for", reason)
+	}
+	return moved, nil
+}

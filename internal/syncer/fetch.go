@@ -1,0 +1,246 @@
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/node"
+	"github.com/glance-image-sync/glance-image-sync/internal/store"
+	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
+)
+
+// fetcher is the one fetch engine, of sync-images, reconcile and verify
+// --repair alike: one loop that reads an image from the sources a picker
+// offers into one local partial, resuming it from the next source when one
+// fails, and places it once verified. Pickers differ only in which sources
+// they offer, in what order (publisherOrder, chainPicker).
+type fetcher struct {
+	// Immutable after newFetcher.
+	cfg   Config
+	store imageStore
+	log   *slog.Logger
+	peers *peerPool // safe for concurrent use
+	lim   *limiter  // nil: no bwlimit
+
+	mu      sync.Mutex // guards the fields below
+	bytes   int64
+	seconds float64
+	noShows map[node.Name]bool // peers that let a chain's start grace pass
+}
+
+func newFetcher(cfg Config, st imageStore, log *slog.Logger) *fetcher {
+	f := &fetcher{cfg: cfg, store: st, log: log, peers: newPeerPool(cfg.Auth, log)}
+	if cfg.BWLimit > 0 {
+		f.lim = newLimiter(cfg.BWLimit)
+	}
+	return f
+}
+
+func (f *fetcher) close() { f.peers.close() }
+
+// totals is the bytes moved and the seconds spent in transfers, summed over
+// them, failed ones included.
+func (f *fetcher) totals() (int64, float64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.bytes, f.seconds
+}
+
+// kind is what a peer can give of an image.
+type kind int
+
+const (
+	none     kind = iota
+	complete      // the placed file, full size
+	partial       // its partial file, growing (or full size, not yet placed)
+)
+
+func (k kind) String() string { return [...]string{"none", "complete", "partial"}[k] }
+
+// source is a peer to read an image from, and what it has of it.
+type source struct {
+	name node.Name
+	c    peerConn
+	kind kind
+}
+
+// picker offers the sources of one image, one at a time.
+type picker interface {
+	// next is the source to read from now, or an error saying why there is
+	// none left.
+	next(ctx context.Context) (*source, error)
+	// failed is told that reading from src failed with err.
+	failed(src *source, err error)
+}
+
+// target is an image to fetch and where it lies on every node: all nodes
+// share the datadir path.
+type target struct {
+	Want
+	final, part string
+}
+
+func (f *fetcher) target(w Want) (*target, error) {
+	final, err := f.store.Path(w.ID)
+	if err != nil {
+		return nil, err
+	}
+	part, err := f.store.PartialPath(w.ID, w.MD5)
+	if err != nil {
+		return nil, err
+	}
+	return &target{Want: w, final: final, part: part}, nil
+}
+
+// fetch places t here from the sources pk offers. The local partial is
+// begun (its disk reserved) only once a source is chosen: a complete file
+// whose size a peer confirmed, or a partial, which its node begins only on
+// the same condition. The size in a message alone never reserves disk.
+func (f *fetcher) fetch(ctx context.Context, log *slog.Logger, t *target, pk picker) (from node.Name, bytes int64, err error) {
+	var p *store.Partial
+	defer func() {
+		if p != nil {
+			p.Close()
+		}
+	}()
+	var errs []error
+	for {
+		src, err := pk.next(ctx)
+		if err != nil {
+			return "", 0, errors.Join(append(errs, err)...)
+		}
+		if p == nil {
+			if p, err = f.begin(ctx, t.Want); err != nil {
+				return "", 0, errors.Join(append(errs, err)...)
+			}
+		}
+		offset := p.Offset()
+		n, secs, err := f.copy(ctx, src, t, p, offset)
+		if err == nil {
+			if err = p.Commit(); err == nil {
+				log.Info("fetched", "peer", src.name, "from", src.kind.String(), "bytes", n, "resumed_at", offset,
+					"seconds", fmt.Sprintf("%.2f", secs), "MBps", fmt.Sprintf("%.1f", float64(n)/1e6/max(secs, 1e-9)))
+				return src.name, n, nil
+			}
+			if !errors.Is(err, store.ErrMismatch) {
+				return "", 0, err
+			}
+			if src.kind == complete {
+				err = asWholeMismatch(err, src.name, offset)
+			}
+			// Commit threw the wrong bytes away; start over from another source.
+			p = nil
+		} else {
+			if ctx.Err() != nil {
+				return "", 0, err
+			}
+			f.peers.failedOn(ctx, src.c, err)
+		}
+		log.Warn("fetch failed; trying another source", "peer", src.name, "from", src.kind.String(), "bytes", n, "err", err)
+		pk.failed(src, err)
+		errs = append(errs, err)
+	}
+}
+
+// begin starts (or resumes) the local partial, readable by the peers'
+// rsync_user like the placed file, since a chain's next node may follow it.
+func (f *fetcher) begin(ctx context.Context, w Want) (*store.Partial, error) {
+	p, err := f.store.BeginMultihash(ctx, w.ID, w.Size, w.MD5, w.Multihash)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Share(); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// copy moves what src has of t beyond offset into p, counted and shown
+// whether it succeeds or not.
+func (f *fetcher) copy(ctx context.Context, src *source, t *target, p *store.Partial, offset int64) (n int64, secs float64, err error) {
+	if offset >= t.Size {
+		return 0, 0, nil
+	}
+	start := time.Now()
+	var w io.Writer = p
+	if f.cfg.Progress != nil {
+		var done func()
+		w, done = f.cfg.Progress.Track(t.ID, string(src.name), offset, t.Size, w)
+		defer done()
+	}
+	if f.lim != nil {
+		w = f.lim.writer(ctx, w)
+	}
+	if src.kind == partial {
+		n, err = src.c.Follow(ctx, t.part, offset, t.Size, w, f.cfg.StallTimeout)
+	} else {
+		n, err = src.c.Fetch(ctx, t.final, offset, w, f.cfg.IdleTimeout)
+	}
+	secs = time.Since(start).Seconds()
+	f.mu.Lock()
+	f.bytes += n
+	f.seconds += secs
+	f.mu.Unlock()
+	return n, secs, err
+}
+
+// publisherOrder offers the peers in order, the publisher first (Sources),
+// each only when it holds the image complete: a placed file of the
+// announced size.
+type publisherOrder struct {
+	f     *fetcher
+	log   *slog.Logger
+	t     *target
+	order []node.Name // not yet offered
+	errs  []error     // why the peers passed over were
+}
+
+func (f *fetcher) publisherOrder(log *slog.Logger, t *target, order []node.Name) *publisherOrder {
+	return &publisherOrder{f: f, log: log, t: t, order: order}
+}
+
+func (o *publisherOrder) next(ctx context.Context) (*source, error) {
+	if len(o.order) == 0 && len(o.errs) == 0 {
+		return nil, errors.New("no peer to fetch from")
+	}
+	for len(o.order) > 0 && ctx.Err() == nil {
+		name := o.order[0]
+		o.order = o.order[1:]
+		src, err := o.look(ctx, name)
+		if err == nil {
+			return src, nil
+		}
+		o.log.Warn("not fetching from this peer", "peer", name, "err", err)
+		o.errs = append(o.errs, err)
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return nil, errors.Join(append(o.errs, fmt.Errorf("no peer has image %s complete", o.t.ID))...)
+}
+
+func (o *publisherOrder) look(ctx context.Context, name node.Name) (*source, error) {
+	c, err := o.f.peers.get(ctx, o.f.cfg.Peers[name])
+	if err != nil {
+		return nil, err
+	}
+	size, err := c.Stat(ctx, o.t.final)
+	if err != nil {
+		o.f.peers.failedOn(ctx, c, err)
+		return nil, err
+	}
+	if size != o.t.Size {
+		return nil, &transfer.PeerError{Peer: string(name), Op: "stat", Path: o.t.final,
+			Err: fmt.Errorf("%d bytes, the image has %d", size, o.t.Size)}
+	}
+	return &source{name: name, c: c, kind: complete}, nil
+}
+
+// failed needs nothing: a peer is offered once.
+func (o *publisherOrder) failed(*source, error) {}
