@@ -218,7 +218,9 @@ func TestClassicQueueUsedAsIsUnderQuorumSpec(t *testing.T) {
 	if err := c.DeclareQueue(fresh); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { raw.do(func(ch *amqp.Channel) error { _, err := ch.QueueDelete(fresh, false, false, false); return err }) })
+	t.Cleanup(func() {
+		raw.do(func(ch *amqp.Channel) error { _, err := ch.QueueDelete(fresh, false, false, false); return err })
+	})
 	if !raw.hasSpec(fresh, true, amqp.Table{"x-queue-type": "quorum", "x-delivery-limit": int64(broker.DeliveryLimitFor(12))}) {
 		t.Fatal("fresh queue is not quorum with the delivery limit")
 	}
