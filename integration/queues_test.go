@@ -386,3 +386,65 @@ func TestMigrateRefusesQueueInUse(t *testing.T) {
 		t.Fatal("message lost")
 	}
 }
+
+// Issue 16: node queues exactly as the original tool left them
+// (non-durable, non-persistent events waiting). The new tool on every node
+// syncs them, Glance's new events flow through its duplicate-notifications
+// into the same queues, each run warns once per queue naming the fix, and
+// migrate-queues then leaves durable queues with every message still there.
+func TestRollingUpgradeFromOriginalQueues(t *testing.T) {
+	ctx := testCtx(t)
+	c := newCluster(t, 3)
+	raw := newRawBroker(t)
+	n1 := c.Nodes[0]
+	old, err := c.AddImage(n1, 1<<20)
+	must(t, err)
+	for _, n := range c.Nodes {
+		raw.declare(harness.NodeQueue(n), false, nil)
+		// The original's duplicate-notifications copied the body as it was,
+		// non-persistent.
+		must(t, c.PublishTo(ctx, harness.NodeQueue(n), mustEnvelope(t, "image.upload", n1, old)))
+	}
+	fresh, err := c.AddImage(n1, 1<<20)
+	must(t, err)
+	must(t, c.PublishUpload(ctx, n1, fresh))
+
+	for _, n := range c.Nodes {
+		stderr, _ := runOK(t, ctx, c, n, []string{"both"})
+		if k := strings.Count(stderr, "migrate-queues"); k < 1 {
+			t.Errorf("%s: no warning naming migrate-queues:\n%s", n.Name, stderr)
+		}
+		if strings.Count(stderr, harness.NodeQueue(n)+" exists with other properties") > 1 {
+			t.Errorf("%s: its queue warned more than once in one run:\n%s", n.Name, stderr)
+		}
+	}
+	for _, n := range c.Nodes {
+		assertHas(t, n, old)
+		assertHas(t, n, fresh)
+	}
+
+	// Events waiting while the operator migrates.
+	later, err := c.AddImage(n1, 1<<20)
+	must(t, err)
+	for _, n := range c.Nodes {
+		must(t, c.PublishTo(ctx, harness.NodeQueue(n), mustEnvelope(t, "image.upload", n1, later)))
+	}
+	for range 2 {
+		runOK(t, ctx, c, n1, []string{"migrate-queues"})
+		for _, n := range c.Nodes {
+			if !raw.hasSpec(harness.NodeQueue(n), true, nil) {
+				t.Fatalf("%s is not durable after migrate-queues", harness.NodeQueue(n))
+			}
+			if d := raw.depth(harness.NodeQueue(n)); d != 1 {
+				t.Fatalf("%s holds %d messages after migrate-queues, want the 1 waiting", harness.NodeQueue(n), d)
+			}
+		}
+	}
+	for _, n := range c.Nodes {
+		stderr, _ := runOK(t, ctx, c, n, []string{"both"})
+		if strings.Contains(stderr, "migrate-queues") {
+			t.Errorf("%s still warns after the migration:\n%s", n.Name, stderr)
+		}
+		assertHas(t, n, later)
+	}
+}

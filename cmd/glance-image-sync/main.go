@@ -66,6 +66,10 @@ Commands:
   requeue-failed           Move this node's parked messages back to its queue, after
                            the cause (see their x-glance-image-sync-reason header)
                            is fixed.
+  migrate-queues           Convert every node's queue and parking queue to queue_type
+                           (durable), moving their messages through a temporary
+                           queue with publisher confirms; safe to re-run. Run it once
+                           every node runs this version, with no watch running.
   check [--timeout D]      Check this node's setup without changing anything: both
                            config files, every broker URL, Glance's exchange and
                            queue and the node queues (passively), SSH with host
@@ -150,7 +154,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "config-example":
 		writeConfigExample(stdout)
 		return exitOK
-	case "duplicate-notifications", "sync-images", "both", "requeue-failed", "check", "status", "watch", "reconcile", "verify", "restore":
+	case "duplicate-notifications", "sync-images", "both", "requeue-failed", "migrate-queues", "check", "status", "watch", "reconcile", "verify", "restore":
 	default:
 		fmt.Fprintf(stderr, "glance-image-sync: unknown command %q; try --help\n", cmd)
 		return exitUsage
@@ -269,9 +273,17 @@ func (r *runner) summary(idle bool, msg string, args ...any) {
 }
 
 func (r *runner) dial(ctx context.Context) (*broker.Conn, error) {
-	return broker.Dial(ctx, r.cfg.Broker.URLs, broker.TLS{
+	if r.cfg.NodeBrokerOwn {
+		return nil, errNodeBrokerUnwired
+	}
+	conn, err := broker.Dial(ctx, r.cfg.Broker.URLs, broker.TLS{
 		CAFile: r.cfg.Broker.TLS.CAFile, CertFile: r.cfg.Broker.TLS.CertFile, KeyFile: r.cfg.Broker.TLS.KeyFile,
 	})
+	if err == nil {
+		conn.SetQueueSpec(queueSpec(r.cfg))
+		conn.SetLogger(r.log)
+	}
+	return conn, err
 }
 
 func (r *runner) run(ctx context.Context, cmd string) int {
@@ -305,6 +317,8 @@ func (r *runner) pass(ctx context.Context, conn *broker.Conn, cmd string) int {
 		code = worse(code, r.syncImages(ctx, conn))
 	case "requeue-failed":
 		code = worse(code, r.requeueFailed(ctx, conn))
+	case "migrate-queues":
+		code = worse(code, r.migrateQueues(ctx, conn))
 	}
 	return code
 }

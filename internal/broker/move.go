@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -205,7 +204,7 @@ func (c *Conn) Migrate(ctx context.Context, queue string, spec QueueSpec) (Migra
 		return res, err
 	}
 	if back != res.Moved {
-		slog.Info("migrate: moved back a different count", "queue", queue, "out", res.Moved, "back", back)
+		c.logger().Info("migrate: moved back a different count", "queue", queue, "out", res.Moved, "back", back)
 	}
 	return res, c.deleteIfEmpty(tmp)
 }
@@ -228,7 +227,7 @@ func (c *Conn) recoverTemp(ctx context.Context, queue, tmp string, spec QueueSpe
 	}
 	n, err := c.MoveMessages(ctx, tmp, queue)
 	if n > 0 {
-		slog.Info("migrate: put back what an interrupted run left", "queue", queue, "from", tmp, "messages", n)
+		c.logger().Info("migrate: put back what an interrupted run left", "queue", queue, "from", tmp, "messages", n)
 	}
 	return n, err
 }

@@ -150,6 +150,15 @@ type queueState struct {
 	spec       QueueSpec
 	mismatches map[string]Mismatch // by queue; each logged once
 	order      []string
+	log        *slog.Logger // nil: slog.Default()
+}
+
+// SetLogger sets where the connection's warnings go (a queue used as it
+// is); by default slog.Default().
+func (c *Conn) SetLogger(l *slog.Logger) {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	c.log = l
 }
 
 // Mismatches lists the queues DeclareQueue found with other properties and
@@ -197,6 +206,13 @@ func (c *Conn) DeclareQueue(name string) error {
 	return nil
 }
 
+func (c *Conn) logger() *slog.Logger {
+	if c.log == nil {
+		return slog.Default()
+	}
+	return c.log
+}
+
 func (c *Conn) noteMismatch(m Mismatch) {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
@@ -208,7 +224,7 @@ func (c *Conn) noteMismatch(m Mismatch) {
 	}
 	c.mismatches[m.Queue] = m
 	c.order = append(c.order, m.Queue)
-	slog.Warn(m.String(), "queue", m.Queue, "differs", m.Arg)
+	c.logger().Warn(m.String(), "queue", m.Queue, "differs", m.Arg)
 }
 
 var argRE = regexp.MustCompile(`inequivalent arg '([^']+)'`)
