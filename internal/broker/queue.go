@@ -48,11 +48,20 @@ type QueueSpec struct {
 var DefaultQueueSpec = QueueSpec{Type: Classic, Durable: true}
 
 // DeliveryLimitFor is a quorum delivery limit that never drops a message
-// before the tool's own count of maxAttempts parks it: twice the attempts,
-// and at least 20 returns on top of them for interrupted runs.
+// before the tool's own count of maxAttempts parks it. The tool's counted
+// attempts republish the message (which resets the broker's count), but
+// some waits return it unacked and uncounted, once per run: a run's
+// deadline, a delete Glance cannot confirm yet, a killed run, a
+// consumer_timeout. Those must not add up to a drop over an outage of
+// days, so the limit is generous: at least minDeliveryLimit, and twice
+// maxAttempts.
 func DeliveryLimitFor(maxAttempts int) int {
-	return max(2*maxAttempts, maxAttempts+20)
+	return max(2*maxAttempts, maxAttempts+20, minDeliveryLimit)
 }
+
+// minDeliveryLimit is about 3.5 days of five-minute cron runs returning a
+// message unacked.
+const minDeliveryLimit = 1000
 
 func (s QueueSpec) normal() QueueSpec {
 	if s.Type == "" {
