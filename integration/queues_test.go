@@ -448,3 +448,54 @@ func TestRollingUpgradeFromOriginalQueues(t *testing.T) {
 		assertHas(t, n, later)
 	}
 }
+
+// Past the broker's delivery limit a quorum node queue's message goes to
+// its parking queue, not nowhere.
+func TestQuorumDeliveryLimitDeadLettersToParking(t *testing.T) {
+	raw := newRawBroker(t)
+	q := uniqueQueue(t)
+	park := strings.TrimSuffix(q, ".info") + ".failed"
+	spec := broker.QueueSpec{Type: broker.Quorum, DeliveryLimit: 1, DeadLetter: func(name string) string {
+		if name == q {
+			return park
+		}
+		return ""
+	}}
+	c := dialBroker(t, spec)
+	for _, name := range []string{park, q} {
+		must(t, c.DeclareQueue(name))
+		t.Cleanup(func() {
+			raw.do(func(ch *amqp.Channel) error { _, err := ch.QueueDelete(name, false, false, false); return err })
+		})
+	}
+	if len(c.Mismatches()) != 0 {
+		t.Fatalf("fresh queues reported as mismatched: %+v", c.Mismatches())
+	}
+	raw.publish(q, "poison")
+	// Take it and let it go back unacked, as a killed run or consumer_timeout
+	// does, until the broker's limit is passed.
+	for i := 0; i < 5 && raw.depth(park) < 1; i++ {
+		must(t, raw.do(func(ch *amqp.Channel) error {
+			_, _, err := ch.Get(q, false)
+			return err // the channel's close returns it
+		}))
+	}
+	if got := raw.bodies(park); strings.Join(got, ",") != "poison" {
+		t.Fatalf("parking queue holds %v after the delivery limit, want the message", got)
+	}
+}
+
+// A queue that does not exist yet (a node that never ran) is declared as
+// wanted.
+func TestMigrateMissingQueueDeclaresIt(t *testing.T) {
+	raw := newRawBroker(t)
+	q := uniqueQueue(t)
+	t.Cleanup(func() {
+		raw.do(func(ch *amqp.Channel) error { _, err := ch.QueueDelete(q, false, false, false); return err })
+	})
+	c := dialBroker(t, quorumSpec)
+	if _, err := c.Migrate(context.Background(), q, quorumSpec); err != nil {
+		t.Fatalf("Migrate of a missing queue: %v", err)
+	}
+	checkMigrated(t, raw, q, nil)
+}

@@ -13,7 +13,13 @@ import (
 // max_attempts always reaches first.
 func queueSpec(cfg *config.Config) broker.QueueSpec {
 	if cfg.QueueType == string(broker.Quorum) {
-		return broker.QueueSpec{Type: broker.Quorum, Durable: true, DeliveryLimit: broker.DeliveryLimitFor(cfg.MaxAttempts)}
+		park := map[string]string{}
+		for _, n := range cfg.Nodes {
+			park[cfg.NodeQueue(n.Short)] = cfg.ParkingQueue(n.Short)
+		}
+		return broker.QueueSpec{Type: broker.Quorum, Durable: true, DeliveryLimit: broker.DeliveryLimitFor(cfg.MaxAttempts),
+			// Past the limit the broker parks rather than drops.
+			DeadLetter: func(q string) string { return park[q] }}
 	}
 	return broker.DefaultQueueSpec
 }

@@ -158,16 +158,24 @@ func (c *Conn) Migrate(ctx context.Context, queue string, spec QueueSpec) (Migra
 	if err != nil {
 		return res, err
 	}
+	st, err := c.Inspect(queue)
+	if err != nil {
+		return res, err
+	}
+	if !st.Exists {
+		// Nothing to carry over (a node that never ran): declare it as wanted.
+		if err := c.declare(queue, spec); err != nil {
+			return res, err
+		}
+		res.Converted = true
+		return res, c.deleteIfEmpty(tmp)
+	}
 	same, err := c.hasSpec(queue, spec)
 	if err != nil {
 		return res, err
 	}
 	if same {
 		return res, c.deleteIfEmpty(tmp)
-	}
-	st, err := c.Inspect(queue)
-	if err != nil {
-		return res, err
 	}
 	if st.Consumers > 0 {
 		return res, fmt.Errorf("broker %s: queue %s has %d consumer(s) (a running watch or sync-images?): stop them, then migrate", c.url, queue, st.Consumers)
@@ -252,7 +260,7 @@ func (c *Conn) hasSpec(queue string, spec QueueSpec) (bool, error) {
 func (c *Conn) declare(queue string, spec QueueSpec) error {
 	spec = spec.normal()
 	return c.withChannel(func(ch *amqp.Channel) error {
-		if _, err := ch.QueueDeclare(queue, spec.Durable, false, false, false, spec.args()); err != nil {
+		if _, err := ch.QueueDeclare(queue, spec.Durable, false, false, false, spec.args(queue)); err != nil {
 			return fmt.Errorf("broker %s: declaring queue %s as %s: %w", c.url, queue, spec, err)
 		}
 		return nil

@@ -41,6 +41,10 @@ type QueueSpec struct {
 	// and 4.x. A queue that exists with another limit is used as it is,
 	// with a warning (see DeclareQueue).
 	DeliveryLimit int
+	// DeadLetter, if set, names the queue a quorum queue's messages go to
+	// when the broker's delivery limit is reached, instead of being
+	// dropped: for a node queue, its parking queue. "" = none.
+	DeadLetter func(queue string) string
 }
 
 // DefaultQueueSpec is what a Conn declares until told otherwise: a durable
@@ -73,13 +77,19 @@ func (s QueueSpec) normal() QueueSpec {
 	return s
 }
 
-func (s QueueSpec) args() amqp.Table {
+func (s QueueSpec) args(queue string) amqp.Table {
 	if s.Type != Quorum {
 		return nil
 	}
 	t := amqp.Table{"x-queue-type": string(Quorum)}
 	if s.DeliveryLimit > 0 {
 		t["x-delivery-limit"] = int64(s.DeliveryLimit)
+	}
+	if s.DeadLetter != nil {
+		if to := s.DeadLetter(queue); to != "" && to != queue {
+			t["x-dead-letter-exchange"] = ""
+			t["x-dead-letter-routing-key"] = to
+		}
 	}
 	return t
 }
@@ -193,7 +203,7 @@ func (c *Conn) Mismatches() []Mismatch {
 func (c *Conn) DeclareQueue(name string) error {
 	spec := c.QueueSpec()
 	err := c.withChannel(func(ch *amqp.Channel) error {
-		_, err := ch.QueueDeclare(name, spec.Durable, false, false, false, spec.args())
+		_, err := ch.QueueDeclare(name, spec.Durable, false, false, false, spec.args(name))
 		return err
 	})
 	if err == nil {

@@ -10,11 +10,11 @@ func TestQueueSpecArgs(t *testing.T) {
 	if !q.Durable {
 		t.Error("a quorum spec must be durable: RabbitMQ refuses a non-durable quorum queue")
 	}
-	a := q.args()
+	a := q.args("q")
 	if a["x-queue-type"] != "quorum" || a["x-delivery-limit"] != int64(32) {
 		t.Errorf("quorum args = %v", a)
 	}
-	if a := (QueueSpec{Durable: true}).normal().args(); a != nil {
+	if a := (QueueSpec{Durable: true}).normal().args("q"); a != nil {
 		t.Errorf("classic args = %v, want none (declaring x-queue-type classic would refuse the original tool's queues for one more reason)", a)
 	}
 	if s := (QueueSpec{}).String(); s != "non-durable classic" {
@@ -45,5 +45,20 @@ func TestMismatchFromBrokerReason(t *testing.T) {
 	typ := Mismatch{Wanted: QueueSpec{Type: Quorum}, Arg: inequivalentArg("PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q'")}
 	if !strings.Contains(typ.Cost(), "one broker node") {
 		t.Errorf("classic-vs-quorum cost = %q", typ.Cost())
+	}
+}
+
+func TestDeadLetterArgs(t *testing.T) {
+	q := QueueSpec{Type: Quorum, DeadLetter: func(q string) string {
+		if q == "n.info" {
+			return "n.failed"
+		}
+		return ""
+	}}.normal()
+	if a := q.args("n.info"); a["x-dead-letter-exchange"] != "" || a["x-dead-letter-routing-key"] != "n.failed" {
+		t.Errorf("node queue args = %v", a)
+	}
+	if a := q.args("n.failed"); a["x-dead-letter-routing-key"] != nil {
+		t.Errorf("parking queue dead-letters somewhere: %v", a)
 	}
 }
