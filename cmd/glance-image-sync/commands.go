@@ -95,6 +95,12 @@ cron runs on every node: */5 * * * * glance-image-sync both`,
 the cause (see their x-glance-image-sync-reason header)
 is fixed.`,
 			flags: noFlags(func(e *env) int { return e.runner().run(e.ctx, "requeue-failed", steps{requeue: true}) })},
+		{name: "migrate-queues", config: true,
+			help: `Convert every node's queue and parking queue to queue_type
+(durable), moving their messages through a temporary
+queue with publisher confirms; safe to re-run. Run it once
+every node runs this version, with no watch running.`,
+			flags: noFlags(func(e *env) int { return e.runner().run(e.ctx, "migrate-queues", steps{migrate: true}) })},
 		{name: "check", synopsis: "[--timeout D]",
 			help: `Check this node's setup without changing anything: both
 config files, every broker URL, Glance's exchange and

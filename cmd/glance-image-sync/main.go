@@ -265,11 +265,19 @@ func (r *runner) summary(idle bool, msg string, args ...any) {
 }
 
 func (r *runner) dial(ctx context.Context) (*broker.Conn, error) {
-	return broker.Dial(ctx, r.cfg.Broker.URLs, brokerTLS(r.cfg))
+	if r.cfg.NodeBrokerOwn {
+		return nil, errNodeBrokerUnwired
+	}
+	conn, err := broker.Dial(ctx, r.cfg.Broker.URLs, brokerTLS(r.cfg))
+	if err == nil {
+		conn.SetQueueSpec(queueSpec(r.cfg))
+		conn.SetLogger(r.log)
+	}
+	return conn, err
 }
 
 // steps is what one pass does, in this order.
-type steps struct{ duplicate, sync, requeue bool }
+type steps struct{ duplicate, sync, requeue, migrate bool }
 
 // run dials the broker and makes one pass; cmd labels the log and metrics.
 func (r *runner) run(ctx context.Context, cmd string, st steps) int {
@@ -305,6 +313,9 @@ func (r *runner) pass(ctx context.Context, conn *broker.Conn, st steps) int {
 	}
 	if st.requeue {
 		code = worse(code, r.requeueFailed(ctx, conn))
+	}
+	if st.migrate {
+		code = worse(code, r.migrateQueues(ctx, conn))
 	}
 	return code
 }

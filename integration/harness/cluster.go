@@ -39,6 +39,14 @@ type Options struct {
 	// true: the only setting under which a notification not yet taken by
 	// duplicate-notifications survives a broker restart.
 	DurableSource bool
+	// TransportURL, if set, is glance-api.conf's transport_url instead of
+	// AMQPURL's: rabbit://u:p@h:p1,u:p@h:p2/ names every node of a broker
+	// cluster, while the harness itself stays on AMQPURL.
+	TransportURL string
+	// QuorumSource declares the source queue as a quorum queue (durable),
+	// as oslo.messaging does with rabbit_quorum_queue = true, so it
+	// survives the loss of one node of a broker cluster.
+	QuorumSource bool
 }
 
 // Node is one simulated glance-api host.
@@ -165,7 +173,11 @@ func NewCluster(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 	// Declared as oslo.messaging declares <topic>.info: not durable, not
 	// auto-delete. Safe only because the topic is this cluster's own.
-	if _, err := c.ch.QueueDeclare(c.SourceQueue(), opts.DurableSource, false, false, false, nil); err != nil {
+	var args amqp.Table
+	if opts.QuorumSource {
+		args = amqp.Table{"x-queue-type": "quorum"}
+	}
+	if _, err := c.ch.QueueDeclare(c.SourceQueue(), opts.DurableSource || opts.QuorumSource, false, false, false, args); err != nil {
 		return nil, fmt.Errorf("harness: declare %s: %w", c.SourceQueue(), err)
 	}
 	return c, nil
@@ -294,6 +306,9 @@ func (c *Cluster) RestoreHostKeys(n *Node) error { return c.writeKnownHosts(n) }
 func (c *Cluster) writeGlanceConf(n *Node) error {
 	// oslo.messaging spells the scheme rabbit://.
 	transport := "rabbit://" + strings.TrimPrefix(c.opts.AMQPURL, "amqp://")
+	if c.opts.TransportURL != "" {
+		transport = c.opts.TransportURL
+	}
 	conf := fmt.Sprintf(`[DEFAULT]
 default_publisher_id = image.%s
 

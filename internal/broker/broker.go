@@ -84,6 +84,7 @@ type Conn struct {
 	// needs a connection of its own (see ReceiveBounded).
 	raw string
 	tls TLS
+	queueState
 }
 
 // Dial connects to the first URL that answers, in order, and returns an error
@@ -197,16 +198,6 @@ func (c *Conn) withChannel(f func(*amqp.Channel) error) error {
 	}
 	defer c.closeChannel(ch)
 	return f(ch)
-}
-
-// DeclareQueue declares a durable queue of ours (idempotent).
-func (c *Conn) DeclareQueue(name string) error {
-	return c.withChannel(func(ch *amqp.Channel) error {
-		if _, err := ch.QueueDeclare(name, true, false, false, false, nil); err != nil {
-			return fmt.Errorf("broker %s: declaring queue %s: %w", c.url, name, err)
-		}
-		return nil
-	})
 }
 
 // QueueState is what the broker reports of a queue.

@@ -3,6 +3,16 @@
 // checking Glance's queues and exchange passively, taking messages off a queue
 // with manual acks, and publishing persistent messages with publisher confirms.
 //
+// Queues of ours are declared with the connection's QueueSpec (classic or
+// quorum, durability, the quorum x-delivery-limit; see QueueSpec for 3.x vs
+// 4.x). A queue that exists with other properties (the original Python
+// tool's non-durable queues; classic vs quorum) is used as it is, with one
+// warning per queue per Conn (Mismatches), so a rolling upgrade keeps
+// working. MoveMessages moves a queue's messages with publisher confirms,
+// acking each source message only after its copy is confirmed; Migrate
+// converts a queue to a spec through a temporary queue and can be re-run
+// after an interruption at any step.
+//
 // ReceiveBounded bounds the bytes of message bodies held unacked, not only
 // their count: RabbitMQ has no byte limit for a consumer, so the receiver
 // runs on a connection of its own and stops reading its socket while the

@@ -59,6 +59,19 @@ type Config struct {
 
 	Broker Broker
 
+	// QueueType is how node and parking queues are declared: "classic" or
+	// "quorum" (queue_type, else glance-api.conf's rabbit_quorum_queue).
+	QueueType string
+	// NodeBroker holds the node and parking queues: node_transport_url, or
+	// a copy of Broker's URLs and TLS when that is not set (NodeBrokerOwn
+	// false). duplicate-notifications reads Broker's source queue and
+	// publishes into NodeBroker; everything else touching node queues
+	// (sync-images, watch, status, migrate-queues) dials NodeBroker.
+	NodeBroker    Broker
+	NodeBrokerOwn bool
+	// nodeTransportURL is node_transport_url as written, until parsed.
+	nodeTransportURL string
+
 	Datadir  string
 	FilePerm os.FileMode // 0 = not set: leave the mode as created
 
@@ -163,6 +176,9 @@ func Load(syncFile, glanceFile string) (*Config, error) {
 	}
 	g := &glanceConf{file: glanceFile, ini: gf}
 	if err := c.loadGlance(g, topic); err != nil {
+		return nil, err
+	}
+	if err := c.loadQueues(g); err != nil {
 		return nil, err
 	}
 	if rk := c.Broker.ForwardRoutingKey; rk != "" && rk == c.Broker.SourceQueue() {
@@ -298,6 +314,8 @@ func (c *Config) loadSync(f *ini.File) (topic string, err error) {
 	c.GlanceURL = vals["glance_url"].(string)
 	c.OSCloud = vals["os_cloud"].(string)
 	topic = vals["notification_topic"].(string)
+	c.QueueType = vals["queue_type"].(string)
+	c.nodeTransportURL = vals["node_transport_url"].(string)
 
 	if strings.ContainsFunc(c.User, isSpace) {
 		return "", &Error{File: file, Section: SectionDefault, Key: "rsync_user", Msg: fmt.Sprintf("%q: a user name has no spaces", c.User)}

@@ -332,13 +332,43 @@ func (c *Config) osloTLS(g *glanceConf, query url.Values, urlSec string) error {
 // empty user or password, and kombu replaces an empty one with guest.
 func (c *Config) brokerFromURL(g *glanceConf, sec, raw string) error {
 	const key = "transport_url"
+	tu, problem := parseTransportURL(raw)
+	if problem != "" {
+		return g.errorf(sec, key, "%s", problem)
+	}
+	if err := c.osloTLS(g, tu.query, sec); err != nil {
+		return err
+	}
+	c.Broker.URLs = tu.amqpURLs(c.Broker.TLS.Enabled)
+	if err := c.osloTopic(g); err != nil {
+		return err
+	}
+	return c.warnIfSilent(g)
+}
+
+// transportURL is an oslo.messaging rabbit:// transport URL, parsed.
+type transportURL struct {
+	hosts []transportHost
+	vhost string
+	query url.Values
+}
+
+type transportHost struct {
+	user, pass, name string
+	port             int
+}
+
+// parseTransportURL parses an oslo.messaging rabbit:// URL; problem, if
+// not empty, says what is wrong without quoting the URL (it holds
+// passwords).
+func parseTransportURL(raw string) (tu transportURL, problem string) {
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
-		return g.errorf(sec, key, "not a URL of the form rabbit://user:password@host:port/vhost")
+		return tu, "not a URL of the form rabbit://user:password@host:port/vhost"
 	}
 	if scheme != "rabbit" {
 		// Never quote the URL: it holds passwords. The scheme alone is safe.
-		return g.errorf(sec, key, "scheme %q is not supported: only rabbit:// (RabbitMQ through oslo.messaging's rabbit driver)", scheme)
+		return tu, fmt.Sprintf("scheme %q is not supported: only rabbit:// (RabbitMQ through oslo.messaging's rabbit driver)", scheme)
 	}
 	// As Python's urlsplit: the authority ends at the first / ? or #.
 	netloc := rest
@@ -350,25 +380,19 @@ func (c *Config) brokerFromURL(g *glanceConf, sec, raw string) error {
 	path, rawQuery, _ := strings.Cut(pathQuery, "?")
 	query, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return g.errorf(sec, key, "the query part is malformed")
+		return tu, "the query part is malformed"
 	}
-	vhost := ""
+	tu.query = query
 	if strings.HasPrefix(path, "/") {
-		vhost = pyUnquote(path[1:])
+		tu.vhost = pyUnquote(path[1:])
 	}
-
-	type host struct {
-		user, pass, name string
-		port             int
-	}
-	var hosts []host
 	n := 0
 	for h := range strings.SplitSeq(netloc, ",") {
 		if h == "" {
 			continue
 		}
 		n++
-		var hh host
+		var hh transportHost
 		hostport := h
 		if i := strings.LastIndex(h, "@"); i >= 0 {
 			cred := h[:i]
@@ -379,18 +403,23 @@ func (c *Config) brokerFromURL(g *glanceConf, sec, raw string) error {
 		name, port, perr := splitHostPort(hostport)
 		if perr != "" {
 			// The text may be a piece of a mis-split password: describe, never quote.
-			return g.errorf(sec, key, "host %d: %s (a password containing / ? # or @ must be percent-encoded)", n, perr)
+			return tu, fmt.Sprintf("host %d: %s (a password containing / ? # or @ must be percent-encoded)", n, perr)
 		}
 		hh.name, hh.port = name, port
-		hosts = append(hosts, hh)
+		tu.hosts = append(tu.hosts, hh)
 	}
-	if err := c.osloTLS(g, query, sec); err != nil {
-		return err
-	}
+	return tu, ""
+}
+
+// amqpURLs is one amqp(s):// URL per host, with oslo's and kombu's
+// defaults filled in.
+func (tu transportURL) amqpURLs(tls bool) []string {
+	hosts := tu.hosts
 	if len(hosts) == 0 {
 		// oslo's rabbit driver then connects to guest:guest@localhost.
-		hosts = append(hosts, host{})
+		hosts = []transportHost{{}}
 	}
+	var out []string
 	for _, h := range hosts {
 		// oslo passes "" for missing credentials and kombu fills in guest.
 		if h.user == "" {
@@ -405,12 +434,9 @@ func (c *Config) brokerFromURL(g *glanceConf, sec, raw string) error {
 		if h.port == 0 {
 			h.port = defaultAMQPPort
 		}
-		c.Broker.URLs = append(c.Broker.URLs, amqpURL(c.Broker.TLS.Enabled, h.user, h.pass, h.name, h.port, vhost))
+		out = append(out, amqpURL(tls, h.user, h.pass, h.name, h.port, tu.vhost))
 	}
-	if err := c.osloTopic(g); err != nil {
-		return err
-	}
-	return c.warnIfSilent(g)
+	return out
 }
 
 // brokerOsloRabbitOpts reads an oslo.messaging deployment configured with

@@ -109,6 +109,24 @@ var options = []Option{
 	{Section: SectionDefault, Key: "max_attempts", Type: TypeInt, Default: "12",
 		Min: 1, HasMin: true,
 		Help: "Runs that may try one message before it is parked in glance_image_sync.<short>.failed."},
+	{Section: SectionDefault, Key: "queue_type", Type: TypeChoice,
+		Choices: []string{"classic", "quorum"},
+		Help: "How the node and parking queues are declared. quorum: replicated over " +
+			"the RabbitMQ cluster, so a queue survives the loss of a broker node (RabbitMQ " +
+			"4.0 removed classic mirroring), with an explicit x-delivery-limit above " +
+			"max_attempts so the broker never drops an event the tool has not parked. " +
+			"classic: durable classic queues, on one broker node. Default: quorum when " +
+			"glance-api.conf sets [oslo_messaging_rabbit] rabbit_quorum_queue = true " +
+			"(Kolla-Ansible's and OpenStack-Ansible's default), else classic. A queue " +
+			"that already exists with other properties is used as it is, with a warning; " +
+			"migrate-queues converts it without losing a message."},
+	{Section: SectionDefault, Key: "node_transport_url", Type: TypeString,
+		Help: "Broker (rabbit://user:password@host:port[,...]/vhost, as oslo.messaging " +
+			"writes it) holding this tool's own node and parking queues; Glance's " +
+			"notifications are still read from glance-api.conf's broker. Use it when a " +
+			"policy on Glance's vhost would expire them (openstack-helm applies a 70 s " +
+			"message TTL to every queue of the glance vhost). TLS follows glance-api.conf " +
+			"unless the URL's ?ssl= says otherwise. Default: Glance's broker and vhost."},
 	{Section: SectionDefault, Key: "deadline", Type: TypeDuration, Default: "1h",
 		Min: 0, HasMin: true,
 		Help: "Longest a run may take (Go duration: 90s, 45m, 1h30m); 0 = no limit."},
@@ -228,6 +246,9 @@ func (o Option) parse(raw string) (any, error) {
 	case TypeList:
 		return splitList(raw), nil
 	case TypeChoice:
+		if raw == "" && o.Default == "" {
+			return "", nil // computed (see Help)
+		}
 		if !slices.Contains(o.Choices, raw) {
 			return nil, fail("must be one of %s", strings.Join(o.Choices, ", "))
 		}
