@@ -42,6 +42,28 @@ func (c *checker) fail(what, format string, args ...any) {
 	c.line("FAIL", what, format, args...)
 }
 
+// note says something an operator should know that is neither a pass nor
+// a problem; it is not counted.
+func (c *checker) note(what, format string, args ...any) {
+	c.line("note", what, format, args...)
+}
+
+// sinceOriginal names the defaults that differ from the original Python
+// glance-image-sync's (rcbops/glance-image-sync: glance-image-sync.py), so
+// an operator upgrading in place is not surprised by them.
+func (c *checker) sinceOriginal(cfg *config.Config) {
+	if cfg.LogFile == "" {
+		c.note("upgrade", "log_file is unset: the log goes to standard error; the original tool wrote %s by default (set log_file = %s to keep it there)", originalLogFile, originalLogFile)
+	}
+	if !cfg.AcceptNewHostKeys {
+		c.note("upgrade", "host_key_checking = yes: a peer whose key is not in %s is refused; the original tool ran rsync with StrictHostKeyChecking=no (accept-new trusts a first contact, never a changed key)", cfg.KnownHosts)
+	}
+	c.note("upgrade", "handled messages are no longer re-published to notifications.info, as the original tool did; give the tool its own topic so notifications.info stays with its other consumers")
+}
+
+// originalLogFile is the original tool's default log_file.
+const originalLogFile = "/var/log/glance/glance-image-sync.log"
+
 func (c *checker) summary() {
 	verdict := "ready"
 	if c.failed > 0 {
@@ -80,6 +102,7 @@ func runCheck(timeout time.Duration, syncConf, glanceConf string, stdout io.Writ
 	c.checkDatadir(cfg)
 	c.checkPeers(ctx, cfg)
 	c.checkFiles(cfg)
+	c.sinceOriginal(cfg)
 	c.summary()
 	if c.failed > 0 {
 		return exitFailed

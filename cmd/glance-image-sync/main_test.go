@@ -337,3 +337,22 @@ func TestUnknownKeyIsUsageError(t *testing.T) {
 		}
 	}
 }
+
+// check names the defaults that differ from the original tool's, and only
+// those that apply.
+func TestCheckNotesDefaultsOfTheOriginal(t *testing.T) {
+	args, root := setup(t, "rabbit://u:p@127.0.0.1:1/", "", "")
+	_, out, _ := runCmd(append(args, "check", "--timeout", "5s")...)
+	for _, want := range []string{"log_file is unset", originalLogFile, "StrictHostKeyChecking=no", "no longer re-published"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check does not say %q:\n%s", want, out)
+		}
+	}
+	args, _ = setup(t, "rabbit://u:p@127.0.0.1:1/", fmt.Sprintf("log_file = %s/log/sync.log\nhost_key_checking = accept-new", root), "")
+	_, out, _ = runCmd(append(args, "check", "--timeout", "5s")...)
+	for _, unwanted := range []string{"log_file is unset", "StrictHostKeyChecking=no"} {
+		if strings.Contains(out, unwanted) {
+			t.Errorf("check says %q although the key is set:\n%s", unwanted, out)
+		}
+	}
+}
