@@ -171,3 +171,26 @@ func testReadFromErrorKeepsPrefix(t *testing.T) {
 type errReader struct{ err error }
 
 func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// A filesystem that reports no size (ramfs, some FUSE stores: statfs says 0
+// blocks, 0 free) is not taken for a full one.
+func TestReserveOnAFilesystemWithoutSize(t *testing.T) {
+	defer swap(&fstatfs, func(fd int, st *unix.Statfs_t) error {
+		if err := unix.Fstatfs(fd, st); err != nil {
+			return err
+		}
+		st.Blocks, st.Bfree, st.Bavail = 0, 0, 0
+		return nil
+	})()
+	s, data, sum := directImage(t, 1<<20+1)
+	p, err := s.Begin(context.Background(), directID, int64(len(data)), sum)
+	if err != nil {
+		t.Fatalf("Begin on a filesystem reporting no size: %v", err)
+	}
+	if _, err := p.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}

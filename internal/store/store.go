@@ -645,7 +645,9 @@ func (p *Partial) reserve() error {
 		}
 	}
 	var fsst unix.Statfs_t
-	if err := fstatfs(fd, &fsst); err == nil && need > 0 {
+	// A filesystem that reports no size at all (ramfs, some FUSE stores:
+	// f_blocks 0) has no free-space figure to hold the image against.
+	if err := fstatfs(fd, &fsst); err == nil && need > 0 && fsst.Blocks > 0 {
 		if free := int64(fsst.Bavail) * fsst.Bsize; need > free {
 			return fmt.Errorf("image %s: %s needs %d more bytes (%d of %d written), the filesystem has %d free: %w",
 				p.id, p.path, need, p.n, p.size, free, unix.ENOSPC)
