@@ -320,7 +320,7 @@ func (s *Store) Check(ctx context.Context, id string, size int64, md5hex string)
 	}
 	defer f.Close()
 	h := md5.New()
-	if _, err := io.Copy(h, ctxReader{ctx, f}); err != nil {
+	if _, err := hashFrom(ctx, h, f, nil); err != nil {
 		return Missing, fmt.Errorf("image %s: hashing %s: %w", id, f.Name(), err)
 	}
 	if hex.EncodeToString(h.Sum(nil)) != md5hex {
@@ -579,7 +579,7 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 			return nil, fmt.Errorf("image %s: truncating partial: %w", id, err)
 		}
 	} else if fi.Size() > 0 {
-		n, err := io.Copy(p.h, ctxReader{ctx, io.LimitReader(f, fi.Size())})
+		n, err := hashFrom(ctx, p.h, io.LimitReader(f, fi.Size()), nil)
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("image %s: re-hashing partial %s: %w", id, path, err)
