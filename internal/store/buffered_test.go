@@ -89,18 +89,31 @@ func TestBufferedWriteDoesNotWaitForTheDisk(t *testing.T) {
 }
 
 // The page-cache path starts writeback every writebackChunk, in order and
-// without gaps, so Commit's fsync does not find the whole image dirty.
+// without gaps, and drops each chunk from the cache once the disk has it:
+// Commit's fsync does not find the whole image dirty, and the image does not
+// fill the page cache.
 func TestBufferedWriteback(t *testing.T) {
 	defer swap(&openDirect, func(*os.File, string) (*os.File, error) { return nil, unix.EINVAL })()
-	var ranges [][2]int64
+	const wait = unix.SYNC_FILE_RANGE_WAIT_BEFORE | unix.SYNC_FILE_RANGE_WRITE | unix.SYNC_FILE_RANGE_WAIT_AFTER
+	var started, waited, dropped [][2]int64
 	defer swap(&syncFileRange, func(fd int, off, n int64, flags int) error {
-		if flags != unix.SYNC_FILE_RANGE_WRITE {
-			t.Errorf("sync_file_range flags %#x: want WRITE only, which does not wait", flags)
+		switch flags {
+		case unix.SYNC_FILE_RANGE_WRITE:
+			started = append(started, [2]int64{off, n})
+		case wait:
+			waited = append(waited, [2]int64{off, n})
+		default:
+			t.Errorf("sync_file_range flags %#x", flags)
 		}
-		ranges = append(ranges, [2]int64{off, n})
 		return unix.SyncFileRange(fd, off, n, flags)
 	})()
-	s, data, sum := directImage(t, 2*writebackChunk+3<<20+1)
+	defer swap(&fadvise, func(fd int, off, n int64, advice int) error {
+		if advice == unix.FADV_DONTNEED {
+			dropped = append(dropped, [2]int64{off, n})
+		}
+		return unix.Fadvise(fd, off, n, advice)
+	})()
+	s, data, sum := directImage(t, 3*writebackChunk+3<<20+1)
 	ctx := context.Background()
 	// Resume at an unaligned offset: writeback starts from there.
 	const from = 1<<20 + 5
@@ -112,6 +125,7 @@ func TestBufferedWriteback(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Close()
+	started, waited, dropped = nil, nil, nil
 	if p, err = s.Begin(ctx, directID, int64(len(data)), sum); err != nil {
 		t.Fatal(err)
 	}
@@ -121,15 +135,34 @@ func TestBufferedWriteback(t *testing.T) {
 	if err := p.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	if len(ranges) < 2 {
-		t.Fatalf("writeback started %d times for %d bytes, want every %d", len(ranges), len(data), writebackChunk)
+	if len(started) < 3 {
+		t.Fatalf("writeback started %d times for %d bytes, want every %d", len(started), len(data), writebackChunk)
 	}
-	at := int64(from)
-	for _, r := range ranges {
-		if r[0] != at || r[1] < writebackChunk {
-			t.Fatalf("writeback ranges %v: want contiguous from %d, each at least %d", ranges, from, writebackChunk)
+	contiguous := func(what string, rs [][2]int64) {
+		t.Helper()
+		at := int64(from)
+		for _, r := range rs {
+			if r[0] != at || r[1] < writebackChunk {
+				t.Fatalf("%s ranges %v: want contiguous from %d, each at least %d", what, rs, from, writebackChunk)
+			}
+			at += r[1]
 		}
-		at += r[1]
+	}
+	contiguous("started", started)
+	// Each chunk but the last started is waited for and dropped, after its
+	// writeback started.
+	if len(waited) != len(started)-1 || len(dropped) != len(waited) {
+		t.Fatalf("%d chunks started, %d waited for, %d dropped; want all but the last", len(started), len(waited), len(dropped))
+	}
+	contiguous("waited", waited)
+	for i := range waited {
+		if dropped[i] != waited[i] || waited[i] != started[i] {
+			t.Fatalf("chunk %d: started %v, waited %v, dropped %v: want the same range", i, started[i], waited[i], dropped[i])
+		}
+	}
+	got, err := os.ReadFile(s.dir + "/" + directID)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("placed file differs from the image (err %v)", err)
 	}
 }
 
