@@ -107,7 +107,7 @@ demo: setup
 	$(GO) run ./integration/demo
 
 bench: setup
-	$(GO) run ./integration/bench
+	$(GO) run ./integration/bench $(BENCH_ARGS)
 
 # Time for one image to reach every node when all sync at once, each sshd's
 # uplink capped with tc on lo: chain vs publisher-only (issue 7). Root; minutes.

@@ -1,17 +1,21 @@
 // Command bench times glance-image-sync's fetch against the tools it replaces
 // (rsync, scp, sftp, ssh cat), all pulling the same file from a real OpenSSH
-// sshd on this machine, in one run and alternating, and prints medians. It
-// also measures resume after a kill, a metadata-only no-op, peak memory at a
-// larger size, and duplicate-notifications throughput.
+// sshd on this machine, in one run and alternating, and prints medians, as
+// MB/s, client and machine CPU seconds per GiB, peak RSS, and ratios to
+// rsync -az, scp and ssh cat: one table per size (-sizes, default 1 GiB and
+// 4 GiB), whole processes. It also measures resume after a kill, a
+// metadata-only no-op, an idle `both`, and duplicate-notifications
+// throughput. -dir puts every datadir on another filesystem (a tmpfs, a
+// ramfs: one that refuses O_DIRECT).
 //
 // It is a benchmark, not a test: it needs root, RabbitMQ, sshd and rsync
-// (integration/setup.sh), about 3 × size of free disk, and several minutes.
-// Run it with `make bench`; BENCH_BIG=1 (or -big) adds the 4 GiB memory line.
+// (integration/setup.sh), about 3 × the largest size of free space under
+// -dir, and several minutes. Run it with `make bench` (BENCH_ARGS="-dir
+// /mnt/tmpfs -rounds 5"); BENCH_BIG=1 (or -big) adds the two-at-once line.
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -38,9 +42,11 @@ func (v *variantList) String() string     { return strings.Join(*v, " ") }
 func (v *variantList) Set(s string) error { *v = append(*v, s); return nil }
 
 func main() {
-	size := flag.Int64("size", 2<<30, "bytes of the file every method copies")
+	sizes := flag.String("sizes", "1G,4G", "comma list of image sizes, one table each (suffix K, M, G; plain bytes otherwise)")
 	rounds := flag.Int("rounds", 3, "alternating rounds (medians are reported)")
-	big := flag.Bool("big", os.Getenv("BENCH_BIG") != "", "also fetch a 4 GiB image once for the memory line (env BENCH_BIG=1)")
+	dir := flag.String("dir", "", "parent directory of the cluster, so of every datadir and of the other tools' copies (e.g. a tmpfs); default TMPDIR")
+	settle := flag.Duration("settle", time.Minute, "longest wait for an idle machine before each timed run")
+	big := flag.Bool("big", os.Getenv("BENCH_BIG") != "", "also fetch two images of the first size in one run, for the two-at-once memory line (env BENCH_BIG=1)")
 	events := flag.Int("events", 20000, "image events for the duplicate-notifications line (0: skip)")
 	only := flag.String("only", "", "comma list of method names to time (default: all)")
 	prebuilt := flag.String("tool", "", "use this glance-image-sync binary instead of building ./cmd/glance-image-sync")
@@ -48,10 +54,48 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *size, *rounds, *big, *events, *only, *prebuilt); err != nil {
+	var list []int64
+	for _, f := range strings.Split(*sizes, ",") {
+		n, err := parseSize(strings.TrimSpace(f))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -sizes:", err)
+			os.Exit(2)
+		}
+		list = append(list, n)
+	}
+	o := opts{sizes: list, rounds: *rounds, dir: *dir, settle: *settle, big: *big, events: *events, only: *only, tool: *prebuilt}
+	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// parseSize reads 512M, 1G, 4096 (bytes).
+func parseSize(v string) (int64, error) {
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(v, "K"):
+		mult, v = 1<<10, strings.TrimSuffix(v, "K")
+	case strings.HasSuffix(v, "M"):
+		mult, v = 1<<20, strings.TrimSuffix(v, "M")
+	case strings.HasSuffix(v, "G"):
+		mult, v = 1<<30, strings.TrimSuffix(v, "G")
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("size %q: want e.g. 512M, 1G or a byte count", v)
+	}
+	return n * mult, nil
+}
+
+type opts struct {
+	sizes      []int64
+	rounds     int
+	dir        string
+	settle     time.Duration
+	big        bool
+	events     int
+	only, tool string
 }
 
 // result is one timed run of one method.
@@ -74,9 +118,11 @@ type bench struct {
 	out      string // host directory the external tools write to
 	ssh      []string
 	log      func(string, ...any)
+	// settleMax bounds the wait for an idle machine before a timed run.
+	settleMax time.Duration
 }
 
-func run(ctx context.Context, size int64, rounds int, big bool, events int, only, tool string) error {
+func run(ctx context.Context, o opts) error {
 	if err := harness.CheckPrereqs(); err != nil {
 		return fmt.Errorf("%w (run integration/setup.sh as root)", err)
 	}
@@ -91,6 +137,7 @@ func run(ctx context.Context, size int64, rounds int, big bool, events int, only
 		return err
 	}
 	defer os.RemoveAll(binDir)
+	tool := o.tool
 	if tool == "" {
 		if tool, err = harness.BuildTool(ctx, binDir); err != nil {
 			return err
@@ -98,7 +145,7 @@ func run(ctx context.Context, size int64, rounds int, big bool, events int, only
 	}
 	// Three nodes: n1 has the image, n2 fetches it, n3 only gives
 	// duplicate-notifications its third node queue.
-	c, err := harness.NewCluster(ctx, harness.Options{Nodes: 3, Tool: tool})
+	c, err := harness.NewCluster(ctx, harness.Options{Nodes: 3, Tool: tool, Dir: o.dir})
 	if err != nil {
 		return err
 	}
@@ -107,22 +154,56 @@ func run(ctx context.Context, size int64, rounds int, big bool, events int, only
 			logf("cleanup: %v", err)
 		}
 	}()
-	b := &bench{c: c, src: c.Nodes[0], dst: c.Nodes[1], out: filepath.Join(c.Dir, "bench-out"), log: logf}
+	b := &bench{c: c, src: c.Nodes[0], dst: c.Nodes[1], out: filepath.Join(c.Dir, "bench-out"), log: logf, settleMax: o.settle}
 	if err := os.MkdirAll(b.out, 0o755); err != nil {
 		return err
 	}
 	b.ssh = []string{"-i", c.ClientKey, "-o", "UserKnownHostsFile=" + b.dst.KnownHosts, "-o", "StrictHostKeyChecking=yes",
 		"-o", "BatchMode=yes", "-o", "LogLevel=ERROR"}
-	logf("writing a %d-byte random image on %s", size, b.src.Name)
-	if b.img, err = c.AddImage(b.src, size); err != nil {
-		return err
-	}
 	// The tool's first run declares the node queue, so that the upload events
 	// published below through the default exchange are not dropped.
 	if _, err := b.tool(ctx, "sync-images"); err != nil {
 		return err
 	}
+	methods, err := b.selected(o.only)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("datadirs under %s (%s), %d-core machine shared by client and server, load average before: %s\n",
+		c.Dir, fsType(c.Dir), runtime.NumCPU(), loadAvg())
+	for i, size := range o.sizes {
+		logf("writing a %d-byte random image on %s", size, b.src.Name)
+		if b.img, err = c.AddImage(b.src, size); err != nil {
+			return err
+		}
+		res, err := b.rounds(ctx, methods, o.rounds)
+		if err != nil {
+			return err
+		}
+		printTable(size, o.rounds, methods, res)
+		if i == 0 {
+			if err := b.firstSizeLines(ctx, o); err != nil {
+				return err
+			}
+		}
+		b.forget(b.img.ID)
+		os.Remove(harness.ImagePath(b.src, b.img.ID))
+		os.Remove(b.dest())
+	}
+	if err := b.idle(ctx, o.rounds); err != nil {
+		return fmt.Errorf("idle: %w", err)
+	}
+	if o.events > 0 {
+		if err := b.fanout(ctx, o.events); err != nil {
+			return fmt.Errorf("duplicate-notifications: %w", err)
+		}
+	}
+	fmt.Printf("load average after: %s\n", loadAvg())
+	return nil
+}
 
+// selected is the methods -only names, and the -variant builds.
+func (b *bench) selected(only string) ([]method, error) {
 	methods := b.methods()
 	if only != "" {
 		keep := map[string]bool{}
@@ -140,7 +221,7 @@ func run(ctx context.Context, size int64, rounds int, big bool, events int, only
 	for _, v := range variants {
 		name, spec, ok := strings.Cut(v, "=")
 		if !ok {
-			return fmt.Errorf("-variant %q: want name=binary[,ENV=value...]", v)
+			return nil, fmt.Errorf("-variant %q: want name=binary[,ENV=value...]", v)
 		}
 		parts := strings.Split(spec, ",")
 		bin, env := parts[0], parts[1:]
@@ -148,45 +229,80 @@ func run(ctx context.Context, size int64, rounds int, big bool, events int, only
 			return b.fetchWith(ctx, bin, env, b.img)
 		}})
 	}
+	return methods, nil
+}
+
+// rounds times every method once per round, in turn, so that a change in
+// the machine's load lands on all of them alike.
+func (b *bench) rounds(ctx context.Context, methods []method, rounds int) (map[string][]result, error) {
 	res := map[string][]result{}
 	for r := 0; r < rounds; r++ {
 		for _, m := range methods {
 			if err := ctx.Err(); err != nil {
-				return err
+				return nil, err
 			}
 			b.settle()
 			busy0 := busySeconds()
 			got, err := m.run(ctx)
 			got.machine = busySeconds() - busy0
 			if err != nil {
-				return fmt.Errorf("%s: %w", m.name, err)
+				return nil, fmt.Errorf("%s: %w", m.name, err)
 			}
-			logf("round %d %-28s %6.1f MB/s  cpu %5.2f s  machine %5.2f s  rss %4d MiB", r+1, m.name, mbps(size, got.secs), got.cpu, got.machine, got.rss>>20)
+			b.log("round %d %-28s %6.1f MB/s  cpu %5.2f s  machine %5.2f s  rss %4d MiB", r+1, m.name, mbps(b.img.Size, got.secs), got.cpu, got.machine, got.rss>>20)
 			res[m.name] = append(res[m.name], got)
 		}
 	}
-	printTable(size, rounds, methods, res)
+	return res, nil
+}
 
+// firstSizeLines are the lines measured once, on the first size's image.
+func (b *bench) firstSizeLines(ctx context.Context, o opts) error {
 	if err := b.resume(ctx); err != nil {
 		return fmt.Errorf("resume: %w", err)
 	}
 	if err := b.noop(ctx); err != nil {
 		return fmt.Errorf("no-op: %w", err)
 	}
-	if big {
-		if err := b.memory(ctx, 4<<30); err != nil {
-			return fmt.Errorf("memory: %w", err)
-		}
+	if o.big {
 		if err := b.pair(ctx); err != nil {
 			return fmt.Errorf("two at once: %w", err)
 		}
 	}
-	if events > 0 {
-		if err := b.fanout(ctx, events); err != nil {
-			return fmt.Errorf("duplicate-notifications: %w", err)
+	return nil
+}
+
+// fsType names the filesystem dir is on, from /proc/self/mountinfo: the
+// mount with the longest mount point that is a prefix of dir.
+func fsType(dir string) string {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "?"
+	}
+	best, typ := "", "?"
+	for _, line := range strings.Split(string(data), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 1 {
+			continue
+		}
+		mp := f[4]
+		if (dir == mp || strings.HasPrefix(dir, strings.TrimSuffix(mp, "/")+"/")) && len(mp) >= len(best) {
+			best, typ = mp, g[0]
 		}
 	}
-	return nil
+	return typ
+}
+
+func loadAvg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func (b *bench) remote() string { return harness.CommonDatadir + "/" + b.img.ID }
@@ -204,12 +320,12 @@ func (b *bench) settle() {
 	b.forget(b.img.ID)
 	syscall.Sync()
 	time.Sleep(300 * time.Millisecond)
-	for end := time.Now().Add(time.Minute); time.Now().Before(end); {
+	for end := time.Now().Add(b.settleMax); time.Now().Before(end); {
 		if idle := idleFraction(500 * time.Millisecond); idle > 0.9 {
 			return
 		}
 	}
-	b.log("machine still busy after a minute; measuring anyway")
+	b.log("machine still busy after %s; measuring anyway", b.settleMax)
 }
 
 // busySeconds is the CPU time the whole machine has spent not idle since
@@ -271,22 +387,23 @@ func (b *bench) forget(id string) {
 
 func (b *bench) methods() []method {
 	sshCmd := "ssh " + strings.Join(b.ssh, " ") + " -p " + b.port()
-	target := "root@127.0.0.1:" + b.remote()
+	// target is read at run time: b.img changes with each size.
+	target := func() string { return "root@127.0.0.1:" + b.remote() }
 	return []method{
 		{"rsync -az", "the original tool's command, OpenSSH's default cipher", func(ctx context.Context) (result, error) {
-			return b.external(ctx, "rsync", "-az", "-e", sshCmd, target, b.dest())
+			return b.external(ctx, "rsync", "-az", "-e", sshCmd, target(), b.dest())
 		}},
 		{"rsync -a --whole-file", "OpenSSH's default cipher", func(ctx context.Context) (result, error) {
-			return b.external(ctx, "rsync", "-a", "--whole-file", "-e", sshCmd, target, b.dest())
+			return b.external(ctx, "rsync", "-a", "--whole-file", "-e", sshCmd, target(), b.dest())
 		}},
 		{"scp", "SFTP mode, OpenSSH's default cipher", func(ctx context.Context) (result, error) {
-			return b.external(ctx, "scp", append(append([]string{}, b.ssh...), "-P", b.port(), target, b.dest())...)
+			return b.external(ctx, "scp", append(append([]string{}, b.ssh...), "-P", b.port(), target(), b.dest())...)
 		}},
 		{"sftp get", "OpenSSH's default cipher", func(ctx context.Context) (result, error) {
-			return b.external(ctx, "sftp", append(append([]string{}, b.ssh...), "-P", b.port(), target, b.dest())...)
+			return b.external(ctx, "sftp", append(append([]string{}, b.ssh...), "-P", b.port(), target(), b.dest())...)
 		}},
 		{"sftp get -c aes128-gcm", "the SFTP path with the tool's cipher, no hashing", func(ctx context.Context) (result, error) {
-			return b.external(ctx, "sftp", append(append([]string{}, b.ssh...), "-c", "aes128-gcm@openssh.com", "-P", b.port(), target, b.dest())...)
+			return b.external(ctx, "sftp", append(append([]string{}, b.ssh...), "-c", "aes128-gcm@openssh.com", "-P", b.port(), target(), b.dest())...)
 		}},
 		{"ssh cat > dest", "aes128-gcm", func(ctx context.Context) (result, error) {
 			return b.shell(ctx, fmt.Sprintf("ssh -c aes128-gcm@openssh.com %s -p %s root@127.0.0.1 cat %s > %s",
@@ -457,19 +574,15 @@ func printTable(size int64, rounds int, methods []method, res map[string][]resul
 		}
 		return fmt.Sprintf("%.2f", v/r.mbps)
 	}
-	fmt.Printf("\n%.2f GiB random file over loopback from OpenSSH sshd, %d-core machine shared by client and server; median of %d alternating rounds\n\n",
-		float64(size)/(1<<30), runtime.NumCPU(), rounds)
-	fmt.Println("| method | MB/s (min–max) | client CPU s | machine CPU s | peak RSS MiB | × rsync -az | × ssh cat\\|tee\\|md5sum | notes |")
-	fmt.Println("|---|---|---|---|---|---|---|---|")
+	gib := float64(size) / (1 << 30)
+	fmt.Printf("\n%.2f GiB random file over loopback from OpenSSH sshd, %d-core machine shared by client and server; median of %d alternating rounds; CPU per GiB copied\n\n",
+		gib, runtime.NumCPU(), rounds)
+	fmt.Println("| method | MB/s (min–max) | client CPU s/GiB | machine CPU s/GiB | peak RSS MiB | × rsync -az | × scp | × ssh cat\\|tee\\|md5sum | notes |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
-		fmt.Printf("| %s | %.0f (%.0f–%.0f) | %.1f | %.1f | %d | %s | %s | %s |\n",
-			strings.ReplaceAll(r.name, "|", "\\|"), r.mbps, r.min, r.max, r.cpu, r.machine, r.rss>>20,
-			ratio(r.mbps, "rsync -az"), ratio(r.mbps, "ssh cat | tee | md5sum"), r.note)
-	}
-	if g, ok := byName["glance-image-sync"]; ok {
-		if s, ok := byName["scp"]; ok {
-			fmt.Printf("\nglance-image-sync / scp: %.2f\n", g.mbps/s.mbps)
-		}
+		fmt.Printf("| %s | %.0f (%.0f–%.0f) | %.2f | %.2f | %d | %s | %s | %s | %s |\n",
+			strings.ReplaceAll(r.name, "|", "\\|"), r.mbps, r.min, r.max, r.cpu/gib, r.machine/gib, r.rss>>20,
+			ratio(r.mbps, "rsync -az"), ratio(r.mbps, "scp"), ratio(r.mbps, "ssh cat | tee | md5sum"), r.note)
 	}
 	fmt.Println()
 }
@@ -557,34 +670,8 @@ func (b *bench) noop(ctx context.Context) error {
 	}
 	// Hashing 2 GiB takes seconds of CPU; a run that read the file cannot
 	// stay far below that.
-	fmt.Printf("no-op: metadata-only image.update of the present %.0f GiB image: %.3f s wall, %.3f s CPU, peer connections %d, log: skipped reason=\"present and verified\"\n",
+	fmt.Printf("no-op: metadata-only image.update of the present %.2f GiB image: %.3f s wall, %.3f s CPU, peer connections %d, log: skipped reason=\"present and verified\"\n",
 		float64(b.img.Size)/(1<<30), r.secs, r.cpu, after-before)
-	return nil
-}
-
-// memory fetches a larger image once for its peak RSS.
-func (b *bench) memory(ctx context.Context, size int64) error {
-	b.log("writing a %d-byte random image for the memory line", size)
-	img, err := b.c.AddImage(b.src, size)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(harness.ImagePath(b.src, img.ID))
-	defer b.forget(img.ID)
-	b.settle()
-	r, err := b.fetch(ctx, img)
-	if err != nil {
-		return err
-	}
-	ok, err := harness.HasImage(b.dst, img)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return errors.New("the 4 GiB copy does not verify")
-	}
-	fmt.Printf("memory: %.0f GiB image through sync-images: peak RSS %d MiB, %.0f MB/s, %.1f s CPU, verifies\n",
-		float64(size)/(1<<30), r.rss>>20, mbps(size, r.secs), r.cpu)
 	return nil
 }
 
@@ -621,6 +708,26 @@ func (b *bench) pair(ctx context.Context) error {
 	}
 	fmt.Printf("two at once: two %.0f GiB images in one sync-images run (transfers = 2): peak RSS %d MiB, %.0f MB/s together, %.1f s CPU, both verify\n",
 		float64(b.img.Size)/(1<<30), r.rss>>20, mbps(2*b.img.Size, r.secs), r.cpu)
+	return nil
+}
+
+// idle times an idle `both` (nothing on the source queue nor on the node's
+// queue): the fixed cost of every cron run.
+func (b *bench) idle(ctx context.Context, rounds int) error {
+	var wall, cpu []float64
+	for r := 0; r < rounds; r++ {
+		b.settle()
+		res, log, err := b.toolTimed(ctx, "both")
+		if err != nil {
+			return err
+		}
+		if strings.Contains(log, "msg=fetched") {
+			return fmt.Errorf("an idle run fetched something:\n%s", log)
+		}
+		wall, cpu = append(wall, res.secs), append(cpu, res.cpu)
+	}
+	fmt.Printf("idle: `both` with nothing queued: %.3f s wall, %.3f s CPU (median of %d; target < 0.1 s)\n",
+		median(wall), median(cpu), rounds)
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -69,6 +70,12 @@ func (r *packets) Read(b []byte) (int, error) {
 	return n, nil
 }
 
+// refuseDirect makes the partials a test begins take the page-cache path, as
+// on a filesystem that refuses O_DIRECT.
+var refuseDirect bool
+
+// bothFeeds runs f with data handed over by Write and by ReadFrom, each
+// through O_DIRECT and through the page cache.
 func bothFeeds(t *testing.T, f func(t *testing.T)) {
 	for _, rf := range []bool{false, true} {
 		name := "Write"
@@ -77,9 +84,19 @@ func bothFeeds(t *testing.T, f func(t *testing.T)) {
 		}
 		t.Run(name, func(t *testing.T) {
 			defer swap(&feedByReadFrom, rf)()
-			f(t)
+			bothPaths(t, f)
 		})
 	}
+}
+
+// bothPaths runs f through O_DIRECT and through the page cache.
+func bothPaths(t *testing.T, f func(t *testing.T)) {
+	t.Run("direct", func(t *testing.T) { f(t) })
+	t.Run("buffered", func(t *testing.T) {
+		defer swap(&refuseDirect, true)()
+		defer swap(&openDirect, func(*os.File, string) (*os.File, error) { return nil, unix.EINVAL })()
+		f(t)
+	})
 }
 
 // Bytes beyond the announced size are refused, through either path.
@@ -96,9 +113,18 @@ func TestReadFromRefusesMoreThanTheImage(t *testing.T) {
 	}
 }
 
+// wantDirect checks that p writes the way the test asked: through the page
+// cache under bothPaths' "buffered", else through O_DIRECT where TMPDIR's
+// filesystem has it.
 func wantDirect(t *testing.T, p *Partial) {
 	t.Helper()
 	if p.q == nil {
+		t.Fatal("no write path for a partial that is not complete")
+	}
+	switch {
+	case refuseDirect && p.q.dfd != nil:
+		t.Fatal("O_DIRECT used though open refused it")
+	case !refuseDirect && p.q.dfd == nil:
 		// Only a filesystem without O_DIRECT under TMPDIR gets here; the
 		// test still checks the page-cache path then.
 		t.Logf("O_DIRECT unavailable under %s; the buffered path is tested", p.s.dir)
@@ -172,7 +198,7 @@ func testDirectFallback(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p.q != nil {
+		if p.q == nil || p.q.dfd != nil {
 			t.Fatal("O_DIRECT used though open refused it")
 		}
 		if err := writeIn(t, p, data, 0, len(data)); err != nil {
@@ -202,7 +228,7 @@ func testDirectFallback(t *testing.T) {
 		if err := p.Commit(); err != nil {
 			t.Fatal(err)
 		}
-		if p.q != nil && refused.Load() != 1 {
+		if p.q.dfd != nil && refused.Load() != 1 {
 			t.Fatalf("%d direct writes refused, want 1 (then the buffered fd)", refused.Load())
 		}
 	})
@@ -228,9 +254,7 @@ func testDirectENOSPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.q == nil {
-		t.Skip("no O_DIRECT under TMPDIR: the page-cache path reports ENOSPC from write(2) itself")
-	}
+	wantDirect(t, p)
 	check := func(err error) {
 		t.Helper()
 		if !errors.Is(err, unix.ENOSPC) || !strings.Contains(err.Error(), directID) || !strings.Contains(err.Error(), p.path) {
@@ -279,7 +303,9 @@ func swap[T any](v *T, x T) (restore func()) {
 // A slow transfer reaches the disk within about dioLag, aligned, though its
 // buffer is far from full: what a killed run resumes from follows the
 // network.
-func TestDirectSlowTransferReachesDisk(t *testing.T) {
+func TestDirectSlowTransferReachesDisk(t *testing.T) { bothPaths(t, testSlowTransferReachesDisk) }
+
+func testSlowTransferReachesDisk(t *testing.T) {
 	s, data, sum := directImage(t, 1<<20)
 	p, err := s.Begin(context.Background(), directID, int64(len(data)), sum)
 	if err != nil {
@@ -299,7 +325,7 @@ func TestDirectSlowTransferReachesDisk(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if fi.Size() == 16384 || p.q == nil && fi.Size() == 20000 {
+		if fi.Size() == 16384 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -317,7 +343,9 @@ func TestDirectSlowTransferReachesDisk(t *testing.T) {
 // Partials written at once share the store's buffers: two concurrent
 // transfers hold no more than the bank plus their own, each still gets its
 // image right, and a later partial starts on the bank's idle buffers.
-func TestPartialsShareTheBank(t *testing.T) {
+func TestPartialsShareTheBank(t *testing.T) { bothPaths(t, testPartialsShareTheBank) }
+
+func testPartialsShareTheBank(t *testing.T) {
 	s, data, sum := directImage(t, 9<<20+5)
 	other := make([]byte, 7<<20+3)
 	rand.Read(other)
@@ -332,9 +360,8 @@ func TestPartialsShareTheBank(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p1.q == nil || p2.q == nil {
-		t.Skip("no O_DIRECT under TMPDIR: the bank is not used")
-	}
+	wantDirect(t, p1)
+	wantDirect(t, p2)
 	// A slow disk, so that both partials want every buffer they can get.
 	real := pwrite
 	defer swap(&pwrite, func(fd int, b []byte, off int64) (int, error) {
@@ -380,5 +407,64 @@ func TestPartialsShareTheBank(t *testing.T) {
 	p3.Close()
 	if now := s.bufs.made.Load(); now > dioBufs {
 		t.Fatalf("%d buffers alive after one partial alone, want at most %d", now, dioBufs)
+	}
+}
+
+// The write side of a fetch as the SFTP read path drives it (one ReadFrom
+// per 261120-byte reply, SSH-packet-sized reads), Commit's fsync included,
+// through O_DIRECT and through the page cache (a filesystem that refuses
+// O_DIRECT). BENCH_STORE_DIR puts the datadir elsewhere than TMPDIR (a
+// tmpfs, say).
+//
+//	go test ./internal/store -run '^$' -bench PartialReadFrom -benchtime 5x
+func BenchmarkPartialReadFrom(b *testing.B) {
+	data := make([]byte, 256<<20)
+	rand.Read(data)
+	h := md5.Sum(data)
+	sum := hex.EncodeToString(h[:])
+	for _, direct := range []bool{true, false} {
+		name := "direct"
+		if !direct {
+			name = "buffered"
+		}
+		b.Run(name, func(b *testing.B) {
+			if !direct {
+				defer swap(&openDirect, func(*os.File, string) (*os.File, error) { return nil, unix.EINVAL })()
+			}
+			dir := b.TempDir()
+			if d := os.Getenv("BENCH_STORE_DIR"); d != "" {
+				var err error
+				if dir, err = os.MkdirTemp(d, "bench-"); err != nil {
+					b.Fatal(err)
+				}
+				defer os.RemoveAll(dir)
+			}
+			s, err := Open(dir, 0, "")
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(data)))
+			for i := 0; i < b.N; i++ {
+				p, err := s.Begin(context.Background(), directID, int64(len(data)), sum)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if (p.q.dfd != nil) != direct {
+					b.Skipf("O_DIRECT under %s: %v, wanted %v", dir, p.q.dfd != nil, direct)
+				}
+				for off := 0; off < len(data); off += 261120 {
+					if _, err := p.ReadFrom(&packets{data[off:min(off+261120, len(data))]}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := p.Commit(); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				os.Remove(filepath.Join(dir, directID))
+				unlinkAt(s.verified, directID)
+				b.StartTimer()
+			}
+		})
 	}
 }

@@ -7,6 +7,12 @@
 // Glance's permissions and owner, and only then renamed to <datadir>/<id>. A
 // partial file survives an interrupted run and is resumed by the next one.
 //
+// A partial is written by a pipeline (direct.go): the caller fills large
+// buffers, a goroutine hashes them, another writes them, with O_DIRECT where
+// the filesystem has it and through the page cache where it does not (the
+// build tag nodirect forces the latter, for benchmarks). Local files are
+// hashed with the next chunk read while the last is hashed (hashFrom).
+//
 // Beside the images it keeps a small state directory, <datadir>/.glance-image-sync,
 // holding a verification record per placed image (so a metadata-only update never
 // re-reads gigabytes), a tombstone per deleted image (Glance never reuses an image

@@ -320,7 +320,7 @@ func (s *Store) Check(ctx context.Context, id string, size int64, md5hex string)
 	}
 	defer f.Close()
 	h := md5.New()
-	if _, err := io.Copy(h, ctxReader{ctx, f}); err != nil {
+	if _, err := hashFrom(ctx, h, f, nil); err != nil {
 		return Missing, fmt.Errorf("image %s: hashing %s: %w", id, f.Name(), err)
 	}
 	if hex.EncodeToString(h.Sum(nil)) != md5hex {
@@ -527,10 +527,8 @@ type Partial struct {
 	h      hashState
 	mh     *multihash // nil unless BeginMultihash was given one
 	n      int64
-	q      *pipe  // nil: writes go through f and the page cache
-	buf    []byte // ReadFrom's buffer without q
-	queued int64  // bytes already handed to the kernel for writeback
-	done   bool   // committed or discarded: nothing of it is left to resume
+	q      *pipe // the write path (direct.go); nil when the partial is complete
+	done   bool  // committed or discarded: nothing of it is left to resume
 	closed bool
 }
 
@@ -587,7 +585,7 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 			return nil, fmt.Errorf("image %s: truncating partial: %w", id, err)
 		}
 	} else if fi.Size() > 0 {
-		n, err := io.Copy(p.h, ctxReader{ctx, io.LimitReader(f, fi.Size())})
+		n, err := hashFrom(ctx, p.h, io.LimitReader(f, fi.Size()), nil)
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("image %s: re-hashing partial %s: %w", id, path, err)
@@ -653,7 +651,9 @@ func (p *Partial) reserve() error {
 		}
 	}
 	var fsst unix.Statfs_t
-	if err := fstatfs(fd, &fsst); err == nil && need > 0 {
+	// A filesystem that reports no size at all (ramfs, some FUSE stores:
+	// f_blocks 0) has no free-space figure to hold the image against.
+	if err := fstatfs(fd, &fsst); err == nil && need > 0 && fsst.Blocks > 0 {
 		if free := int64(fsst.Bavail) * fsst.Bsize; need > free {
 			return fmt.Errorf("image %s: %s needs %d more bytes (%d of %d written), the filesystem has %d free: %w",
 				p.id, p.path, need, p.n, p.size, free, unix.ENOSPC)
@@ -670,55 +670,35 @@ func (p *Partial) reserve() error {
 // buffers on their way there that Close and Commit flush.
 func (p *Partial) Offset() int64 { return p.n }
 
-// Write appends to the partial file. Hashing happens here, on the write side, so
-// the reader feeding it (the pipelined SFTP read) is never wrapped. With
-// O_DIRECT available the bytes go through aligned buffers (direct.go), and a
-// failed write of one surfaces from a later Write or from Commit.
+// Write appends to the partial file. Hashing happens on the write side, so
+// the reader feeding it (the SFTP read) is never wrapped. The bytes go
+// through large buffers to a hasher and a writer (direct.go), and a failed
+// write of one surfaces from a later Write or from Commit.
 func (p *Partial) Write(b []byte) (int, error) {
 	if p.n+int64(len(b)) > p.size {
 		return 0, fmt.Errorf("image %s: source sent more than the announced %d bytes", p.id, p.size)
 	}
-	if p.q != nil {
-		return p.q.write(b)
+	if p.q == nil {
+		return 0, nil // complete at Begin: b is empty
 	}
-	n, err := p.f.Write(b)
-	p.h.Write(b[:n])
-	p.n += int64(n)
-	if err != nil {
-		return n, fmt.Errorf("image %s: writing %s: %w", p.id, p.path, err)
-	}
-	if p.n-p.queued >= writebackChunk {
-		// Start writing the last chunk to disk now. On a machine with much
-		// RAM the kernel would otherwise hold gigabytes dirty until Commit's
-		// fsync, which then stalls for seconds; started early, the disk works
-		// while the network does. SYNC_FILE_RANGE_WRITE only queues the I/O.
-		unix.SyncFileRange(int(p.f.Fd()), p.queued, p.n-p.queued, unix.SYNC_FILE_RANGE_WRITE)
-		p.queued = p.n
-	}
-	return n, nil
+	return p.q.write(b)
 }
 
 var _ io.ReaderFrom = (*Partial)(nil)
 
-// ReadFrom appends what r yields until EOF, like Write. With O_DIRECT the
-// bytes are read straight into the aligned buffers and hashed there, one copy
-// fewer than Write; the SFTP read path hands each reply's data over this way.
+// ReadFrom appends what r yields until EOF, like Write, but r reads straight
+// into the write buffers: one copy fewer. The SFTP read path hands each
+// reply's data over this way.
 func (p *Partial) ReadFrom(r io.Reader) (int64, error) {
-	if p.q != nil {
-		return p.q.readFrom(r)
+	if p.q == nil {
+		// Complete at Begin: anything r yields is too much.
+		return io.Copy(writerOnly{p}, r)
 	}
-	if p.buf == nil {
-		p.buf = make([]byte, 256<<10)
-	}
-	return io.CopyBuffer(writerOnly{p}, r, p.buf)
+	return p.q.readFrom(r)
 }
 
-// writerOnly hides Partial's ReadFrom from io.CopyBuffer, which would call it.
+// writerOnly hides Partial's ReadFrom from io.Copy, which would call it.
 type writerOnly struct{ io.Writer }
-
-// writebackChunk is how much written data may wait before its writeback is
-// started.
-const writebackChunk = 32 << 20
 
 // ErrMismatch marks a complete copy that does not match the announced image.
 var ErrMismatch = errors.New("copy does not match the image")
