@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -105,6 +107,7 @@ func TestRealGlanceStores(t *testing.T) {
 	runAll("uploads, no Images API")
 	serves("uploads", imgA, dataA)
 	serves("uploads", imgB, dataB)
+	storeMatrix(t, c, c.Nodes[2], map[string]bool{"fast/" + imgA.ID: true, "slow/" + imgB.ID: true})
 
 	// With the Images API, copy-image to slow through node3.
 	for i, n := range c.Nodes {
@@ -114,6 +117,7 @@ func TestRealGlanceStores(t *testing.T) {
 	waitStores(t, ctx, g3, imgA.ID, "fast,slow")
 	runAll("copy-image")
 	serves("copy-image", imgA, dataA)
+	storeMatrix(t, c, c.Nodes[0], map[string]bool{"fast/" + imgA.ID: true, "slow/" + imgA.ID: true, "slow/" + imgB.ID: true})
 
 	// DELETE /v2/stores/slow/{id} through node2: Glance removes node2's file;
 	// the sync removes the other nodes' slow copies, fast's stay.
@@ -153,5 +157,41 @@ func waitStores(t *testing.T, ctx context.Context, g *harness.GlanceAPI, id, sto
 			t.Fatalf("image %s: stores %q after a minute, want %q (copy-image did not finish)\n%s", id, img.Stores, stores, g.LogTail(30))
 		}
 		time.Sleep(200 * time.Millisecond) // polling Glance's own state, not an assertion
+	}
+}
+
+// storeMatrix checks status --peers on n: a row per store and image, each
+// present on every node, and exactly the rows want.
+func storeMatrix(t *testing.T, c *harness.Cluster, n *harness.Node, want map[string]bool) {
+	t.Helper()
+	out, stderr, code := c.Run(testCtx(t), n, "status", "--json", "--peers")
+	if code != 0 {
+		t.Fatalf("status --peers on %s: exit %d\n%s\n%s", n.Name, code, out, stderr)
+	}
+	var s struct {
+		Peers struct {
+			Images []struct {
+				Store string            `json:"store"`
+				ID    string            `json:"id"`
+				State map[string]string `json:"state"`
+			} `json:"images"`
+			Converged bool `json:"converged"`
+		} `json:"peers"`
+		Stores []struct {
+			Name string `json:"name"`
+		} `json:"stores"`
+	}
+	must(t, json.Unmarshal([]byte(out), &s))
+	got := map[string]bool{}
+	for _, row := range s.Peers.Images {
+		got[row.Store+"/"+row.ID] = true
+		for node, st := range row.State {
+			if st != "present" {
+				t.Errorf("status on %s: %s/%s on %s: %s", n.Name, row.Store, row.ID, node, st)
+			}
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) || !s.Peers.Converged || len(s.Stores) != 2 {
+		t.Errorf("status --peers on %s: rows %v converged %v, %d stores; want rows %v, converged, 2 stores\n%s", n.Name, got, s.Peers.Converged, len(s.Stores), want, out)
 	}
 }
