@@ -20,8 +20,9 @@ import (
 // enabled_backends = fast:file, slow:file, each store a folder under every
 // node's own datadir. An image uploaded into either store through any node
 // reaches every node in that store's folder, found without the Images API
-// by looking in each store's folder on the peers; with the Images API
-// (glance_url), copy-image adds the store on every node, DELETE
+// by looking in each store's folder on the peers, and so is the store a
+// copy-image added; with the Images API (glance_url), copy-image adds the
+// store on every node, DELETE
 // /v2/stores/slow/{id} takes slow's copy from every node and leaves fast's,
 // and a whole-image DELETE empties every store.
 func TestRealGlanceStores(t *testing.T) {
@@ -109,6 +110,13 @@ func TestRealGlanceStores(t *testing.T) {
 	serves("uploads", imgB, dataB)
 	storeMatrix(t, c, c.Nodes[2], map[string]bool{"fast/" + imgA.ID: true, "slow/" + imgB.ID: true})
 
+	// copy-image without the Images API: the new store is found in its
+	// folder on the node that copied.
+	must(t, g1.CopyImage(ctx, imgB.ID, "fast"))
+	waitStores(t, ctx, g1, imgB.ID, "slow,fast")
+	runAll("copy-image, no Images API")
+	serves("copy-image, no Images API", imgB, dataB)
+
 	// With the Images API, copy-image to slow through node3.
 	for i, n := range c.Nodes {
 		must(t, c.WriteConfig(n, map[string]string{"glance_url": apis[i].URL}))
@@ -117,7 +125,7 @@ func TestRealGlanceStores(t *testing.T) {
 	waitStores(t, ctx, g3, imgA.ID, "fast,slow")
 	runAll("copy-image")
 	serves("copy-image", imgA, dataA)
-	storeMatrix(t, c, c.Nodes[0], map[string]bool{"fast/" + imgA.ID: true, "slow/" + imgA.ID: true, "slow/" + imgB.ID: true})
+	storeMatrix(t, c, c.Nodes[0], map[string]bool{"fast/" + imgA.ID: true, "slow/" + imgA.ID: true, "fast/" + imgB.ID: true, "slow/" + imgB.ID: true})
 
 	// DELETE /v2/stores/slow/{id} through node2: Glance removes node2's file;
 	// the sync removes the other nodes' slow copies, fast's stay.
@@ -125,7 +133,8 @@ func TestRealGlanceStores(t *testing.T) {
 	runAll("delete from slow")
 	serves("delete from slow", imgA, dataA)
 
-	// A whole-image DELETE empties every store on every node.
+	// A whole-image DELETE of an image in both stores empties both on
+	// every node.
 	must(t, g1.Delete(ctx, imgB.ID))
 	runAll("whole delete")
 	for _, n := range c.Nodes {
