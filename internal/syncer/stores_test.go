@@ -6,6 +6,8 @@ import (
 	"crypto/md5"
 	"crypto/sha512"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -246,5 +248,28 @@ func TestCollidingMD5RefusedBySHA512(t *testing.T) {
 		if !withAPI && !placed {
 			t.Error("without the Images API the MD5 alone decides; the double should pass it")
 		}
+	}
+}
+
+// With the Images API configured, a fetch never goes ahead unchecked: an
+// API that cannot be asked re-queues the message; one that does not know the
+// image (404) leaves the MD5 and the folders on the peers to decide.
+func TestImagesAPIUnreachableOrUnknown(t *testing.T) {
+	w, data := image(t, 8<<10)
+	peers := map[node.Name]map[string][]byte{}
+	api := &fakeImages{err: errors.New("glance: 503")}
+	s, _, slow := storesSyncer(t, peers, api)
+	peers["node1"] = map[string][]byte{pathIn(slow): data}
+	j, a := fetchJob(w.Size, w.MD5, nil)
+	j.ev.Publisher, j.ev.PublisherID = "node1", "image.node1"
+	if requeued := s.fetch(context.Background(), s.log, j); !requeued || a.acks != 1 || !absent(slow) {
+		t.Fatalf("API down: requeued %v acks %d placed %v; want re-queued, nothing placed", requeued, a.acks, !absent(slow))
+	}
+	api.err = fmt.Errorf("image %s: %w", testID, glanceapi.ErrNotFound)
+	j, a = fetchJob(w.Size, w.MD5, nil)
+	j.ev.Publisher, j.ev.PublisherID = "node1", "image.node1"
+	s.fetch(context.Background(), s.log, j)
+	if a.acks != 1 || !verified(t, slow, w) {
+		t.Errorf("API 404: acks %d, slow verified %v; want it found in slow on the publisher", a.acks, verified(t, slow, w))
 	}
 }
