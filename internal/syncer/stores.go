@@ -47,6 +47,10 @@ type placement struct {
 	into  []namedStore    // the stores the image belongs in
 	evict []namedStore    // stores Glance no longer has it in (their copy goes, if any)
 	mh    store.Multihash // checked on every fetch when the Images API gives it
+	// askHash: the Images API is still to be asked for the multihash, once
+	// bytes are to move (one store: nothing else needs it, and an image
+	// already here costs no request).
+	askHash bool
 }
 
 // place finds the stores image img belongs in. Notifications never carry a
@@ -58,6 +62,9 @@ type placement struct {
 // /v2/stores/{store}/{id}) is one to evict this node's copy from.
 func (s *Syncer) place(ctx context.Context, log *slog.Logger, img *notification.Image, order []node.Name) (placement, error) {
 	var p placement
+	if len(s.stores) == 1 {
+		return placement{into: s.stores, askHash: s.cfg.Images != nil}, nil
+	}
 	if s.cfg.Images != nil {
 		rec, err := s.cfg.Images.Get(ctx, img.ID)
 		switch {
@@ -69,7 +76,7 @@ func (s *Syncer) place(ctx context.Context, log *slog.Logger, img *notification.
 			return p, fmt.Errorf("asking the Images API where the image is: %w", err) // names the image
 		default:
 			p.mh = multihashOf(log, rec)
-			if len(s.stores) == 1 || len(rec.Stores) == 0 {
+			if len(rec.Stores) == 0 {
 				break
 			}
 			for _, ns := range s.stores {
@@ -82,13 +89,24 @@ func (s *Syncer) place(ctx context.Context, log *slog.Logger, img *notification.
 			return p, nil
 		}
 	}
-	if len(s.stores) == 1 {
-		p.into = s.stores
-		return p, nil
-	}
 	into, err := s.look(ctx, img, order)
 	p.into = into
 	return p, err
+}
+
+// multihash asks the Images API for image img's multihash; a 404 leaves the
+// MD5 alone to check (the image is not visible to these credentials, or was
+// deleted since, and a delete event follows).
+func (s *Syncer) multihash(ctx context.Context, log *slog.Logger, img *notification.Image) (store.Multihash, error) {
+	rec, err := s.cfg.Images.Get(ctx, img.ID)
+	switch {
+	case errors.Is(err, glanceapi.ErrNotFound):
+		log.Warn("the Images API does not know the image: md5 only")
+		return store.Multihash{}, nil
+	case err != nil:
+		return store.Multihash{}, fmt.Errorf("asking the Images API for the image's multihash: %w", err)
+	}
+	return multihashOf(log, rec), nil
 }
 
 // multihashOf is rec's multihash when the store can check it.

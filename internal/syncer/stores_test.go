@@ -273,3 +273,36 @@ func TestImagesAPIUnreachableOrUnknown(t *testing.T) {
 		t.Errorf("API 404: acks %d, slow verified %v; want it found in slow on the publisher", a.acks, verified(t, slow, w))
 	}
 }
+
+// With one store the Images API is asked for the multihash only when bytes
+// are to move: an image already here and verified costs no request, and an
+// API that cannot be asked then re-queues the fetch rather than skip the
+// check.
+func TestOneStoreAsksForTheHashOnlyToFetch(t *testing.T) {
+	w, data := image(t, 8<<10)
+	peers := map[node.Name]map[string][]byte{}
+	api := &fakeImages{err: errors.New("glance: 503")}
+	s, fast, _ := storesSyncer(t, peers, api)
+	s.stores = s.stores[:1]
+	peers["node1"] = map[string][]byte{pathIn(fast): data}
+	j, a := fetchJob(w.Size, w.MD5, nil)
+	j.ev.Publisher, j.ev.PublisherID = "node1", "image.node1"
+	if requeued := s.fetch(context.Background(), s.log, j); !requeued || a.acks != 1 || !absent(fast) {
+		t.Fatalf("API down: requeued %v acks %d placed %v; want re-queued, nothing placed", requeued, a.acks, !absent(fast))
+	}
+	api.err = nil
+	api.rec = glanceapi.Image{ID: testID, Status: "active", Size: w.Size, Checksum: w.MD5}
+	j, a = fetchJob(w.Size, w.MD5, nil)
+	j.ev.Publisher, j.ev.PublisherID = "node1", "image.node1"
+	s.fetch(context.Background(), s.log, j)
+	if a.acks != 1 || !verified(t, fast, w) {
+		t.Fatalf("fetch: acks %d verified %v", a.acks, verified(t, fast, w))
+	}
+	asked := api.asked
+	j, a = fetchJob(w.Size, w.MD5, nil)
+	j.ev.Publisher, j.ev.PublisherID = "node1", "image.node1"
+	s.fetch(context.Background(), s.log, j)
+	if a.acks != 1 || api.asked != asked {
+		t.Errorf("an image here and verified: acks %d, the API asked %d more times; want none", a.acks, api.asked-asked)
+	}
+}

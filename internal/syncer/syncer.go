@@ -400,7 +400,7 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job) bool {
 		if len(s.stores) > 1 {
 			lg = log.With("store", ns.String())
 		}
-		did, err := s.fetchInto(ctx, lg, j, ns.st, order, fromSelf, p.mh)
+		did, err := s.fetchInto(ctx, lg, j, ns.st, order, fromSelf, &p)
 		if err != nil {
 			return s.settle(ctx, lg, j, err)
 		}
@@ -419,7 +419,7 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job) bool {
 
 // fetchInto makes sure the image is in store st, and says whether it moved
 // bytes (in a dry run, would have); it logs why not.
-func (s *Syncer) fetchInto(ctx context.Context, log *slog.Logger, j job, st imageStore, order []node.Name, fromSelf bool, mh store.Multihash) (bool, error) {
+func (s *Syncer) fetchInto(ctx context.Context, log *slog.Logger, j job, st imageStore, order []node.Name, fromSelf bool, p *placement) (bool, error) {
 	img := j.ev.Image
 	if dead, err := st.Deleted(img.ID); err != nil {
 		return false, err
@@ -449,10 +449,16 @@ func (s *Syncer) fetchInto(ctx context.Context, log *slog.Logger, j job, st imag
 		return false, nil
 	}
 	if s.cfg.DryRun {
-		log.Info("would fetch", "size", img.Size, "sources", order, "multihash", mh.Algo)
+		log.Info("would fetch", "size", img.Size, "sources", order)
 		return true, nil
 	}
-	t, err := targetIn(st, Want{ID: img.ID, Size: img.Size, MD5: img.Checksum, Multihash: mh})
+	if p.askHash {
+		if p.mh, err = s.multihash(ctx, log, img); err != nil {
+			return false, err
+		}
+		p.askHash = false
+	}
+	t, err := targetIn(st, Want{ID: img.ID, Size: img.Size, MD5: img.Checksum, Multihash: p.mh})
 	if err != nil {
 		return false, err
 	}
