@@ -145,8 +145,11 @@ func (s *Syncer) look(ctx context.Context, img *notification.Image, order []node
 	for i, ns := range s.stores {
 		names[i] = ns.String()
 	}
-	return nil, fmt.Errorf("image %s: in none of the stores' folders (%s) here or on %v: %w",
-		img.ID, strings.Join(names, ", "), order, errors.Join(errs...))
+	err := fmt.Errorf("image %s: in none of the stores' folders (%s) here or on %v", img.ID, strings.Join(names, ", "), order)
+	if why := errors.Join(errs...); why != nil {
+		err = fmt.Errorf("%w: %w", err, why)
+	}
+	return nil, err
 }
 
 // holds says whether ns's folder holds img at its size here or on a node of
