@@ -188,10 +188,16 @@ func (c *checker) checkQueues(cfg *config.Config, conn *broker.Conn) {
 	}
 }
 
-// checkDatadir: the directory exists, its owner (whom placed files are
-// given) can write it, this process can create files in it, and there is room.
+// checkDatadir checks the folder of every file store.
 func (c *checker) checkDatadir(cfg *config.Config) {
-	dir := cfg.Datadir
+	for _, sc := range stores(cfg) {
+		c.checkStoreDir(cfg, sc.Datadir)
+	}
+}
+
+// checkStoreDir: the directory exists, its owner (whom placed files are
+// given) can write it, this process can create files in it, and there is room.
+func (c *checker) checkStoreDir(cfg *config.Config, dir string) {
 	fi, err := os.Stat(dir)
 	if err != nil {
 		c.fail("datadir", "%s (filesystem_store_datadir in %s): %v", dir, cfg.GlanceFile, err)
@@ -260,22 +266,29 @@ func (c *checker) checkPeers(ctx context.Context, cfg *config.Config) {
 		} else {
 			c.pass("ssh", "%s@%s:%d: logged in, host key matches %s", cfg.User, n.Address, n.Port, cfg.KnownHosts)
 		}
-		fi, err := cl.Lstat(ctx, cfg.Datadir)
-		switch {
-		case errors.Is(err, transfer.ErrNotFound):
-			c.fail("peer datadir", "%s has no %s: every node must use the same filesystem_store_datadir, since images are read from that path on the peer", n.Short, cfg.Datadir)
-		case err != nil:
-			c.fail("peer datadir", "%v", err)
-		case !fi.IsDir():
-			c.fail("peer datadir", "%s: %s is not a directory", n.Short, cfg.Datadir)
-		default:
-			if _, err := cl.ReadDir(ctx, cfg.Datadir); err != nil {
-				c.fail("peer datadir", "%s: %s is not readable by %s: %v", n.Short, cfg.Datadir, cfg.User, err)
-			} else {
-				c.pass("peer datadir", "%s: %s is there and readable by %s", n.Short, cfg.Datadir, cfg.User)
-			}
+		for _, sc := range stores(cfg) {
+			c.checkPeerDir(ctx, cfg, cl, n.Short, sc.Datadir)
 		}
 		cl.Close()
+	}
+}
+
+// checkPeerDir looks for a store's folder at the same path on a peer.
+func (c *checker) checkPeerDir(ctx context.Context, cfg *config.Config, cl *transfer.Client, peer, dir string) {
+	fi, err := cl.Lstat(ctx, dir)
+	switch {
+	case errors.Is(err, transfer.ErrNotFound):
+		c.fail("peer datadir", "%s has no %s: every node must use the same filesystem_store_datadir for each store, since images are read from that path on the peer", peer, dir)
+	case err != nil:
+		c.fail("peer datadir", "%v", err)
+	case !fi.IsDir():
+		c.fail("peer datadir", "%s: %s is not a directory", peer, dir)
+	default:
+		if _, err := cl.ReadDir(ctx, dir); err != nil {
+			c.fail("peer datadir", "%s: %s is not readable by %s: %v", peer, dir, cfg.User, err)
+		} else {
+			c.pass("peer datadir", "%s: %s is there and readable by %s", peer, dir, cfg.User)
+		}
 	}
 }
 

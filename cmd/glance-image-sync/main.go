@@ -372,14 +372,16 @@ func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
 
 func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 	start := time.Now()
-	st, err := store.Open(r.cfg.Datadir, r.cfg.FilePerm, r.cfg.TrashDir)
+	sts, closeAll, err := openStores(r.cfg)
 	if err != nil {
 		r.log.Error("sync-images failed", "err", err)
 		return exitFailed
 	}
-	defer st.Close()
+	defer closeAll()
 	if !r.dryRun {
-		r.purgeTrash(st, start)
+		for _, st := range sts {
+			r.purgeTrash(st.Store, start)
+		}
 	}
 	api, key, err := configuredGlance(ctx, r.cfg)
 	if err != nil {
@@ -400,7 +402,10 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 	cfg.Strategy = r.cfg.SourceStrategy // source_strategy
 	cfg.StallTimeout = r.cfg.StallTimeout
 	cfg.Glance = glance
-	s := syncer.New(cfg, conn, st, r.log)
+	if api != nil {
+		cfg.Images = api
+	}
+	s := syncer.New(cfg, conn, sts, r.log)
 	res, err := s.Run(ctx)
 	r.syncRes = res
 	r.summary(len(res.Events) == 0 && err == nil, "sync-images done", "fetched", res.Fetched, "deleted", res.Deleted, "skipped", res.Skipped,

@@ -39,11 +39,17 @@ func (r *runner) runMetrics(conn *broker.Conn, cmd string, code int, start time.
 	for c, n := range r.syncRes.Failures {
 		run.Failures[c] += n
 	}
-	if st, err := store.OpenReadOnly(r.cfg.Datadir, r.cfg.TrashDir); err == nil {
-		if files, bytes, err := st.TrashUsage(); err == nil {
-			run.Trash = &metrics.Trash{Files: files, Bytes: bytes}
+	for _, sc := range stores(r.cfg) { // the trash of every store, summed
+		if st, err := store.OpenReadOnly(sc.Datadir, trashDir(r.cfg, sc)); err == nil {
+			if files, bytes, err := st.TrashUsage(); err == nil {
+				if run.Trash == nil {
+					run.Trash = &metrics.Trash{}
+				}
+				run.Trash.Files += files
+				run.Trash.Bytes += bytes
+			}
+			st.Close()
 		}
-		st.Close()
 	}
 	if conn != nil {
 		self := selfName(r.cfg)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"slices"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
 	"github.com/glance-image-sync/glance-image-sync/internal/glanceapi"
@@ -26,24 +27,68 @@ func (o *reconcileOptions) declare(fs *flag.FlagSet) {
 	fs.BoolVar(&o.dryRun, "dry-run", false, "report what would be fetched, pruned or verified; change nothing")
 }
 
-// withGlance runs work with what reconcile and verify both work with: the
-// datadir, the Images API and the fetcher, closed after it. It returns
-// work's exit code, or its own when one cannot be had.
-func withGlance(e *env, name string, o reconcileOptions, work func(*store.Store, *glanceapi.Client, *syncer.Fetcher) int) int {
-	st, err := store.Open(e.cfg.Datadir, e.cfg.FilePerm, e.cfg.TrashDir)
-	if err != nil {
-		e.log.Error(name+" failed", "err", err)
-		return exitFailed
-	}
-	defer st.Close()
+// withGlance runs work with what reconcile and verify both work with: a
+// store, the Images API and the fetcher, closed after it, once per file
+// store. It returns the worst of work's exit codes, or its own when one
+// cannot be had.
+func withGlance(e *env, name string, o reconcileOptions, work func(label string, st *store.Store, api storeAPI, f *syncer.Fetcher) int) int {
 	api, code := glanceFor(e, name, o.endpoint)
 	if code != exitOK {
 		return code
 	}
 	e.log.Debug("glance", "endpoint", api.Base)
-	f := syncer.NewFetcher(fetchConfig(e.cfg, e.progress()), st, e.log)
-	defer f.Close()
-	return work(st, api, f)
+	all := stores(e.cfg)
+	code = exitOK
+	for _, sc := range all {
+		label, view := "", storeAPI{Client: api}
+		if len(all) > 1 {
+			label, view.store = " ["+sc.Name+"]", sc.Name
+		}
+		code = worse(code, withStore(e, name, sc, func(st *store.Store) int {
+			f := syncer.NewFetcher(fetchConfig(e.cfg, e.progress()), st, e.log.With("store", sc.Name))
+			defer f.Close()
+			return work(label, st, view, f)
+		}))
+	}
+	return code
+}
+
+// withStore opens one store for work.
+func withStore(e *env, name string, sc config.Store, work func(*store.Store) int) int {
+	st, err := store.Open(sc.Datadir, sc.FilePerm, trashDir(e.cfg, sc))
+	if err != nil {
+		e.log.Error(name+" failed", "err", storeErr(sc, err))
+		return exitFailed
+	}
+	defer st.Close()
+	return work(st)
+}
+
+// storeAPI is the Images API as one of several file stores sees it: the
+// listing holds only the images Glance has in that store, so the images
+// missing from it are fetched into it. Get is the image's own record
+// whatever its stores: a file of an image Glance still has, but no longer in
+// this store, is then no confirmed orphan and is never pruned here (pruning
+// would leave a tombstone that refuses a later copy-image); sync-images
+// removes such a copy on the image.update Glance sends.
+type storeAPI struct {
+	*glanceapi.Client
+	store string // "" = the only store: the listing as it is
+}
+
+func (a storeAPI) List(ctx context.Context) ([]glanceapi.Image, error) {
+	list, err := a.Client.List(ctx)
+	if err != nil || a.store == "" {
+		return list, err
+	}
+	out := list[:0:0]
+	for _, img := range list {
+		// An image without data has no store yet; reconcile counts it as such.
+		if len(img.Stores) == 0 || slices.Contains(img.Stores, a.store) {
+			out = append(out, img)
+		}
+	}
+	return out, nil
 }
 
 // glanceFor is the Images API to ask: --endpoint, else the configured one,
@@ -75,12 +120,12 @@ func glanceFor(e *env, name, endpoint string) (*glanceapi.Client, int) {
 // run could not work; 3 some repairs failed and a later run may succeed;
 // 4 corrupt files were found without --repair.
 func runVerify(e *env, o reconcileOptions) int {
-	return withGlance(e, "verify", o, func(st *store.Store, api *glanceapi.Client, f *syncer.Fetcher) int {
+	return withGlance(e, "verify", o, func(label string, st *store.Store, api storeAPI, f *syncer.Fetcher) int {
 		sum, err := reconcile.Verify(e.ctx, api, st, f, reconcile.VerifyOptions{
 			Repair: o.repair, DryRun: e.dryRun || o.dryRun, Rate: e.cfg.VerifyRate, Days: e.cfg.VerifyDays,
 		}, e.log)
-		fmt.Fprintf(e.stdout, "verify: files=%d checked=%d ok=%d recent=%d mismatch=%d repaired=%d not_active_in_glance=%d failed=%d bytes=%d\n",
-			sum.Files, sum.Checked, sum.OK, sum.Recent, sum.Mismatch, sum.Repaired, sum.NotImage, sum.Failed, sum.Bytes)
+		fmt.Fprintf(e.stdout, "verify%s: files=%d checked=%d ok=%d recent=%d mismatch=%d repaired=%d not_active_in_glance=%d failed=%d bytes=%d\n",
+			label, sum.Files, sum.Checked, sum.OK, sum.Recent, sum.Mismatch, sum.Repaired, sum.NotImage, sum.Failed, sum.Bytes)
 		e.log.Info("verify done", "files", sum.Files, "checked", sum.Checked, "ok", sum.OK, "recent", sum.Recent,
 			"mismatch", sum.Mismatch, "repaired", sum.Repaired, "failed", sum.Failed, "bytes", sum.Bytes)
 		if code, ended := endedBy(e.log, err, "stopped before every file was verified; the next run goes on from the oldest", "verify failed"); ended {
@@ -105,7 +150,7 @@ func runReconcile(e *env, o reconcileOptions) int {
 		fmt.Fprintln(e.stderr, "glance-image-sync reconcile: --force only makes sense with --prune")
 		return exitUsage
 	}
-	return withGlance(e, "reconcile", o, func(st *store.Store, api *glanceapi.Client, f *syncer.Fetcher) int {
+	return withGlance(e, "reconcile", o, func(label string, st *store.Store, api storeAPI, f *syncer.Fetcher) int {
 		sum, err := reconcile.Run(e.ctx, api, st, f, reconcile.Options{
 			Prune:     o.prune,
 			DryRun:    e.dryRun || o.dryRun,
@@ -113,10 +158,10 @@ func runReconcile(e *env, o reconcileOptions) int {
 			TrashDays: e.cfg.TrashDays,
 			Transfers: e.cfg.Transfers,
 		}, e.log)
-		fmt.Fprintf(e.stdout, "reconcile: images=%d present=%d fetched=%d orphaned=%d pruned=%d failed=%d tombstoned=%d young=%d kept_for_scrubber=%d bytes=%d\n",
-			sum.Images, sum.Present, sum.Fetched, sum.Orphaned, sum.Pruned, sum.Failed, sum.Tombstoned, sum.Young, sum.KeptForScrubber, sum.Bytes)
+		fmt.Fprintf(e.stdout, "reconcile%s: images=%d present=%d fetched=%d orphaned=%d pruned=%d failed=%d tombstoned=%d young=%d kept_for_scrubber=%d bytes=%d\n",
+			label, sum.Images, sum.Present, sum.Fetched, sum.Orphaned, sum.Pruned, sum.Failed, sum.Tombstoned, sum.Young, sum.KeptForScrubber, sum.Bytes)
 		if sum.PruneRefused != "" {
-			fmt.Fprintf(e.stdout, "reconcile: prune refused: %s\n", sum.PruneRefused)
+			fmt.Fprintf(e.stdout, "reconcile%s: prune refused: %s\n", label, sum.PruneRefused)
 		}
 		e.log.Info("reconcile done", "images", sum.Images, "present", sum.Present, "fetched", sum.Fetched, "orphaned", sum.Orphaned,
 			"pruned", sum.Pruned, "failed", sum.Failed, "tombstoned", sum.Tombstoned, "kept_for_scrubber", sum.KeptForScrubber, "trash_emptied", sum.Purged, "bytes", sum.Bytes)

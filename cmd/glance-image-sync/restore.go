@@ -22,24 +22,33 @@ func restoreArgs(args []string) error {
 	return nil
 }
 
-// runRestore brings image id back from the trash.
+// runRestore brings image id back from the trash, of the first store (in
+// enabled_backends order, Glance's default first) whose trash holds it.
 func runRestore(ctx context.Context, id string, cfg *config.Config, log *slog.Logger, stdout io.Writer) int {
-	st, err := store.Open(cfg.Datadir, cfg.FilePerm, cfg.TrashDir)
+	var errs []error
+	for _, sc := range stores(cfg) {
+		path, err := restoreIn(ctx, id, cfg, sc)
+		if err == nil {
+			log.Info("restored", "image", id, "path", path)
+			fmt.Fprintf(stdout, "restored %s to %s\n", id, path)
+			return exitOK
+		}
+		errs = append(errs, storeErr(sc, err))
+	}
+	err := errors.Join(errs...)
+	msg := "restore failed"
+	if errors.Is(err, store.ErrRestoreRefused) {
+		msg = "restore refused"
+	}
+	log.Error(msg, "image", id, "err", err)
+	return exitFailed
+}
+
+func restoreIn(ctx context.Context, id string, cfg *config.Config, sc config.Store) (string, error) {
+	st, err := store.Open(sc.Datadir, sc.FilePerm, trashDir(cfg, sc))
 	if err != nil {
-		log.Error("restore failed", "image", id, "err", err)
-		return exitFailed
+		return "", err
 	}
 	defer st.Close()
-	path, err := st.Restore(ctx, id)
-	if err != nil {
-		msg := "restore failed"
-		if errors.Is(err, store.ErrRestoreRefused) {
-			msg = "restore refused"
-		}
-		log.Error(msg, "image", id, "err", err)
-		return exitFailed
-	}
-	log.Info("restored", "image", id, "path", path)
-	fmt.Fprintf(stdout, "restored %s to %s\n", id, path)
-	return exitOK
+	return st.Restore(ctx, id)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -38,6 +39,21 @@ type statusReport struct {
 	TrashBytes int64           `json:"trash_bytes"`
 	Partials   []partialStatus `json:"partials"`
 	Peers      *peerMatrix     `json:"peers,omitempty"`
+	// Stores, with several file stores: each one's folder, images and trash.
+	// Images, ImagesBytes and the trash counts above are then over all of
+	// them (an image in two stores is counted once in Images, twice in bytes).
+	Stores []storeStatus `json:"stores,omitempty"`
+}
+
+type storeStatus struct {
+	Name        string           `json:"name"`
+	Datadir     string           `json:"datadir"`
+	Images      map[string]int64 `json:"images"`
+	ImagesBytes int64            `json:"images_bytes"`
+	TrashDir    string           `json:"trash_dir"`
+	TrashFiles  int              `json:"trash_files"`
+	TrashBytes  int64            `json:"trash_bytes"`
+	Error       string           `json:"error,omitempty"`
 }
 
 type queueStatus struct {
@@ -69,6 +85,7 @@ type peerMatrix struct {
 }
 
 type imageRow struct {
+	Store string            `json:"store,omitempty"` // with several file stores
 	ID    string            `json:"id"`
 	Size  int64             `json:"size"`  // the size most nodes have
 	State map[string]string `json:"state"` // node -> present | missing | size differs
@@ -114,33 +131,31 @@ func runStatus(o statusOptions, cfg *config.Config, stdout io.Writer, log *slog.
 		conn.Close()
 	}
 
-	local := map[string]int64{}
+	byStore := map[string]map[string]int64{}
 	partials := map[string]int64{}
-	if st, err := store.OpenReadOnly(cfg.Datadir, cfg.TrashDir); err != nil {
-		rep.DatadirErr = err.Error()
-		code = exitFailed
-	} else {
-		if local, err = st.Images(); err != nil {
-			rep.DatadirErr = err.Error()
+	all := stores(cfg)
+	for i, sc := range all {
+		ss := readStoreStatus(cfg, sc, partials)
+		byStore[sc.Name] = ss.Images
+		if ss.Error != "" {
+			rep.DatadirErr = storeErr(sc, errors.New(ss.Error)).Error()
 			code = exitFailed
 		}
-		if partials, err = st.Partials(); err != nil {
-			rep.DatadirErr = err.Error()
-			code = exitFailed
+		if i == 0 {
+			rep.TrashDir = ss.TrashDir
 		}
-		rep.TrashDir = st.TrashDir()
-		if rep.TrashFiles, rep.TrashBytes, err = st.TrashUsage(); err != nil {
-			rep.DatadirErr = err.Error()
-			code = exitFailed
+		for id, n := range ss.Images {
+			rep.Images[id] = n
 		}
-		st.Close()
-	}
-	rep.Images = local
-	for _, n := range local {
-		rep.ImagesBytes += n
+		rep.ImagesBytes += ss.ImagesBytes
+		rep.TrashFiles += ss.TrashFiles
+		rep.TrashBytes += ss.TrashBytes
+		if len(all) > 1 {
+			rep.Stores = append(rep.Stores, ss)
+		}
 	}
 	if *peers {
-		rep.Peers = peerStatus(ctx, cfg, local)
+		rep.Peers = peerStatus(ctx, cfg, byStore)
 	}
 	for id, n := range partials {
 		p := partialStatus{Image: id, Bytes: n}
@@ -167,10 +182,57 @@ func runStatus(o statusOptions, cfg *config.Config, stdout io.Writer, log *slog.
 	return code
 }
 
-// peerStatus lists every node's datadir: this one locally, the peers over SFTP.
-func peerStatus(ctx context.Context, cfg *config.Config, local map[string]int64) *peerMatrix {
+// readStoreStatus reads one store's images and trash, and adds its partials
+// to partials.
+func readStoreStatus(cfg *config.Config, sc config.Store, partials map[string]int64) storeStatus {
+	ss := storeStatus{Name: sc.Name, Datadir: sc.Datadir, Images: map[string]int64{}}
+	st, err := store.OpenReadOnly(sc.Datadir, trashDir(cfg, sc))
+	if err != nil {
+		ss.Error = err.Error()
+		return ss
+	}
+	defer st.Close()
+	var errs []error
+	if imgs, err := st.Images(); err != nil {
+		errs = append(errs, err)
+	} else {
+		ss.Images = imgs
+	}
+	for _, n := range ss.Images {
+		ss.ImagesBytes += n
+	}
+	if ps, err := st.Partials(); err != nil {
+		errs = append(errs, err)
+	} else {
+		for id, n := range ps {
+			partials[id] = max(partials[id], n)
+		}
+	}
+	ss.TrashDir = st.TrashDir()
+	if ss.TrashFiles, ss.TrashBytes, err = st.TrashUsage(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		ss.Error = err.Error()
+	}
+	return ss
+}
+
+// storeImage is one image in one store.
+type storeImage struct{ store, id string }
+
+// peerStatus lists every node's folder of every store: this one's locally
+// (local: store -> id -> size), the peers' over SFTP. A row is a store and
+// an image.
+func peerStatus(ctx context.Context, cfg *config.Config, localByStore map[string]map[string]int64) *peerMatrix {
 	m := &peerMatrix{Unreachable: map[string]string{}, OnlyOn: map[string]string{}}
-	have := map[string]map[string]int64{} // node, as api_nodes spells it -> id -> size
+	local := map[storeImage]int64{}
+	for name, imgs := range localByStore {
+		for id, n := range imgs {
+			local[storeImage{name, id}] = n
+		}
+	}
+	have := map[string]map[storeImage]int64{} // node, as api_nodes spells it -> store, id -> size
 	// status only looks: accept-new must not write known_hosts from here.
 	auth := sshAuth(cfg)
 	auth.ReadOnly = true
@@ -185,21 +247,15 @@ func peerStatus(ctx context.Context, cfg *config.Config, local map[string]int64)
 			m.Unreachable[n.Short] = err.Error()
 			continue
 		}
-		list, err := cl.ReadDir(ctx, cfg.Datadir)
+		files, err := listStores(ctx, cfg, cl)
 		cl.Close()
 		if err != nil {
 			m.Unreachable[n.Short] = err.Error()
 			continue
 		}
-		files := map[string]int64{}
-		for _, fi := range list {
-			if fi.Mode().IsRegular() && store.IsImageName(fi.Name()) {
-				files[fi.Name()] = fi.Size()
-			}
-		}
 		have[n.Short] = files
 	}
-	ids := map[string]bool{}
+	ids := map[storeImage]bool{}
 	for _, files := range have {
 		for id := range files {
 			ids[id] = true
@@ -207,7 +263,7 @@ func peerStatus(ctx context.Context, cfg *config.Config, local map[string]int64)
 	}
 	m.Converged = len(m.Unreachable) == 0
 	for id := range ids {
-		row := imageRow{ID: id, State: map[string]string{}, Sizes: map[string]int64{}}
+		row := imageRow{Store: id.store, ID: id.id, State: map[string]string{}, Sizes: map[string]int64{}}
 		votes := map[int64]int{}
 		for node, files := range have {
 			if sz, ok := files[id]; ok {
@@ -243,12 +299,38 @@ func peerStatus(ctx context.Context, cfg *config.Config, local map[string]int64)
 			}
 		}
 		if len(holders) == 1 && len(m.Nodes) > 1 {
-			m.OnlyOn[id] = holders[0]
+			m.OnlyOn[rowName(row)] = holders[0]
 		}
 		m.Images = append(m.Images, row)
 	}
-	sort.Slice(m.Images, func(i, j int) bool { return m.Images[i].ID < m.Images[j].ID })
+	sort.Slice(m.Images, func(i, j int) bool { return rowName(m.Images[i]) < rowName(m.Images[j]) })
 	return m
+}
+
+// rowName is a row's image, with its store when there are several:
+// "slow/<id>".
+func rowName(r imageRow) string {
+	if r.Store == "" {
+		return r.ID
+	}
+	return r.Store + "/" + r.ID
+}
+
+// listStores lists the image files of every store's folder on a peer.
+func listStores(ctx context.Context, cfg *config.Config, cl *transfer.Client) (map[storeImage]int64, error) {
+	files := map[storeImage]int64{}
+	for _, sc := range stores(cfg) {
+		list, err := cl.ReadDir(ctx, sc.Datadir)
+		if err != nil {
+			return nil, storeErr(sc, err)
+		}
+		for _, fi := range list {
+			if fi.Mode().IsRegular() && store.IsImageName(fi.Name()) {
+				files[storeImage{sc.Name, fi.Name()}] = fi.Size()
+			}
+		}
+	}
+	return files, nil
 }
 
 func printStatus(w io.Writer, rep *statusReport) {
@@ -283,6 +365,9 @@ func printStatus(w io.Writer, rep *statusReport) {
 		fmt.Fprintf(w, "This node holds %d images, %s\n", len(rep.Images), progress.Bytes(rep.ImagesBytes))
 		fmt.Fprintf(w, "Trash %s holds %d removed images, %s\n", rep.TrashDir, rep.TrashFiles, progress.Bytes(rep.TrashBytes))
 	}
+	for _, ss := range rep.Stores {
+		fmt.Fprintf(w, "  store %s (%s): %d images, %s; trash %d, %s\n", ss.Name, ss.Datadir, len(ss.Images), progress.Bytes(ss.ImagesBytes), ss.TrashFiles, progress.Bytes(ss.TrashBytes))
+	}
 	if len(rep.Partials) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "\nPARTIAL\tHAVE\tOF")
@@ -315,7 +400,7 @@ func printStatus(w io.Writer, rep *statusReport) {
 				cells[i] = fmt.Sprintf("size differs (%d)", row.Sizes[node])
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\n", row.ID, row.Size, strings.Join(cells, "\t"))
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", rowName(row), row.Size, strings.Join(cells, "\t"))
 	}
 	tw.Flush()
 	if len(m.OnlyOn) > 0 {

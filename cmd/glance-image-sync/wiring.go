@@ -1,11 +1,14 @@
 package main
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
 	"github.com/glance-image-sync/glance-image-sync/internal/node"
+	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
 )
@@ -64,4 +67,49 @@ func fetchConfig(cfg *config.Config, prog syncer.Progress) syncer.Config {
 		BWLimit:     cfg.BWLimit,
 		Progress:    prog,
 	}
+}
+
+// stores is every Glance file store this node syncs, Glance's default store
+// first: without any file store in enabled_backends, the one datadir.
+func stores(cfg *config.Config) []config.Store {
+	if len(cfg.Stores) > 0 {
+		return cfg.Stores
+	}
+	return []config.Store{{Datadir: cfg.Datadir, FilePerm: cfg.FilePerm}}
+}
+
+// trashDir is where store st's removed files go: trash_dir, with a folder
+// per store when there are several (each store its own trash), or "" for
+// the store's default inside its own folder.
+func trashDir(cfg *config.Config, st config.Store) string {
+	if cfg.TrashDir == "" || len(stores(cfg)) < 2 {
+		return cfg.TrashDir
+	}
+	return filepath.Join(cfg.TrashDir, st.Name)
+}
+
+// openStores opens every store for writing; closeAll closes those opened.
+func openStores(cfg *config.Config) (out []syncer.Store, closeAll func(), err error) {
+	closeAll = func() {
+		for _, s := range out {
+			s.Store.Close()
+		}
+	}
+	for _, st := range stores(cfg) {
+		s, err := store.Open(st.Datadir, st.FilePerm, trashDir(cfg, st))
+		if err != nil {
+			closeAll()
+			return nil, func() {}, storeErr(st, err)
+		}
+		out = append(out, syncer.Store{Name: st.Name, Store: s})
+	}
+	return out, closeAll, nil
+}
+
+// storeErr names the store of err, when there are several.
+func storeErr(st config.Store, err error) error {
+	if st.Name == "" {
+		return err
+	}
+	return fmt.Errorf("store %s: %w", st.Name, err)
 }

@@ -105,6 +105,11 @@ type GlanceOptions struct {
 	// PublisherID is default_publisher_id; empty means image.<Name>.
 	// "image.localhost" is oslo's default, which names no node.
 	PublisherID string
+	// Stores, if set, are file stores of Glance's multi-store API
+	// (enabled_backends = <a>:file, <b>:file, ...), the first the default
+	// backend, each in the folder <Datadir>/<store>; Glance's reserved
+	// staging and tasks stores go under Dir.
+	Stores []string
 }
 
 // glancePaste is the stock glance-api pipeline of openstack/glance:
@@ -182,10 +187,53 @@ topics = %s
 lock_path = %s
 `
 
+// multiStoreConf turns conf into a multi-store configuration: every store a
+// file backend with its own folder under datadir, and the reserved stores
+// the interoperable import (copy-image) stages through (openstack/glance:
+// doc/source/admin/multistores.rst; glance_store multi_backend.py
+// register_store_opts).
+func multiStoreConf(conf, datadir, staging, tasks string, stores []string) string {
+	var backends []string
+	for _, st := range stores {
+		backends = append(backends, st+":file")
+	}
+	// The single-store [glance_store] options are replaced, not kept: with
+	// enabled_backends Glance reads default_backend there and the rest
+	// from each backend's own section.
+	i := strings.Index(conf, "[glance_store]")
+	j := i + strings.Index(conf[i:], "\n\n")
+	conf = conf[:i] + "[glance_store]\ndefault_backend = " + stores[0] + conf[j:]
+	conf = strings.Replace(conf, "[DEFAULT]\n", "[DEFAULT]\nenabled_backends = "+strings.Join(backends, ", ")+"\n", 1)
+	var b strings.Builder
+	b.WriteString(conf)
+	for _, st := range stores {
+		fmt.Fprintf(&b, "\n[%s]\nfilesystem_store_datadir = %s\n", st, filepath.Join(datadir, st))
+	}
+	fmt.Fprintf(&b, "\n[os_glance_staging_store]\nfilesystem_store_datadir = %s\n", staging)
+	fmt.Fprintf(&b, "\n[os_glance_tasks_store]\nfilesystem_store_datadir = %s\n", tasks)
+	return b.String()
+}
+
+// projectContextPy is the unauthenticated context with a project and the
+// admin role: still no Keystone, every request an admin.
+const projectContextPy = `from glance.api.middleware import context
+import glance.context
+
+
+class ProjectContext(context.BaseContextMiddleware):
+    def process_request(self, req):
+        req.context = glance.context.RequestContext(
+            user_id='harness', project_id='harness', roles=['admin'],
+            is_admin=True)
+`
+
 // GlanceFiles are the paths WriteGlanceConfig made, all under Dir.
 type GlanceFiles struct {
 	Config, Paste, Log, Staging, Locks string
 	Port                               int
+	// PythonPath, if set, is where glance-api finds the harness's own
+	// request context (multi-store nodes).
+	PythonPath string
 }
 
 // WriteGlanceConfig writes the node's glance-api.conf and paste ini under
@@ -234,6 +282,25 @@ func WriteGlanceConfig(o GlanceOptions) (GlanceFiles, error) {
 	}
 	conf := fmt.Sprintf(glanceConf, o.Port, o.PublisherID, f.Staging, f.Log, o.DBURL, f.Paste,
 		o.Datadir, o.TransportURL, o.Topic, f.Locks)
+	if len(o.Stores) > 0 {
+		tasks := filepath.Join(dir, "tasks")
+		if err := os.MkdirAll(tasks, 0o755); err != nil {
+			return GlanceFiles{}, err
+		}
+		conf = multiStoreConf(conf, o.Datadir, f.Staging, tasks, o.Stores)
+		// copy-image needs role:admin (glance/policies/image.py) and a
+		// project to own its task (tasks.owner is NOT NULL): the
+		// unauthenticated context has neither, so these nodes run a context
+		// of their own, an admin of a project, for every request.
+		if err := os.WriteFile(filepath.Join(dir, "gis_harness_context.py"), []byte(projectContextPy), 0o644); err != nil {
+			return GlanceFiles{}, err
+		}
+		paste = strings.Replace(paste, "glance.api.middleware.context:UnauthenticatedContextMiddleware.factory", "gis_harness_context:ProjectContext.factory", 1)
+		if err := os.WriteFile(f.Paste, []byte(paste), 0o644); err != nil {
+			return GlanceFiles{}, err
+		}
+		f.PythonPath = dir
+	}
 	if err := os.WriteFile(f.Config, []byte(conf), 0o644); err != nil {
 		return GlanceFiles{}, err
 	}
@@ -269,6 +336,9 @@ func StartGlance(ctx context.Context, ns *Namespace, o GlanceOptions) (*GlanceAP
 	// Not tied to ctx: the server outlives the start-up deadline; Stop ends it.
 	cmd := ns.Command(context.Background(), GlancePython, "-m", "glance.cmd.api", "--config-file", f.Config)
 	cmd.Stdout, cmd.Stderr = out, out
+	if f.PythonPath != "" {
+		cmd.Env = append(os.Environ(), "PYTHONPATH="+f.PythonPath)
+	}
 	// A test binary killed mid-run must not leave glance-api holding its port.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -347,9 +417,19 @@ type GlanceImage struct {
 	Status   string `json:"status"`
 	Size     *int64 `json:"size"`
 	Checksum string `json:"checksum"`
+	// Stores is the comma-joined ids of the stores holding the image, with
+	// enabled_backends; "" otherwise.
+	Stores string `json:"stores"`
+	// HashAlgo and HashValue are Glance's multihash.
+	HashAlgo  string `json:"os_hash_algo"`
+	HashValue string `json:"os_hash_value"`
 }
 
 func (g *GlanceAPI) do(ctx context.Context, method, path, ctype string, body []byte) (*http.Response, []byte, error) {
+	return g.doHeader(ctx, method, path, ctype, body, nil)
+}
+
+func (g *GlanceAPI) doHeader(ctx context.Context, method, path, ctype string, body []byte, header map[string]string) (*http.Response, []byte, error) {
 	var r io.Reader
 	if body != nil {
 		r = bytes.NewReader(body)
@@ -360,6 +440,9 @@ func (g *GlanceAPI) do(ctx context.Context, method, path, ctype string, body []b
 	}
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -406,6 +489,38 @@ func (g *GlanceAPI) Upload(ctx context.Context, id string, data []byte) error {
 		return err
 	}
 	return g.expect(resp, body, http.StatusNoContent, "PUT /v2/images/"+id+"/file")
+}
+
+// UploadTo PUTs data as the image's file into store (X-Image-Meta-Store,
+// Image API 2.8 multi-store).
+func (g *GlanceAPI) UploadTo(ctx context.Context, id, store string, data []byte) error {
+	resp, body, err := g.doHeader(ctx, http.MethodPut, "/v2/images/"+id+"/file", "application/octet-stream", data,
+		map[string]string{"X-Image-Meta-Store": store})
+	if err != nil {
+		return err
+	}
+	return g.expect(resp, body, http.StatusNoContent, "PUT /v2/images/"+id+"/file into "+store)
+}
+
+// CopyImage asks for the copy-image import of an active image into stores;
+// Glance answers 202 and copies in the background on this node.
+func (g *GlanceAPI) CopyImage(ctx context.Context, id string, stores ...string) error {
+	body, _ := json.Marshal(map[string]any{"method": map[string]string{"name": "copy-image"}, "stores": stores})
+	resp, data, err := g.do(ctx, http.MethodPost, "/v2/images/"+id+"/import", "application/json", body)
+	if err != nil {
+		return err
+	}
+	return g.expect(resp, data, http.StatusAccepted, "POST /v2/images/"+id+"/import copy-image")
+}
+
+// DeleteFromStore removes the image from one store only (DELETE
+// /v2/stores/{store}/{id}); Glance removes that store's file on this node.
+func (g *GlanceAPI) DeleteFromStore(ctx context.Context, store, id string) error {
+	resp, data, err := g.do(ctx, http.MethodDelete, "/v2/stores/"+store+"/"+id, "", nil)
+	if err != nil {
+		return err
+	}
+	return g.expect(resp, data, http.StatusNoContent, "DELETE /v2/stores/"+store+"/"+id)
 }
 
 // Image GETs the image record.
@@ -529,6 +644,17 @@ func StartClusterGlance(ctx context.Context, c *Cluster, dbURL string) ([]*Glanc
 // StartClusterGlanceAs is StartClusterGlance with every node's
 // default_publisher_id set to publisherID (empty: image.<node>).
 func StartClusterGlanceAs(ctx context.Context, c *Cluster, dbURL, publisherID string) ([]*GlanceAPI, error) {
+	return startClusterGlance(ctx, c, dbURL, publisherID, nil)
+}
+
+// StartClusterGlanceStores is StartClusterGlance with the file stores of
+// Glance's multi-store API, each a folder under every node's own datadir
+// (the first the default backend).
+func StartClusterGlanceStores(ctx context.Context, c *Cluster, dbURL string, stores ...string) ([]*GlanceAPI, error) {
+	return startClusterGlance(ctx, c, dbURL, "", stores)
+}
+
+func startClusterGlance(ctx context.Context, c *Cluster, dbURL, publisherID string, stores []string) ([]*GlanceAPI, error) {
 	apis := make([]*GlanceAPI, len(c.Nodes))
 	errs := make([]error, len(c.Nodes))
 	var wg sync.WaitGroup
@@ -542,6 +668,7 @@ func StartClusterGlanceAs(ctx context.Context, c *Cluster, dbURL, publisherID st
 				DBURL:       dbURL,
 				Topic:       c.Topic,
 				PublisherID: publisherID,
+				Stores:      stores,
 			})
 		}()
 	}

@@ -72,6 +72,10 @@ type Config struct {
 	// nodeTransportURL is node_transport_url as written, until parsed.
 	nodeTransportURL string
 
+	// Stores is every Glance file store, Glance's default store first. One
+	// store named "" without enabled_backends; none when no backend is a
+	// file store. Datadir and FilePerm are the first store's.
+	Stores   []Store
 	Datadir  string
 	FilePerm os.FileMode // 0 = not set: leave the mode as created
 
@@ -95,6 +99,13 @@ type Config struct {
 	OSCloud   string // clouds.yaml cloud name; "" = none
 
 	Warnings []string // things an operator should know that do not stop a run
+}
+
+// Store is one of Glance's file stores.
+type Store struct {
+	Name     string      // its id in enabled_backends; "" for the single store of [glance_store]
+	Datadir  string      // its filesystem_store_datadir: the image file is <Datadir>/<id>
+	FilePerm os.FileMode // 0 = not set: leave the mode as created
 }
 
 // Peers returns every node but this one, in api_nodes order.

@@ -129,6 +129,7 @@ func TestLoadMinimalLegacy(t *testing.T) {
 			Exchange: "glance",
 			Topic:    "glance_notifications",
 		},
+		Stores:      []Store{{Datadir: "/var/lib/glance/images"}},
 		Datadir:     "/var/lib/glance/images",
 		Transfers:   2,
 		MaxAttempts: 12,
@@ -462,7 +463,7 @@ func TestStore(t *testing.T) {
 		{"glance_store wins", "[DEFAULT]\nfilesystem_store_datadir = /old\n[glance_store]\nfilesystem_store_datadir = /new\nfilesystem_store_file_perm = 0\n", "/new", 0, ""},
 		{"perm 0644 with leading zero", "[glance_store]\nfilesystem_store_file_perm = 0644\n", "/var/lib/glance/images", 0o644, ""},
 		{"multi-store: the file backend's section", "[DEFAULT]\nenabled_backends = fast:rbd, local:file\n[local]\nfilesystem_store_datadir = /local/images\nfilesystem_store_file_perm = 600\n", "/local/images", 0o600, ""},
-		{"multi-store: default_backend among several", "[DEFAULT]\nenabled_backends = a:file,b:file\n[glance_store]\ndefault_backend = b\n[a]\nfilesystem_store_datadir = /a\n[b]\nfilesystem_store_datadir = /b\n", "/b", 0, "only [b] is synced"},
+		{"multi-store: default_backend among several", "[DEFAULT]\nenabled_backends = a:file,b:file\n[glance_store]\ndefault_backend = b\n[a]\nfilesystem_store_datadir = /a\n[b]\nfilesystem_store_datadir = /b\n", "/b", 0, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -476,6 +477,44 @@ func TestStore(t *testing.T) {
 			}
 			if tc.warn != "" && !slices.ContainsFunc(c.Warnings, func(w string) bool { return strings.Contains(w, tc.warn) }) {
 				t.Errorf("warnings %q lack %q", c.Warnings, tc.warn)
+			}
+		})
+	}
+}
+
+// Every file store of enabled_backends is synced, each from its own section
+// only (glance_store registers a backend's options in its group alone), the
+// default backend first.
+func TestSeveralStores(t *testing.T) {
+	cases := []struct {
+		name   string
+		glance string
+		want   []Store
+	}{
+		{"single store", "[glance_store]\nfilesystem_store_datadir = /x\nfilesystem_store_file_perm = 640\n", []Store{{"", "/x", 0o640}}},
+		{"two file stores, order kept", "[DEFAULT]\nenabled_backends = fast:file, slow:file\n[fast]\nfilesystem_store_datadir = /d/fast\nfilesystem_store_file_perm = 640\n[slow]\nfilesystem_store_datadir = /d/slow/\n",
+			[]Store{{"fast", "/d/fast", 0o640}, {"slow", "/d/slow", 0}}},
+		{"default_backend first", "[DEFAULT]\nenabled_backends = fast:file, slow:file, ceph:rbd\n[glance_store]\ndefault_backend = slow\n[fast]\nfilesystem_store_datadir = /d/fast\n[slow]\nfilesystem_store_datadir = /d/slow\n",
+			[]Store{{"slow", "/d/slow", 0}, {"fast", "/d/fast", 0}}},
+		{"a backend's section only: [DEFAULT] and [glance_store] do not apply", "[DEFAULT]\nenabled_backends = fast:file\nfilesystem_store_datadir = /old\nfilesystem_store_file_perm = 600\n[glance_store]\nfilesystem_store_datadir = /gs\n",
+			[]Store{{"fast", "/var/lib/glance/images", 0}}},
+		{"no file store", "[DEFAULT]\nenabled_backends = ceph:rbd\n", nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env(t, "node1")
+			c, err := Load(write(t, "sync.conf", "[DEFAULT]\napi_nodes = node1\nhost_key_checking = accept-new\n"), write(t, "glance-api.conf", glanceMinimal+tc.glance))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(c.Stores, tc.want) {
+				t.Errorf("stores %+v, want %+v", c.Stores, tc.want)
+			}
+			if len(tc.want) > 0 && (c.Datadir != tc.want[0].Datadir || c.FilePerm != tc.want[0].FilePerm) {
+				t.Errorf("datadir %q perm %o: not the first store's", c.Datadir, c.FilePerm)
+			}
+			if slices.ContainsFunc(c.Warnings, func(w string) bool { return strings.Contains(w, "is synced") }) {
+				t.Errorf("warns that only one store is synced: %q", c.Warnings)
 			}
 		})
 	}
@@ -561,6 +600,8 @@ func TestErrors(t *testing.T) {
 		{name: "file_perm not octal", sync: syncOK, glance: glanceMinimal + "[glance_store]\nfilesystem_store_file_perm = 0o640\n", inGlance: true, section: "glance_store", key: "filesystem_store_file_perm", msg: "octal"},
 		{name: "file_perm 8", sync: syncOK, glance: glanceMinimal + "[DEFAULT]\nfilesystem_store_file_perm = 680\n", inGlance: true, section: "DEFAULT", key: "filesystem_store_file_perm", msg: "octal"},
 		{name: "file_perm with special bits", sync: syncOK, glance: glanceMinimal + "[glance_store]\nfilesystem_store_file_perm = 4755\n", inGlance: true, section: "glance_store", key: "filesystem_store_file_perm", msg: "octal"},
+		{name: "two stores, one folder", sync: syncOK, glance: glanceMinimal + "[DEFAULT]\nenabled_backends = fast:file, slow:file\n[fast]\nfilesystem_store_datadir = /d\n[slow]\nfilesystem_store_datadir = /d/\n", inGlance: true, section: "slow", key: "filesystem_store_datadir", msg: "also the folder of store [fast]"},
+		{name: "a store's relative folder", sync: syncOK, glance: glanceMinimal + "[DEFAULT]\nenabled_backends = fast:file, slow:file\n[slow]\nfilesystem_store_datadir = d\n", inGlance: true, section: "slow", key: "filesystem_store_datadir", msg: "absolute"},
 		{name: "several datadirs", sync: syncOK, glance: glanceMinimal + "[glance_store]\nfilesystem_store_datadirs = /a:100\n", inGlance: true, section: "glance_store", key: "filesystem_store_datadirs", msg: "not supported"},
 	}
 	for _, tc := range cases {

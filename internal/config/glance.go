@@ -691,54 +691,99 @@ func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
 
-// loadStore reads the file store's datadir and file mode. With
-// enabled_backends (multi-store), the options live in the file backend's own
-// section instead of [glance_store].
+// loadStore reads every file store's folder and file mode. Without
+// enabled_backends there is one store, in [glance_store] (or [DEFAULT] before
+// Liberty). With enabled_backends (multi-store, since Rocky) each `file`
+// backend is a store of its own whose options live only in its own section:
+// glance_store registers them in that group alone, with the same default
+// folder (openstack/glance_store: glance_store/multi_backend.py
+// register_store_opts, _drivers/filesystem.py).
 func (c *Config) loadStore(g *glanceConf) error {
-	storeSec := secStore
 	backends, _, err := g.get(secDefault, "enabled_backends")
 	if err != nil {
 		return err
 	}
-	if backends != "" {
-		var files []string
-		for _, b := range splitList(backends) {
-			name, typ, _ := strings.Cut(b, ":")
-			if strings.TrimSpace(typ) == "file" {
-				files = append(files, strings.TrimSpace(name))
-			}
+	if backends == "" {
+		st, err := c.readStore(g, "", []string{secStore, secDefault})
+		if err != nil {
+			return err
 		}
-		switch len(files) {
-		case 0:
-			c.Warnings = append(c.Warnings, fmt.Sprintf("%s: [%s] enabled_backends: no file backend: there are no image files to sync", g.file, secDefault))
-		case 1:
-			storeSec = files[0]
-		default:
-			storeSec = files[0]
-			if def, ok, _ := g.get(secStore, "default_backend"); ok && slices.Contains(files, def) {
-				storeSec = def
-			}
-			c.Warnings = append(c.Warnings, fmt.Sprintf("%s: [%s] enabled_backends: several file backends; only [%s] is synced", g.file, secDefault, storeSec))
-		}
-	}
-
-	dir, sec, key, err := g.first([2]string{storeSec, "filesystem_store_datadir"}, [2]string{secDefault, "filesystem_store_datadir"})
-	if err != nil {
+		c.Stores = []Store{st}
+	} else if err := c.loadBackends(g, backends); err != nil {
 		return err
 	}
+	if len(c.Stores) > 0 {
+		c.Datadir, c.FilePerm = c.Stores[0].Datadir, c.Stores[0].FilePerm
+	} else {
+		c.Datadir = defaultDatadir
+	}
+	return nil
+}
+
+// loadBackends reads each file backend of enabled_backends, Glance's default
+// store first (default_backend in [glance_store], when it is a file store).
+func (c *Config) loadBackends(g *glanceConf, backends string) error {
+	var files []string
+	for _, b := range splitList(backends) {
+		name, typ, _ := strings.Cut(b, ":")
+		if strings.TrimSpace(typ) == "file" {
+			files = append(files, strings.TrimSpace(name))
+		}
+	}
+	if len(files) == 0 {
+		c.Warnings = append(c.Warnings, fmt.Sprintf("%s: [%s] enabled_backends: no file backend: there are no image files to sync", g.file, secDefault))
+		return nil
+	}
+	if def, ok, _ := g.get(secStore, "default_backend"); ok {
+		if i := slices.Index(files, def); i > 0 {
+			files = append([]string{def}, slices.Delete(files, i, i+1)...)
+		}
+	}
+	byDir := map[string]string{}
+	for _, name := range files {
+		st, err := c.readStore(g, name, []string{name})
+		if err != nil {
+			return err
+		}
+		// Two stores in one folder cannot be told apart: deleting the image
+		// from one store would take the other store's file with it.
+		if other, dup := byDir[st.Datadir]; dup {
+			return g.errorf(name, "filesystem_store_datadir", "%q is also the folder of store [%s]: each file store needs a folder of its own", st.Datadir, other)
+		}
+		byDir[st.Datadir] = name
+		c.Stores = append(c.Stores, st)
+	}
+	return nil
+}
+
+// readStore reads one store's folder and file mode, looking in sections in
+// order.
+func (c *Config) readStore(g *glanceConf, name string, sections []string) (Store, error) {
+	look := func(key string) [][2]string {
+		var pairs [][2]string
+		for _, s := range sections {
+			pairs = append(pairs, [2]string{s, key})
+		}
+		return pairs
+	}
+	st := Store{Name: name}
+	dir, sec, key, err := g.first(look("filesystem_store_datadir")...)
+	if err != nil {
+		return st, err
+	}
 	if dir == "" {
-		if dirs, ok, _ := g.get(storeSec, "filesystem_store_datadirs"); ok && dirs != "" {
-			return g.errorf(storeSec, "filesystem_store_datadirs", "several datadirs are not supported: set filesystem_store_datadir")
+		if dirs, ok, _ := g.get(sections[0], "filesystem_store_datadirs"); ok && dirs != "" {
+			return st, g.errorf(sections[0], "filesystem_store_datadirs", "several datadirs are not supported: set filesystem_store_datadir")
 		}
 		dir = defaultDatadir
 	} else if !filepath.IsAbs(dir) {
-		return g.errorf(sec, key, "%q: must be an absolute path", dir)
+		return st, g.errorf(sec, key, "%q: must be an absolute path", dir)
 	}
-	c.Datadir = filepath.Clean(dir)
+	st.Datadir = filepath.Clean(dir)
 
-	perm, sec, key, err := g.first([2]string{storeSec, "filesystem_store_file_perm"}, [2]string{secDefault, "filesystem_store_file_perm"})
+	perm, sec, key, err := g.first(look("filesystem_store_file_perm")...)
 	if err != nil {
-		return err
+		return st, err
 	}
 	if perm != "" {
 		// glance_store reads the option as an integer and then reads its
@@ -746,9 +791,9 @@ func (c *Config) loadStore(g *glanceConf) error {
 		// "640" and "0640" are both rw-r-----.
 		n, err := strconv.ParseUint(perm, 8, 32)
 		if err != nil || n > 0o777 {
-			return g.errorf(sec, key, "%q: not a file mode in octal, such as 640", perm)
+			return st, g.errorf(sec, key, "%q: not a file mode in octal, such as 640", perm)
 		}
-		c.FilePerm = os.FileMode(n)
+		st.FilePerm = os.FileMode(n)
 	}
-	return nil
+	return st, nil
 }

@@ -29,6 +29,11 @@ type Image struct {
 	// os_hash_value; sha512 unless hashing_algorithm says otherwise), present
 	// for images uploaded since Rocky.
 	HashAlgo, HashValue string
+	// Stores are the ids of the stores holding the image, with
+	// enabled_backends (multi-store); nil otherwise, and before data.
+	// Glance sends them as one comma-joined string (openstack/glance:
+	// glance/api/v2/images.py ResponseSerializer._format_image).
+	Stores []string
 }
 
 // Client reads one Glance endpoint.
@@ -199,5 +204,12 @@ func convert(gi images.Image) (Image, error) {
 	// gophercloud leaves the keys it has no field for in Properties.
 	img.HashAlgo, _ = gi.Properties["os_hash_algo"].(string)
 	img.HashValue, _ = gi.Properties["os_hash_value"].(string)
+	if joined, _ := gi.Properties["stores"].(string); joined != "" {
+		for st := range strings.SplitSeq(joined, ",") {
+			if st = strings.TrimSpace(st); st != "" {
+				img.Stores = append(img.Stores, st)
+			}
+		}
+	}
 	return img, nil
 }

@@ -156,3 +156,36 @@ func TestNewFromCloudUnknownCloud(t *testing.T) {
 		t.Errorf("NewFromCloud(mycloud) = %v; want an error naming the cloud", err)
 	}
 }
+
+// With enabled_backends Glance names an image's stores in one comma-joined
+// string; Get gives them as a list, with the multihash.
+func TestGetStores(t *testing.T) {
+	const id = "8ab5b1b2-0000-4000-8000-000000000001"
+	body := ""
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, body)
+	}))
+	defer srv.Close()
+	c, err := NewNoAuth(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		extra string
+		want  []string
+	}{
+		{`, "stores": "fast,slow"`, []string{"fast", "slow"}},
+		{`, "stores": "slow"`, []string{"slow"}},
+		{``, nil},
+	} {
+		body = fmt.Sprintf(`{"id": %q, "status": "active", "size": 4, "checksum": "5d41402abc4b2a76b9719d911017c592", "os_hash_algo": "sha512", "os_hash_value": "ab"%s}`, id, tc.extra)
+		img, err := c.Get(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(img.Stores) != fmt.Sprint(tc.want) || img.HashAlgo != "sha512" || img.HashValue != "ab" {
+			t.Errorf("%s: got stores %q hash %s:%s, want %q sha512:ab", tc.extra, img.Stores, img.HashAlgo, img.HashValue, tc.want)
+		}
+	}
+}

@@ -20,7 +20,11 @@
 // cannot bring the file back), markers of copies kept for glance-scrubber, and by
 // default the trash.
 //
-// No removal destroys data: Delete and Trash rename the image into the trash
+// One Store is one folder: with several Glance file stores, each is a Store of
+// its own, with its own state directory and trash. Evict is Delete without the
+// tombstone, for an image Glance removed from one store only.
+//
+// No removal destroys data: Delete, Evict and Trash rename the image into the trash
 // (on the datadir's filesystem) with a record of its MD5, Restore checks that
 // MD5 and puts it back, and only PurgeTrash, after trash_days, removes it.
 //

@@ -426,13 +426,21 @@ func (s *Store) ClearTombstone(id string) error {
 // reports whether anything was at the image's path; a symlink or other
 // non-regular entry there is removed, never followed.
 func (s *Store) Delete(id, md5hex string) (removed bool, err error) {
-	_, removed, err = s.remove(id, md5hex, time.Now())
+	_, removed, err = s.remove(id, md5hex, time.Now(), true)
 	return removed, err
 }
 
-// remove is Delete and Trash: it returns the trash path of the image ("" if
-// no regular file was moved) and whether anything was at its path.
-func (s *Store) remove(id, md5hex string, now time.Time) (dst string, removed bool, err error) {
+// Evict is Delete without the tombstone, for an image Glance removed from
+// this store only (DELETE /v2/stores/{store}/{id}): the image lives on in
+// another store, and a later copy-image may bring it back here.
+func (s *Store) Evict(id, md5hex string) (removed bool, err error) {
+	_, removed, err = s.remove(id, md5hex, time.Now(), false)
+	return removed, err
+}
+
+// remove is Delete, Evict and Trash: it returns the trash path of the image
+// ("" if no regular file was moved) and whether anything was at its path.
+func (s *Store) remove(id, md5hex string, now time.Time, tombstone bool) (dst string, removed bool, err error) {
 	if err := checkID(id); err != nil {
 		return "", false, err
 	}
@@ -442,9 +450,11 @@ func (s *Store) remove(id, md5hex string, now time.Time) (dst string, removed bo
 	// The tombstone goes first, durably: if the run dies between the
 	// steps, the next run still removes the file when the delete event is
 	// redelivered, and no fetch in between can bring the image back.
-	stone := fmt.Sprintf("deleted=%s\n", now.UTC().Format(time.RFC3339))
-	if err := writeRecord(s.deleted, id, []byte(stone)); err != nil {
-		return "", false, fmt.Errorf("image %s: tombstone: %w", id, err)
+	if tombstone {
+		stone := fmt.Sprintf("deleted=%s\n", now.UTC().Format(time.RFC3339))
+		if err := writeRecord(s.deleted, id, []byte(stone)); err != nil {
+			return "", false, fmt.Errorf("image %s: tombstone: %w", id, err)
+		}
 	}
 	st, err := statAt(s.root, id)
 	switch {

@@ -90,7 +90,7 @@ func parseTrashName(name string) (trashEntry, bool) {
 // for reconcile --prune (no event announced a checksum). It returns the
 // trash path ("" when there was no file).
 func (s *Store) Trash(id string, now time.Time) (string, error) {
-	dst, _, err := s.remove(id, "", now)
+	dst, _, err := s.remove(id, "", now, true)
 	return dst, err
 }
 

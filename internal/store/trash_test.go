@@ -387,3 +387,28 @@ func TestReserveWithinFreeSpace(t *testing.T) {
 	}
 	p.Close()
 }
+
+// Evict is a per-store delete: the copy goes to the trash, restorable, and
+// no tombstone stays, so a later copy-image can place the image here again.
+func TestEvictLeavesNoTombstone(t *testing.T) {
+	s := newStore(t)
+	data := []byte("a copy in the slow store")
+	place(t, s, data)
+	removed, err := s.Evict(id, sum(data))
+	if err != nil || !removed {
+		t.Fatalf("Evict = %v, %v", removed, err)
+	}
+	if _, err := os.Lstat(filepath.Join(s.Dir(), id)); !os.IsNotExist(err) {
+		t.Fatal("the copy is still at its path")
+	}
+	if got := trashed(t, s); len(got) != 1 {
+		t.Fatalf("trash holds %v", got)
+	}
+	if dead, _ := s.Deleted(id); dead {
+		t.Fatal("Evict left a tombstone: a copy-image back to this store would be refused")
+	}
+	place(t, s, data)
+	if st, err := s.Check(context.Background(), id, int64(len(data)), sum(data)); err != nil || st != Verified {
+		t.Errorf("placed again after Evict: %v %v", st, err)
+	}
+}

@@ -11,6 +11,12 @@
 // work is done; one that failed for a reason that may pass is re-queued with an
 // attempt counted, and one that can never succeed is parked with the reason.
 //
+// With several Glance file stores (enabled_backends), each its own folder,
+// an event's image is placed in the stores the Images API lists it in, else
+// in the stores whose folder holds it here or on a peer (stores.go); with the
+// Images API, a store Glance no longer lists loses this node's copy (evicted,
+// no tombstone), and every fetch is also checked against Glance's multihash.
+//
 // It holds the one fetch engine (fetch.go): one loop over a source picker
 // (publisher order, a picker of complete copies; the chain), used by queue
 // runs and, through Fetcher, by reconcile and verify --repair. It pairs

@@ -78,23 +78,28 @@ type picker interface {
 	failed(src *source, err error)
 }
 
-// target is an image to fetch and where it lies on every node: all nodes
-// share the datadir path.
+// target is an image to fetch, the store it goes to, and where it lies on
+// every node: all nodes share each store's folder path (Glance's database
+// records the uploading node's absolute path per store).
 type target struct {
 	Want
+	st          imageStore
 	final, part string
 }
 
-func (f *fetcher) target(w Want) (*target, error) {
-	final, err := f.store.Path(w.ID)
+func (f *fetcher) target(w Want) (*target, error) { return targetIn(f.store, w) }
+
+// targetIn is a target in store st, one of several file stores.
+func targetIn(st imageStore, w Want) (*target, error) {
+	final, err := st.Path(w.ID)
 	if err != nil {
 		return nil, err
 	}
-	part, err := f.store.PartialPath(w.ID, w.MD5)
+	part, err := st.PartialPath(w.ID, w.MD5)
 	if err != nil {
 		return nil, err
 	}
-	return &target{Want: w, final: final, part: part}, nil
+	return &target{Want: w, st: st, final: final, part: part}, nil
 }
 
 // fetch places t here from the sources pk offers. The local partial is
@@ -115,7 +120,7 @@ func (f *fetcher) fetch(ctx context.Context, log *slog.Logger, t *target, pk pic
 			return "", 0, errors.Join(append(errs, err)...)
 		}
 		if p == nil {
-			if p, err = f.begin(ctx, t.Want); err != nil {
+			if p, err = begin(ctx, t.st, t.Want); err != nil {
 				return "", 0, errors.Join(append(errs, err)...)
 			}
 		}
@@ -149,8 +154,8 @@ func (f *fetcher) fetch(ctx context.Context, log *slog.Logger, t *target, pk pic
 
 // begin starts (or resumes) the local partial, readable by the peers'
 // rsync_user like the placed file, since a chain's next node may follow it.
-func (f *fetcher) begin(ctx context.Context, w Want) (*store.Partial, error) {
-	p, err := f.store.BeginMultihash(ctx, w.ID, w.Size, w.MD5, w.Multihash)
+func begin(ctx context.Context, st imageStore, w Want) (*store.Partial, error) {
+	p, err := st.BeginMultihash(ctx, w.ID, w.Size, w.MD5, w.Multihash)
 	if err != nil {
 		return nil, err
 	}

@@ -74,7 +74,7 @@ func TestLaneFetches(t *testing.T) {
 	}
 	defer st.Close()
 	s, _, pub := testSyncer(Config{Peers: map[node.Name]transfer.Peer{"node1": {Name: "node1"}, "node3": {Name: "node3"}}})
-	s.store = st
+	s.stores = []namedStore{{st: st}}
 	s.f = newFetcher(s.cfg, st, s.log)
 	dialed := 0
 	s.f.peers.dial = func(_ context.Context, p transfer.Peer, _ transfer.Auth) (peerConn, error) {

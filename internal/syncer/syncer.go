@@ -28,6 +28,8 @@ type imageStore interface {
 	// Delete moves the image's file out of the datadir (reversibly) and
 	// leaves a tombstone; md5hex is the event's checksum, recorded with it.
 	Delete(id, md5hex string) (removed bool, err error)
+	// Evict is Delete without the tombstone: the image left this store only.
+	Evict(id, md5hex string) (removed bool, err error)
 	// KeepForScrubber marks this node's copy of a pending_delete image as
 	// glance-scrubber's, so nothing of ours removes it.
 	KeepForScrubber(id string) error
@@ -76,6 +78,9 @@ type Config struct {
 	Progress Progress
 	// Glance, if set, confirms every delete before anything is removed.
 	Glance ImageStatuser
+	// Images, if set, says which stores hold an image and gives its
+	// multihash, checked on every fetch besides the MD5.
+	Images ImageGetter
 }
 
 // Progress follows transfers, e.g. to draw a progress line on a terminal.
@@ -106,10 +111,10 @@ type Outcome struct{ Event, Result string }
 // message (ack, retry, park) and counts it.
 type Syncer struct {
 	// Immutable after New.
-	cfg   Config
-	conn  *broker.Conn
-	store imageStore
-	log   *slog.Logger
+	cfg    Config
+	conn   *broker.Conn
+	stores []namedStore // every file store, each its own folder; Glance's default first
+	log    *slog.Logger
 
 	// Set once by Run (by the tests' constructor), before any lane starts.
 	pub publisher
@@ -120,13 +125,22 @@ type Syncer struct {
 	bad error // a broker failure: stop taking messages
 }
 
-// New prepares a run; nothing is contacted until Run.
-func New(cfg Config, conn *broker.Conn, st *store.Store, log *slog.Logger) *Syncer {
-	return newSyncer(cfg, conn, st, log)
+// New prepares a run over every file store, Glance's default store first;
+// nothing is contacted until Run.
+func New(cfg Config, conn *broker.Conn, stores []Store, log *slog.Logger) *Syncer {
+	ns := make([]namedStore, len(stores))
+	for i, st := range stores {
+		ns[i] = namedStore{name: st.Name, st: st.Store}
+	}
+	return newMultiSyncer(cfg, conn, ns, log)
 }
 
 func newSyncer(cfg Config, conn *broker.Conn, st imageStore, log *slog.Logger) *Syncer {
-	return &Syncer{cfg: cfg.withDefaults(), conn: conn, store: st, log: log}
+	return newMultiSyncer(cfg, conn, []namedStore{{st: st}}, log)
+}
+
+func newMultiSyncer(cfg Config, conn *broker.Conn, stores []namedStore, log *slog.Logger) *Syncer {
+	return &Syncer{cfg: cfg.withDefaults(), conn: conn, stores: stores, log: log}
 }
 
 func (cfg Config) withDefaults() Config {
@@ -191,7 +205,8 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	}
 	defer pub.Close()
 	s.pub = pub
-	s.f = newFetcher(s.cfg, s.store, s.log)
+	// The engine's own store is the default one; each fetch names its target.
+	s.f = newFetcher(s.cfg, s.stores[0].st, s.log)
 	defer s.f.close()
 
 	sem := make(chan struct{}, s.cfg.Transfers)
@@ -320,9 +335,11 @@ func (s *Syncer) delete(ctx context.Context, log *slog.Logger, j job) {
 			return
 		}
 		if scrubber {
-			if err := s.store.KeepForScrubber(img.ID); err != nil {
-				s.retry(ctx, j, err)
-				return
+			for _, ns := range s.stores {
+				if err := ns.st.KeepForScrubber(img.ID); err != nil {
+					s.retry(ctx, j, err)
+					return
+				}
 			}
 		}
 		log.Info("skipped", "reason", why)
@@ -334,11 +351,16 @@ func (s *Syncer) delete(ctx context.Context, log *slog.Logger, j job) {
 		log.Info("would delete")
 		return
 	}
-	removed, err := s.store.Delete(img.ID, img.Checksum)
-	if err != nil {
-		log.Error("delete failed", "err", err)
-		s.retry(context.Background(), j, err)
-		return
+	// The image leaves every store: each gets a tombstone, copy or not.
+	removed := false
+	for _, ns := range s.stores {
+		r, err := ns.st.Delete(img.ID, img.Checksum)
+		if err != nil {
+			log.Error("delete failed", "store", ns.String(), "err", err)
+			s.retry(context.Background(), j, err)
+			return
+		}
+		removed = removed || r
 	}
 	if removed {
 		log.Info("deleted")
@@ -349,62 +371,105 @@ func (s *Syncer) delete(ctx context.Context, log *slog.Logger, j job) {
 	s.ack(j.d)
 }
 
-// fetch makes sure the image is here; it reports whether the message was
-// re-queued for a later run.
+// fetch makes sure the image is here, in every store it belongs in, and
+// gone from the stores Glance no longer lists it in; it reports whether the
+// message was re-queued for a later run.
 func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job) bool {
 	img := j.ev.Image
-	if dead, err := s.store.Deleted(img.ID); err != nil {
-		return s.retry(ctx, j, err)
-	} else if dead {
-		log.Info("skipped", "reason", "image was deleted here earlier")
-		s.tally(j.ev.EventType, "skipped", "")
-		s.ack(j.d)
-		return false
-	}
 	order, fromSelf, ok := Sources(node.Name(j.ev.Publisher), s.cfg.Self, s.cfg.PeerOrder)
 	if !ok {
 		s.park(ctx, j.d, j.m, j.ev.EventType, img.ID, "unknown_publisher", fmt.Sprintf("publisher %q is not one of api_nodes", j.ev.PublisherID))
 		return false
 	}
-	if fromSelf {
-		// glance-api wrote this file here; hashing a large image on every event
-		// about it would cost minutes, and Glance verified it while writing.
-		size, regular, err := s.store.Size(img.ID)
-		if err != nil {
-			return s.retry(ctx, j, err)
-		}
-		if regular && size == img.Size {
-			log.Info("skipped", "reason", "published by this node and present")
-			s.tally(j.ev.EventType, "skipped", "")
-			s.ack(j.d)
-			return false
-		}
-		log.Warn("published by this node but not here in full; looking for it on the peers", "size", size)
-	}
-	state, err := s.store.Check(ctx, img.ID, img.Size, img.Checksum)
+	p, err := s.place(ctx, log, img, order)
 	if err != nil {
+		return s.settle(ctx, log, j, err)
+	}
+	if err := s.evict(log, img, p.evict); err != nil {
 		return s.retry(ctx, j, err)
 	}
-	if state == store.Verified {
-		log.Info("skipped", "reason", "present and verified")
+	if len(p.into) == 0 {
+		log.Info("skipped", "reason", "in none of this node's file stores")
 		s.tally(j.ev.EventType, "skipped", "")
 		s.ack(j.d)
 		return false
 	}
+	fetched := false
+	for _, ns := range p.into {
+		lg := log
+		if len(s.stores) > 1 {
+			lg = log.With("store", ns.String())
+		}
+		did, err := s.fetchInto(ctx, lg, j, ns.st, order, fromSelf, &p)
+		if err != nil {
+			return s.settle(ctx, lg, j, err)
+		}
+		fetched = fetched || did
+	}
+	if fetched {
+		if s.cfg.DryRun {
+			return false
+		}
+		return s.settle(ctx, log, j, nil)
+	}
+	s.tally(j.ev.EventType, "skipped", "")
+	s.ack(j.d)
+	return false
+}
+
+// fetchInto makes sure the image is in store st, and says whether it moved
+// bytes (in a dry run, would have); it logs why not.
+func (s *Syncer) fetchInto(ctx context.Context, log *slog.Logger, j job, st imageStore, order []node.Name, fromSelf bool, p *placement) (bool, error) {
+	img := j.ev.Image
+	if dead, err := st.Deleted(img.ID); err != nil {
+		return false, err
+	} else if dead {
+		log.Info("skipped", "reason", "image was deleted here earlier")
+		return false, nil
+	}
+	if fromSelf {
+		// glance-api wrote this file here; hashing a large image on every event
+		// about it would cost minutes, and Glance verified it while writing.
+		size, regular, err := st.Size(img.ID)
+		if err != nil {
+			return false, err
+		}
+		if regular && size == img.Size {
+			log.Info("skipped", "reason", "published by this node and present")
+			return false, nil
+		}
+		log.Warn("published by this node but not here in full; looking for it on the peers", "size", size)
+	}
+	state, err := st.Check(ctx, img.ID, img.Size, img.Checksum)
+	if err != nil {
+		return false, err
+	}
+	if state == store.Verified {
+		log.Info("skipped", "reason", "present and verified")
+		return false, nil
+	}
 	if s.cfg.DryRun {
 		log.Info("would fetch", "size", img.Size, "sources", order)
-		return false
+		return true, nil
 	}
-	t, err := s.f.target(Want{ID: img.ID, Size: img.Size, MD5: img.Checksum})
+	if p.askHash {
+		if p.mh, err = s.multihash(ctx, log, img); err != nil {
+			return false, err
+		}
+		p.askHash = false
+	}
+	t, err := targetIn(st, Want{ID: img.ID, Size: img.Size, MD5: img.Checksum, Multihash: p.mh})
 	if err != nil {
-		return s.retry(ctx, j, err)
+		return false, err
 	}
 	var pk picker = s.f.publisherOrder(log, t, order)
 	if up, down := s.chainFor(node.Name(j.ev.Publisher)); up != nil {
 		pk = s.f.chain(log, t, up, down)
 	}
-	_, _, err = s.f.fetch(ctx, log, t, pk)
-	return s.settle(ctx, log, j, err)
+	if _, _, err = s.f.fetch(ctx, log, t, pk); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // retry re-queues the message with one more attempt counted, or parks it once
