@@ -91,6 +91,9 @@ func runCheck(timeout time.Duration, syncConf, glanceConf string, stdout io.Writ
 	for _, w := range cfg.Warnings {
 		c.warn("config", "%s", w)
 	}
+	for _, a := range cfg.Advice {
+		c.warn("glance", "%s", a)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 

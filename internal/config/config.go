@@ -99,6 +99,9 @@ type Config struct {
 	OSCloud   string // clouds.yaml cloud name; "" = none
 
 	Warnings []string // things an operator should know that do not stop a run
+	// Advice is glance-api.conf settings that work but cost something here,
+	// each with the line to add; check prints them, runs do not.
+	Advice []string
 }
 
 // Store is one of Glance's file stores.
@@ -190,6 +193,9 @@ func Load(syncFile, glanceFile string) (*Config, error) {
 		return nil, err
 	}
 	if err := c.loadQueues(g); err != nil {
+		return nil, err
+	}
+	if err := c.adviseGlance(g, topic); err != nil {
 		return nil, err
 	}
 	if rk := c.Broker.ForwardRoutingKey; rk != "" && rk == c.Broker.SourceQueue() {
