@@ -219,6 +219,10 @@ func (s *Syncer) settle(ctx context.Context, log *slog.Logger, j job, err error)
 		s.tally(j.ev.EventType, "fetched", "")
 		return false
 	}
+	if superseded(ctx) {
+		s.dropSuperseded(j)
+		return false
+	}
 	if ctx.Err() != nil {
 		// The run's deadline: the partial stays and the message goes back
 		// to the queue unacked, with no attempt counted against it.

@@ -115,6 +115,10 @@ type Syncer struct {
 	pub publisher
 	f   *fetcher
 
+	// daemon: set by serve before any lane starts. A deferred message then
+	// carries its retry time (Serve holds it until then).
+	daemon bool
+
 	mu  sync.Mutex // guards the fields below
 	res Result
 	bad error // a broker failure: stop taking messages
@@ -413,6 +417,15 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job) bool {
 // wrong then, and every further try would read the whole image again). It
 // reports whether the message was re-queued.
 func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
+	if superseded(ctx) {
+		s.dropSuperseded(j)
+		return false
+	}
+	if ctx.Err() != nil {
+		// Stopping: the message goes back unacked, no attempt counted.
+		s.tally(j.ev.EventType, "deferred", "")
+		return false
+	}
 	attempts := nodequeue.Attempts(j.m, s.cfg.MaxAttempts) + 1
 	id := imageID(j.ev)
 	if s.cfg.DryRun {
@@ -435,12 +448,21 @@ func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
 		return false
 	}
 	m := nodequeue.Retried(j.m, attempts, mismatches, cause.Error())
+	delay := time.Duration(0)
+	if s.daemon {
+		delay = retryDelay(attempts)
+		m = nodequeue.Deferred(m, time.Now().Add(delay))
+	}
 	if err := s.pub.Publish(ctx, s.cfg.Queue, m); err != nil {
 		s.fail(err)
 		return false
 	}
 	s.ack(j.d)
-	s.log.Warn("left for the next run", "image", id, "attempt", attempts, "max_attempts", s.cfg.MaxAttempts, "err", cause)
+	if s.daemon {
+		s.log.Warn("deferred", "image", id, "attempt", attempts, "max_attempts", s.cfg.MaxAttempts, "retry_in", delay.String(), "err", cause)
+	} else {
+		s.log.Warn("left for the next run", "image", id, "attempt", attempts, "max_attempts", s.cfg.MaxAttempts, "err", cause)
+	}
 	s.tally(j.ev.EventType, "deferred", Cause(cause))
 	return true
 }
