@@ -119,8 +119,11 @@ that exist on one node only.`,
 				return func(e *env) int { return runStatus(o, e.cfg, e.stdout, e.log) }
 			}},
 		{name: "watch", synopsis: "[--duplicate] [--interval D] [--listen ADDR]", config: true, daemon: true,
-			help: `Run as a daemon: drain this node's queue every interval
-(2s), and with --duplicate Glance's queue too; reconnect
+			help: `Run as a daemon: consume this node's queue (a message
+that cannot be done now is retried on its own schedule,
+10s doubling to 5m; a delete cancels its image's fetch),
+and with --duplicate copy Glance's queue every interval
+(2s); reconnect
 to the broker with backoff; serve /metrics on ADDR.
 SIGTERM stops it cleanly; partial files are resumed
 by the next run.`,

@@ -360,20 +360,31 @@ func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
 }
 
 func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
-	start := time.Now()
-	st, err := store.Open(r.cfg.Datadir, r.cfg.FilePerm, r.cfg.TrashDir)
+	s, st, err := r.syncer(ctx, conn)
 	if err != nil {
 		r.log.Error("sync-images failed", "err", err)
 		return exitFailed
 	}
 	defer st.Close()
+	res, err := s.Run(ctx)
+	return r.syncDone(res, err)
+}
+
+// syncer opens the datadir (emptying its old trash) and prepares a
+// sync-images run or daemon on conn. Close the store.
+func (r *runner) syncer(ctx context.Context, conn *broker.Conn) (*syncer.Syncer, *store.Store, error) {
+	start := time.Now()
+	st, err := store.Open(r.cfg.Datadir, r.cfg.FilePerm, r.cfg.TrashDir)
+	if err != nil {
+		return nil, nil, err
+	}
 	if !r.dryRun {
 		r.purgeTrash(st, start)
 	}
 	api, key, err := configuredGlance(ctx, r.cfg)
 	if err != nil {
-		r.log.Error("sync-images failed: the Images API that confirms deletes cannot be used", "key", key, "err", err)
-		return exitFailed
+		st.Close()
+		return nil, nil, fmt.Errorf("the Images API that confirms deletes cannot be used (%s): %w", key, err)
 	}
 	var glance syncer.ImageStatuser // stays nil, not a nil *Client, without one
 	if api != nil {
@@ -389,8 +400,11 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 	cfg.Strategy = r.cfg.SourceStrategy // source_strategy
 	cfg.StallTimeout = r.cfg.StallTimeout
 	cfg.Glance = glance
-	s := syncer.New(cfg, conn, st, r.log)
-	res, err := s.Run(ctx)
+	return syncer.New(cfg, conn, st, r.log), st, nil
+}
+
+// syncDone logs and counts a sync-images run's result, and gives its exit code.
+func (r *runner) syncDone(res syncer.Result, err error) int {
 	r.syncRes = res
 	r.summary(len(res.Events) == 0 && err == nil, "sync-images done", "fetched", res.Fetched, "deleted", res.Deleted, "skipped", res.Skipped,
 		"deferred", res.Deferred, "parked", res.Parked, "bytes", res.Bytes)

@@ -3,6 +3,7 @@ package syncer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -83,13 +84,10 @@ func (s *Syncer) Serve(ctx context.Context, prefetch int) (Result, error) {
 		}
 	}()
 	err = s.serve(ctx, in)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.res.Bytes, s.res.Seconds = s.f.totals()
 	if err == nil {
-		err = errors.New("the broker closed the consumer's channel")
+		err = fmt.Errorf("broker %s: the channel consuming %s was closed", s.conn.URL(), s.cfg.Queue)
 	}
-	return s.res, err
+	return s.TakeResult(), err
 }
 
 // serve dispatches messages to their image's lane until in closes, ctx
@@ -269,4 +267,19 @@ func (s *Syncer) dropSuperseded(j job) {
 	s.log.Info("skipped", "image", j.ev.Image.ID, "event", j.ev.EventType, "reason", errSuperseded.Error())
 	s.tally(j.ev.EventType, "skipped", "")
 	s.ack(j.d)
+}
+
+// TakeResult returns what the daemon did since the last call, for metrics
+// while Serve runs.
+func (s *Syncer) TakeResult() Result {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	res := s.res
+	if s.f != nil {
+		b, secs := s.f.totals()
+		res.Bytes, res.Seconds = b-s.taken.Bytes, secs-s.taken.Seconds
+		s.taken.Bytes, s.taken.Seconds = b, secs
+	}
+	s.res = Result{}
+	return res
 }

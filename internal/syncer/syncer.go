@@ -120,8 +120,9 @@ type Syncer struct {
 	daemon bool
 
 	mu  sync.Mutex // guards the fields below
-	res Result
-	bad error // a broker failure: stop taking messages
+	res   Result
+	taken Result // bytes and seconds already reported by TakeResult
+	bad   error // a broker failure: stop taking messages
 }
 
 // New prepares a run; nothing is contacted until Run.
