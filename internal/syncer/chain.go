@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/node"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
 )
 
@@ -133,7 +134,7 @@ func (c *chainPicker) try(ctx context.Context, name node.Name, wait, completeOnl
 		return nil
 	}
 	k, err := c.look(ctx, cl, completeOnly)
-	if k == none && err == nil && wait && c.f.mayWaitFor(name) {
+	if k == none && err == nil && wait && c.f.mayWaitFor(name) && c.f.mayBeSyncing(ctx, name) {
 		grace := min(startGrace, c.f.cfg.StallTimeout/2)
 		for deadline := time.Now().Add(grace); k == none && err == nil && time.Now().Before(deadline); {
 			select {
@@ -201,6 +202,20 @@ func (f *fetcher) mayWaitFor(peer node.Name) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return !f.noShows[peer]
+}
+
+// mayBeSyncing reports whether peer may start fetching soon: a peer whose
+// daemon is not consuming its queue costs no wait (a cron node that is
+// running shows its partial, which look finds without waiting).
+func (f *fetcher) mayBeSyncing(ctx context.Context, peer node.Name) bool {
+	return f.syncing == nil || f.syncing(ctx, peer)
+}
+
+// consuming reports whether n's node queue has a consumer (n runs watch).
+// When the broker cannot say, n is taken as syncing: a wait, not a miss.
+func (s *Syncer) consuming(_ context.Context, n node.Name) bool {
+	st, err := s.conn.Inspect(nodequeue.Queue(n))
+	return err != nil || st.Consumers > 0
 }
 
 func (f *fetcher) noShow(peer node.Name) {

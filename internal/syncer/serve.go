@@ -71,6 +71,7 @@ func (s *Syncer) Serve(ctx context.Context, prefetch int) (Result, error) {
 	defer pub.Close()
 	s.pub = pub
 	s.f = newFetcher(s.cfg, s.store, s.log)
+	s.f.syncing = s.consuming
 	defer s.f.close()
 	in := make(chan received)
 	go func() {

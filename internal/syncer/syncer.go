@@ -197,6 +197,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	defer pub.Close()
 	s.pub = pub
 	s.f = newFetcher(s.cfg, s.store, s.log)
+	s.f.syncing = s.consuming
 	defer s.f.close()
 
 	sem := make(chan struct{}, s.cfg.Transfers)
