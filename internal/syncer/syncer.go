@@ -119,10 +119,10 @@ type Syncer struct {
 	// carries its retry time (Serve holds it until then).
 	daemon bool
 
-	mu  sync.Mutex // guards the fields below
+	mu    sync.Mutex // guards the fields below
 	res   Result
 	taken Result // bytes and seconds already reported by TakeResult
-	bad   error // a broker failure: stop taking messages
+	bad   error  // a broker failure: stop taking messages
 }
 
 // New prepares a run; nothing is contacted until Run.
