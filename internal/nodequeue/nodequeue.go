@@ -18,6 +18,13 @@ func Queue(n node.Name) string { return "glance_image_sync." + string(n.Short())
 // ParkQueue holds the messages of a node that can never succeed.
 func ParkQueue(n node.Name) string { return "glance_image_sync." + string(n.Short()) + ".failed" }
 
+// SyncingQueue exists while n runs sync-images (cron or watch): an
+// exclusive queue of the run's connection (broker.Announce). A chain
+// follower waits for a predecessor only while it exists.
+func SyncingQueue(n node.Name) string {
+	return "glance_image_sync." + string(n.Short()) + ".syncing"
+}
+
 // HeaderPrefix starts every header this tool sets. A message from a queue
 // anyone may write (Glance's) loses them all (Strip): downstream they would
 // be taken as ours.

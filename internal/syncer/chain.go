@@ -204,18 +204,29 @@ func (f *fetcher) mayWaitFor(peer node.Name) bool {
 	return !f.noShows[peer]
 }
 
-// mayBeSyncing reports whether peer may start fetching soon: a peer whose
-// daemon is not consuming its queue costs no wait (a cron node that is
-// running shows its partial, which look finds without waiting).
+// mayBeSyncing reports whether peer may start fetching soon: a peer that
+// runs no sync-images costs no wait.
 func (f *fetcher) mayBeSyncing(ctx context.Context, peer node.Name) bool {
 	return f.syncing == nil || f.syncing(ctx, peer)
 }
 
-// consuming reports whether n's node queue has a consumer (n runs watch).
-// When the broker cannot say, n is taken as syncing: a wait, not a miss.
-func (s *Syncer) consuming(_ context.Context, n node.Name) bool {
-	st, err := s.conn.Inspect(nodequeue.Queue(n))
-	return err != nil || st.Consumers > 0
+// running reports whether n runs sync-images now, cron or watch (its
+// nodequeue.SyncingQueue exists). When the broker cannot say, n is taken
+// as running: a wait, not a miss.
+func (s *Syncer) running(_ context.Context, n node.Name) bool {
+	st, err := s.conn.Inspect(nodequeue.SyncingQueue(n))
+	return err != nil || st.Exists
+}
+
+// announce shows this node's run to the chain followers (running) for as
+// long as the run's connection lives. A failure costs only their wait.
+func (s *Syncer) announce() func() {
+	release, err := s.conn.Announce(nodequeue.SyncingQueue(s.cfg.Self))
+	if err != nil {
+		s.log.Warn("chain followers will not wait for this node", "err", err)
+		return func() {}
+	}
+	return func() { release() }
 }
 
 func (f *fetcher) noShow(peer node.Name) {

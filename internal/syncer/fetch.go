@@ -26,9 +26,9 @@ type fetcher struct {
 	log   *slog.Logger
 	peers *peerPool // safe for concurrent use
 	lim   *limiter  // nil: no bwlimit
-	// syncing reports whether a peer is running sync-images now (a watch
-	// consumes its queue): only such a peer is given the chain's start
-	// grace. Set before any fetch; nil: any peer may be.
+	// syncing reports whether a peer is running sync-images now (cron or
+	// watch): only such a peer is given the chain's start grace. Set
+	// before any fetch; nil: any peer may be.
 	syncing func(context.Context, node.Name) bool
 
 	mu      sync.Mutex // guards the fields below

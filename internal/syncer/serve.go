@@ -71,7 +71,10 @@ func (s *Syncer) Serve(ctx context.Context, prefetch int) (Result, error) {
 	defer pub.Close()
 	s.pub = pub
 	s.f = newFetcher(s.cfg, s.store, s.log)
-	s.f.syncing = s.consuming
+	s.f.syncing = s.running
+	if s.cfg.Strategy == StrategyChain {
+		defer s.announce()()
+	}
 	defer s.f.close()
 	in := make(chan received)
 	go func() {

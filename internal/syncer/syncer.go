@@ -197,7 +197,10 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	defer pub.Close()
 	s.pub = pub
 	s.f = newFetcher(s.cfg, s.store, s.log)
-	s.f.syncing = s.consuming
+	s.f.syncing = s.running
+	if s.cfg.Strategy == StrategyChain {
+		defer s.announce()()
+	}
 	defer s.f.close()
 
 	sem := make(chan struct{}, s.cfg.Transfers)
