@@ -1,0 +1,158 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/integration/harness"
+)
+
+// Issue 17's load, shortened: watch --duplicate on three nodes, node1
+// receiving a 256 KiB image every 0.5 s, every third deleted again 1.5 s
+// later (its file gone from node1 first, so the other nodes may find no
+// source). One image that cannot be fetched now must not hold back the
+// others: every live image is on every node within 5 s of its event, every
+// deleted one is gone everywhere, and no lane waits on a partial that
+// stopped growing.
+func TestWatchSteadyStream(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := newCluster(t, 3)
+	n1 := c.Nodes[0]
+	logs := map[string]*lockedLog{}
+	for _, n := range c.Nodes {
+		must(t, c.WriteConfig(n, map[string]string{"source_strategy": "chain"}))
+		cmd := n.NS.Command(ctx, tool, "--config", n.Config, "--glance-config", n.GlanceConf,
+			"watch", "--duplicate", "--interval", "200ms")
+		log := &lockedLog{}
+		cmd.Stdout, cmd.Stderr = log, log
+		must(t, cmd.Start())
+		logs[n.Name] = log
+		t.Cleanup(func() { stopWatch(t, cmd) })
+	}
+	dump := func() {
+		for name, l := range logs {
+			t.Logf("log of %s:\n%s", name, l.String())
+		}
+	}
+
+	const (
+		every    = 500 * time.Millisecond
+		deleteIn = 1500 * time.Millisecond
+		late     = 5 * time.Second
+	)
+	duration := 30 * time.Second
+	type sent struct {
+		img     harness.Image
+		at      time.Time
+		deleted bool      // a delete of it was sent, or is about to be
+		arrived time.Time // on every node; zero until then
+	}
+	var mu sync.Mutex
+	var imgs []*sent
+	// checkLate notes live images now on every node, and fails for one
+	// that is not there late after its event.
+	checkLate := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range imgs {
+			if s.deleted || !s.arrived.IsZero() {
+				continue
+			}
+			all := true
+			for _, n := range c.Nodes[1:] {
+				ok, _ := harness.HasImage(n, s.img)
+				all = all && ok
+			}
+			switch {
+			case all:
+				s.arrived = time.Now()
+			case time.Since(s.at) > late:
+				s.deleted = true // reported once
+				t.Errorf("live image %s not on every node %v after its event", s.img.ID, time.Since(s.at).Round(time.Millisecond))
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; time.Since(start) < duration; i++ {
+		img, err := c.AddImage(n1, 256<<10)
+		must(t, err)
+		s := &sent{img: img, at: time.Now(), deleted: i%3 == 2}
+		must(t, c.PublishUpload(ctx, n1, img))
+		mu.Lock()
+		imgs = append(imgs, s)
+		mu.Unlock()
+		if s.deleted {
+			wg.Go(func() {
+				time.Sleep(deleteIn)
+				os.Remove(harness.ImagePath(n1, img.ID))
+				if err := c.PublishDelete(ctx, n1, img); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		// Watch the live images while sending: each must arrive in time.
+		for time.Until(s.at.Add(every)) > 0 {
+			checkLate()
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	wg.Wait()
+	// The last images get their full 5 s.
+	for end := time.Now().Add(late); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		checkLate()
+	}
+	var delays []time.Duration
+	for _, s := range imgs {
+		for _, n := range c.Nodes[1:] {
+			ok, _ := harness.HasImage(n, s.img)
+			if s.deleted {
+				if _, err := os.Stat(harness.ImagePath(n, s.img.ID)); err == nil {
+					t.Errorf("%s: deleted image %s is still there", n.Name, s.img.ID)
+				}
+				continue
+			}
+			if !ok {
+				t.Errorf("%s: live image %s missing %v after its event", n.Name, s.img.ID, time.Since(s.at).Round(time.Millisecond))
+			}
+		}
+		if !s.arrived.IsZero() {
+			delays = append(delays, s.arrived.Sub(s.at))
+		}
+	}
+	for name, l := range logs {
+		if strings.Contains(l.String(), "stopped growing") {
+			t.Errorf("%s waited on a partial that stopped growing", name)
+		}
+	}
+	sort.Slice(delays, func(i, j int) bool { return delays[i] < delays[j] })
+	if len(delays) > 0 {
+		t.Logf("%d images (%d live) in %v; event to last node verified: p50 %v, p99 %v, max %v", len(imgs), len(delays),
+			duration, delays[len(delays)/2].Round(time.Millisecond), delays[len(delays)*99/100].Round(time.Millisecond),
+			delays[len(delays)-1].Round(time.Millisecond))
+	}
+	if t.Failed() {
+		dump()
+	}
+}
+
+func stopWatch(t *testing.T, cmd *exec.Cmd) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Errorf("watch still running 15 s after SIGTERM")
+	}
+}
