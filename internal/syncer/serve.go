@@ -59,11 +59,6 @@ func (s *Syncer) Serve(ctx context.Context, prefetch int) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	defer recv.Close()
-	ds, err := recv.Consume(prefetch)
-	if err != nil {
-		return Result{}, err
-	}
 	pub, err := s.conn.Publisher()
 	if err != nil {
 		return Result{}, err
@@ -77,21 +72,53 @@ func (s *Syncer) Serve(ctx context.Context, prefetch int) (Result, error) {
 	}
 	defer s.f.close()
 	in := make(chan received)
-	go func() {
-		defer close(in)
-		for d := range ds {
-			select {
-			case in <- received{d: d, m: d.Message}:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	go s.consume(ctx, recv, prefetch, in)
 	err = s.serve(ctx, in)
 	if err == nil {
 		err = fmt.Errorf("broker %s: the channel consuming %s was closed", s.conn.URL(), s.cfg.Queue)
 	}
 	return s.TakeResult(), err
+}
+
+// consume feeds in from the node queue until ctx ends or the connection
+// is lost. When the broker closes only the consumer's channel (a transfer
+// outlasted its consumer_timeout), it consumes again on a new channel: the
+// lanes and their transfers go on, and each message the broker hands out
+// again is settled against what is here by then (a placed, verified file
+// is not read again).
+func (s *Syncer) consume(ctx context.Context, recv *broker.Receiver, prefetch int, in chan<- received) {
+	defer close(in)
+	backoff := 100 * time.Millisecond
+	for {
+		ds, err := recv.Consume(prefetch)
+		if err != nil {
+			recv.Close()
+			s.fail(err)
+			return
+		}
+		for d := range ds {
+			select {
+			case in <- received{d: d, m: d.Message}:
+			case <-ctx.Done():
+				recv.Close()
+				return
+			}
+		}
+		recv.Close()
+		if ctx.Err() != nil || s.conn.Closed() {
+			return
+		}
+		s.log.Warn("the broker closed the channel consuming the node queue (consumer_timeout?); consuming again; its unacked messages come back and are settled against the datadir",
+			"queue", s.cfg.Queue, "in", backoff.String())
+		if !s.wait(ctx, backoff) {
+			return
+		}
+		backoff = min(2*backoff, 10*time.Second)
+		if recv, err = s.conn.Receive(s.cfg.Queue); err != nil {
+			s.fail(err)
+			return
+		}
+	}
 }
 
 // serve dispatches messages to their image's lane until in closes, ctx
@@ -211,7 +238,9 @@ func (ls *lanes) run(ctx context.Context, id string, l *lane) {
 		jctx, cancel := context.WithCancelCause(ctx)
 		l.doing, l.cancel = j.action, cancel
 		ls.mu.Unlock()
-		ls.s.work(jctx, j, ls.sem)
+		if !ls.s.staleJob(j) {
+			ls.s.work(jctx, j, ls.sem)
+		}
 		cancel(nil)
 		ls.mu.Lock()
 		l.cancel = nil
@@ -230,6 +259,9 @@ func (s *Syncer) work(ctx context.Context, j job, sem chan struct{}) {
 	if at := nodequeue.RetryAt(j.m, time.Now()); !at.IsZero() {
 		if !s.wait(ctx, time.Until(at)) {
 			s.stopped(ctx, j)
+			return
+		}
+		if s.staleJob(j) {
 			return
 		}
 	}
@@ -286,4 +318,18 @@ func (s *Syncer) TakeResult() Result {
 	}
 	s.res = Result{}
 	return res
+}
+
+// stale is a delivery whose channel may have closed under it.
+type stale interface{ Stale() bool }
+
+// staleJob reports whether j came on a channel the broker has closed since:
+// the broker hands it out again on the new one, so this copy is let go.
+func (s *Syncer) staleJob(j job) bool {
+	st, ok := j.d.(stale)
+	if !ok || !st.Stale() {
+		return false
+	}
+	s.log.Debug("let go: its channel closed, the broker hands it out again", "image", j.ev.Image.ID, "event", j.ev.EventType)
+	return true
 }

@@ -426,6 +426,9 @@ func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
 		s.dropSuperseded(j)
 		return false
 	}
+	if s.staleJob(j) {
+		return false // a copy of it comes back on the new channel
+	}
 	if ctx.Err() != nil {
 		// Stopping: the message goes back unacked, no attempt counted.
 		s.tally(j.ev.EventType, "deferred", "")
@@ -494,6 +497,13 @@ func (s *Syncer) ack(d acker) {
 		return
 	}
 	if err := d.Ack(); err != nil {
+		if s.daemon && broker.ChannelClosed(err) {
+			// Its channel closed under a long transfer (consumer_timeout):
+			// the message comes back on the new channel, and is settled
+			// then against the placed file.
+			s.log.Info("not acked: the channel it came on is closed; it comes back and is settled then", "err", err)
+			return
+		}
 		s.fail(err)
 	}
 }
