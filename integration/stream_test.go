@@ -2,9 +2,11 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,11 +24,12 @@ import (
 // deleted one is gone everywhere, and no lane waits on a partial that
 // stopped growing.
 func TestWatchSteadyStream(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	c := newCluster(t, 3)
 	n1 := c.Nodes[0]
 	logs := map[string]*lockedLog{}
+	var pids []int
 	for _, n := range c.Nodes {
 		must(t, c.WriteConfig(n, map[string]string{"source_strategy": "chain"}))
 		cmd := n.NS.Command(ctx, tool, "--config", n.Config, "--glance-config", n.GlanceConf,
@@ -34,6 +37,7 @@ func TestWatchSteadyStream(t *testing.T) {
 		log := &lockedLog{}
 		cmd.Stdout, cmd.Stderr = log, log
 		must(t, cmd.Start())
+		pids = append(pids, cmd.Process.Pid) // nsenter execs the tool
 		logs[n.Name] = log
 		t.Cleanup(func() { stopWatch(t, cmd) })
 	}
@@ -48,7 +52,11 @@ func TestWatchSteadyStream(t *testing.T) {
 		deleteIn = 1500 * time.Millisecond
 		late     = 5 * time.Second
 	)
+	// STREAM_DURATION=5m is the bench's version (make bench-stream).
 	duration := 30 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("STREAM_DURATION")); err == nil {
+		duration = d
+	}
 	type sent struct {
 		img     harness.Image
 		at      time.Time
@@ -82,7 +90,11 @@ func TestWatchSteadyStream(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	start := time.Now()
+	var first string
 	for i := 0; time.Since(start) < duration; i++ {
+		if first == "" && time.Since(start) > 3*time.Second {
+			first = usage(pids)
+		}
 		img, err := c.AddImage(n1, 256<<10)
 		must(t, err)
 		s := &sent{img: img, at: time.Now(), deleted: i%3 == 2}
@@ -137,6 +149,7 @@ func TestWatchSteadyStream(t *testing.T) {
 			strings.Count(l, "msg=fetched"), strings.Count(l, "msg=deferred"), strings.Count(l, errSupersededText),
 			strings.Count(l, "its writer stopped"))
 	}
+	t.Logf("watch RSS and open files, first: %s; last: %s", first, usage(pids))
 	sort.Slice(delays, func(i, j int) bool { return delays[i] < delays[j] })
 	if len(delays) > 0 {
 		t.Logf("%d images (%d live) in %v; event to last node verified: p50 %v, p99 %v, max %v", len(imgs), len(delays),
@@ -146,6 +159,23 @@ func TestWatchSteadyStream(t *testing.T) {
 	if t.Failed() {
 		dump()
 	}
+}
+
+// usage is each process's RSS and open files, from /proc.
+func usage(pids []int) string {
+	var out []string
+	for _, pid := range pids {
+		status, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+		rss := "?"
+		for _, line := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				rss = strings.Join(strings.Fields(v), " ")
+			}
+		}
+		fds, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+		out = append(out, fmt.Sprintf("pid %d rss %s fds %d", pid, rss, len(fds)))
+	}
+	return strings.Join(out, ", ")
 }
 
 // errSupersededText is how watch logs a fetch a delete cancelled.
