@@ -333,19 +333,30 @@ func worse(a, b int) int {
 	return a
 }
 
-func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
+// fanoutConfig is duplicate-notifications' part of the configuration.
+func (r *runner) fanoutConfig() fanout.Config {
 	var queues []string
 	for _, n := range nodeNames(r.cfg) {
 		queues = append(queues, nodequeue.Queue(n))
 	}
-	res, err := fanout.Run(ctx, fanout.Config{
+	return fanout.Config{
 		Self:        selfName(r.cfg),
 		SourceQueue: r.cfg.Broker.SourceQueue(),
 		NodeQueues:  queues,
 		ParkQueue:   nodequeue.ParkQueue(selfName(r.cfg)),
 		Exchange:    r.cfg.Broker.Exchange,
 		ForwardKey:  r.cfg.Broker.ForwardRoutingKey,
-	}, conn, r.log)
+	}
+}
+
+func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
+	res, err := fanout.Run(ctx, r.fanoutConfig(), conn, r.log)
+	return r.duplicated(res, err)
+}
+
+// duplicated logs and counts a duplicate-notifications result, and gives
+// its exit code.
+func (r *runner) duplicated(res fanout.Result, err error) int {
 	r.fanoutRes = res
 	r.summary(res == fanout.Result{} && err == nil, "duplicate-notifications done", "queue", r.cfg.Broker.SourceQueue(), "copied", res.Copied,
 		"forwarded", res.Forwarded, "dropped", res.Dropped, "parked", res.Parked)

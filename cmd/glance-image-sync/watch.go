@@ -14,6 +14,7 @@ import (
 	"github.com/glance-image-sync/glance-image-sync/internal/fanout"
 	"github.com/glance-image-sync/glance-image-sync/internal/metrics"
 	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
+	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
 )
 
 // Backoff bounds for reconnecting to the broker. A message that cannot be
@@ -114,8 +115,9 @@ const watchPrefetch = 256
 
 // serve runs on one connection until it fails or ctx ends: sync-images as a
 // consumer of the node queue (syncer.Serve) and, with --duplicate,
-// duplicate-notifications every interval; metrics are recorded every
-// interval.
+// duplicate-notifications as a consumer of Glance's queue (fanout.Serve,
+// started again every interval while that queue does not exist yet);
+// metrics are recorded every interval.
 func (w *watcher) serve(ctx context.Context, conn *broker.Conn) error {
 	r := w.r
 	s, st, err := r.syncer(ctx, conn)
@@ -131,30 +133,35 @@ func (w *watcher) serve(ctx context.Context, conn *broker.Conn) error {
 		_, err := s.Serve(sctx, watchPrefetch)
 		daemon <- err
 	}()
+	var dup chan fanoutDone // nil while not copying
+	var dupAt time.Time     // when to start copying (again)
 	for {
 		start := time.Now()
-		code := exitOK
-		if w.duplicate {
-			pctx, cancel := ctx, context.CancelFunc(func() {})
-			if r.cfg.Deadline > 0 {
-				pctx, cancel = context.WithTimeout(ctx, r.cfg.Deadline)
-			}
-			code = r.pass(pctx, conn, steps{duplicate: true})
-			cancel()
+		if w.duplicate && dup == nil && !start.Before(dupAt) {
+			dup = make(chan fanoutDone, 1)
+			go func() {
+				res, err := fanout.Serve(sctx, r.fanoutConfig(), conn, r.log)
+				dup <- fanoutDone{res, err}
+			}()
 		}
-		r.syncRes = s.TakeResult()
-		w.record(conn, code, start)
-		if code == exitFailed && ctx.Err() == nil {
-			stop()
-			<-daemon
-			return errors.New("pass failed (see the error above)")
-		}
+		r.fanoutRes, r.syncRes = fanout.Result{}, s.TakeResult()
+		w.record(conn, exitOK, start)
 		select {
 		case err := <-daemon:
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			return fmt.Errorf("sync-images: %w", err)
+		case d := <-dup:
+			dup, dupAt = nil, time.Now().Add(w.interval)
+			r.syncRes = syncer.Result{}
+			code := r.duplicated(d.res, d.err)
+			w.record(conn, code, start)
+			if d.err != nil && ctx.Err() == nil {
+				stop()
+				<-daemon
+				return fmt.Errorf("duplicate-notifications: %w", d.err)
+			}
 		case <-ctx.Done():
 			<-daemon
 			return ctx.Err()
@@ -166,6 +173,11 @@ func (w *watcher) serve(ctx context.Context, conn *broker.Conn) error {
 			return errors.New("broker closed the connection")
 		}
 	}
+}
+
+type fanoutDone struct {
+	res fanout.Result
+	err error
 }
 
 // record adds a pass to the metrics, and rewrites metrics_file when the pass
