@@ -18,8 +18,9 @@ import (
 
 // Issue 17's load, shortened: watch --duplicate on three nodes, node1
 // receiving a 256 KiB image every 0.5 s, every third deleted again 1.5 s
-// later (its file gone from node1 first, so the other nodes may find no
-// source). One image that cannot be fetched now must not hold back the
+// later (its file gone from node1 first; every sixth gone before its upload
+// is announced, so no node can fetch it: its fetch is deferred until the
+// delete cancels it). One image that cannot be fetched now must not hold back the
 // others: every live image is on every node within 5 s of its event, every
 // deleted one is gone everywhere, and no lane waits on a partial that
 // stopped growing.
@@ -98,6 +99,12 @@ func TestWatchSteadyStream(t *testing.T) {
 		img, err := c.AddImage(n1, 256<<10)
 		must(t, err)
 		s := &sent{img: img, at: time.Now(), deleted: i%3 == 2}
+		if i%6 == 2 {
+			// Deleted on node1 before the others read it (as on a node that
+			// fell behind): no node has it, its fetch is deferred, and the
+			// delete 1.5 s later must cancel it.
+			must(t, os.Remove(harness.ImagePath(n1, img.ID)))
+		}
 		must(t, c.PublishUpload(ctx, n1, img))
 		mu.Lock()
 		imgs = append(imgs, s)
@@ -140,14 +147,20 @@ func TestWatchSteadyStream(t *testing.T) {
 			delays = append(delays, s.arrived.Sub(s.at))
 		}
 	}
+	deferred, cancelled := 0, 0
 	for _, n := range c.Nodes {
 		l := logs[n.Name].String()
+		deferred += strings.Count(l, "msg=deferred")
+		cancelled += strings.Count(l, errSupersededText)
 		if strings.Contains(l, "stopped growing") && !strings.Contains(l, "runs no sync-images") {
 			t.Errorf("%s waited on a partial that stopped growing", n.Name)
 		}
 		t.Logf("%s: %d fetched, %d deferred, %d fetches cancelled by a delete, %d followers told the writer stopped", n.Name,
 			strings.Count(l, "msg=fetched"), strings.Count(l, "msg=deferred"), strings.Count(l, errSupersededText),
 			strings.Count(l, "its writer stopped"))
+	}
+	if deferred == 0 || cancelled == 0 {
+		t.Errorf("%d fetches deferred, %d cancelled by a delete: the load did not exercise what it tests", deferred, cancelled)
 	}
 	t.Logf("watch RSS and open files, first: %s; last: %s", first, usage(pids))
 	sort.Slice(delays, func(i, j int) bool { return delays[i] < delays[j] })
