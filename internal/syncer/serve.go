@@ -65,8 +65,11 @@ func (s *Syncer) Serve(ctx context.Context, prefetch int) (Result, error) {
 	}
 	defer pub.Close()
 	s.pub = pub
-	s.f = newFetcher(s.cfg, s.store, s.log)
-	s.f.syncing = s.running
+	f := newFetcher(s.cfg, s.store, s.log)
+	f.syncing = s.running
+	s.mu.Lock() // TakeResult may already be asking
+	s.f = f
+	s.mu.Unlock()
 	if s.cfg.Strategy == StrategyChain {
 		defer s.announce()()
 	}
