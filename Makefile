@@ -11,7 +11,7 @@ COMMIT    := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TEST_TIMEOUT ?= 15m
 
-.PHONY: build dist image deb test setup vet demo bench bench-scale clean
+.PHONY: build dist image deb test setup vet demo bench bench-scale bench-stream clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/glance-image-sync
@@ -114,6 +114,13 @@ bench: setup
 # BENCH_SCALE_ARGS e.g. -nodes 4 -size 256 -rate 20
 bench-scale: setup
 	$(GO) run ./integration/benchscale $(BENCH_SCALE_ARGS)
+
+# Issue 17's load for 5 minutes: watch --duplicate on three nodes, a 256 KiB
+# image every 0.5 s on node1, every third deleted 1.5 s later. Prints p50/p99
+# from event to verified on every node, and the daemons' RSS and open files
+# first and last.
+bench-stream: setup
+	STREAM_DURATION=5m $(GO) test -count=1 -timeout 20m -run 'TestWatchSteadyStream$$' -v ./integration | grep -E 'stream_test|^(---|ok|FAIL)'
 
 clean:
 	rm -rf bin

@@ -125,15 +125,17 @@ that exist on one node only.`,
 				return func(e *env) int { return runStatus(o, e.cfg, e.stdout, e.log) }
 			}},
 		{name: "watch", synopsis: "[--duplicate] [--interval D] [--listen ADDR]", config: true, daemon: true,
-			help: `Run as a daemon: drain this node's queue every interval
-(2s), and with --duplicate Glance's queue too; reconnect
+			help: `Run as a daemon: consume this node's queue (a message
+that cannot be done now is retried on its own schedule,
+10s doubling to 5m; a delete cancels its image's fetch),
+and with --duplicate Glance's queue too; reconnect
 to the broker with backoff; serve /metrics on ADDR.
 SIGTERM stops it cleanly; partial files are resumed
 by the next run.`,
 			flags: func(fs *flag.FlagSet) func(*env) int {
 				o := watchOptions{}
 				fs.BoolVar(&o.duplicate, "duplicate", false, "also copy Glance's notifications into every node's queue (duplicate-notifications), continuously")
-				fs.DurationVar(&o.interval, "interval", 2*time.Second, "how often to look for new messages")
+				fs.DurationVar(&o.interval, "interval", 2*time.Second, "how often to record metrics, and to look again for Glance's queue while it does not exist")
 				fs.StringVar(&o.listen, "listen", "", "serve Prometheus metrics at http://`ADDR`/metrics, e.g. 127.0.0.1:9464")
 				return func(e *env) int { return runWatch(e.ctx, o, e.runner(), e.stderr) }
 			}},

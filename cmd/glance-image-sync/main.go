@@ -344,19 +344,30 @@ func worse(a, b int) int {
 	return a
 }
 
-func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
+// fanoutConfig is duplicate-notifications' part of the configuration.
+func (r *runner) fanoutConfig() fanout.Config {
 	var queues []string
 	for _, n := range nodeNames(r.cfg) {
 		queues = append(queues, nodequeue.Queue(n))
 	}
-	res, err := fanout.Run(ctx, fanout.Config{
+	return fanout.Config{
 		Self:        selfName(r.cfg),
 		SourceQueue: r.cfg.Broker.SourceQueue(),
 		NodeQueues:  queues,
 		ParkQueue:   nodequeue.ParkQueue(selfName(r.cfg)),
 		Exchange:    r.cfg.Broker.Exchange,
 		ForwardKey:  r.cfg.Broker.ForwardRoutingKey,
-	}, conn, r.log)
+	}
+}
+
+func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
+	res, err := fanout.Run(ctx, r.fanoutConfig(), conn, r.log)
+	return r.duplicated(res, err)
+}
+
+// duplicated logs and counts a duplicate-notifications result, and gives
+// its exit code.
+func (r *runner) duplicated(res fanout.Result, err error) int {
 	r.fanoutRes = res
 	r.summary(res == fanout.Result{} && err == nil, "duplicate-notifications done", "queue", r.cfg.Broker.SourceQueue(), "copied", res.Copied,
 		"forwarded", res.Forwarded, "dropped", res.Dropped, "parked", res.Parked)
@@ -371,13 +382,24 @@ func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
 }
 
 func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
-	start := time.Now()
-	sts, closeAll, err := openStores(r.cfg)
+	s, closeAll, err := r.syncer(ctx, conn)
 	if err != nil {
 		r.log.Error("sync-images failed", "err", err)
 		return exitFailed
 	}
 	defer closeAll()
+	res, err := s.Run(ctx)
+	return r.syncDone(res, err)
+}
+
+// syncer opens every file store (emptying its old trash) and prepares a
+// sync-images run or daemon on conn. closeAll closes the stores.
+func (r *runner) syncer(ctx context.Context, conn *broker.Conn) (s *syncer.Syncer, closeAll func(), err error) {
+	start := time.Now()
+	sts, closeAll, err := openStores(r.cfg)
+	if err != nil {
+		return nil, nil, err
+	}
 	if !r.dryRun {
 		for _, st := range sts {
 			r.purgeTrash(st.Store, start)
@@ -385,8 +407,8 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 	}
 	api, key, err := configuredGlance(ctx, r.cfg)
 	if err != nil {
-		r.log.Error("sync-images failed: the Images API that confirms deletes cannot be used", "key", key, "err", err)
-		return exitFailed
+		closeAll()
+		return nil, nil, fmt.Errorf("the Images API that confirms deletes cannot be used (%s): %w", key, err)
 	}
 	var glance syncer.ImageStatuser // stays nil, not a nil *Client, without one
 	if api != nil {
@@ -405,8 +427,11 @@ func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
 	if api != nil {
 		cfg.Images = api
 	}
-	s := syncer.New(cfg, conn, sts, r.log)
-	res, err := s.Run(ctx)
+	return syncer.New(cfg, conn, sts, r.log), closeAll, nil
+}
+
+// syncDone logs and counts a sync-images run's result, and gives its exit code.
+func (r *runner) syncDone(res syncer.Result, err error) int {
 	r.syncRes = res
 	r.summary(len(res.Events) == 0 && err == nil, "sync-images done", "fetched", res.Fetched, "deleted", res.Deleted, "skipped", res.Skipped,
 		"deferred", res.Deferred, "parked", res.Parked, "bytes", res.Bytes)

@@ -14,20 +14,20 @@ import (
 	"github.com/glance-image-sync/glance-image-sync/internal/fanout"
 	"github.com/glance-image-sync/glance-image-sync/internal/metrics"
 	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
+	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
 )
 
-// Backoff bounds, for reconnecting to the broker and for retrying a queue
-// whose last pass left messages for later (a peer down, a disk full).
+// Backoff bounds for reconnecting to the broker. A message that cannot be
+// done now waits on its own (syncer.Serve), never the whole queue.
 const (
 	reconnectMin = time.Second
 	reconnectMax = time.Minute
-	retryMin     = 30 * time.Second
-	retryMax     = 5 * time.Minute
 )
 
-// runWatch is the daemon: it drains this node's queue every interval (and,
-// with --duplicate, Glance's queue into every node's), so an image reaches
-// the other nodes seconds after its upload instead of at the next cron tick.
+// runWatch is the daemon: it consumes this node's queue, handling each
+// message as it arrives (and, with --duplicate, copies Glance's queue into
+// every node's every interval), so an image reaches the other nodes seconds
+// after its upload instead of at the next cron tick.
 // It holds lock_file for its whole life, so a cron run left in place exits
 // 75 and does nothing. SIGTERM or SIGINT stops it: a transfer in flight is
 // cut, its partial file kept for the next run to resume, and its message
@@ -104,58 +104,80 @@ type watcher struct {
 	duplicate bool
 	interval  time.Duration
 
-	nextSync   time.Time
-	retryDelay time.Duration // 0 while nothing is deferred
-	lastWrite  time.Time
-	dirty      bool
+	lastWrite time.Time
+	dirty     bool
 }
 
-// serve runs passes on one connection until it fails or ctx ends.
+// watchPrefetch bounds the node queue's messages the daemon holds unacked:
+// those in transfer, queued behind them, and deferred ones waiting for
+// their retry time.
+const watchPrefetch = 256
+
+// serve runs on one connection until it fails or ctx ends: sync-images as a
+// consumer of the node queue (syncer.Serve) and, with --duplicate,
+// duplicate-notifications as a consumer of Glance's queue (fanout.Serve,
+// started again every interval while that queue does not exist yet);
+// metrics are recorded every interval.
 func (w *watcher) serve(ctx context.Context, conn *broker.Conn) error {
 	r := w.r
+	s, closeAll, err := r.syncer(ctx, conn)
+	if err != nil {
+		w.record(conn, exitFailed, time.Now())
+		return fmt.Errorf("sync-images: %w", err)
+	}
+	defer closeAll()
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	daemon := make(chan error, 1)
+	go func() {
+		_, err := s.Serve(sctx, watchPrefetch)
+		daemon <- err
+	}()
+	var dup chan fanoutDone // nil while not copying
+	var dupAt time.Time     // when to start copying (again)
 	for {
 		start := time.Now()
-		pctx, cancel := ctx, context.CancelFunc(func() {})
-		if r.cfg.Deadline > 0 {
-			pctx, cancel = context.WithTimeout(ctx, r.cfg.Deadline)
+		if w.duplicate && dup == nil && !start.Before(dupAt) {
+			dup = make(chan fanoutDone, 1)
+			go func() {
+				res, err := fanout.Serve(sctx, r.fanoutConfig(), conn, r.log)
+				dup <- fanoutDone{res, err}
+			}()
 		}
-		code := r.pass(pctx, conn, steps{duplicate: w.duplicate, sync: !start.Before(w.nextSync)})
-		if r.synced {
-			w.schedule(start)
-		}
-		cancel()
-		if ctx.Err() != nil {
+		r.fanoutRes, r.syncRes = fanout.Result{}, s.TakeResult()
+		w.record(conn, exitOK, start)
+		select {
+		case err := <-daemon:
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("sync-images: %w", err)
+		case d := <-dup:
+			dup, dupAt = nil, time.Now().Add(w.interval)
+			r.syncRes = syncer.Result{}
+			code := r.duplicated(d.res, d.err)
 			w.record(conn, code, start)
+			if d.err != nil && ctx.Err() == nil {
+				stop()
+				<-daemon
+				return fmt.Errorf("duplicate-notifications: %w", d.err)
+			}
+		case <-ctx.Done():
+			<-daemon
 			return ctx.Err()
-		}
-		w.record(conn, code, start)
-		if code == exitFailed {
-			return errors.New("pass failed (see the error above)")
+		case <-time.After(w.interval):
 		}
 		if conn.Closed() {
+			stop()
+			<-daemon
 			return errors.New("broker closed the connection")
-		}
-		sleep(ctx, w.interval)
-		if ctx.Err() != nil {
-			return ctx.Err()
 		}
 	}
 }
 
-// schedule sets the next sync pass. A pass that left messages for later
-// (peer down, disk full) would otherwise retry them every interval and use
-// up max_attempts in seconds; so while messages are deferred, syncs space
-// out like cron runs (30 s doubling to 5 min), and return to every interval
-// after a pass that deferred nothing.
-func (w *watcher) schedule(start time.Time) {
-	if w.r.syncRes.Deferred > 0 {
-		w.retryDelay = min(max(2*w.retryDelay, retryMin), retryMax)
-		w.nextSync = start.Add(w.retryDelay)
-		w.r.log.Info("messages left for later; next sync pass", "in", w.retryDelay.String())
-		return
-	}
-	w.retryDelay = 0
-	w.nextSync = time.Time{}
+type fanoutDone struct {
+	res fanout.Result
+	err error
 }
 
 // record adds a pass to the metrics, and rewrites metrics_file when the pass

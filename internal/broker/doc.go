@@ -18,6 +18,12 @@
 // runs on a connection of its own and stops reading its socket while the
 // budget is used, leaving the rest on the broker.
 //
+// Announce declares an exclusive, auto-deleted queue that lives exactly as
+// long as the connection, so another process can see with Inspect that this
+// one runs. A Delivery reports when its channel closed under it (Stale,
+// e.g. the broker's consumer_timeout) and ChannelClosed recognises the
+// error of settling on such a channel.
+//
 // It holds no policy: what to ack, when, and what to park is decided by the
 // callers (fanout, syncer). Errors and logs name the broker by its URL with the
 // password hidden; a publish the broker refuses reports the broker's reason

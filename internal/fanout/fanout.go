@@ -70,6 +70,20 @@ const idle = time.Second
 // any failure the unacked rest stays in the source queue for the next run, and
 // copies already made are harmless duplicates.
 func Run(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (Result, error) {
+	return drain(ctx, cfg, conn, log, false)
+}
+
+// Serve is Run as a daemon (watch --duplicate): it consumes the source
+// queue and copies each event as it arrives, until ctx ends or the broker
+// closes the consumer. It returns at once, with no error, while the source
+// queue does not exist yet (Glance declares it on its first notification):
+// call it again later.
+func Serve(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (Result, error) {
+	return drain(ctx, cfg, conn, log, true)
+}
+
+// drain is Run, or with forever Serve: no count of ready messages, no idle end.
+func drain(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger, forever bool) (Result, error) {
 	var res Result
 	if prev := debug.SetMemoryLimit(-1); prev > heapLimit {
 		debug.SetMemoryLimit(heapLimit)
@@ -88,7 +102,7 @@ func Run(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (
 		log.Info("source queue does not exist: nothing to drain (Glance declares it on its first notification)", "queue", cfg.SourceQueue)
 		return res, nil
 	}
-	if src.Messages == 0 {
+	if src.Messages == 0 && !forever {
 		log.Debug("source queue empty", "queue", cfg.SourceQueue)
 		return res, nil
 	}
@@ -159,6 +173,10 @@ func Run(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (
 	var runErr error
 	timer := time.NewTimer(idle)
 	defer timer.Stop()
+	var idleC <-chan time.Time = timer.C
+	if forever {
+		idleC = nil // a daemon waits for the next message however long
+	}
 	// next waits for the next source message; nil, nil ends the drain.
 	next := func(taken int) (*broker.Delivery, error) {
 		for {
@@ -168,7 +186,7 @@ func Run(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (
 					return nil, fmt.Errorf("broker %s: consumer on %s closed", conn.URL(), cfg.SourceQueue)
 				}
 				return d, nil
-			case <-timer.C:
+			case <-idleC:
 				// While the receiver holds bodies we took, its reads wait
 				// for their acks (bounded receiver): that silence is ours.
 				if _, held := recv.Held(); held > 0 {
@@ -182,7 +200,7 @@ func Run(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (
 			}
 		}
 	}
-	for n := 0; n < src.Messages; n++ {
+	for n := 0; forever || n < src.Messages; n++ {
 		d, err := next(n)
 		if err != nil {
 			runErr = err

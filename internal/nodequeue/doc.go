@@ -4,8 +4,10 @@
 // existing deployments keep their queues), the x-glance-image-sync-* headers
 // and what each means, how a message is parked (reason, node, capped body),
 // how a failed attempt is counted on a re-queued copy (the counts clamped,
-// since anyone who can publish can set a header), and how parked messages go
-// back to the node's queue.
+// since anyone who can publish can set a header), when a deferred copy may be
+// tried again (the retry-at header, believed at most MaxRetryDelay ahead),
+// how parked messages go back to the node's queue, and the name of the
+// presence queue that shows a node's sync-images is running (SyncingQueue).
 //
 // No other package writes a header of ours. It imports broker and node and
 // nothing else of this module.

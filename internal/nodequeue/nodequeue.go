@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/node"
@@ -16,6 +17,13 @@ func Queue(n node.Name) string { return "glance_image_sync." + string(n.Short())
 
 // ParkQueue holds the messages of a node that can never succeed.
 func ParkQueue(n node.Name) string { return "glance_image_sync." + string(n.Short()) + ".failed" }
+
+// SyncingQueue exists while n runs sync-images (cron or watch): an
+// exclusive queue of the run's connection (broker.Announce). A chain
+// follower waits for a predecessor only while it exists.
+func SyncingQueue(n node.Name) string {
+	return "glance_image_sync." + string(n.Short()) + ".syncing"
+}
 
 // HeaderPrefix starts every header this tool sets. A message from a queue
 // anyone may write (Glance's) loses them all (Strip): downstream they would
@@ -36,6 +44,10 @@ const (
 	// TruncatedHeader holds the original size in bytes of a message parked
 	// with only the first part of its body.
 	TruncatedHeader = HeaderPrefix + "truncated-from"
+	// RetryAtHeader is when a deferred message may be tried again, in Unix
+	// seconds: the daemon holds it until then (and again after a restart,
+	// since the time travels with the message).
+	RetryAtHeader = HeaderPrefix + "retry-at"
 )
 
 // Strip returns m without any header of ours, in any spelling.
@@ -104,12 +116,35 @@ func Retried(m broker.Message, attempts, mismatches int, reason string) broker.M
 	return m.WithHeader(AttemptsHeader, int32(attempts)).WithHeader(ReasonHeader, truncate(reason))
 }
 
+// MaxRetryDelay bounds how long a message's RetryAtHeader is believed: a
+// time further ahead (a skewed clock, a forged header) counts as this far.
+const MaxRetryDelay = 5 * time.Minute
+
+// Deferred is m with the time it may be tried again.
+func Deferred(m broker.Message, at time.Time) broker.Message {
+	return m.WithHeader(RetryAtHeader, at.Unix())
+}
+
+// RetryAt is when m may be tried again, as far as it can be believed: never
+// later than MaxRetryDelay after now; the zero time when m says nothing.
+func RetryAt(m broker.Message, now time.Time) time.Time {
+	sec := m.IntHeader(RetryAtHeader)
+	if sec <= 0 {
+		return time.Time{}
+	}
+	at, latest := time.Unix(int64(sec), 0), now.Add(MaxRetryDelay)
+	if at.After(latest) {
+		return latest
+	}
+	return at
+}
+
 // Requeued is a parked message as it goes back to its node's queue, for
 // after an operator fixed the cause: its attempts start again. reason is
 // why it was parked.
 func Requeued(m broker.Message) (out broker.Message, reason string) {
 	reason, _ = m.Headers[ReasonHeader].(string)
-	return m.WithHeader(AttemptsHeader, int32(0)), reason
+	return m.WithHeader(AttemptsHeader, int32(0)).WithHeader(RetryAtHeader, int64(0)), reason
 }
 
 // RequeueFailed moves every message parked for n back to its queue

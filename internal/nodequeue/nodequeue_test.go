@@ -3,6 +3,7 @@ package nodequeue
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 )
@@ -83,5 +84,24 @@ func TestRequeuedResetsAttempts(t *testing.T) {
 	m, reason := Requeued(Retried(broker.Message{}, 4, 0, "disk full"))
 	if Attempts(m, 5) != 0 || reason != "disk full" {
 		t.Errorf("requeued attempts %d, reason %q", Attempts(m, 5), reason)
+	}
+}
+
+// RetryAt believes a message's retry time only up to MaxRetryDelay ahead,
+// and a requeued message is tried at once.
+func TestRetryAt(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	m := broker.Message{}
+	if !RetryAt(m, now).IsZero() {
+		t.Error("a message without the header has a retry time")
+	}
+	if got := RetryAt(Deferred(m, now.Add(time.Minute)), now); !got.Equal(now.Add(time.Minute)) {
+		t.Errorf("retry at %v, want a minute after now", got)
+	}
+	if got := RetryAt(Deferred(m, now.Add(1000*time.Hour)), now); !got.Equal(now.Add(MaxRetryDelay)) {
+		t.Errorf("a far retry time believed: %v", got)
+	}
+	if r, _ := Requeued(Deferred(m, now.Add(time.Minute))); !RetryAt(r, now).IsZero() {
+		t.Error("a requeued message keeps its retry time")
 	}
 }

@@ -269,3 +269,33 @@ func deleteImage(t *testing.T, s *Store) {
 		t.Fatal(err)
 	}
 }
+
+// An abandoned partial carries the sign (its time at the epoch), keeps its
+// bytes for a resume, and a resumed write makes it live again.
+func TestAbandonedPartial(t *testing.T) {
+	s := newStore(t)
+	data := []byte(strings.Repeat("x", 10000))
+	ctx := context.Background()
+	p, err := s.Begin(ctx, id, int64(len(data)), sum(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Write(data[:4000])
+	if err := p.Abandon(); err != nil {
+		t.Fatal(err)
+	}
+	path := s.partialPath(id, sum(data))
+	fi, err := os.Stat(path)
+	if err != nil || fi.Size() != 4000 || !Abandoned(fi.ModTime()) {
+		t.Fatalf("after Abandon: %v %v, want 4000 bytes at the epoch", fi, err)
+	}
+	p, err = s.Begin(ctx, id, int64(len(data)), sum(data))
+	if err != nil || p.Offset() != 4000 {
+		t.Fatalf("resume: %v at %d", err, p.Offset())
+	}
+	p.Write(data[4000:5000])
+	defer p.Close()
+	if fi, _ := os.Stat(path); Abandoned(fi.ModTime()) {
+		t.Error("a resumed partial still looks abandoned")
+	}
+}

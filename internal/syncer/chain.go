@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/node"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
 )
 
@@ -133,7 +134,7 @@ func (c *chainPicker) try(ctx context.Context, name node.Name, wait, completeOnl
 		return nil
 	}
 	k, err := c.look(ctx, cl, completeOnly)
-	if k == none && err == nil && wait && c.f.mayWaitFor(name) {
+	if k == none && err == nil && wait && c.f.mayWaitFor(name) && c.f.mayBeSyncing(ctx, name) {
 		grace := min(startGrace, c.f.cfg.StallTimeout/2)
 		for deadline := time.Now().Add(grace); k == none && err == nil && time.Now().Before(deadline); {
 			select {
@@ -203,6 +204,31 @@ func (f *fetcher) mayWaitFor(peer node.Name) bool {
 	return !f.noShows[peer]
 }
 
+// mayBeSyncing reports whether peer may start fetching soon: a peer that
+// runs no sync-images costs no wait.
+func (f *fetcher) mayBeSyncing(ctx context.Context, peer node.Name) bool {
+	return f.syncing == nil || f.syncing(ctx, peer)
+}
+
+// running reports whether n runs sync-images now, cron or watch (its
+// nodequeue.SyncingQueue exists). When the broker cannot say, n is taken
+// as running: a wait, not a miss.
+func (s *Syncer) running(_ context.Context, n node.Name) bool {
+	st, err := s.conn.Inspect(nodequeue.SyncingQueue(n))
+	return err != nil || st.Exists
+}
+
+// announce shows this node's run to the chain followers (running) for as
+// long as the run's connection lives. A failure costs only their wait.
+func (s *Syncer) announce() func() {
+	release, err := s.conn.Announce(nodequeue.SyncingQueue(s.cfg.Self))
+	if err != nil {
+		s.log.Warn("chain followers will not wait for this node", "err", err)
+		return func() {}
+	}
+	return func() { release() }
+}
+
 func (f *fetcher) noShow(peer node.Name) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -217,6 +243,10 @@ func (s *Syncer) settle(ctx context.Context, log *slog.Logger, j job, err error)
 	if err == nil {
 		s.ack(j.d)
 		s.tally(j.ev.EventType, "fetched", "")
+		return false
+	}
+	if superseded(ctx) {
+		s.dropSuperseded(j)
 		return false
 	}
 	if ctx.Err() != nil {

@@ -34,3 +34,29 @@ func TestChainBeginsOnlyAfterASource(t *testing.T) {
 		t.Errorf("Begin called %d times with no peer holding the image", st.begun)
 	}
 }
+
+// The node before this one in the chain is given the start grace only
+// while it runs a daemon: an idle predecessor costs no wait.
+func TestChainWaitsOnlyForASyncingPredecessor(t *testing.T) {
+	for _, syncing := range []bool{false, true} {
+		s, _, _ := testSyncer(Config{Self: "node3", PeerOrder: []node.Name{"node1", "node2"}, Strategy: StrategyChain,
+			StallTimeout: 2 * time.Second, Peers: map[node.Name]transfer.Peer{"node1": {Name: "node1"}, "node2": {Name: "node2"}}})
+		s.f.peers = fakePool(&fakeConn{name: "node1"}, &fakeConn{name: "node2"})
+		var asked []node.Name
+		s.f.syncing = func(_ context.Context, n node.Name) bool { asked = append(asked, n); return syncing }
+		up, down := s.chainFor("node1")
+		tg, err := s.f.target(Want{ID: testID, Size: 5, MD5: testSum})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		s.f.fetch(context.Background(), s.log, tg, s.f.chain(s.log, tg, up, down))
+		took := time.Since(start)
+		if len(asked) != 1 || asked[0] != "node2" {
+			t.Errorf("syncing asked about %v, want node2", asked)
+		}
+		if grace := time.Second; syncing != (took >= grace) {
+			t.Errorf("predecessor syncing %v: looking took %v (grace %v)", syncing, took, grace)
+		}
+	}
+}

@@ -17,6 +17,27 @@
 // Images API, a store Glance no longer lists loses this node's copy (evicted,
 // no tombstone), and every fetch is also checked against Glance's multihash.
 //
+// Run is a queue run (cron): the messages ready when it starts, then it
+// ends. Serve is the daemon (watch): it consumes the queue, one lane per
+// image with work, lanes independent. A message that fails for a reason that
+// may pass is re-queued with its attempts counted and a retry time
+// (nodequeue's retry-at header, 10 s doubling to 5 min); when it comes back
+// it waits in its own lane only, so new messages flow at full speed. The
+// retry time travels with the message, so a restarted daemon keeps the
+// schedule (a message held when the daemon stops goes back unacked, its
+// header intact). A delete cancels its image's queued, waiting or running
+// fetch (acked: a later fetch would be refused by the tombstone anyway).
+// When the broker closes the consumer's channel under a long transfer
+// (consumer_timeout), Serve consumes again on a new channel and settles the
+// message the broker hands out again against the placed, verified file.
+//
+// The chain waits for the node before this one only while that node runs
+// sync-images (its presence queue, nodequeue.SyncingQueue, exists); a fetch
+// that gives up marks its partial abandoned (store.Partial.Abandon), and a
+// follower leaves a partial that is abandoned, removed, or stopped growing
+// on a node no longer syncing within about a second (writerGone), not
+// after stall_timeout.
+//
 // It holds the one fetch engine (fetch.go): one loop over a source picker
 // (publisher order, a picker of complete copies; the chain), used by queue
 // runs and, through Fetcher, by reconcile and verify --repair. It pairs

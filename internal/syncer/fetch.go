@@ -26,6 +26,10 @@ type fetcher struct {
 	log   *slog.Logger
 	peers *peerPool // safe for concurrent use
 	lim   *limiter  // nil: no bwlimit
+	// syncing reports whether a peer is running sync-images now (cron or
+	// watch): only such a peer is given the chain's start grace. Set
+	// before any fetch; nil: any peer may be.
+	syncing func(context.Context, node.Name) bool
 
 	mu      sync.Mutex // guards the fields below
 	bytes   int64
@@ -109,7 +113,15 @@ func targetIn(st imageStore, w Want) (*target, error) {
 func (f *fetcher) fetch(ctx context.Context, log *slog.Logger, t *target, pk picker) (from node.Name, bytes int64, err error) {
 	var p *store.Partial
 	defer func() {
-		if p != nil {
+		switch {
+		case p == nil:
+		case err != nil:
+			// Whoever follows this partial down the chain learns at once
+			// that it will not grow (writerGone); it stays for a resume.
+			if aerr := p.Abandon(); aerr != nil {
+				log.Warn("partial not marked abandoned", "err", aerr)
+			}
+		default:
 			p.Close()
 		}
 	}()
@@ -183,7 +195,7 @@ func (f *fetcher) copy(ctx context.Context, src *source, t *target, p *store.Par
 		w = f.lim.writer(ctx, w)
 	}
 	if src.kind == partial {
-		n, err = src.c.Follow(ctx, t.part, offset, t.Size, w, f.cfg.StallTimeout)
+		n, err = f.follow(ctx, src, t, offset, w)
 	} else {
 		n, err = src.c.Fetch(ctx, t.final, offset, w, f.cfg.IdleTimeout)
 	}
@@ -249,3 +261,69 @@ func (o *publisherOrder) look(ctx context.Context, name node.Name) (*source, err
 
 // failed needs nothing: a peer is offered once.
 func (o *publisherOrder) failed(*source, error) {}
+
+// errWriterGone ends the follow of a partial nobody writes any more.
+var errWriterGone = errors.New("its writer stopped")
+
+// writerCheck is how often a followed partial's writer is looked at once
+// the partial stops growing: a follower learns in about a second, not a
+// stall timeout, that the predecessor gave up, is gone, or died.
+const writerCheck = 500 * time.Millisecond
+
+// follow reads a peer's growing partial, cut short when writerGone says
+// its writer stopped.
+func (f *fetcher) follow(ctx context.Context, src *source, t *target, offset int64, w io.Writer) (int64, error) {
+	fctx, stop := context.WithCancelCause(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { f.watchWriter(fctx, stop, src, t) })
+	n, err := src.c.Follow(fctx, t.part, offset, t.Size, w, f.cfg.StallTimeout)
+	cause := context.Cause(fctx)
+	stop(nil)
+	wg.Wait()
+	if err != nil && ctx.Err() == nil && errors.Is(cause, errWriterGone) {
+		err = &transfer.PeerError{Peer: string(src.name), Op: "follow", Path: t.part, Err: cause}
+	}
+	return n, err
+}
+
+func (f *fetcher) watchWriter(ctx context.Context, stop context.CancelCauseFunc, src *source, t *target) {
+	tick := time.NewTicker(writerCheck)
+	defer tick.Stop()
+	last := int64(-1)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		// Not ctx: a request cut by its end would close a good connection.
+		if why := f.writerGone(context.WithoutCancel(ctx), src, t, &last); why != "" {
+			stop(fmt.Errorf("%w: %s", errWriterGone, why))
+			return
+		}
+	}
+}
+
+// writerGone says why nobody writes the peer's partial of t any more, or
+// "": it was abandoned (store.Abandon), removed with the image not placed,
+// or it stopped growing while its node runs no sync-images (killed).
+func (f *fetcher) writerGone(ctx context.Context, src *source, t *target, last *int64) string {
+	st, err := src.c.Probe(ctx, t.part)
+	switch {
+	case errors.Is(err, transfer.ErrNotFound):
+		if _, err := src.c.Stat(ctx, t.final); errors.Is(err, transfer.ErrNotFound) {
+			return "its partial is gone and the image is not placed"
+		}
+		return "" // placed: the open handle reads on to the end
+	case err != nil:
+		return "" // the follow sees a broken connection itself
+	case store.Abandoned(st.ModTime):
+		return "it gave the image up"
+	}
+	grew := st.Size != *last
+	*last = st.Size
+	if !grew && st.Size < t.Size && f.syncing != nil && !f.syncing(ctx, src.name) {
+		return "it stopped growing and its node runs no sync-images"
+	}
+	return ""
+}

@@ -120,9 +120,14 @@ type Syncer struct {
 	pub publisher
 	f   *fetcher
 
-	mu  sync.Mutex // guards the fields below
-	res Result
-	bad error // a broker failure: stop taking messages
+	// daemon: set by serve before any lane starts. A deferred message then
+	// carries its retry time (Serve holds it until then).
+	daemon bool
+
+	mu    sync.Mutex // guards the fields below
+	res   Result
+	taken Result // bytes and seconds already reported by TakeResult
+	bad   error  // a broker failure: stop taking messages
 }
 
 // New prepares a run over every file store, Glance's default store first;
@@ -207,6 +212,10 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	s.pub = pub
 	// The engine's own store is the default one; each fetch names its target.
 	s.f = newFetcher(s.cfg, s.stores[0].st, s.log)
+	s.f.syncing = s.running
+	if s.cfg.Strategy == StrategyChain {
+		defer s.announce()()
+	}
 	defer s.f.close()
 
 	sem := make(chan struct{}, s.cfg.Transfers)
@@ -478,6 +487,18 @@ func (s *Syncer) fetchInto(ctx context.Context, log *slog.Logger, j job, st imag
 // wrong then, and every further try would read the whole image again). It
 // reports whether the message was re-queued.
 func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
+	if superseded(ctx) {
+		s.dropSuperseded(j)
+		return false
+	}
+	if s.staleJob(j) {
+		return false // a copy of it comes back on the new channel
+	}
+	if ctx.Err() != nil {
+		// Stopping: the message goes back unacked, no attempt counted.
+		s.tally(j.ev.EventType, "deferred", "")
+		return false
+	}
 	attempts := nodequeue.Attempts(j.m, s.cfg.MaxAttempts) + 1
 	id := imageID(j.ev)
 	if s.cfg.DryRun {
@@ -500,12 +521,21 @@ func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
 		return false
 	}
 	m := nodequeue.Retried(j.m, attempts, mismatches, cause.Error())
+	delay := time.Duration(0)
+	if s.daemon {
+		delay = retryDelay(attempts)
+		m = nodequeue.Deferred(m, time.Now().Add(delay))
+	}
 	if err := s.pub.Publish(ctx, s.cfg.Queue, m); err != nil {
 		s.fail(err)
 		return false
 	}
 	s.ack(j.d)
-	s.log.Warn("left for the next run", "image", id, "attempt", attempts, "max_attempts", s.cfg.MaxAttempts, "err", cause)
+	if s.daemon {
+		s.log.Warn("deferred", "image", id, "attempt", attempts, "max_attempts", s.cfg.MaxAttempts, "retry_in", delay.String(), "err", cause)
+	} else {
+		s.log.Warn("left for the next run", "image", id, "attempt", attempts, "max_attempts", s.cfg.MaxAttempts, "err", cause)
+	}
 	s.tally(j.ev.EventType, "deferred", Cause(cause))
 	return true
 }
@@ -532,6 +562,13 @@ func (s *Syncer) ack(d acker) {
 		return
 	}
 	if err := d.Ack(); err != nil {
+		if s.daemon && broker.ChannelClosed(err) {
+			// Its channel closed under a long transfer (consumer_timeout):
+			// the message comes back on the new channel, and is settled
+			// then against the placed file.
+			s.log.Info("not acked: the channel it came on is closed; it comes back and is settled then", "err", err)
+			return
+		}
 		s.fail(err)
 	}
 }
