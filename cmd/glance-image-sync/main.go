@@ -265,9 +265,6 @@ func (r *runner) summary(idle bool, msg string, args ...any) {
 }
 
 func (r *runner) dial(ctx context.Context) (*broker.Conn, error) {
-	if r.cfg.NodeBrokerOwn {
-		return nil, errNodeBrokerUnwired
-	}
 	conn, err := broker.Dial(ctx, r.cfg.Broker.URLs, brokerTLS(r.cfg))
 	if err == nil {
 		conn.SetQueueSpec(queueSpec(r.cfg))

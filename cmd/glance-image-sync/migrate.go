@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
@@ -24,13 +23,6 @@ func queueSpec(cfg *config.Config) broker.QueueSpec {
 	}
 	return broker.DefaultQueueSpec
 }
-
-// errNodeBrokerUnwired stops a run whose node queues are configured on a
-// broker of their own: until duplicate-notifications reads from Glance's
-// broker and publishes to NodeBroker (two connections), running on one
-// connection would put the node queues back under Glance's vhost policies
-// without a word.
-var errNodeBrokerUnwired = errors.New("node_transport_url is set, but this build still keeps node queues on Glance's broker: unset it for now")
 
 // migrateQueues converts every node's queue and parking queue to the
 // configured queue_type and durability, without losing a message (see

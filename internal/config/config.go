@@ -62,15 +62,6 @@ type Config struct {
 	// QueueType is how node and parking queues are declared: "classic" or
 	// "quorum" (queue_type, else glance-api.conf's rabbit_quorum_queue).
 	QueueType string
-	// NodeBroker holds the node and parking queues: node_transport_url, or
-	// a copy of Broker's URLs and TLS when that is not set (NodeBrokerOwn
-	// false). duplicate-notifications reads Broker's source queue and
-	// publishes into NodeBroker; everything else touching node queues
-	// (sync-images, watch, status, migrate-queues) dials NodeBroker.
-	NodeBroker    Broker
-	NodeBrokerOwn bool
-	// nodeTransportURL is node_transport_url as written, until parsed.
-	nodeTransportURL string
 
 	// Stores is every Glance file store, Glance's default store first. One
 	// store named "" without enabled_backends; none when no backend is a
@@ -332,7 +323,6 @@ func (c *Config) loadSync(f *ini.File) (topic string, err error) {
 	c.OSCloud = vals["os_cloud"].(string)
 	topic = vals["notification_topic"].(string)
 	c.QueueType = vals["queue_type"].(string)
-	c.nodeTransportURL = vals["node_transport_url"].(string)
 
 	if strings.ContainsFunc(c.User, isSpace) {
 		return "", &Error{File: file, Section: SectionDefault, Key: "rsync_user", Msg: fmt.Sprintf("%q: a user name has no spaces", c.User)}

@@ -124,11 +124,7 @@ func TestLoadMinimalLegacy(t *testing.T) {
 			Exchange: "glance",
 			Topic:    "glance_notifications",
 		},
-		QueueType: "classic",
-		NodeBroker: Broker{
-			Exchange: "glance",
-			Topic:    "glance_notifications",
-		},
+		QueueType:   "classic",
 		Stores:      []Store{{Datadir: "/var/lib/glance/images"}},
 		Datadir:     "/var/lib/glance/images",
 		Transfers:   2,
@@ -152,10 +148,6 @@ func TestLoadMinimalLegacy(t *testing.T) {
 	}
 	urls := c.Broker.URLs
 	c.Broker.URLs = nil
-	if !reflect.DeepEqual(c.NodeBroker.URLs, urls) {
-		t.Errorf("node broker URLs %v, want Glance's", c.NodeBroker.URLs)
-	}
-	c.NodeBroker.URLs = nil
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)
 	}
@@ -665,7 +657,7 @@ func TestErrorFormat(t *testing.T) {
 func TestOptions(t *testing.T) {
 	spec := []string{"api_nodes", "rsync_user", "hostname", "ssh_key", "known_hosts", "ssh_port",
 		"ssh_ciphers", "host_key_checking", "lock_file", "log_file", "metrics_file", "notification_topic",
-		"forward_routing_key", "transfers", "max_attempts", "queue_type", "node_transport_url", "deadline", "ssh_timeout", "bwlimit", "source_strategy", "stall_timeout",
+		"forward_routing_key", "transfers", "max_attempts", "queue_type", "deadline", "ssh_timeout", "bwlimit", "source_strategy", "stall_timeout",
 		"pending_delete", "glance_url", "os_cloud", "trash_dir", "trash_days", "max_delete", "max_delete_percent", "verify_rate", "verify_days"}
 	opts := Options()
 	var keys []string

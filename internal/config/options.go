@@ -120,13 +120,6 @@ var options = []Option{
 			"(Kolla-Ansible's and OpenStack-Ansible's default), else classic. A queue " +
 			"that already exists with other properties is used as it is, with a warning; " +
 			"migrate-queues converts it without losing a message."},
-	{Section: SectionDefault, Key: "node_transport_url", Type: TypeString,
-		Help: "Broker (rabbit://user:password@host:port[,...]/vhost, as oslo.messaging " +
-			"writes it) holding this tool's own node and parking queues; Glance's " +
-			"notifications are still read from glance-api.conf's broker. Use it when a " +
-			"policy on Glance's vhost would expire them (openstack-helm applies a 70 s " +
-			"message TTL to every queue of the glance vhost). TLS follows glance-api.conf " +
-			"unless the URL's ?ssl= says otherwise. Default: Glance's broker and vhost."},
 	{Section: SectionDefault, Key: "deadline", Type: TypeDuration, Default: "1h",
 		Min: 0, HasMin: true,
 		Help: "Longest a run may take (Go duration: 90s, 45m, 1h30m); 0 = no limit."},
