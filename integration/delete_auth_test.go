@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -163,17 +162,7 @@ func TestDeleteConfirmedWithRealGlance(t *testing.T) {
 	harness.RequireGlance(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c := newCluster(t, 3)
-	t.Cleanup(func() {
-		if err := harness.DeleteGlanceQueues(c.Topic); err != nil {
-			t.Error(err)
-		}
-	})
-	db, err := harness.GlanceDBSync(ctx, filepath.Join(c.Dir, "glance.sqlite"))
-	must(t, err)
-	apis, err := harness.StartClusterGlance(ctx, c, db)
-	must(t, err)
-	t.Cleanup(func() { harness.StopGlance(apis...) })
+	c, apis := glanceCluster(t, ctx, harness.StartClusterGlance)
 	n2 := c.Nodes[1]
 	g1, g2 := apis[0], apis[1]
 	for _, n := range c.Nodes {
@@ -181,7 +170,7 @@ func TestDeleteConfirmedWithRealGlance(t *testing.T) {
 	}
 
 	data := make([]byte, 1<<20+5)
-	_, err = rand.Read(data)
+	_, err := rand.Read(data)
 	must(t, err)
 	gi, err := g1.CreateImage(ctx, "kept")
 	must(t, err)

@@ -26,34 +26,7 @@ func TestRealGlance(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	c := newCluster(t, 3)
-	// oslo also declares <topic>.error; the cluster deletes only the queues
-	// it knows of.
-	t.Cleanup(func() {
-		if err := harness.DeleteGlanceQueues(c.Topic); err != nil {
-			t.Error(err)
-		}
-	})
-	db, err := harness.GlanceDBSync(ctx, filepath.Join(c.Dir, "glance.sqlite"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	apis, err := harness.StartClusterGlance(ctx, c, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("3 glance-api up in %s", time.Since(start).Round(time.Millisecond))
-	// Registered after c.Close, so it runs before: mounts last as long as
-	// the processes inside the namespaces.
-	t.Cleanup(func() {
-		harness.StopGlance(apis...)
-		if t.Failed() {
-			for _, g := range apis {
-				t.Logf("--- glance-api log of %s (tail) ---\n%s", g.Name, g.LogTail(30))
-			}
-		}
-	})
+	c, apis := glanceCluster(t, ctx, harness.StartClusterGlance)
 	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 	g1, g2, g3 := apis[0], apis[1], apis[2]
 

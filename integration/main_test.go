@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -147,4 +148,36 @@ func assertHostDatadirEmpty(t *testing.T) {
 	if len(entries) > 0 {
 		t.Errorf("host's %s is not empty: %d entries", harness.CommonDatadir, len(entries))
 	}
+}
+
+// glanceCluster is three nodes, each running a real glance-api started by
+// start (one of harness.StartClusterGlance*) over one shared database. When
+// the test ends Glance's queues are deleted (oslo also declares
+// <topic>.error, which the cluster does not know of) and the APIs stopped,
+// with their log tails if the test failed. The stop is registered after the
+// cluster's Close, so it runs first: mounts last as long as the processes in
+// the namespaces.
+func glanceCluster(t *testing.T, ctx context.Context, start func(context.Context, *harness.Cluster, string) ([]*harness.GlanceAPI, error)) (*harness.Cluster, []*harness.GlanceAPI) {
+	t.Helper()
+	c := newCluster(t, 3)
+	t.Cleanup(func() {
+		if err := harness.DeleteGlanceQueues(c.Topic); err != nil {
+			t.Error(err)
+		}
+	})
+	db, err := harness.GlanceDBSync(ctx, filepath.Join(c.Dir, "glance.sqlite"))
+	must(t, err)
+	began := time.Now()
+	apis, err := start(ctx, c, db)
+	must(t, err)
+	t.Logf("3 glance-api up in %s", time.Since(began).Round(time.Millisecond))
+	t.Cleanup(func() {
+		harness.StopGlance(apis...)
+		if t.Failed() {
+			for _, g := range apis {
+				t.Logf("--- glance-api log of %s (tail) ---\n%s", g.Name, g.LogTail(30))
+			}
+		}
+	})
+	return c, apis
 }

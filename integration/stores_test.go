@@ -30,23 +30,8 @@ func TestRealGlanceStores(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
-	c := newCluster(t, 3)
-	t.Cleanup(func() {
-		if err := harness.DeleteGlanceQueues(c.Topic); err != nil {
-			t.Error(err)
-		}
-	})
-	db, err := harness.GlanceDBSync(ctx, filepath.Join(c.Dir, "glance.sqlite"))
-	must(t, err)
-	apis, err := harness.StartClusterGlanceStores(ctx, c, db, "fast", "slow")
-	must(t, err)
-	t.Cleanup(func() {
-		harness.StopGlance(apis...)
-		if t.Failed() {
-			for _, g := range apis {
-				t.Logf("--- glance-api log of %s (tail) ---\n%s", g.Name, g.LogTail(30))
-			}
-		}
+	c, apis := glanceCluster(t, ctx, func(ctx context.Context, c *harness.Cluster, db string) ([]*harness.GlanceAPI, error) {
+		return harness.StartClusterGlanceStores(ctx, c, db, "fast", "slow")
 	})
 	g1, g2, g3 := apis[0], apis[1], apis[2]
 	storeDir := func(n *harness.Node, store string) string { return filepath.Join(n.ImagesDir, store) }
