@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs and starts what the integration tests and the demo need, on Debian
 # 12 as root: RabbitMQ, OpenSSH server and client, rsync, python3-glance
-# (for the real-Glance end-to-end test) and lintian (checks `make deb`'s
-# package; about 15 s of install). Safe to run again: it installs only
-# what is missing and starts RabbitMQ only if it does not answer.
+# (for the real-Glance end-to-end test), lintian and systemd (its
+# systemd-analyze verifies `make deb`'s package and units) and time
+# (/usr/bin/time -v measures peak memory in the broker-input test). Safe to
+# run again: it installs only what is missing and starts RabbitMQ only if it
+# does not answer.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -11,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
 	exit 1
 fi
 
-packages=(rabbitmq-server openssh-server openssh-client rsync python3-glance lintian)
+packages=(rabbitmq-server openssh-server openssh-client rsync python3-glance lintian systemd time)
 missing=()
 for p in "${packages[@]}"; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -71,4 +73,4 @@ if ! amqp_answers; then
 	echo "setup.sh: nothing answers on 127.0.0.1:5672 (RabbitMQ)" >&2
 	exit 1
 fi
-echo "setup.sh: RabbitMQ answers on 127.0.0.1:5672; sshd, rsync, python3-glance and lintian are installed"
+echo "setup.sh: RabbitMQ answers on 127.0.0.1:5672; sshd, rsync, python3-glance, lintian, systemd-analyze and time are installed"
