@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -76,17 +77,26 @@ func (r *runner) connect(ctx context.Context, glance bool) (*links, error) {
 	return l, nil
 }
 
-// maxRedials bounds how often one run dials the broker again after losing
-// a connection mid-step: a broker node killed or restarted costs one, a
-// cluster coming apart is not waited out (the next run tries again).
-const maxRedials = 3
+// Bounds on what one run does to resume a step (see resume): a broker
+// node killed or restarted costs a redial, and a quorum queue electing a
+// new leader a refusal or two; a cluster coming apart is not waited out
+// (the next run tries again).
+const (
+	maxRedials  = 3
+	maxRefusals = 3
+)
+
+// retries is what a run has left of those bounds.
+type retries struct{ redials, refusals int }
+
+func newRetries() *retries { return &retries{redials: maxRedials, refusals: maxRefusals} }
 
 // redial replaces the links that are gone (all of them if none says so:
 // a step's own receiving connection may have noticed first), each starting
 // at the URL after the dead one (broker.Conn.Redial), and logs each with
 // its broker, password hidden. Failed passes over the URL list are retried
-// after 1 s, then 2 s, within *left redials.
-func (r *runner) redial(ctx context.Context, l *links, step string, left *int) error {
+// after 1 s, then 2 s, within left.redials.
+func (r *runner) redial(ctx context.Context, l *links, step string, left *retries) error {
 	redo := []**broker.Conn{&l.nodes}
 	if !l.shared() {
 		switch {
@@ -101,11 +111,11 @@ func (r *runner) redial(ctx context.Context, l *links, step string, left *int) e
 	for _, c := range redo {
 		shared := l.shared()
 		for {
-			if *left <= 0 {
+			if left.redials <= 0 {
 				return fmt.Errorf("the connection to broker %s was lost and %d redials did not bring it back", (*c).URL(), maxRedials)
 			}
-			*left--
-			r.log.Warn("broker connection lost; redialing the next broker URL to resume the step", "step", step, "broker", (*c).URL(), "redial", maxRedials-*left, "of", maxRedials)
+			left.redials--
+			r.log.Warn("broker connection lost; redialing the next broker URL to resume the step", "step", step, "broker", (*c).URL(), "redial", maxRedials-left.redials, "of", maxRedials)
 			n, err := (*c).Redial(ctx)
 			if err == nil {
 				r.log.Info("redialed; resuming the step", "step", step, "broker", n.URL())
@@ -116,7 +126,7 @@ func (r *runner) redial(ctx context.Context, l *links, step string, left *int) e
 				break
 			}
 			r.log.Error("redial failed", "step", step, "err", err)
-			if ctx.Err() != nil || *left <= 0 {
+			if ctx.Err() != nil || left.redials <= 0 {
 				return err
 			}
 			sleep(ctx, wait)
@@ -133,33 +143,49 @@ type step struct {
 	do   func(ctx context.Context, l *links) (int, error)
 }
 
-// resume runs s and, while it fails because a broker connection was lost
-// (a broker node killed, a network cut), redials and runs it again, at
-// most maxRedials times per run (*left). That is safe: every message a
-// step had not acked went back to its queue with the connection, and
-// every step is idempotent (a notification copied twice is a duplicate in
-// the node queues, which sync-images settles against the verified file).
-// The exit code is then the last attempt's: 0 when it completed.
-// Results of every attempt are added up for the metrics.
-func (r *runner) resume(ctx context.Context, l *links, s step, left *int) int {
+// resume runs s and runs it again while it fails for a reason that passes
+// within seconds, at most maxRedials and maxRefusals times per run (left):
+//   - a broker connection lost (its broker node killed, a network cut):
+//     after a redial from the next URL;
+//   - a publish nacked on an open channel (a quorum queue refuses while it
+//     elects a leader, which follows the loss of a node): after a pause of
+//     1 s, doubling.
+//
+// That is safe: every message a step had not acked went back to its queue
+// (or was never taken), and every step is idempotent (a notification
+// copied twice leaves a duplicate in the node queues, which sync-images
+// settles against the verified file). The exit code is the last attempt's:
+// 0 when it completed. The results of every attempt add up in the metrics.
+func (r *runner) resume(ctx context.Context, l *links, s step, left *retries) int {
 	fan, syn := r.fanoutRes, r.syncRes
 	defer func() {
 		r.fanoutRes, r.syncRes = fan, syn
 	}()
+	pause := time.Second
 	for {
 		r.fanoutRes, r.syncRes = fanout.Result{}, syncer.Result{}
 		code, err := s.do(ctx, l)
 		fan, syn = addFanout(fan, r.fanoutRes), addSync(syn, r.syncRes)
-		if code != exitFailed || ctx.Err() != nil || !(l.closed() || broker.Lost(err)) {
+		if code != exitFailed || ctx.Err() != nil {
 			return code
 		}
-		if rerr := r.redial(ctx, l, s.name, left); rerr != nil {
-			if ctx.Err() != nil {
-				r.log.Warn("stopped while redialing the broker; the rest waits for the next run", "step", s.name, "err", rerr)
-				return exitDeferred
+		switch {
+		case l.closed() || broker.Lost(err):
+			if rerr := r.redial(ctx, l, s.name, left); rerr != nil {
+				if ctx.Err() != nil {
+					r.log.Warn("stopped while redialing the broker; the rest waits for the next run", "step", s.name, "err", rerr)
+					return exitDeferred
+				}
+				r.log.Error("run failed: no broker to resume on", "step", s.name, "err", rerr)
+				return exitFailed
 			}
-			r.log.Error("run failed: no broker to resume on", "step", s.name, "err", rerr)
-			return exitFailed
+		case errors.Is(err, broker.ErrNacked) && left.refusals > 0:
+			left.refusals--
+			r.log.Warn("the broker refused a message (a quorum queue electing a leader?); trying the step again", "step", s.name, "in", pause.String(), "retry", maxRefusals-left.refusals, "of", maxRefusals)
+			sleep(ctx, pause)
+			pause *= 2
+		default:
+			return code
 		}
 	}
 }

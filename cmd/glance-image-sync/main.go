@@ -290,25 +290,25 @@ func (r *runner) run(ctx context.Context, cmd string, st steps) int {
 // duplicate-notifications.
 func (r *runner) pass(ctx context.Context, l *links, st steps) int {
 	r.fanoutRes, r.syncRes, r.synced = fanout.Result{}, syncer.Result{}, false
-	left := maxRedials
+	left := newRetries()
 	code := exitOK
 	if st.duplicate {
-		code = worse(code, r.resume(ctx, l, step{"duplicate-notifications", r.duplicate}, &left))
+		code = worse(code, r.resume(ctx, l, step{"duplicate-notifications", r.duplicate}, left))
 		if code == exitFailed {
 			return code
 		}
 	}
 	if st.sync {
-		code = worse(code, r.resume(ctx, l, step{"sync-images", r.syncImages}, &left))
+		code = worse(code, r.resume(ctx, l, step{"sync-images", r.syncImages}, left))
 		r.synced = true
 	}
 	if st.requeue {
-		code = worse(code, r.resume(ctx, l, step{"requeue-failed", r.requeueFailed}, &left))
+		code = worse(code, r.resume(ctx, l, step{"requeue-failed", r.requeueFailed}, left))
 	}
 	if st.migrate {
 		code = worse(code, r.resume(ctx, l, step{"migrate-queues", func(ctx context.Context, l *links) (int, error) {
 			return r.migrateQueues(ctx, l.nodes), nil
-		}}, &left))
+		}}, left))
 	}
 	return code
 }

@@ -109,8 +109,7 @@ func (w *watcher) reconnect(ctx context.Context, lost *links) (*links, error) {
 	if lost == nil {
 		return w.r.connect(ctx, w.duplicate)
 	}
-	left := maxRedials
-	if err := w.r.redial(ctx, lost, "watch", &left); err != nil {
+	if err := w.r.redial(ctx, lost, "watch", newRetries()); err != nil {
 		lost.close()
 		return nil, err
 	}

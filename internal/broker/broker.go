@@ -554,7 +554,7 @@ func (p *Pending) Wait(ctx context.Context) error {
 		if why := p.pub.closeReason(); why != nil {
 			return fmt.Errorf("broker %s: publishing to %s: %w", p.url, p.where, why)
 		}
-		return fmt.Errorf("broker %s: %s refused the message (nack)", p.url, p.where)
+		return fmt.Errorf("broker %s: %s refused the message: %w", p.url, p.where, ErrNacked)
 	}
 	return nil
 }

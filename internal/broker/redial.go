@@ -15,6 +15,12 @@ import (
 // acked went back to its queue when the connection went.
 var ErrConnectionLost = errors.New("the connection to the broker was lost")
 
+// ErrNacked marks a publish the broker refused with a nack, the channel
+// still open: a quorum queue does so while it has no leader, for the
+// seconds an election takes after a broker node died. Nothing was taken
+// from the source yet, so trying again is safe.
+var ErrNacked = errors.New("nack")
+
 // Lost reports whether err comes from a lost connection: wrapped in
 // ErrConnectionLost, amqp091-go's "channel/connection is not open", or the
 // connection-level errors the library reports when the socket ends (501
