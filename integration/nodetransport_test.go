@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 // as openstack-helm applies to the glance vhost (70 s there, 4 s here so
 // the test sees it act), expires what waits in A but never touches the
 // node queues in B: events copied there outlive it and are then synced.
+// The tool's user has only the split least privilege of the README.
 func TestNodeTransportURLOwnVhost(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
@@ -34,8 +36,23 @@ func TestNodeTransportURLOwnVhost(t *testing.T) {
 	must(t, err)
 	t.Cleanup(func() { c.Close() })
 	n1, n2 := c.Nodes[0], c.Nodes[1]
+	// The tool runs as a user with the README's split least privilege: on
+	// Glance's vhost, read on Glance's queue and nothing else; on its own,
+	// its queues. The harness stays guest.
+	user, pass := "gis_nt_"+id, "pw"+id
+	rabbitmqctl(t, ctx, "add_user", user, pass)
+	t.Cleanup(func() { exec.Command("rabbitmqctl", "delete_user", user).Run() })
+	rabbitmqctl(t, ctx, "set_permissions", "-p", vA, user, "^$", "^$", `^`+strings.ReplaceAll(c.SourceQueue(), ".", `\.`)+`$`)
+	rabbitmqctl(t, ctx, "set_permissions", "-p", vB, user, lpConfigure, lpWrite, `^glance_image_sync\.[^.]+\.(info|failed)(\.migrating)?$`)
 	for _, n := range c.Nodes {
-		must(t, c.WriteConfig(n, map[string]string{"node_transport_url": "rabbit://guest:guest@127.0.0.1:5672/" + vB}))
+		conf, err := os.ReadFile(n.GlanceConf)
+		must(t, err)
+		restricted := strings.Replace(string(conf), "rabbit://guest:guest@", "rabbit://"+user+":"+pass+"@", 1)
+		if restricted == string(conf) {
+			t.Fatalf("no transport_url with guest in %s:\n%s", n.GlanceConf, conf)
+		}
+		must(t, os.WriteFile(n.GlanceConf, []byte(restricted), 0o644))
+		must(t, c.WriteConfig(n, map[string]string{"node_transport_url": "rabbit://" + user + ":" + pass + "@127.0.0.1:5672/" + vB}))
 	}
 	inB, err := amqp.Dial("amqp://guest:guest@127.0.0.1:5672/" + vB)
 	must(t, err)
@@ -100,17 +117,17 @@ func TestNodeTransportURLOwnVhost(t *testing.T) {
 
 	// check and status name both brokers, passwords hidden.
 	stdout, _, code := c.Run(ctx, n1, "check")
-	for _, want := range []string{"ok    broker         amqp://guest:xxxxx@127.0.0.1:5672/" + vA, "ok    node broker    amqp://guest:xxxxx@127.0.0.1:5672/" + vB, "ok    node queue"} {
+	for _, want := range []string{"ok    broker         amqp://" + user + ":xxxxx@127.0.0.1:5672/" + vA, "ok    node broker    amqp://" + user + ":xxxxx@127.0.0.1:5672/" + vB, "ok    node queue"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("check (exit %d) lacks %q:\n%s", code, want, stdout)
 		}
 	}
 	st, _, _ := c.Run(ctx, n1, "status")
-	if !strings.Contains(st, "Node queues on amqp://guest:xxxxx@127.0.0.1:5672/"+vB) {
+	if !strings.Contains(st, "Node queues on amqp://"+user+":xxxxx@127.0.0.1:5672/"+vB) {
 		t.Errorf("status does not name the node queues' broker:\n%s", st)
 	}
 	for _, s := range []string{stdout, st} {
-		if strings.Contains(s, "guest:guest") {
+		if strings.Contains(s, pass) {
 			t.Errorf("a broker password in the output:\n%s", s)
 		}
 	}

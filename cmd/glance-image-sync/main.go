@@ -93,7 +93,8 @@ Commands:
 const usageTail = `
 Exit codes:
   0   every message was handled
-  1   the run failed (broker unreachable, datadir missing, ...); see the log
+  1   the run failed (broker unreachable, also after redialing mid-run;
+      datadir missing, ...); see the log
   2   bad command line or configuration; the message names the file, [section] and key
   3   some messages were left on the queue for a later run (peer down, disk full, ...)
   4   some messages were parked in glance_image_sync.<short>.failed for an operator
