@@ -109,7 +109,7 @@ func (r *runner) redial(ctx context.Context, l *links, step string, left *retrie
 	}
 	wait := time.Second
 	for _, c := range redo {
-		shared := l.shared()
+		shared := l.glance == l.nodes // one connection: both fields follow it
 		for {
 			if left.redials <= 0 {
 				return fmt.Errorf("the connection to broker %s was lost and %d redials did not bring it back", (*c).URL(), maxRedials)
