@@ -104,11 +104,14 @@ func runCheck(timeout time.Duration, syncConf, glanceConf string, stdout io.Writ
 	}
 	if conn != nil {
 		c.checkGlanceQueues(cfg, conn)
-		conn.Close()
 	}
 	if nodes != nil {
 		c.checkNodeQueues(cfg, nodes)
-		nodes.Close()
+	}
+	for _, cn := range []*broker.Conn{conn, nodes} {
+		if cn != nil {
+			cn.Close() // twice when they are one: the second is a no-op
+		}
 	}
 	c.checkDatadir(cfg)
 	c.checkPeers(ctx, cfg)
