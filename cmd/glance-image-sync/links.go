@@ -190,6 +190,10 @@ func (r *runner) resume(ctx context.Context, l *links, s step, left *retries) in
 	}
 }
 
+// interrupted says whether err is one resume may get past: a lost
+// connection, or a publish the broker nacked.
+func interrupted(err error) bool { return broker.Lost(err) || errors.Is(err, broker.ErrNacked) }
+
 func addFanout(a, b fanout.Result) fanout.Result {
 	return fanout.Result{Copied: a.Copied + b.Copied, Forwarded: a.Forwarded + b.Forwarded, Dropped: a.Dropped + b.Dropped, Parked: a.Parked + b.Parked}
 }

@@ -324,6 +324,11 @@ func endedBy(log *slog.Logger, err error, stopped, failed string) (code int, end
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
 		log.Warn(stopped, "err", err)
 		return exitDeferred, true
+	case interrupted(err):
+		// A failure still, which a run resumes on a new connection
+		// (runner.resume): a warning, not an error, until it cannot.
+		log.Warn(failed+"; interrupted by the broker, the step resumes on a new connection", "err", err)
+		return exitFailed, true
 	}
 	log.Error(failed, "err", err)
 	return exitFailed, true
@@ -368,7 +373,11 @@ func (r *runner) duplicated(res fanout.Result, err error) int {
 	r.summary(res == fanout.Result{} && err == nil, "duplicate-notifications done", "queue", r.cfg.Broker.SourceQueue(), "copied", res.Copied,
 		"forwarded", res.Forwarded, "dropped", res.Dropped, "parked", res.Parked)
 	if err != nil {
-		r.log.Error("duplicate-notifications failed; unacked notifications stay in the source queue", "err", err)
+		if interrupted(err) {
+			r.log.Warn("duplicate-notifications failed; unacked notifications stay in the source queue; interrupted by the broker, the step resumes on a new connection", "err", err)
+		} else {
+			r.log.Error("duplicate-notifications failed; unacked notifications stay in the source queue", "err", err)
+		}
 		return exitFailed
 	}
 	if res.Parked > 0 {
