@@ -97,6 +97,9 @@ func runWatch(ctx context.Context, o watchOptions, r *runner, stderr io.Writer) 
 		sleep(ctx, jitter(backoff))
 		backoff = min(2*backoff, reconnectMax)
 	}
+	if lost != nil {
+		lost.close() // stopped while waiting to redial
+	}
 	w.flush()
 	r.log.Info("watch stopped", "signal", context.Cause(ctx))
 	return exitOK
