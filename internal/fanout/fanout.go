@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -235,7 +236,10 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 		order <- entry{d: d, pending: pending}
 	}
 	close(order)
-	if err := <-ackErr; err != nil && runErr == nil {
+	// The acker cancels cctx when a confirm fails: a publish cut short by
+	// that cancel is its consequence, and the confirm's error (a nack, a
+	// lost connection) the cause a caller must see.
+	if err := <-ackErr; err != nil && (runErr == nil || errors.Is(runErr, context.Canceled) && ctx.Err() == nil) {
 		runErr = err
 	}
 	if runErr == nil {
