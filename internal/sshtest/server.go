@@ -39,25 +39,12 @@ type Server struct {
 // Start has it closed first.
 func Start(t testing.TB, serve func(ssh.Channel)) *Server {
 	t.Helper()
-	_, hostKey, err := ed25519.GenerateKey(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostSigner, err := ssh.NewSignerFromKey(hostKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	userPub, userKey, err := ed25519.GenerateKey(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	userSSHPub, err := ssh.NewPublicKey(userPub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, hostSigner := newKey(t)
+	userKey, userSigner := newKey(t)
+	userPub := userSigner.PublicKey().Marshal()
 	cfg := &ssh.ServerConfig{
 		PublicKeyCallback: func(_ ssh.ConnMetadata, k ssh.PublicKey) (*ssh.Permissions, error) {
-			if bytes.Equal(k.Marshal(), userSSHPub.Marshal()) {
+			if bytes.Equal(k.Marshal(), userPub) {
 				return nil, nil
 			}
 			return nil, errors.New("unknown key")
@@ -123,6 +110,20 @@ func Start(t testing.TB, serve func(ssh.Channel)) *Server {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// newKey makes an ed25519 key and its signer.
+func newKey(t testing.TB) (ed25519.PrivateKey, ssh.Signer) {
+	t.Helper()
+	_, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.NewSignerFromKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, signer
 }
 
 // serveConn runs one client connection until it closes.
