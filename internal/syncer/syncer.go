@@ -128,6 +128,7 @@ type Syncer struct {
 	res   Result
 	taken Result // bytes and seconds already reported by TakeResult
 	bad   error  // a broker failure: stop taking messages
+	lanes *lanes // while Serve consumes: Exclusive queues there
 }
 
 // New prepares a run over every file store, Glance's default store first;
@@ -178,6 +179,15 @@ type job struct {
 	m      broker.Message
 	ev     *notification.Event
 	action Action
+	excl   *exclusive // work from outside the queue (Exclusive); d, m and ev unset
+}
+
+// image is the id of the image whose lane j belongs to.
+func (j job) image() string {
+	if j.excl != nil {
+		return j.excl.id
+	}
+	return j.ev.Image.ID
 }
 
 // Run takes at most the messages that were ready when it started, so messages
