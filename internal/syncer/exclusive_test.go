@@ -27,7 +27,7 @@ func TestExclusiveHoldsTheLane(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- s.serve(ctx, in) }()
-	eventually(t, "serving", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.lanes != nil })
+	<-s.Serving()
 
 	inside, release := make(chan struct{}), make(chan struct{})
 	excl := make(chan error, 1)
@@ -71,7 +71,7 @@ func TestExclusiveCutByDelete(t *testing.T) {
 	defer cancel()
 	done := make(chan error)
 	go func() { done <- s.serve(ctx, in) }()
-	eventually(t, "serving", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.lanes != nil })
+	<-s.Serving()
 
 	inside := make(chan struct{})
 	excl := make(chan error, 1)
@@ -99,6 +99,51 @@ func TestExclusiveCutByDelete(t *testing.T) {
 		t.Errorf("deleted %v", st.deleted)
 	}
 	st.mu.Unlock()
+	cancel()
+	<-done
+}
+
+// The caller's context ending drops work that has not begun, and ends the
+// context of work that has: Exclusive returns only once fn has.
+func TestExclusiveCallerGivesUp(t *testing.T) {
+	s, _, _ := testSyncer(Config{Peers: servePeers(), Transfers: 1})
+	in := make(chan received)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error)
+	go func() { done <- s.serve(ctx, in) }()
+	<-s.Serving()
+
+	// The one transfers slot is taken by work on another image.
+	inside, release := make(chan struct{}), make(chan struct{})
+	go s.Exclusive(context.Background(), otherID, func(context.Context) error { close(inside); <-release; return nil })
+	<-inside
+	var ran atomic.Bool
+	cctx, ccancel := context.WithCancel(context.Background())
+	queued := make(chan error, 1)
+	go func() { queued <- s.Exclusive(cctx, testID, func(context.Context) error { ran.Store(true); return nil }) }()
+	ccancel()
+	if err := <-queued; !errors.Is(err, context.Canceled) {
+		t.Errorf("withdrawn: %v", err)
+	}
+	close(release)
+
+	var finished atomic.Bool
+	cctx, ccancel = context.WithCancel(context.Background())
+	running := make(chan struct{})
+	go func() { <-running; ccancel() }()
+	err := s.Exclusive(cctx, testID, func(ctx context.Context) error {
+		close(running)
+		<-ctx.Done()
+		finished.Store(true)
+		return ctx.Err()
+	})
+	if !errors.Is(err, context.Canceled) || !finished.Load() {
+		t.Errorf("running: %v, fn finished %v", err, finished.Load())
+	}
+	if ran.Load() {
+		t.Error("work withdrawn before it began ran anyway")
+	}
 	cancel()
 	<-done
 }

@@ -134,6 +134,7 @@ func (s *Syncer) serve(ctx context.Context, in <-chan received) error {
 	s.mu.Lock()
 	s.lanes = ls
 	s.mu.Unlock()
+	s.servingOnce.Do(func() { close(s.serving) })
 	defer close(ls.closed)
 	defer ls.wg.Wait()
 	defer ls.stop()

@@ -129,6 +129,9 @@ type Syncer struct {
 	taken Result // bytes and seconds already reported by TakeResult
 	bad   error  // a broker failure: stop taking messages
 	lanes *lanes // while Serve consumes: Exclusive queues there
+
+	serving     chan struct{} // closed once Serve consumes (Serving)
+	servingOnce sync.Once
 }
 
 // New prepares a run over every file store, Glance's default store first;
@@ -146,7 +149,7 @@ func newSyncer(cfg Config, conn *broker.Conn, st imageStore, log *slog.Logger) *
 }
 
 func newMultiSyncer(cfg Config, conn *broker.Conn, stores []namedStore, log *slog.Logger) *Syncer {
-	return &Syncer{cfg: cfg.withDefaults(), conn: conn, stores: stores, log: log}
+	return &Syncer{cfg: cfg.withDefaults(), conn: conn, stores: stores, log: log, serving: make(chan struct{})}
 }
 
 func (cfg Config) withDefaults() Config {
