@@ -121,7 +121,9 @@ func TestExclusiveCallerGivesUp(t *testing.T) {
 	var ran atomic.Bool
 	cctx, ccancel := context.WithCancel(context.Background())
 	queued := make(chan error, 1)
-	go func() { queued <- s.Exclusive(cctx, testID, func(context.Context) error { ran.Store(true); return nil }) }()
+	go func() {
+		queued <- s.Exclusive(cctx, testID, func(context.Context) error { ran.Store(true); return nil })
+	}()
 	ccancel()
 	if err := <-queued; !errors.Is(err, context.Canceled) {
 		t.Errorf("withdrawn: %v", err)
