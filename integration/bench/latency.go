@@ -229,6 +229,7 @@ func watchLatency(ctx context.Context, c *harness.Cluster, o latencyOpts, logf f
 		return fmt.Errorf("%d images not on every node 30 s after the last publish\n%s", n, dump())
 	}
 	stopAll()
+	keepLogs(o.profile, "watch", c, logs)
 	if err := verifyAll(c, imgs); err != nil {
 		return err
 	}
@@ -294,6 +295,11 @@ func cronLatency(ctx context.Context, c *harness.Cluster, o latencyOpts, logf fu
 	at := a.until(10*time.Minute, done)
 	<-done
 	var exits []string
+	var outs []*syncBuffer
+	for _, r := range runs {
+		outs = append(outs, r.out)
+	}
+	keepLogs(o.profile, "both", c, outs)
 	for i, r := range runs {
 		exits = append(exits, fmt.Sprintf("%s exit %d in %.2f s", c.Nodes[i].Name, r.code, r.secs))
 		if r.code != 0 && r.code != 3 {
@@ -365,5 +371,16 @@ func sleep(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
 	case <-time.After(d):
+	}
+}
+
+// keepLogs writes each node's log into dir (the -latency-profile
+// directory), beside the profiles, for reading where the time went.
+func keepLogs(dir, what string, c *harness.Cluster, logs []*syncBuffer) {
+	if dir == "" {
+		return
+	}
+	for i, l := range logs {
+		os.WriteFile(filepath.Join(dir, what+"-"+c.Nodes[i].Name+".log"), []byte(l.String()), 0o644)
 	}
 }
