@@ -57,7 +57,8 @@ func main() {
 	latUploads := flag.Int("latency-uploads", 20, "uploads on node1 for the latency lines")
 	latSize := flag.String("latency-size", "16M", "size of each upload for the latency lines")
 	latEvery := flag.Duration("latency-every", time.Second, "time between uploads for the watch latency line")
-	latProfile := flag.String("latency-profile", "", "write each watch's CPU profile into this `directory` (latency line)")
+	latProfile := flag.String("latency-profile", "", "write each watch's CPU profile and each node's log into this `directory` (latency lines)")
+	latRounds := flag.Int("latency-cron-rounds", 3, "rounds of the `both` latency line")
 	only := flag.String("only", "", "comma list of method names to time (default: all)")
 	prebuilt := flag.String("tool", "", "use this glance-image-sync binary instead of building ./cmd/glance-image-sync")
 	flag.Var(&variants, "variant", "`name=binary[,ENV=value...]`: also time this build of the tool (repeatable; for measuring a change)")
@@ -84,7 +85,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "bench: -latency-size:", err)
 			os.Exit(2)
 		}
-		o.latency = &latencyOpts{uploads: *latUploads, size: n, every: *latEvery, profile: *latProfile}
+		o.latency = &latencyOpts{uploads: *latUploads, size: n, every: *latEvery, profile: *latProfile, cronRounds: *latRounds}
 	}
 	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
