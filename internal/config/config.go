@@ -88,6 +88,9 @@ type Config struct {
 
 	GlanceURL string // Images API endpoint without Keystone; "" = none
 	OSCloud   string // clouds.yaml cloud name; "" = none
+	// ReconcileInterval is how often watch runs reconcile when the Images
+	// API is configured; 0 = never.
+	ReconcileInterval time.Duration
 
 	Warnings []string // things an operator should know that do not stop a run
 	// Advice is glance-api.conf settings that work but cost something here,
@@ -321,6 +324,7 @@ func (c *Config) loadSync(f *ini.File) (topic string, err error) {
 	c.VerifyDays = vals["verify_days"].(int)
 	c.GlanceURL = vals["glance_url"].(string)
 	c.OSCloud = vals["os_cloud"].(string)
+	c.ReconcileInterval = vals["reconcile_interval"].(time.Duration)
 	topic = vals["notification_topic"].(string)
 	c.QueueType = vals["queue_type"].(string)
 
