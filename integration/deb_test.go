@@ -32,21 +32,8 @@ func TestDebPackage(t *testing.T) {
 	}
 	root, describe, head := cleanClone(t, ctx)
 
-	var debs, sums []string
-	for i := 0; i < 2; i++ {
-		dir := t.TempDir()
-		cmd := exec.CommandContext(ctx, "make", "-s", "deb", "DEB_DIR="+dir)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("make deb: %v\n%s", err, out)
-		}
-		m, _ := filepath.Glob(filepath.Join(dir, "*.deb"))
-		if len(m) != 1 {
-			t.Fatalf("make deb made %v", m)
-		}
-		debs = append(debs, m[0])
-		sums = append(sums, sha256File(t, m[0]))
-	}
+	debs := makeTwice(t, ctx, root, "deb", "DEB_DIR", "*.deb")
+	sums := []string{sha256File(t, debs[0]), sha256File(t, debs[1])}
 	if sums[0] != sums[1] {
 		t.Errorf("two make deb runs differ: sha256 %s vs %s", sums[0], sums[1])
 	}
@@ -74,8 +61,7 @@ func TestDebPackage(t *testing.T) {
 	}
 	out, err := exec.CommandContext(ctx, "/usr/bin/glance-image-sync", "version").CombinedOutput()
 	must(t, err)
-	want := "glance-image-sync " + describe + " (commit " + head + ")"
-	if got := strings.TrimSpace(string(out)); got != want {
+	if got, want := strings.TrimSpace(string(out)), versionLine(describe, head); got != want {
 		t.Errorf("installed version says %q, want %q", got, want)
 	}
 	// Nothing enabled: no unit linked into a .wants directory.

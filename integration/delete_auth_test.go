@@ -215,14 +215,7 @@ func TestDeleteConfirmedWithRealGlance(t *testing.T) {
 func TestWrongChecksumParked(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
-	c := newCluster(t, 2)
-	n1, n2 := c.Nodes[0], c.Nodes[1]
-	img, err := c.AddImage(n1, 1<<20)
-	must(t, err)
-	bad := img
-	bad.Checksum = strings.Repeat("0", 32)
-	must(t, c.PublishEvent(ctx, "image.upload", n1, bad, "active"))
-	runOK(t, ctx, c, n1, []string{"duplicate-notifications"})
+	c, n2, img, _ := twoNodesWrongChecksum(t, ctx, 1<<20)
 	runOK(t, ctx, c, n2, []string{"sync-images"}, 3)
 	runOK(t, ctx, c, n2, []string{"sync-images"}, 4)
 	assertAbsent(t, n2, img.ID)

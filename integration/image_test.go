@@ -3,7 +3,6 @@ package integration
 import (
 	"archive/tar"
 	"context"
-	"debug/elf"
 	"errors"
 	"io"
 	"os"
@@ -17,8 +16,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
-
-	"github.com/glance-image-sync/glance-image-sync/integration/harness"
 )
 
 // make image twice from one commit gives the same image digest and the same
@@ -35,18 +32,8 @@ func TestImageReproducibleAndRunsAsGlance(t *testing.T) {
 
 	var digests, sums []string
 	var tarPath string
-	for i := 0; i < 2; i++ {
-		dir := t.TempDir()
-		cmd := exec.CommandContext(ctx, "make", "-s", "image", "IMAGE_DIR="+dir)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("make image: %v\n%s", err, out)
-		}
-		m, _ := filepath.Glob(filepath.Join(dir, "glance-image-sync-*-image-*.tar"))
-		if len(m) != 1 {
-			t.Fatalf("make image made %v", m)
-		}
-		tarPath = m[0]
+	for _, made := range makeTwice(t, ctx, root, "image", "IMAGE_DIR", "glance-image-sync-*-image-*.tar") {
+		tarPath = made
 		img, err := tarball.ImageFromPath(tarPath, nil)
 		must(t, err)
 		d, err := img.Digest()
@@ -128,9 +115,8 @@ func TestImageReproducibleAndRunsAsGlance(t *testing.T) {
 	if err != nil {
 		t.Fatalf("version in the image's root as 42415: %v\n%s", err, out)
 	}
-	wantVersion := "glance-image-sync " + describe + " (commit " + head + ")"
-	if got := strings.TrimSpace(string(out)); got != wantVersion {
-		t.Errorf("version in the image says %q, want %q", got, wantVersion)
+	if got, want := strings.TrimSpace(string(out)), versionLine(describe, head); got != want {
+		t.Errorf("version in the image says %q, want %q", got, want)
 	}
 	example, err := os.ReadFile(filepath.Join(chroot, "usr/share/doc/glance-image-sync/glance-image-sync.conf.example"))
 	must(t, err)
@@ -138,53 +124,6 @@ func TestImageReproducibleAndRunsAsGlance(t *testing.T) {
 	must(t, err)
 	if string(out) != string(example) || !strings.Contains(string(out), "api_nodes =") {
 		t.Error("the image's example config differs from config-example's output, or is empty")
-	}
-}
-
-// cleanClone clones HEAD into a temporary directory, so edits in the work
-// tree cannot leak into a release build, and returns it with its
-// `git describe` and commit.
-func cleanClone(t *testing.T, ctx context.Context) (root, describe, head string) {
-	t.Helper()
-	repo, err := harness.RepoRoot(ctx)
-	must(t, err)
-	if _, err := exec.LookPath("make"); err != nil {
-		t.Fatal("make not found: apt-get install make")
-	}
-	root = filepath.Join(t.TempDir(), "src")
-	if out, err := exec.CommandContext(ctx, "git", "clone", "-q", "--no-hardlinks", repo, root).CombinedOutput(); err != nil {
-		t.Fatalf("git clone: %v\n%s", err, out)
-	}
-	d, err := exec.CommandContext(ctx, "git", "-C", root, "describe", "--always", "--dirty").Output()
-	must(t, err)
-	h, err := exec.CommandContext(ctx, "git", "-C", root, "rev-parse", "HEAD").Output()
-	must(t, err)
-	return root, strings.TrimSpace(string(d)), strings.TrimSpace(string(h))
-}
-
-func sha256File(t *testing.T, path string) string {
-	t.Helper()
-	out, err := exec.Command("sha256sum", path).Output()
-	must(t, err)
-	return strings.Fields(string(out))[0]
-}
-
-// assertStatic fails unless bin is a stripped static ELF.
-func assertStatic(t *testing.T, bin string) {
-	t.Helper()
-	f, err := elf.Open(bin)
-	must(t, err)
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			t.Errorf("%s asks for a dynamic loader: not static", bin)
-		}
-	}
-	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
-		t.Errorf("%s needs shared libraries %v", bin, libs)
-	}
-	if f.Section(".symtab") != nil {
-		t.Errorf("%s is not stripped", bin)
 	}
 }
 

@@ -4,9 +4,6 @@ import (
 	"archive/tar"
 	"compress/gzip"
 	"context"
-	"crypto/sha256"
-	"debug/elf"
-	"encoding/hex"
 	"io"
 	"os"
 	"os/exec"
@@ -16,8 +13,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/glance-image-sync/glance-image-sync/integration/harness"
 )
 
 // make dist twice gives byte-identical tarballs holding a static binary that
@@ -27,36 +22,11 @@ func TestDistReproducibleAndStatic(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	repo, err := harness.RepoRoot(ctx)
-	must(t, err)
-	if _, err := exec.LookPath("make"); err != nil {
-		t.Fatal("make not found: apt-get install make")
-	}
-	// A release is made from a commit: build from a clean clone of HEAD, so
-	// edits in the work tree (other tests, other people) cannot leak in.
-	root := filepath.Join(t.TempDir(), "src")
-	if out, err := exec.CommandContext(ctx, "git", "clone", "-q", "--no-hardlinks", repo, root).CombinedOutput(); err != nil {
-		t.Fatalf("git clone: %v\n%s", err, out)
-	}
-	var sums []string
-	var tarball string
-	for i := 0; i < 2; i++ {
-		dir := t.TempDir()
-		cmd := exec.CommandContext(ctx, "make", "-s", "dist", "DIST_DIR="+dir)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("make dist: %v\n%s", err, out)
-		}
-		m, _ := filepath.Glob(filepath.Join(dir, "glance-image-sync-*.tar.gz"))
-		if len(m) != 1 {
-			t.Fatalf("make dist made %v", m)
-		}
-		data, err := os.ReadFile(m[0])
-		must(t, err)
-		sum := sha256.Sum256(data)
-		sums = append(sums, hex.EncodeToString(sum[:]))
-		tarball = m[0]
-	}
+	// A release is made from a commit: build from a clean clone of HEAD.
+	root, describe, head := cleanClone(t, ctx)
+	tarballs := makeTwice(t, ctx, root, "dist", "DIST_DIR", "glance-image-sync-*.tar.gz")
+	sums := []string{sha256File(t, tarballs[0]), sha256File(t, tarballs[1])}
+	tarball := tarballs[1]
 	if sums[0] != sums[1] {
 		t.Errorf("two make dist runs differ: sha256 %s vs %s", sums[0], sums[1])
 	}
@@ -79,35 +49,17 @@ func TestDistReproducibleAndStatic(t *testing.T) {
 	top := strings.SplitN(names[0], "/", 2)[0]
 	bin := filepath.Join(chroot, top, "glance-image-sync")
 
-	f, err := elf.Open(bin)
-	must(t, err)
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			t.Errorf("%s asks for a dynamic loader: not static", bin)
-		}
-	}
-	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
-		t.Errorf("%s needs shared libraries %v", bin, libs)
-	}
-	if f.Section(".symtab") != nil {
-		t.Errorf("%s is not stripped", bin)
-	}
-	f.Close()
+	assertStatic(t, bin)
 
 	out, err := exec.CommandContext(ctx, "chroot", chroot, "/"+top+"/glance-image-sync", "version").CombinedOutput()
 	if err != nil {
 		t.Fatalf("the binary does not run alone in a chroot: %v\n%s", err, out)
 	}
-	describe, err := exec.CommandContext(ctx, "git", "-C", root, "describe", "--always", "--dirty").Output()
-	if strings.HasSuffix(strings.TrimSpace(string(describe)), "-dirty") {
+	if strings.HasSuffix(describe, "-dirty") {
 		t.Errorf("a clean clone describes itself as %s", describe)
 	}
-	must(t, err)
-	head, err := exec.CommandContext(ctx, "git", "-C", root, "rev-parse", "HEAD").Output()
-	must(t, err)
-	wantVersion := "glance-image-sync " + strings.TrimSpace(string(describe)) + " (commit " + strings.TrimSpace(string(head)) + ")"
-	if got := strings.TrimSpace(string(out)); got != wantVersion {
-		t.Errorf("version in the chroot says %q, want %q", got, wantVersion)
+	if got, want := strings.TrimSpace(string(out)), versionLine(describe, head); got != want {
+		t.Errorf("version in the chroot says %q, want %q", got, want)
 	}
 	if !regexp.MustCompile(`commit [0-9a-f]{40}\)`).Match(out) {
 		t.Errorf("version has no commit: %q", out)

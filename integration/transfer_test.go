@@ -117,6 +117,22 @@ func twoNodes(t *testing.T, ctx context.Context, size int64, bwlimit string) (*h
 	return c, n1, n2, img
 }
 
+// twoNodesWrongChecksum is a 2-node cluster with an image of size on node 1
+// whose upload event, copied to node 2's queue, gives an MD5 of zeros:
+// every whole copy node 2 reads fails it. bad is img as the event has it.
+func twoNodesWrongChecksum(t *testing.T, ctx context.Context, size int64) (c *harness.Cluster, n2 *harness.Node, img, bad harness.Image) {
+	t.Helper()
+	c = newCluster(t, 2)
+	n1 := c.Nodes[0]
+	img, err := c.AddImage(n1, size)
+	must(t, err)
+	bad = img
+	bad.Checksum = strings.Repeat("0", 32)
+	must(t, c.PublishEvent(ctx, "image.upload", n1, bad, "active"))
+	runOK(t, ctx, c, n1, []string{"duplicate-notifications"})
+	return c, c.Nodes[1], img, bad
+}
+
 // A fetch SIGKILLed at about 25 %, then at about 75 %, resumes each time
 // from the bytes already on disk, and the third run reads only the rest.
 func TestResumeAfterKill(t *testing.T) {
@@ -228,14 +244,7 @@ func TestCorruptPartialRefetched(t *testing.T) {
 func TestSourceMismatchNeverPlaced(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
-	c := newCluster(t, 2)
-	n1, n2 := c.Nodes[0], c.Nodes[1]
-	img, err := c.AddImage(n1, 3<<20)
-	must(t, err)
-	bad := img
-	bad.Checksum = strings.Repeat("0", 32)
-	must(t, c.PublishEvent(ctx, "image.upload", n1, bad, "active"))
-	runOK(t, ctx, c, n1, []string{"duplicate-notifications"})
+	c, n2, img, bad := twoNodesWrongChecksum(t, ctx, 3<<20)
 	for i := 0; i < 2; i++ {
 		runOK(t, ctx, c, n2, []string{"sync-images"}, 3, 4)
 		assertAbsent(t, n2, img.ID)

@@ -116,6 +116,7 @@ func runCheck(timeout time.Duration, syncConf, glanceConf string, stdout io.Writ
 	c.checkDatadir(cfg)
 	c.checkPeers(ctx, cfg)
 	c.checkFiles(cfg)
+	c.checkReconcile(cfg)
 	c.sinceOriginal(cfg)
 	c.summary()
 	if c.failed > 0 {

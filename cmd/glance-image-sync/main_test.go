@@ -2,22 +2,16 @@ package main
 
 import (
 	"bytes"
-	"crypto/ed25519"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
-	"github.com/pkg/sftp"
-	"golang.org/x/crypto/ssh"
+	"github.com/glance-image-sync/glance-image-sync/internal/sshtest"
 )
 
 // The password of the test broker URLs, in every form it could leak in.
@@ -53,6 +47,20 @@ func setup(t *testing.T, transportURL, sync, after string) ([]string, string) {
 		}
 	}
 	return []string{"--config", syncFile, "--glance-config", glanceFile}, root
+}
+
+// setupWithPeer is setup for a two-node cluster whose node2 is an SSH
+// server in the test serving SFTP read-only, with host_key_checking =
+// accept-new and known_hosts not yet written, and the log and metrics files
+// in a folder of their own, logDir, outside the tree.
+func setupWithPeer(t *testing.T) (args []string, root, logDir string) {
+	t.Helper()
+	srv := sshtest.Start(t, sshtest.ReadOnlySFTP)
+	logDir = t.TempDir()
+	args, root = setup(t, "rabbit://u:p%40ssw0rd@127.0.0.1:1/",
+		fmt.Sprintf("api_nodes = node1, node2\nhost_key_checking = accept-new\nssh_key = %s\nlog_file = %s/sync.log\nmetrics_file = %s/gis.prom", srv.KeyFile, logDir, logDir),
+		fmt.Sprintf("[node:node2]\naddress = %s\nport = %d\n", srv.Host, srv.Port))
+	return args, root, logDir
 }
 
 func runCmd(args ...string) (code int, stdout, stderr string) {
@@ -161,12 +169,7 @@ func TestOwnFilesRefuseLinks(t *testing.T) {
 // and writes no known_hosts; it creates no lock file, log file, metrics file
 // or state folder either. Every file of the tree is the same afterwards.
 func TestCheckChangesNothing(t *testing.T) {
-	addr, keyFile := startSSHServer(t)
-	host, port, _ := net.SplitHostPort(addr)
-	logDir := t.TempDir()
-	args, root := setup(t, "rabbit://u:p%40ssw0rd@127.0.0.1:1/",
-		fmt.Sprintf("api_nodes = node1, node2\nhost_key_checking = accept-new\nssh_key = %s\nlog_file = %s/sync.log\nmetrics_file = %s/gis.prom", keyFile, logDir, logDir),
-		fmt.Sprintf("[node:node2]\naddress = %s\nport = %s\n", host, port))
+	args, root, logDir := setupWithPeer(t)
 	before := snapshot(t, root, logDir)
 	code, out, errOut := runCmd(append(args, "check", "--timeout", "10s")...)
 	if code == exitUsage {
@@ -185,12 +188,7 @@ func TestCheckChangesNothing(t *testing.T) {
 // folder is made), keeps its log off log_file, and with accept-new looks at
 // a peer without writing known_hosts.
 func TestStatusChangesNothing(t *testing.T) {
-	addr, keyFile := startSSHServer(t)
-	host, port, _ := net.SplitHostPort(addr)
-	logDir := t.TempDir()
-	args, root := setup(t, "rabbit://u:p%40ssw0rd@127.0.0.1:1/",
-		fmt.Sprintf("api_nodes = node1, node2\nhost_key_checking = accept-new\nssh_key = %s\nlog_file = %s/sync.log\nmetrics_file = %s/gis.prom", keyFile, logDir, logDir),
-		fmt.Sprintf("[node:node2]\naddress = %s\nport = %s\n", host, port))
+	args, root, logDir := setupWithPeer(t)
 	before := snapshot(t, root, logDir)
 	code, out, errOut := runCmd(append(args, "status", "--peers")...)
 	if code == exitUsage {
@@ -220,109 +218,6 @@ func snapshot(t *testing.T, roots ...string) string {
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
-}
-
-// startSSHServer serves SFTP of this machine's file system over SSH on
-// 127.0.0.1 to one client key, and returns its address and that key's file.
-func startSSHServer(t *testing.T) (string, string) {
-	t.Helper()
-	_, hostKey, err := ed25519.GenerateKey(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostSigner, err := ssh.NewSignerFromKey(hostKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	userPub, userKey, err := ed25519.GenerateKey(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sshPub, err := ssh.NewPublicKey(userPub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := &ssh.ServerConfig{PublicKeyCallback: func(_ ssh.ConnMetadata, k ssh.PublicKey) (*ssh.Permissions, error) {
-		if bytes.Equal(k.Marshal(), sshPub.Marshal()) {
-			return nil, nil
-		}
-		return nil, errors.New("unknown key")
-	}}
-	cfg.AddHostKey(hostSigner)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				serveSFTP(c, cfg)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	block, err := ssh.MarshalPrivateKey(userKey, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(t.TempDir(), "id_ed25519")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return ln.Addr().String(), keyFile
-}
-
-func serveSFTP(c net.Conn, cfg *ssh.ServerConfig) {
-	defer c.Close()
-	_, chans, reqs, err := ssh.NewServerConn(c, cfg)
-	if err != nil {
-		return
-	}
-	go ssh.DiscardRequests(reqs)
-	for nc := range chans {
-		if nc.ChannelType() != "session" {
-			nc.Reject(ssh.UnknownChannelType, "session only")
-			continue
-		}
-		ch, chReqs, err := nc.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			for r := range chReqs {
-				r.Reply(r.Type == "subsystem" && string(r.Payload[4:]) == "sftp", nil)
-			}
-		}()
-		srv, err := sftp.NewServer(ch, sftp.ReadOnly())
-		if err != nil {
-			ch.Close()
-			return
-		}
-		srv.Serve()
-		srv.Close()
-	}
 }
 
 func mkfifo(p string) error { return syscall.Mkfifo(p, 0o600) }

@@ -8,12 +8,17 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/config"
 	"github.com/glance-image-sync/glance-image-sync/internal/fanout"
 	"github.com/glance-image-sync/glance-image-sync/internal/metrics"
 	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
+	"github.com/glance-image-sync/glance-image-sync/internal/reconcile"
+	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
 )
 
@@ -66,6 +71,12 @@ func runWatch(ctx context.Context, o watchOptions, r *runner, stderr io.Writer) 
 	}
 	r.quiet = true
 	w := &watcher{r: r, set: set, duplicate: *duplicate, interval: *interval}
+	if every, why := reconcileEvery(r.cfg); why != "" {
+		r.log.Info("no periodic reconcile", "reason", why)
+	} else {
+		w.reconcile = &reconcileTimer{every: every}
+		r.log.Info("reconcile scheduled", "every", every.String())
+	}
 	backoff := reconnectMin
 	var lost *links // the links that failed, to redial from the URL after theirs
 	for ctx.Err() == nil {
@@ -127,6 +138,9 @@ type watcher struct {
 
 	lastWrite time.Time
 	dirty     bool
+
+	// reconcile schedules the periodic reconcile; nil: none.
+	reconcile *reconcileTimer
 }
 
 // watchPrefetch bounds the node queue's messages the daemon holds unacked:
@@ -154,6 +168,21 @@ func (w *watcher) serve(ctx context.Context, l *links) error {
 		_, err := s.Serve(sctx, watchPrefetch)
 		daemon <- err
 	}()
+	if w.reconcile != nil {
+		// Stopped with the consumer: its fetches go through the consumer's
+		// lanes (syncer.Exclusive), and it is waited for before serve returns.
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		defer stop()
+		wg.Go(func() {
+			select {
+			case <-s.Serving():
+			case <-sctx.Done():
+				return
+			}
+			w.reconcile.run(sctx, func(ctx context.Context) { w.reconcilePass(ctx, s) })
+		})
+	}
 	var dup chan fanoutDone // nil while not copying
 	var dupAt time.Time     // when to start copying (again)
 	for {
@@ -244,4 +273,126 @@ func sleep(ctx context.Context, d time.Duration) {
 // jitter spreads reconnects of many nodes after a broker restart.
 func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
+}
+
+// reconcileEvery is how often watch runs reconcile, or why it runs none.
+func reconcileEvery(cfg *config.Config) (time.Duration, string) {
+	switch {
+	case cfg.GlanceURL == "" && cfg.OSCloud == "":
+		return 0, "neither glance_url nor os_cloud is set: an image whose event is lost stays missing here until reconcile is run"
+	case cfg.ReconcileInterval <= 0:
+		return 0, "reconcile_interval = 0"
+	}
+	return cfg.ReconcileInterval, ""
+}
+
+// checkReconcile says in check whether watch reconciles, and why not.
+func (c *checker) checkReconcile(cfg *config.Config) {
+	if every, why := reconcileEvery(cfg); why != "" {
+		c.note("reconcile", "watch runs no periodic reconcile: %s", why)
+	} else {
+		c.note("reconcile", "watch runs reconcile every %s, the first time as it starts", every)
+	}
+}
+
+// reconcileTimer runs watch's periodic reconcile: at once, then every
+// interval after the previous pass ended, so two passes never overlap, and
+// a pass longer than the interval delays the next instead of piling up.
+// It outlives connections: a pass cut short by a lost connection is due
+// again as soon as the next one serves, and one that finished is not
+// repeated by a reconnect.
+type reconcileTimer struct {
+	every time.Duration
+	next  time.Time // zero: due at once
+
+	now   func() time.Time                     // nil: time.Now
+	after func(time.Duration) <-chan time.Time // nil: time.After
+}
+
+// run runs pass each time one is due, until ctx ends.
+func (t *reconcileTimer) run(ctx context.Context, pass func(context.Context)) {
+	now, after := t.now, t.after
+	if now == nil {
+		now = time.Now
+	}
+	if after == nil {
+		after = time.After
+	}
+	for {
+		if wait := t.next.Sub(now()); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-after(wait):
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		pass(ctx)
+		if ctx.Err() != nil {
+			return // cut short: due again at once
+		}
+		t.next = now().Add(t.every)
+	}
+}
+
+// reconcilePass is the reconcile the reconcile command runs (no --prune),
+// over every file store, logged with its summary. Its fetches run in the
+// consumer's lanes (laneFetcher): an image the consumer is fetching or
+// deleting waits for it, and a message for an image reconcile is fetching
+// waits for reconcile.
+func (w *watcher) reconcilePass(ctx context.Context, s *syncer.Syncer) {
+	r := w.r
+	start := time.Now()
+	e := &env{ctx: ctx, cfg: r.cfg, log: r.log, stdout: io.Discard, stderr: io.Discard}
+	withGlance(e, "reconcile", reconcileOptions{}, func(label string, st *store.Store, api storeAPI, f *syncer.Fetcher) int {
+		sum, err := reconcile.Run(ctx, api, st, laneFetcher{s: s, f: f, st: st}, reconcile.Options{
+			TrashDays: r.cfg.TrashDays,
+			Transfers: r.cfg.Transfers,
+		}, r.log)
+		code := exitOK
+		switch {
+		case errors.Is(err, reconcile.ErrListing):
+			r.log.Error("reconcile failed; nothing was fetched", "err", err)
+			code = exitFailed
+		case err != nil && ctx.Err() != nil:
+			code = exitDeferred
+		case err != nil:
+			r.log.Error("reconcile failed", "err", err)
+			code = exitFailed
+		case sum.Failed > 0:
+			code = exitDeferred
+		}
+		r.log.Info("reconcile done", "store", strings.Trim(label, " []"), "images", sum.Images, "present", sum.Present,
+			"fetched", sum.Fetched, "orphaned", sum.Orphaned, "failed", sum.Failed, "tombstoned", sum.Tombstoned,
+			"young", sum.Young, "bytes", sum.Bytes, "exit", code, "seconds", fmt.Sprintf("%.2f", time.Since(start).Seconds()),
+			"next_in", w.reconcile.every.String())
+		return code
+	})
+	if ctx.Err() != nil {
+		r.log.Info("reconcile stopped before the end; it runs again once watch serves", "err", context.Cause(ctx))
+	}
+}
+
+// laneFetcher fetches for watch's reconcile through the consumer's lanes,
+// so the store's one-writer-per-partial rule holds inside one process as
+// lock_file makes it hold between a cron reconcile and sync-images.
+type laneFetcher struct {
+	s  *syncer.Syncer
+	f  reconcile.Fetcher
+	st *store.Store
+}
+
+func (l laneFetcher) Fetch(ctx context.Context, w syncer.Want) (peer string, bytes int64, err error) {
+	err = l.s.Exclusive(ctx, w.ID, func(ctx context.Context) error {
+		// The consumer may have placed it while reconcile waited for the lane.
+		if state, err := l.st.Check(ctx, w.ID, w.Size, w.MD5); err == nil && state == store.Verified {
+			return nil
+		}
+		var err error
+		peer, bytes, err = l.f.Fetch(ctx, w)
+		return err
+	})
+	return peer, bytes, err
 }

@@ -4,9 +4,13 @@
 // MB/s, client and machine CPU seconds per GiB, peak RSS, and ratios to
 // rsync -az, scp and ssh cat: one table per size (-sizes, default 1 GiB and
 // 4 GiB), whole processes. It also measures resume after a kill, a
-// metadata-only no-op, an idle `both`, and duplicate-notifications
-// throughput. -dir puts every datadir on another filesystem (a tmpfs, a
-// ramfs: one that refuses O_DIRECT).
+// metadata-only no-op, an idle `both`, duplicate-notifications
+// throughput on the shared broker and on a private three-node cluster with
+// quorum queues (-cluster-events), and the time from a notification to the
+// image verified on every node, with watch and with cron's `both`
+// (-latency; latency.go). -sizes none skips the transfer tables. -dir puts
+// every datadir on another filesystem (a tmpfs, a ramfs: one that refuses
+// O_DIRECT).
 //
 // It is a benchmark, not a test: it needs root, RabbitMQ, sshd and rsync
 // (integration/setup.sh), about 3 × the largest size of free space under
@@ -48,6 +52,13 @@ func main() {
 	settle := flag.Duration("settle", time.Minute, "longest wait for an idle machine before each timed run")
 	big := flag.Bool("big", os.Getenv("BENCH_BIG") != "", "also fetch two images of the first size in one run, for the two-at-once memory line (env BENCH_BIG=1)")
 	events := flag.Int("events", 20000, "image events for the duplicate-notifications line (0: skip)")
+	clusterEvents := flag.Int("cluster-events", 20000, "image events for the duplicate-notifications line on a private 3-node RabbitMQ cluster with quorum queues (0: skip)")
+	lat := flag.Bool("latency", true, "time notification -> verified on every node, with watch --duplicate on 3 nodes and with `both` started together on 3 nodes")
+	latUploads := flag.Int("latency-uploads", 20, "uploads on node1 for the latency lines")
+	latSize := flag.String("latency-size", "16M", "size of each upload for the latency lines")
+	latEvery := flag.Duration("latency-every", time.Second, "time between uploads for the watch latency line")
+	latProfile := flag.String("latency-profile", "", "write each watch's CPU profile and each node's log into this `directory` (latency lines)")
+	latRounds := flag.Int("latency-cron-rounds", 3, "rounds of the `both` latency line")
 	only := flag.String("only", "", "comma list of method names to time (default: all)")
 	prebuilt := flag.String("tool", "", "use this glance-image-sync binary instead of building ./cmd/glance-image-sync")
 	flag.Var(&variants, "variant", "`name=binary[,ENV=value...]`: also time this build of the tool (repeatable; for measuring a change)")
@@ -56,6 +67,9 @@ func main() {
 	defer stop()
 	var list []int64
 	for _, f := range strings.Split(*sizes, ",") {
+		if *sizes == "none" {
+			break // only the other lines
+		}
 		n, err := parseSize(strings.TrimSpace(f))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bench: -sizes:", err)
@@ -63,7 +77,16 @@ func main() {
 		}
 		list = append(list, n)
 	}
-	o := opts{sizes: list, rounds: *rounds, dir: *dir, settle: *settle, big: *big, events: *events, only: *only, tool: *prebuilt}
+	o := opts{sizes: list, rounds: *rounds, dir: *dir, settle: *settle, big: *big, events: *events, only: *only, tool: *prebuilt,
+		clusterEvents: *clusterEvents}
+	if *lat {
+		n, err := parseSize(*latSize)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -latency-size:", err)
+			os.Exit(2)
+		}
+		o.latency = &latencyOpts{uploads: *latUploads, size: n, every: *latEvery, profile: *latProfile, cronRounds: *latRounds}
+	}
 	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -96,6 +119,9 @@ type opts struct {
 	big        bool
 	events     int
 	only, tool string
+
+	clusterEvents int          // the 3-node cluster line; 0: none
+	latency       *latencyOpts // nil: no latency lines
 }
 
 // result is one timed run of one method.
@@ -194,8 +220,23 @@ func run(ctx context.Context, o opts) error {
 		return fmt.Errorf("idle: %w", err)
 	}
 	if o.events > 0 {
+		if b.img.ID == "" { // -sizes none: the events need an image to name
+			if b.img, err = c.AddImage(b.src, 1<<20); err != nil {
+				return err
+			}
+		}
 		if err := b.fanout(ctx, o.events); err != nil {
 			return fmt.Errorf("duplicate-notifications: %w", err)
+		}
+	}
+	if o.latency != nil {
+		if err := latency(ctx, tool, o.dir, *o.latency, logf); err != nil {
+			return fmt.Errorf("latency: %w", err)
+		}
+	}
+	if o.clusterEvents > 0 {
+		if err := clusterFanout(ctx, tool, o.dir, o.clusterEvents, logf); err != nil {
+			return fmt.Errorf("duplicate-notifications on a 3-node cluster: %w", err)
 		}
 	}
 	fmt.Printf("load average after: %s\n", loadAvg())

@@ -21,7 +21,7 @@ import (
 
 var (
 	tool   string
-	broker *privateBroker
+	broker *harness.RabbitNode
 
 	// serial is held by every test for its whole run: a broker restart is
 	// seen by every cluster on the broker, so no two fault tests overlap.
@@ -47,7 +47,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
-	broker.stop()
+	broker.Stop()
 	if leaks := secretLeaks(); len(leaks) > 0 {
 		fmt.Fprintf(os.Stderr, "FAIL chaos: a secret appears in captured logs:\n%s\n", strings.Join(leaks, "\n"))
 		code = 1

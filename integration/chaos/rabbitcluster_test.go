@@ -4,252 +4,12 @@ package chaos
 
 import (
 	"context"
-	"fmt"
-	"net/url"
 	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
-	"strconv"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/integration/harness"
 )
-
-// rabbitCluster is a private three-node RabbitMQ cluster: three
-// rabbitmq-server nodes with their own node names, ports, data dirs and
-// Erlang cookie, joined with join_cluster. The shared broker at 5672 and
-// the suite's single private node are never touched.
-type rabbitCluster struct {
-	dir    string
-	cookie string
-	nodes  []*clusterNode
-}
-
-type clusterNode struct {
-	name     string // rabbit node name, gis-rq<i>-<pid>@localhost
-	port     int
-	distPort int
-	dir      string
-	env      []string
-}
-
-// startRabbitCluster starts three nodes in parallel and joins the second
-// and third to the first.
-func startRabbitCluster(ctx context.Context) (*rabbitCluster, error) {
-	u, err := user.Lookup("rabbitmq")
-	if err != nil {
-		return nil, fmt.Errorf("user rabbitmq: %w (apt-get install rabbitmq-server)", err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	dir, err := os.MkdirTemp("", "glance-image-sync-chaos-rabbit3-")
-	if err != nil {
-		return nil, err
-	}
-	rc := &rabbitCluster{dir: dir, cookie: fmt.Sprintf("GISCHAOSCOOKIE%d", os.Getpid())}
-	for i := 1; i <= 3; i++ {
-		n := &clusterNode{name: fmt.Sprintf("gis-rq%d-%d@localhost", i, os.Getpid()), dir: filepath.Join(dir, "n"+itoa(i))}
-		for _, p := range []*int{&n.port, &n.distPort} {
-			if *p, err = clusterPort(); err != nil {
-				return nil, err
-			}
-		}
-		if err := os.MkdirAll(n.dir, 0o755); err != nil {
-			return nil, err
-		}
-		conf := fmt.Sprintf("listeners.tcp.default = 127.0.0.1:%d\nloopback_users = none\n", n.port)
-		if err := os.WriteFile(filepath.Join(n.dir, "rabbitmq.conf"), []byte(conf), 0o644); err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(filepath.Join(n.dir, "enabled_plugins"), []byte("[].\n"), 0o644); err != nil {
-			return nil, err
-		}
-		n.env = append(os.Environ(),
-			"RABBITMQ_NODENAME="+n.name,
-			"RABBITMQ_NODE_PORT="+itoa(n.port),
-			"RABBITMQ_DIST_PORT="+itoa(n.distPort),
-			"RABBITMQ_MNESIA_BASE="+filepath.Join(n.dir, "mnesia"),
-			"RABBITMQ_LOG_BASE="+filepath.Join(n.dir, "log"),
-			"RABBITMQ_CONFIG_FILE="+filepath.Join(n.dir, "rabbitmq.conf"),
-			"RABBITMQ_ENABLED_PLUGINS_FILE="+filepath.Join(n.dir, "enabled_plugins"),
-			"RABBITMQ_PID_FILE="+filepath.Join(n.dir, "pid"),
-			// Deprecated in 3.10 but honoured by the server and the CLI:
-			// the wrapper runs both as rabbitmq with HOME reset, so a
-			// cookie file of our own cannot be given otherwise.
-			"RABBITMQ_ERLANG_COOKIE="+rc.cookie,
-		)
-		rc.nodes = append(rc.nodes, n)
-	}
-	if err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Chown(p, uid, gid)
-	}); err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return nil, err
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(rc.nodes))
-	for i, n := range rc.nodes {
-		wg.Add(1)
-		go func() { defer wg.Done(); errs[i] = n.start(ctx) }()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			rc.stop()
-			return nil, err
-		}
-	}
-	for _, n := range rc.nodes[1:] {
-		for _, args := range [][]string{{"stop_app"}, {"join_cluster", rc.nodes[0].name}, {"start_app"}} {
-			if out, err := n.ctl(ctx, args...); err != nil {
-				rc.stop()
-				return nil, fmt.Errorf("rabbitmqctl -n %s %s: %v: %s", n.name, args[0], err, out)
-			}
-		}
-	}
-	for _, args := range [][]string{
-		{"add_user", brokerUser, brokerPassword},
-		{"set_permissions", "-p", "/", brokerUser, ".*", ".*", ".*"},
-	} {
-		if out, err := rc.nodes[0].ctl(ctx, args...); err != nil {
-			rc.stop()
-			return nil, fmt.Errorf("rabbitmqctl %s: %v: %s", args[0], err, out)
-		}
-	}
-	return rc, nil
-}
-
-// clusterPort is a free port outside 35672-35682, which RabbitMQ's CLI
-// tools use for their own Erlang distribution.
-func clusterPort() (int, error) {
-	for {
-		p, err := freePort()
-		if err != nil || p < 35672 || p > 35682 {
-			return p, err
-		}
-	}
-}
-
-func (n *clusterNode) ctl(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, "rabbitmqctl", append([]string{"-n", n.name}, args...)...)
-	cmd.Env = n.env
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-func (n *clusterNode) start(ctx context.Context) error {
-	cmd := exec.CommandContext(ctx, "rabbitmq-server", "-detached")
-	cmd.Env = n.env
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("rabbitmq-server -detached (node %s): %v: %s", n.name, err, out)
-	}
-	deadline := time.Now().Add(90 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
-		out, err := n.ctl(ctx, "await_startup", "--timeout", "30")
-		if err == nil {
-			return nil
-		}
-		last = out
-		time.Sleep(300 * time.Millisecond)
-	}
-	return fmt.Errorf("RabbitMQ node %s did not start (logs in %s/log): %s", n.name, n.dir, last)
-}
-
-func (n *clusterNode) pid() (int, error) {
-	b, err := os.ReadFile(filepath.Join(n.dir, "pid"))
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
-}
-
-// kill kills the node's Erlang VM with SIGKILL, as a crash or a power cut
-// would, and waits until it is gone.
-func (n *clusterNode) kill() error {
-	pid, err := n.pid()
-	if err != nil {
-		return err
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		return err
-	}
-	for i := 0; i < 100; i++ {
-		if syscall.Kill(pid, 0) != nil {
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("node %s (pid %d) still alive after SIGKILL", n.name, pid)
-}
-
-// url is the AMQP URL of one node, as the suite's user.
-func (n *clusterNode) url() string {
-	return fmt.Sprintf("amqp://%s:%s@127.0.0.1:%d/", brokerUser, url.QueryEscape(brokerPassword), n.port)
-}
-
-// transportURL names every node, as an oslo.messaging deployment does.
-func (rc *rabbitCluster) transportURL() string {
-	hosts := make([]string, len(rc.nodes))
-	for i, n := range rc.nodes {
-		hosts[i] = fmt.Sprintf("%s:%s@127.0.0.1:%d", brokerUser, url.QueryEscape(brokerPassword), n.port)
-	}
-	return "rabbit://" + strings.Join(hosts, ",") + "/"
-}
-
-// home is the node that leads the quorum queue q, or holds the classic
-// queue q.
-func (rc *rabbitCluster) home(ctx context.Context, q, queueType string) (*clusterNode, error) {
-	item := "leader"
-	if queueType == "classic" {
-		item = "pid" // <node.N.N.N>
-	}
-	for _, asker := range rc.nodes {
-		out, err := asker.ctl(ctx, "list_queues", "--quiet", "--no-table-headers", "name", item)
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(out, "\n") {
-			f := strings.Fields(line)
-			if len(f) == 2 && f[0] == q {
-				if item == "pid" {
-					p := strings.Split(strings.Trim(f[1], "<>"), ".")
-					if len(p) > 3 {
-						f[1] = strings.Join(p[:len(p)-3], ".")
-					}
-				}
-				for _, n := range rc.nodes {
-					if n.name == f[1] {
-						return n, nil
-					}
-				}
-				return nil, fmt.Errorf("queue %s led by %s, not a node of the cluster", q, f[1])
-			}
-		}
-	}
-	return nil, fmt.Errorf("no node reports a leader for %s", q)
-}
-
-func (rc *rabbitCluster) stop() {
-	for _, n := range rc.nodes {
-		if pid, err := n.pid(); err == nil {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-	if os.Getenv("KEEP_CLUSTER") == "" {
-		os.RemoveAll(rc.dir)
-	}
-}
 
 // TestQuorumQueuesSurviveLeaderKill runs Glance's three-node broker as
 // production does (quorum node queues, transport_url naming every node),
@@ -268,11 +28,12 @@ func TestClassicQueuesLeaderKill(t *testing.T) { leaderKill(t, "classic") }
 func leaderKill(t *testing.T, queueType string) {
 	ctx := testCtx(t, 5*time.Minute)
 	t0 := time.Now()
-	rc, err := startRabbitCluster(ctx)
+	rc, err := harness.StartRabbitCluster(ctx, harness.RabbitOptions{Prefix: "gis-chaos", User: brokerUser, Password: brokerPassword,
+		Keep: os.Getenv("KEEP_CLUSTER") != ""}, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(rc.stop)
+	t.Cleanup(rc.Stop)
 	t.Logf("three-node RabbitMQ cluster up in %.1fs", time.Since(t0).Seconds())
 
 	serial.Lock()
@@ -282,8 +43,8 @@ func leaderKill(t *testing.T, queueType string) {
 	// the first node.
 	hctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	c, err := harness.NewCluster(hctx, harness.Options{Nodes: 3, Tool: tool, AMQPURL: rc.nodes[2].url(),
-		TransportURL: rc.transportURL(), DurableSource: true, QuorumSource: true, KeepDir: os.Getenv("KEEP_CLUSTER") != ""})
+	c, err := harness.NewCluster(hctx, harness.Options{Nodes: 3, Tool: tool, AMQPURL: rc.Nodes[2].URL(),
+		TransportURL: rc.TransportURL(), DurableSource: true, QuorumSource: true, KeepDir: os.Getenv("KEEP_CLUSTER") != ""})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,15 +93,15 @@ func leaderKill(t *testing.T, queueType string) {
 	// with its node, so the run may end with exit 1 naming it.
 	killLeader := func(name, q string, run func() *started, ready func() bool) {
 		t.Helper()
-		leader, err := rc.home(ctx, q, queueType)
+		leader, err := rc.Home(ctx, q, queueType)
 		if err != nil {
 			t.Fatal(err)
 		}
 		r := run()
 		waitWhileRunning(t, ready, r)
-		must(t, leader.kill())
+		must(t, leader.Kill())
 		code := r.wait(t, 2*time.Minute)
-		t.Logf("%s: killed leader %s of %s; the run exited %d", name, leader.name, q, code)
+		t.Logf("%s: killed leader %s of %s; the run exited %d", name, leader.Name, q, code)
 		if code == 1 && queueType == "classic" {
 			t.Logf("%s: exit 1: the classic queue is down with its node", name)
 		} else if code != 0 && code != 3 {
@@ -356,7 +117,7 @@ func leaderKill(t *testing.T, queueType string) {
 			_, code := runWant(t, ctx, c, n, []string{"both"}, want...)
 			t.Logf("%s: both on %s with the node down: exit %d", name, n.Name, code)
 		}
-		must(t, leader.start(ctx))
+		must(t, leader.Start(ctx))
 		// The harness's node may have been the one killed.
 		must(t, c.Reconnect())
 	}

@@ -26,11 +26,12 @@ import (
 func TestRunsSurviveOwnBrokerNodeKill(t *testing.T) {
 	ctx := testCtx(t, 8*time.Minute)
 	t0 := time.Now()
-	rc, err := startRabbitCluster(ctx)
+	rc, err := harness.StartRabbitCluster(ctx, harness.RabbitOptions{Prefix: "gis-chaos", User: brokerUser, Password: brokerPassword,
+		Keep: os.Getenv("KEEP_CLUSTER") != ""}, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(rc.stop)
+	t.Cleanup(rc.Stop)
 	t.Logf("three-node RabbitMQ cluster up in %.1fs", time.Since(t0).Seconds())
 
 	serial.Lock()
@@ -38,8 +39,8 @@ func TestRunsSurviveOwnBrokerNodeKill(t *testing.T) {
 	// The harness talks to the third node: only the first is killed.
 	hctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	c, err := harness.NewCluster(hctx, harness.Options{Nodes: 3, Tool: tool, AMQPURL: rc.nodes[2].url(),
-		TransportURL: rc.transportURL(), DurableSource: true, QuorumSource: true, KeepDir: os.Getenv("KEEP_CLUSTER") != ""})
+	c, err := harness.NewCluster(hctx, harness.Options{Nodes: 3, Tool: tool, AMQPURL: rc.Nodes[2].URL(),
+		TransportURL: rc.TransportURL(), DurableSource: true, QuorumSource: true, KeepDir: os.Getenv("KEEP_CLUSTER") != ""})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,9 +60,9 @@ func TestRunsSurviveOwnBrokerNodeKill(t *testing.T) {
 		runWant(t, ctx, c, n, []string{"sync-images"}, 0)
 	}
 	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
-	own := rc.nodes[0]
-	if leader, err := rc.home(ctx, harness.NodeQueue(n3), "quorum"); err == nil {
-		t.Logf("%s is led by %s; the runs connect to %s", harness.NodeQueue(n3), leader.name, own.name)
+	own := rc.Nodes[0]
+	if leader, err := rc.Home(ctx, harness.NodeQueue(n3), "quorum"); err == nil {
+		t.Logf("%s is led by %s; the runs connect to %s", harness.NodeQueue(n3), leader.Name, own.Name)
 	}
 	var live []harness.Image
 	upload := func(size int64) harness.Image {
@@ -79,10 +80,10 @@ func TestRunsSurviveOwnBrokerNodeKill(t *testing.T) {
 	killOwn := func(name string, r *started, ready func() bool) {
 		t.Helper()
 		waitWhileRunning(t, ready, r)
-		must(t, own.kill())
+		must(t, own.Kill())
 		code := r.wait(t, 2*time.Minute)
 		log := r.log()
-		t.Logf("%s: killed %s, the run's own broker node; the run exited %d", name, own.name, code)
+		t.Logf("%s: killed %s, the run's own broker node; the run exited %d", name, own.Name, code)
 		if code != 0 && code != 3 {
 			t.Errorf("%s: exit %d after its broker node was killed, want 0 or 3:\n%s", name, code, log)
 		}
@@ -96,9 +97,9 @@ func TestRunsSurviveOwnBrokerNodeKill(t *testing.T) {
 		}
 		for _, n := range c.Nodes {
 			_, code := runWant(t, ctx, c, n, []string{"both"}, 0, 3)
-			t.Logf("%s: both on %s with %s down: exit %d", name, n.Name, own.name, code)
+			t.Logf("%s: both on %s with %s down: exit %d", name, n.Name, own.Name, code)
 		}
-		must(t, own.start(ctx))
+		must(t, own.Start(ctx))
 		must(t, c.Reconnect())
 	}
 
@@ -149,8 +150,8 @@ func TestRunsSurviveOwnBrokerNodeKill(t *testing.T) {
 		s3, _ := harness.StrayDotFiles(n3)
 		return len(s2)+len(s3) > 0
 	})
-	must(t, own.kill())
-	t.Logf("watch: killed %s mid-fetch", own.name)
+	must(t, own.Kill())
+	t.Logf("watch: killed %s mid-fetch", own.Name)
 	after := upload(1 << 20) // announced while the node is down
 	for i, n := range []*harness.Node{n2, n3} {
 		for _, img := range []harness.Image{big, after} {
@@ -170,7 +171,7 @@ func TestRunsSurviveOwnBrokerNodeKill(t *testing.T) {
 			t.Errorf("watch on %s: no redial logged:\n%s", c.Nodes[i+1].Name, w.log())
 		}
 	}
-	must(t, own.start(ctx))
+	must(t, own.Start(ctx))
 	must(t, c.Reconnect())
 
 	converge(t, ctx, c, 4)

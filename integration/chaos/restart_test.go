@@ -19,8 +19,8 @@ type restartKind struct {
 
 func restartKinds() []restartKind {
 	return []restartKind{
-		{"stop_app", func(ctx context.Context) error { return broker.restartApp(ctx) }},
-		{"kill9", func(ctx context.Context) error { return broker.kill9(ctx) }},
+		{"stop_app", func(ctx context.Context) error { return broker.RestartApp(ctx) }},
+		{"kill9", func(ctx context.Context) error { return broker.KillAndRestart(ctx) }},
 	}
 }
 

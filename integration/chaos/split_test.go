@@ -29,14 +29,14 @@ func TestNodeTransportEitherSideLost(t *testing.T) {
 	vGlance, vNodes := "gis_glance_"+id, "gis_nodes_"+id
 	for _, v := range []string{vGlance, vNodes} {
 		for _, args := range [][]string{{"add_vhost", v}, {"set_permissions", "-p", v, brokerUser, ".*", ".*", ".*"}} {
-			if out, err := broker.ctl(ctx, args...); err != nil {
+			if out, err := broker.Ctl(ctx, args...); err != nil {
 				t.Fatalf("rabbitmqctl %s: %v: %s", args[0], err, out)
 			}
 		}
-		t.Cleanup(func() { broker.ctl(context.Background(), "delete_vhost", v) })
+		t.Cleanup(func() { broker.Ctl(context.Background(), "delete_vhost", v) })
 	}
 	vhostURL := func(scheme, v string) string {
-		return fmt.Sprintf("%s://%s:%s@127.0.0.1:%d/%s", scheme, brokerUser, brokerPassword, broker.port, v)
+		return fmt.Sprintf("%s://%s:%s@127.0.0.1:%d/%s", scheme, brokerUser, brokerPassword, broker.Port, v)
 	}
 	hctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -91,7 +91,7 @@ func TestNodeTransportEitherSideLost(t *testing.T) {
 		before := depthNodes(harness.NodeQueue(c.Nodes[2]))
 		r := start(t, c, n1, "duplicate-notifications")
 		waitWhileRunning(t, func() bool { return depthNodes(harness.NodeQueue(c.Nodes[2])) > before }, r)
-		if out, err := broker.ctl(ctx, "close_all_connections", "-p", side.vhost, "chaos: "+side.name); err != nil {
+		if out, err := broker.Ctl(ctx, "close_all_connections", "-p", side.vhost, "chaos: "+side.name); err != nil {
 			t.Fatalf("close_all_connections -p %s: %v: %s", side.vhost, err, out)
 		}
 		code := r.wait(t, 2*time.Minute)

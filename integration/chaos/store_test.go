@@ -144,11 +144,11 @@ func TestBrokerUnusable(t *testing.T) {
 	}{
 		{"broker unreachable", fmt.Sprintf("rabbit://%s:%s@127.0.0.1:%d/", brokerUser, brokerPassword, closed), "",
 			fmt.Sprintf("amqp://%s:xxxxx@127.0.0.1:%d/", brokerUser, closed), "connection refused"},
-		{"wrong credentials", fmt.Sprintf("rabbit://%s:wrong-%s@127.0.0.1:%d/", brokerUser, brokerPassword, broker.port), "",
-			fmt.Sprintf("amqp://%s:xxxxx@127.0.0.1:%d/", brokerUser, broker.port), "password not allowed"},
-		{"amqps with a wrong CA", fmt.Sprintf("rabbit://%s:%s@localhost:%d/", brokerUser, brokerPassword, broker.tlsPort),
+		{"wrong credentials", fmt.Sprintf("rabbit://%s:wrong-%s@127.0.0.1:%d/", brokerUser, brokerPassword, broker.Port), "",
+			fmt.Sprintf("amqp://%s:xxxxx@127.0.0.1:%d/", brokerUser, broker.Port), "password not allowed"},
+		{"amqps with a wrong CA", fmt.Sprintf("rabbit://%s:%s@localhost:%d/", brokerUser, brokerPassword, broker.TLSPort),
 			"ssl = true\nssl_ca_file = " + broker.WrongCA,
-			fmt.Sprintf("amqps://%s:xxxxx@localhost:%d/", brokerUser, broker.tlsPort), "certificate"},
+			fmt.Sprintf("amqps://%s:xxxxx@localhost:%d/", brokerUser, broker.TLSPort), "certificate"},
 	}
 	before := depth(t, c, c.SourceQueue())
 	for _, tc := range cases {
@@ -172,7 +172,7 @@ func TestBrokerUnusable(t *testing.T) {
 	}
 	// The TLS listener itself works with the right CA: the failure above
 	// was the CA, not the listener.
-	writeGlanceConf(t, c, n1, fmt.Sprintf("rabbit://%s:%s@localhost:%d/", brokerUser, brokerPassword, broker.tlsPort),
+	writeGlanceConf(t, c, n1, fmt.Sprintf("rabbit://%s:%s@localhost:%d/", brokerUser, brokerPassword, broker.TLSPort),
 		"ssl = true\nssl_ca_file = "+broker.CA)
 	runWant(t, ctx, c, n1, []string{"duplicate-notifications"}, 0)
 	if d := depth(t, c, c.SourceQueue()); d != 0 {

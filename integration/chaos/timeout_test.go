@@ -21,7 +21,7 @@ func TestWatchOutlastsConsumerTimeout(t *testing.T) {
 	n1, n2 := c.Nodes[0], c.Nodes[1]
 	setEnv := func(key, value string) {
 		t.Helper()
-		if out, err := broker.ctl(ctx, "eval", "application:set_env(rabbit, "+key+", "+value+")."); err != nil {
+		if out, err := broker.Ctl(ctx, "eval", "application:set_env(rabbit, "+key+", "+value+")."); err != nil {
 			t.Fatalf("set %s: %v: %s", key, err, out)
 		}
 	}

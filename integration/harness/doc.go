@@ -10,4 +10,9 @@
 //
 // It needs root (mount namespaces, sshd), a RabbitMQ at 127.0.0.1:5672 and
 // OpenSSH; integration/setup.sh installs and starts what is missing.
+//
+// rabbit.go starts RabbitMQ of a test's own beside the shared broker: one
+// private node (optionally with a TLS listener), or a private N-node cluster
+// joined with join_cluster, each with its own node names, ports and data;
+// the chaos suite and the bench's cluster line use them.
 package harness

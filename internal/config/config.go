@@ -92,6 +92,9 @@ type Config struct {
 
 	GlanceURL string // Images API endpoint without Keystone; "" = none
 	OSCloud   string // clouds.yaml cloud name; "" = none
+	// ReconcileInterval is how often watch runs reconcile when the Images
+	// API is configured; 0 = never.
+	ReconcileInterval time.Duration
 
 	nodeTransportURL string // node_transport_url as written; read by loadNodeBroker
 
@@ -330,6 +333,7 @@ func (c *Config) loadSync(f *ini.File) (topic string, err error) {
 	c.VerifyDays = vals["verify_days"].(int)
 	c.GlanceURL = vals["glance_url"].(string)
 	c.OSCloud = vals["os_cloud"].(string)
+	c.ReconcileInterval = vals["reconcile_interval"].(time.Duration)
 	topic = vals["notification_topic"].(string)
 	c.QueueType = vals["queue_type"].(string)
 	c.nodeTransportURL = vals["node_transport_url"].(string)

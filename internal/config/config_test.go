@@ -141,6 +141,8 @@ func TestLoadMinimalLegacy(t *testing.T) {
 		MaxDeletePercent: 50,
 		VerifyRate:       50,
 		VerifyDays:       30,
+
+		ReconcileInterval: time.Hour,
 		Warnings: []string{
 			sync + ": [DEFAULT] known_hosts: " + filepath.Join(home, ".ssh/known_hosts") +
 				": no such file or directory: with host_key_checking = yes no peer can be reached",
@@ -256,6 +258,8 @@ func TestSyncOptions(t *testing.T) {
 		{"bwlimit 0", "bwlimit = 0", func(c *Config) any { return c.BWLimit }, 0.0},
 		{"source_strategy publisher", "source_strategy = publisher", func(c *Config) any { return c.SourceStrategy }, "publisher"},
 		{"stall_timeout", "stall_timeout = 5s", func(c *Config) any { return c.StallTimeout }, 5 * time.Second},
+		{"reconcile_interval 0 is never", "reconcile_interval = 0", func(c *Config) any { return c.ReconcileInterval }, time.Duration(0)},
+		{"reconcile_interval", "reconcile_interval = 10m", func(c *Config) any { return c.ReconcileInterval }, 10 * time.Minute},
 		{"log_file under ~", "log_file = ~/sync.log", func(c *Config) any { return c.LogFile }, os.Getenv("HOME") + "/sync.log"},
 		{"empty value means default", "transfers =", func(c *Config) any { return c.Transfers }, 2},
 		{"host_key_checking yes", "host_key_checking = yes", func(c *Config) any { return c.AcceptNewHostKeys }, false},
@@ -546,6 +550,8 @@ func TestErrors(t *testing.T) {
 		{name: "transfers 0", sync: syncOK + "transfers = 0\n", section: "DEFAULT", key: "transfers", msg: "at least 1"},
 		{name: "max_attempts 0", sync: syncOK + "max_attempts = 0\n", section: "DEFAULT", key: "max_attempts", msg: "at least 1"},
 		{name: "deadline without unit", sync: syncOK + "deadline = 3600\n", section: "DEFAULT", key: "deadline", msg: "not a duration"},
+		{name: "reconcile_interval without unit", sync: syncOK + "reconcile_interval = 60\n", section: "DEFAULT", key: "reconcile_interval", msg: "not a duration"},
+		{name: "reconcile_interval negative", sync: syncOK + "reconcile_interval = -1h\n", section: "DEFAULT", key: "reconcile_interval", msg: "at least 0"},
 		{name: "deadline negative", sync: syncOK + "deadline = -1s\n", section: "DEFAULT", key: "deadline", msg: "at least 0"},
 		{name: "bwlimit negative", sync: syncOK + "bwlimit = -1\n", section: "DEFAULT", key: "bwlimit", msg: "at least 0"},
 		{name: "bwlimit text", sync: syncOK + "bwlimit = fast\n", section: "DEFAULT", key: "bwlimit", msg: "not a number"},
@@ -661,7 +667,7 @@ func TestOptions(t *testing.T) {
 	spec := []string{"api_nodes", "rsync_user", "hostname", "ssh_key", "known_hosts", "ssh_port",
 		"ssh_ciphers", "host_key_checking", "lock_file", "log_file", "metrics_file", "notification_topic",
 		"forward_routing_key", "transfers", "max_attempts", "queue_type", "node_transport_url", "deadline", "ssh_timeout", "bwlimit", "source_strategy", "stall_timeout",
-		"pending_delete", "glance_url", "os_cloud", "trash_dir", "trash_days", "max_delete", "max_delete_percent", "verify_rate", "verify_days"}
+		"pending_delete", "glance_url", "os_cloud", "reconcile_interval", "trash_dir", "trash_days", "max_delete", "max_delete_percent", "verify_rate", "verify_days"}
 	opts := Options()
 	var keys []string
 	for _, o := range opts {

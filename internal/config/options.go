@@ -183,6 +183,11 @@ var options = []Option{
 			"and verify when --endpoint and glance_url are not given. glance_url, if set, " +
 			"is used instead. Give credentials that see every project's images (an admin): " +
 			"others see a 404 for most images. Default: none."},
+	{Section: SectionDefault, Key: "reconcile_interval", Type: TypeDuration, Default: "1h",
+		Min: 0, HasMin: true,
+		Help: "With glance_url or os_cloud set, watch runs reconcile (without --prune) " +
+			"this often, the first time as it starts, so images whose events were lost " +
+			"reach this node without a cron job; 0 = never. Ignored without the Images API."},
 	{Section: SectionDefault, Key: "trash_dir", Type: TypePath,
 		Help: "Where removed image files go: deleted images (sync-images) and orphans " +
 			"(reconcile --prune); `restore ID` brings one back. It must be on the " +

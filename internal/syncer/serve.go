@@ -130,8 +130,14 @@ func (s *Syncer) serve(ctx context.Context, in <-chan received) error {
 	s.daemon = true
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	ls := &lanes{s: s, m: map[string]*lane{}, sem: make(chan struct{}, s.cfg.Transfers)}
+	ls := &lanes{s: s, ctx: ctx, m: map[string]*lane{}, sem: make(chan struct{}, s.cfg.Transfers), closed: make(chan struct{})}
+	s.mu.Lock()
+	s.lanes = ls
+	s.mu.Unlock()
+	s.servingOnce.Do(func() { close(s.serving) })
+	defer close(ls.closed)
 	defer ls.wg.Wait()
+	defer ls.stop()
 	defer stop() // lanes stop before they are waited for
 	for {
 		select {
@@ -173,12 +179,25 @@ func (s *Syncer) dispatch(ctx context.Context, ls *lanes, r received) {
 // lanes are the images with work, one goroutine each while they have some:
 // an image's messages are handled in queue order, images independently.
 type lanes struct {
-	s   *Syncer
-	sem chan struct{} // transfer slots
-	wg  sync.WaitGroup
+	s      *Syncer
+	ctx    context.Context // the lanes' life
+	sem    chan struct{}   // transfer slots
+	wg     sync.WaitGroup
+	closed chan struct{} // closed once every lane has ended
 
-	mu sync.Mutex // guards m and every lane
-	m  map[string]*lane
+	mu       sync.Mutex // guards m, stopping and every lane
+	m        map[string]*lane
+	stopping bool // no lane is started any more
+}
+
+// stop refuses new lanes, so that none starts while they are waited for.
+func (ls *lanes) stop() {
+	ls.s.mu.Lock()
+	ls.s.lanes = nil
+	ls.s.mu.Unlock()
+	ls.mu.Lock()
+	ls.stopping = true
+	ls.mu.Unlock()
 }
 
 type lane struct {
@@ -190,9 +209,13 @@ type lane struct {
 // add queues j on its image's lane, starting the lane if idle. A delete
 // first drops the lane's queued fetches (acked: the image is going) and
 // cuts a fetch that is running or waiting for its retry time.
-func (ls *lanes) add(ctx context.Context, j job) {
-	id := j.ev.Image.ID
+func (ls *lanes) add(ctx context.Context, j job) bool {
+	id := j.image()
 	ls.mu.Lock()
+	if ls.stopping {
+		ls.mu.Unlock()
+		return false
+	}
 	l, ok := ls.m[id]
 	if !ok {
 		l = &lane{}
@@ -223,6 +246,7 @@ func (ls *lanes) add(ctx context.Context, j job) {
 	for _, q := range dropped {
 		ls.s.dropSuperseded(q)
 	}
+	return true
 }
 
 // run works through one image's lane, and ends (forgetting the lane) when
@@ -254,6 +278,10 @@ func (ls *lanes) run(ctx context.Context, id string, l *lane) {
 // work does one job of a lane: a fetch waits for its retry time first,
 // then for a transfer slot.
 func (s *Syncer) work(ctx context.Context, j job, sem chan struct{}) {
+	if j.excl != nil {
+		j.excl.run(ctx, sem)
+		return
+	}
 	log := s.log.With("image", j.ev.Image.ID, "event", j.ev.EventType)
 	if j.action == Delete {
 		s.delete(ctx, log, j)
@@ -303,6 +331,10 @@ func (s *Syncer) stopped(ctx context.Context, j job) {
 
 // dropSuperseded acks a fetch a delete of its image has made pointless.
 func (s *Syncer) dropSuperseded(j job) {
+	if j.excl != nil {
+		j.excl.done <- errSuperseded
+		return
+	}
 	s.log.Info("skipped", "image", j.ev.Image.ID, "event", j.ev.EventType, "reason", errSuperseded.Error())
 	s.tally(j.ev.EventType, "skipped", "")
 	s.ack(j.d)

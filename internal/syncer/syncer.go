@@ -128,6 +128,10 @@ type Syncer struct {
 	res   Result
 	taken Result // bytes and seconds already reported by TakeResult
 	bad   error  // a broker failure: stop taking messages
+	lanes *lanes // while Serve consumes: Exclusive queues there
+
+	serving     chan struct{} // closed once Serve consumes (Serving)
+	servingOnce sync.Once
 }
 
 // New prepares a run over every file store, Glance's default store first;
@@ -145,7 +149,7 @@ func newSyncer(cfg Config, conn *broker.Conn, st imageStore, log *slog.Logger) *
 }
 
 func newMultiSyncer(cfg Config, conn *broker.Conn, stores []namedStore, log *slog.Logger) *Syncer {
-	return &Syncer{cfg: cfg.withDefaults(), conn: conn, stores: stores, log: log}
+	return &Syncer{cfg: cfg.withDefaults(), conn: conn, stores: stores, log: log, serving: make(chan struct{})}
 }
 
 func (cfg Config) withDefaults() Config {
@@ -178,6 +182,15 @@ type job struct {
 	m      broker.Message
 	ev     *notification.Event
 	action Action
+	excl   *exclusive // work from outside the queue (Exclusive); d, m and ev unset
+}
+
+// image is the id of the image whose lane j belongs to.
+func (j job) image() string {
+	if j.excl != nil {
+		return j.excl.id
+	}
+	return j.ev.Image.ID
 }
 
 // Run takes at most the messages that were ready when it started, so messages

@@ -28,7 +28,8 @@ func dialWith(t *testing.T, peer Peer, keyFile, knownHosts string, acceptNew, re
 // which key a run would add, and writes nothing: not the key, not even an
 // empty known_hosts file.
 func TestAcceptNewReadOnlyWritesNothing(t *testing.T) {
-	peer, hostKey, keyFile := startSSH(t, &fakePeer{})
+	srv := startSSH(t, &fakePeer{})
+	peer, hostKey, keyFile := peerOf(srv), srv.HostKey, srv.KeyFile
 	for _, existing := range []bool{false, true} {
 		knownHosts := filepath.Join(t.TempDir(), "known_hosts")
 		if existing {
@@ -56,7 +57,8 @@ func TestAcceptNewReadOnlyWritesNothing(t *testing.T) {
 // The same without read-only adds the key (a run), and a known host reports
 // no new key.
 func TestAcceptNewWritesAndThenKnows(t *testing.T) {
-	peer, hostKey, keyFile := startSSH(t, &fakePeer{})
+	srv := startSSH(t, &fakePeer{})
+	peer, hostKey, keyFile := peerOf(srv), srv.HostKey, srv.KeyFile
 	knownHosts := filepath.Join(t.TempDir(), "known_hosts")
 	if _, err := dialWith(t, peer, keyFile, knownHosts, true, false); err != nil {
 		t.Fatal(err)
@@ -76,7 +78,8 @@ func TestAcceptNewWritesAndThenKnows(t *testing.T) {
 
 // Read-only without accept-new still refuses an unknown host.
 func TestReadOnlyStrictRefusesUnknown(t *testing.T) {
-	peer, _, keyFile := startSSH(t, &fakePeer{})
+	srv := startSSH(t, &fakePeer{})
+	peer, keyFile := peerOf(srv), srv.KeyFile
 	knownHosts := filepath.Join(t.TempDir(), "known_hosts")
 	if err := os.WriteFile(knownHosts, nil, 0o600); err != nil {
 		t.Fatal(err)

@@ -3,24 +3,19 @@ package transfer
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"encoding/binary"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/ssh"
-	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/sshtest"
 )
 
 // These tests run Fetch's own SFTP read path against a hand-written SFTP v3
@@ -99,143 +94,32 @@ func (p *fakePeer) length() int64 {
 // connected to it with the real Dial: key file, known_hosts, host key checked.
 func startPeer(t *testing.T, p *fakePeer) *Client {
 	t.Helper()
-	peer, hostKey, keyFile := startSSH(t, p)
-	knownHosts := filepath.Join(t.TempDir(), "known_hosts")
-	line := knownhosts.Line([]string{knownhosts.Normalize(peer.hostport())}, hostKey)
-	if err := os.WriteFile(knownHosts, []byte(line+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	srv := startSSH(t, p)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := Dial(ctx, peer, Auth{User: "glance", KeyFiles: []string{keyFile}, KnownHosts: knownHosts, Timeout: 30 * time.Second})
+	c, err := Dial(ctx, peerOf(srv), Auth{User: "glance", KeyFiles: []string{srv.KeyFile}, KnownHosts: srv.KnownHosts, Timeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Registered after the server's, so it runs before them.
 	t.Cleanup(func() { c.Close() })
 	return c
 }
 
-// startSSH starts an SSH server for p on 127.0.0.1 and returns it as a Peer,
-// its host key, and a private key file it accepts.
-func startSSH(t *testing.T, p *fakePeer) (Peer, ssh.PublicKey, string) {
+// startSSH starts an SSH server whose SFTP sessions p answers.
+func startSSH(t *testing.T, p *fakePeer) *sshtest.Server {
 	t.Helper()
-	_, hostKey, err := ed25519.GenerateKey(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostSigner, err := ssh.NewSignerFromKey(hostKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	userPub, userKey, err := ed25519.GenerateKey(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	userSSHPub, err := ssh.NewPublicKey(userPub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := &ssh.ServerConfig{
-		PublicKeyCallback: func(_ ssh.ConnMetadata, k ssh.PublicKey) (*ssh.Permissions, error) {
-			if bytes.Equal(k.Marshal(), userSSHPub.Marshal()) {
-				return nil, nil
-			}
-			return nil, errors.New("unknown key")
-		},
-	}
-	cfg.AddHostKey(hostSigner)
-
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				p.serveConn(c, cfg)
-			}()
-		}
-	}()
-	// Registered before the client's Close, so it runs after it.
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-
-	block, err := ssh.MarshalPrivateKey(userKey, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(t.TempDir(), "id_ed25519")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	peer := Peer{Name: "fake", Address: "127.0.0.1", Port: ln.Addr().(*net.TCPAddr).Port}
-	return peer, hostSigner.PublicKey(), keyFile
+	return sshtest.Start(t, p.serveSFTP)
 }
 
-func (p *fakePeer) serveConn(c net.Conn, cfg *ssh.ServerConfig) {
-	defer c.Close()
-	_, chans, reqs, err := ssh.NewServerConn(c, cfg)
-	if err != nil {
-		return
-	}
-	go ssh.DiscardRequests(reqs)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for nc := range chans {
-		if nc.ChannelType() != "session" {
-			nc.Reject(ssh.UnknownChannelType, "sessions only")
-			continue
-		}
-		ch, chReqs, err := nc.Accept()
-		if err != nil {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer ch.Close()
-			for req := range chReqs {
-				ok := req.Type == "subsystem" && len(req.Payload) > 4 && string(req.Payload[4:]) == "sftp"
-				req.Reply(ok, nil)
-				if ok {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						p.serveSFTP(ch)
-					}()
-				}
-			}
-		}()
-	}
+// peerOf is srv as the Peer Dial is given.
+func peerOf(srv *sshtest.Server) Peer {
+	return Peer{Name: "fake", Address: srv.Host, Port: srv.Port}
 }
 
 // serveSFTP answers one session: pkg/sftp's, which Dial opens and which only
 // ever sends INIT here, or one of Fetch's.
 func (p *fakePeer) serveSFTP(ch ssh.Channel) {
-	defer ch.Close()
 	// Requests are read on their own goroutine so that the server can hold
 	// reads back and notice when no more come.
 	in := make(chan []byte, 64)
