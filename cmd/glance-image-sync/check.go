@@ -97,10 +97,21 @@ func runCheck(timeout time.Duration, syncConf, glanceConf string, stdout io.Writ
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 
-	conn := c.checkBroker(ctx, cfg)
+	conn := c.checkBroker(ctx, "broker", cfg.Broker, fmt.Sprintf("from transport_url / rabbit_* in %s", cfg.GlanceFile))
+	nodes := conn
+	if cfg.NodeBroker != nil {
+		nodes = c.checkBroker(ctx, "node broker", *cfg.NodeBroker, fmt.Sprintf("node_transport_url in %s, where the node queues live", cfg.SyncFile))
+	}
 	if conn != nil {
-		c.checkQueues(cfg, conn)
-		conn.Close()
+		c.checkGlanceQueues(cfg, conn)
+	}
+	if nodes != nil {
+		c.checkNodeQueues(cfg, nodes)
+	}
+	for _, cn := range []*broker.Conn{conn, nodes} {
+		if cn != nil {
+			cn.Close() // twice when they are one: the second is a no-op
+		}
 	}
 	c.checkDatadir(cfg)
 	c.checkPeers(ctx, cfg)
@@ -128,20 +139,22 @@ func peerNames(cfg *config.Config) string {
 	return s
 }
 
-// checkBroker tries every URL, so a dead member of a cluster shows up even
-// when failover would hide it, and returns a connection to the first that works.
-func (c *checker) checkBroker(ctx context.Context, cfg *config.Config) *broker.Conn {
+// checkBroker tries every URL of b, so a dead member of a cluster shows up
+// even when failover would hide it, and returns a connection to the first
+// that works. what labels the lines, from says where the URLs come from;
+// URLs are shown with their passwords hidden.
+func (c *checker) checkBroker(ctx context.Context, what string, b config.Broker, from string) *broker.Conn {
 	var first *broker.Conn
-	t := brokerTLS(cfg)
-	for _, u := range cfg.Broker.URLs {
+	t := brokerTLS(b)
+	for _, u := range b.URLs {
 		dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		conn, err := broker.Dial(dctx, []string{u}, t)
 		cancel()
 		if err != nil {
-			c.fail("broker", "%v (from transport_url / rabbit_* in %s)", err, cfg.GlanceFile)
+			c.fail(what, "%v (%s)", err, from)
 			continue
 		}
-		c.pass("broker", "%s answers", conn.URL())
+		c.pass(what, "%s answers", conn.URL())
 		if first == nil {
 			first = conn
 		} else {
@@ -151,9 +164,9 @@ func (c *checker) checkBroker(ctx context.Context, cfg *config.Config) *broker.C
 	return first
 }
 
-// checkQueues looks at Glance's exchange and the queues passively: declaring
-// Glance's exchange or queue with other flags would break Glance.
-func (c *checker) checkQueues(cfg *config.Config, conn *broker.Conn) {
+// checkGlanceQueues looks at Glance's exchange and queue passively:
+// declaring them with other flags would break Glance.
+func (c *checker) checkGlanceQueues(cfg *config.Config, conn *broker.Conn) {
 	ex := cfg.Broker.Exchange
 	if ok, err := conn.ExchangeExists(ex); err != nil {
 		c.fail("exchange", "%v", err)
@@ -170,6 +183,11 @@ func (c *checker) checkQueues(cfg *config.Config, conn *broker.Conn) {
 	} else {
 		c.pass("source queue", "%s: %d ready, %d consumers", src, st.Messages, st.Consumers)
 	}
+}
+
+// checkNodeQueues looks at every node's queue and parking queue passively,
+// on the broker of node_transport_url (Glance's by default).
+func (c *checker) checkNodeQueues(cfg *config.Config, conn *broker.Conn) {
 	for _, n := range cfg.Nodes {
 		q, park := nodequeue.Queue(node.Name(n.Short)), nodequeue.ParkQueue(node.Name(n.Short))
 		st, err := conn.Inspect(q)

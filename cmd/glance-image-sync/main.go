@@ -93,7 +93,8 @@ Commands:
 const usageTail = `
 Exit codes:
   0   every message was handled
-  1   the run failed (broker unreachable, datadir missing, ...); see the log
+  1   the run failed (broker unreachable, also after redialing mid-run;
+      datadir missing, ...); see the log
   2   bad command line or configuration; the message names the file, [section] and key
   3   some messages were left on the queue for a later run (peer down, disk full, ...)
   4   some messages were parked in glance_image_sync.<short>.failed for an operator
@@ -264,55 +265,51 @@ func (r *runner) summary(idle bool, msg string, args ...any) {
 	r.log.Info(msg, args...)
 }
 
-func (r *runner) dial(ctx context.Context) (*broker.Conn, error) {
-	conn, err := broker.Dial(ctx, r.cfg.Broker.URLs, brokerTLS(r.cfg))
-	if err == nil {
-		conn.SetQueueSpec(queueSpec(r.cfg))
-		conn.SetLogger(r.log)
-	}
-	return conn, err
-}
-
 // steps is what one pass does, in this order.
 type steps struct{ duplicate, sync, requeue, migrate bool }
 
-// run dials the broker and makes one pass; cmd labels the log and metrics.
+// run connects to the broker and makes one pass; cmd labels the log and
+// metrics.
 func (r *runner) run(ctx context.Context, cmd string, st steps) int {
 	start := time.Now()
-	conn, err := r.dial(ctx)
+	l, err := r.connect(ctx, st.duplicate)
 	if err != nil {
 		r.log.Error("run failed", "err", err)
 		r.recordMetrics(nil, nil, cmd, exitFailed, start)
 		return exitFailed
 	}
-	defer conn.Close()
-	r.log.Debug("connected", "broker", conn.URL())
-	code := r.pass(ctx, conn, st)
+	defer func() { l.close() }()
+	r.log.Debug("connected", "broker", l.nodes.URL())
+	code := r.pass(ctx, l, st)
 	r.log.Info("run finished", "command", cmd, "exit", code, "seconds", fmt.Sprintf("%.2f", time.Since(start).Seconds()))
-	r.recordMetrics(nil, conn, cmd, code, start)
+	r.recordMetrics(nil, l.nodes, cmd, code, start)
 	return code
 }
 
-// pass does the steps on an open connection; nothing after a failed
+// pass does the steps on open links, each resumed on a new connection if
+// its broker connection is lost (resume); nothing after a failed
 // duplicate-notifications.
-func (r *runner) pass(ctx context.Context, conn *broker.Conn, st steps) int {
+func (r *runner) pass(ctx context.Context, l *links, st steps) int {
 	r.fanoutRes, r.syncRes, r.synced = fanout.Result{}, syncer.Result{}, false
+	left := newRetries()
 	code := exitOK
 	if st.duplicate {
-		code = worse(code, r.duplicate(ctx, conn))
+		code = worse(code, r.resume(ctx, l, step{"duplicate-notifications", r.duplicate}, left))
 		if code == exitFailed {
 			return code
 		}
 	}
 	if st.sync {
-		code = worse(code, r.syncImages(ctx, conn))
+		code = worse(code, r.resume(ctx, l, step{"sync-images", r.syncImages}, left))
 		r.synced = true
 	}
 	if st.requeue {
-		code = worse(code, r.requeueFailed(ctx, conn))
+		code = worse(code, r.resume(ctx, l, step{"requeue-failed", r.requeueFailed}, left))
 	}
 	if st.migrate {
-		code = worse(code, r.migrateQueues(ctx, conn))
+		code = worse(code, r.resume(ctx, l, step{"migrate-queues", func(ctx context.Context, l *links) (int, error) {
+			return r.migrateQueues(ctx, l.nodes), nil
+		}}, left))
 	}
 	return code
 }
@@ -327,6 +324,11 @@ func endedBy(log *slog.Logger, err error, stopped, failed string) (code int, end
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
 		log.Warn(stopped, "err", err)
 		return exitDeferred, true
+	case interrupted(err):
+		// A failure still, which a run resumes on a new connection
+		// (runner.resume): a warning, not an error, until it cannot.
+		log.Warn(failed+"; interrupted by the broker, the step resumes on a new connection", "err", err)
+		return exitFailed, true
 	}
 	log.Error(failed, "err", err)
 	return exitFailed, true
@@ -357,9 +359,11 @@ func (r *runner) fanoutConfig() fanout.Config {
 	}
 }
 
-func (r *runner) duplicate(ctx context.Context, conn *broker.Conn) int {
-	res, err := fanout.Run(ctx, r.fanoutConfig(), conn, r.log)
-	return r.duplicated(res, err)
+// duplicate reads Glance's queue on l.glance and copies into the node
+// queues on l.nodes.
+func (r *runner) duplicate(ctx context.Context, l *links) (int, error) {
+	res, err := fanout.Run(ctx, r.fanoutConfig(), l.glance, l.nodes, r.log)
+	return r.duplicated(res, err), err
 }
 
 // duplicated logs and counts a duplicate-notifications result, and gives
@@ -369,7 +373,11 @@ func (r *runner) duplicated(res fanout.Result, err error) int {
 	r.summary(res == fanout.Result{} && err == nil, "duplicate-notifications done", "queue", r.cfg.Broker.SourceQueue(), "copied", res.Copied,
 		"forwarded", res.Forwarded, "dropped", res.Dropped, "parked", res.Parked)
 	if err != nil {
-		r.log.Error("duplicate-notifications failed; unacked notifications stay in the source queue", "err", err)
+		if interrupted(err) {
+			r.log.Warn("duplicate-notifications failed; unacked notifications stay in the source queue; interrupted by the broker, the step resumes on a new connection", "err", err)
+		} else {
+			r.log.Error("duplicate-notifications failed; unacked notifications stay in the source queue", "err", err)
+		}
 		return exitFailed
 	}
 	if res.Parked > 0 {
@@ -378,15 +386,15 @@ func (r *runner) duplicated(res fanout.Result, err error) int {
 	return exitOK
 }
 
-func (r *runner) syncImages(ctx context.Context, conn *broker.Conn) int {
-	s, closeAll, err := r.syncer(ctx, conn)
+func (r *runner) syncImages(ctx context.Context, l *links) (int, error) {
+	s, closeAll, err := r.syncer(ctx, l.nodes)
 	if err != nil {
 		r.log.Error("sync-images failed", "err", err)
-		return exitFailed
+		return exitFailed, err
 	}
 	defer closeAll()
 	res, err := s.Run(ctx)
-	return r.syncDone(res, err)
+	return r.syncDone(res, err), err
 }
 
 // syncer opens every file store (emptying its old trash) and prepares a
@@ -460,14 +468,14 @@ func (r *runner) purgeTrash(st *store.Store, start time.Time) {
 }
 
 // requeueFailed moves this node's parked messages back to its queue.
-func (r *runner) requeueFailed(ctx context.Context, conn *broker.Conn) int {
-	moved, err := nodequeue.RequeueFailed(ctx, conn, selfName(r.cfg), r.log)
+func (r *runner) requeueFailed(ctx context.Context, l *links) (int, error) {
+	moved, err := nodequeue.RequeueFailed(ctx, l.nodes, selfName(r.cfg), r.log)
 	if err != nil {
 		r.log.Error("requeue-failed", "moved", moved, "err", err)
-		return exitFailed
+		return exitFailed, err
 	}
 	r.log.Info("requeue-failed done", "moved", moved)
-	return exitOK
+	return exitOK, nil
 }
 
 func newLogger(file, format string, verbose bool, stderr io.Writer) (*slog.Logger, func(), error) {

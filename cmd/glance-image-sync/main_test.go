@@ -85,14 +85,22 @@ func noPassword(t *testing.T, what, text string) {
 func TestNoPasswordInAnyOutput(t *testing.T) {
 	for _, tc := range []struct {
 		name, url string
-		code      int // of check, status and sync-images
+		code      int  // of check, status and sync-images
+		node      bool // the URL is node_transport_url's; Glance's is unreachable
 	}{
-		{"host with braces", "rabbit://user:p%40ssw0rd!@h{o}st:5672/", exitUsage},
-		{"host with a bad escape", "rabbit://user:p%40ssw0rd!@ho%zzst:5672/", exitUsage},
-		{"unreachable", "rabbit://user:p%40ssw0rd!@127.0.0.1:1/", exitFailed},
+		{"host with braces", "rabbit://user:p%40ssw0rd!@h{o}st:5672/", exitUsage, false},
+		{"host with a bad escape", "rabbit://user:p%40ssw0rd!@ho%zzst:5672/", exitUsage, false},
+		{"unreachable", "rabbit://user:p%40ssw0rd!@127.0.0.1:1/", exitFailed, false},
+		{"node_transport_url: host with braces", "rabbit://user:p%40ssw0rd!@h{o}st:5672/gis", exitUsage, true},
+		{"node_transport_url: host with a bad escape", "rabbit://user:p%40ssw0rd!@ho%zzst:5672/gis", exitUsage, true},
+		{"node_transport_url: unreachable", "rabbit://user:p%40ssw0rd!@127.0.0.1:1/gis", exitFailed, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			args, root := setup(t, tc.url, "log_file = @ROOT@/log/sync.log", "")
+			glance, sync := tc.url, "log_file = @ROOT@/log/sync.log"
+			if tc.node {
+				glance, sync = "rabbit://other:other@127.0.0.1:1/", sync+"\nnode_transport_url = "+tc.url
+			}
+			args, root := setup(t, glance, sync, "")
 			for _, cmd := range [][]string{{"check", "--timeout", "5s"}, {"status", "--json"}, {"sync-images"}} {
 				code, out, errOut := runCmd(append(args, cmd...)...)
 				if tc.code == exitUsage && code != exitUsage || tc.code == exitFailed && code == exitOK {

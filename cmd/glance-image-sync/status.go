@@ -26,6 +26,7 @@ type statusReport struct {
 	Node        string        `json:"node"`
 	Datadir     string        `json:"datadir"`
 	Broker      string        `json:"broker,omitempty"`
+	NodeBroker  string        `json:"node_broker,omitempty"` // node_transport_url's, when set
 	BrokerError string        `json:"broker_error,omitempty"`
 	SourceQueue *queueStatus  `json:"source_queue,omitempty"`
 	Queues      []queueStatus `json:"queues"`
@@ -106,12 +107,18 @@ func runStatus(o statusOptions, cfg *config.Config, stdout io.Writer, log *slog.
 	code := exitOK
 
 	r := &runner{cfg: cfg, log: log}
-	if conn, err := r.dial(ctx); err != nil {
+	// Glance's queue on Glance's broker, the node queues on
+	// node_transport_url's (the same connection unless that is set).
+	if l, err := r.connect(ctx, true); err != nil {
 		rep.BrokerError = err.Error()
 		code = exitFailed
 	} else {
-		rep.Broker = conn.URL()
-		if st, err := conn.Inspect(cfg.Broker.SourceQueue()); err == nil {
+		conn := l.nodes
+		rep.Broker = l.glance.URL()
+		if !l.shared() {
+			rep.NodeBroker = conn.URL()
+		}
+		if st, err := l.glance.Inspect(cfg.Broker.SourceQueue()); err == nil {
 			rep.SourceQueue = &queueStatus{Queue: cfg.Broker.SourceQueue(), Exists: st.Exists, Ready: st.Messages, Consumers: st.Consumers}
 		}
 		for _, n := range cfg.Nodes {
@@ -128,7 +135,7 @@ func runStatus(o statusOptions, cfg *config.Config, stdout io.Writer, log *slog.
 			}
 			rep.Queues = append(rep.Queues, q)
 		}
-		conn.Close()
+		l.close()
 	}
 
 	byStore := map[string]map[string]int64{}
@@ -339,6 +346,9 @@ func printStatus(w io.Writer, rep *statusReport) {
 		fmt.Fprintf(w, "Broker: %s\n\n", rep.BrokerError)
 	} else {
 		fmt.Fprintf(w, "Broker %s\n", rep.Broker)
+		if rep.NodeBroker != "" {
+			fmt.Fprintf(w, "Node queues on %s (node_transport_url)\n", rep.NodeBroker)
+		}
 		if q := rep.SourceQueue; q != nil {
 			if q.Exists {
 				fmt.Fprintf(w, "Glance's queue %s: %d ready, %d consumers\n", q.Queue, q.Ready, q.Consumers)

@@ -78,35 +78,56 @@ func runWatch(ctx context.Context, o watchOptions, r *runner, stderr io.Writer) 
 		r.log.Info("reconcile scheduled", "every", every.String())
 	}
 	backoff := reconnectMin
+	var lost *links // the links that failed, to redial from the URL after theirs
 	for ctx.Err() == nil {
-		conn, err := r.dial(ctx)
+		l, err := w.reconnect(ctx, lost)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
 			}
 			r.log.Error("broker unreachable; retrying", "err", err, "in", backoff.String())
+			lost = nil // redialing failed: start afresh
 			w.record(nil, exitFailed, time.Now())
 			sleep(ctx, jitter(backoff))
 			backoff = min(2*backoff, reconnectMax)
 			continue
 		}
-		r.log.Info("watching", "broker", conn.URL(), "queue", nodequeue.Queue(selfName(r.cfg)), "duplicate", *duplicate, "interval", interval.String())
+		lost = nil
+		r.log.Info("watching", "broker", l.nodes.URL(), "queue", nodequeue.Queue(selfName(r.cfg)), "duplicate", *duplicate, "interval", interval.String())
 		start := time.Now()
-		err = w.serve(ctx, conn)
-		conn.Close()
+		err = w.serve(ctx, l)
 		if ctx.Err() != nil {
+			l.close()
 			break
 		}
+		lost = l
 		if time.Since(start) > reconnectMax {
 			backoff = reconnectMin // it worked for a while: a fresh failure
 		}
-		r.log.Error("connection lost; reconnecting", "err", err, "in", backoff.String())
+		r.log.Error("connection lost; reconnecting", "err", err, "broker", l.nodes.URL(), "in", backoff.String())
 		sleep(ctx, jitter(backoff))
 		backoff = min(2*backoff, reconnectMax)
+	}
+	if lost != nil {
+		lost.close() // stopped while waiting to redial
 	}
 	w.flush()
 	r.log.Info("watch stopped", "signal", context.Cause(ctx))
 	return exitOK
+}
+
+// reconnect opens the daemon's links: afresh, or after a loss by redialing
+// each connection from the URL after the one it was on (broker.Conn.Redial),
+// so a killed cluster node is tried last.
+func (w *watcher) reconnect(ctx context.Context, lost *links) (*links, error) {
+	if lost == nil {
+		return w.r.connect(ctx, w.duplicate)
+	}
+	if err := w.r.redial(ctx, lost, "watch", newRetries()); err != nil {
+		lost.close()
+		return nil, err
+	}
+	return lost, nil
 }
 
 type watcher struct {
@@ -132,8 +153,8 @@ const watchPrefetch = 256
 // duplicate-notifications as a consumer of Glance's queue (fanout.Serve,
 // started again every interval while that queue does not exist yet);
 // metrics are recorded every interval.
-func (w *watcher) serve(ctx context.Context, conn *broker.Conn) error {
-	r := w.r
+func (w *watcher) serve(ctx context.Context, l *links) error {
+	r, conn := w.r, l.nodes
 	s, closeAll, err := r.syncer(ctx, conn)
 	if err != nil {
 		w.record(conn, exitFailed, time.Now())
@@ -169,7 +190,7 @@ func (w *watcher) serve(ctx context.Context, conn *broker.Conn) error {
 		if w.duplicate && dup == nil && !start.Before(dupAt) {
 			dup = make(chan fanoutDone, 1)
 			go func() {
-				res, err := fanout.Serve(sctx, r.fanoutConfig(), conn, r.log)
+				res, err := fanout.Serve(sctx, r.fanoutConfig(), l.glance, conn, r.log)
 				dup <- fanoutDone{res, err}
 			}()
 		}
@@ -196,7 +217,7 @@ func (w *watcher) serve(ctx context.Context, conn *broker.Conn) error {
 			return ctx.Err()
 		case <-time.After(w.interval):
 		}
-		if conn.Closed() {
+		if l.closed() {
 			stop()
 			<-daemon
 			return errors.New("broker closed the connection")

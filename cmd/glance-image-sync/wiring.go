@@ -28,9 +28,10 @@ func nodeNames(cfg *config.Config) []node.Name {
 	return out
 }
 
-// brokerTLS is how this node talks TLS to the broker.
-func brokerTLS(cfg *config.Config) broker.TLS {
-	return broker.TLS{CAFile: cfg.Broker.TLS.CAFile, CertFile: cfg.Broker.TLS.CertFile, KeyFile: cfg.Broker.TLS.KeyFile}
+// brokerTLS is how this node talks TLS to a broker: Glance's, or the one of
+// node_transport_url.
+func brokerTLS(b config.Broker) broker.TLS {
+	return broker.TLS{CAFile: b.TLS.CAFile, CertFile: b.TLS.CertFile, KeyFile: b.TLS.KeyFile}
 }
 
 // sshAuth is how this node logs in to its peers.

@@ -84,6 +84,10 @@ type Conn struct {
 	// needs a connection of its own (see ReceiveBounded).
 	raw string
 	tls TLS
+	// urls and at are the list Dial was given and the index of the URL
+	// this connection is to, so Redial can start after it.
+	urls []string
+	at   int
 	queueState
 }
 
@@ -93,10 +97,18 @@ func Dial(ctx context.Context, urls []string, t TLS) (*Conn, error) {
 	if len(urls) == 0 {
 		return nil, errors.New("no broker URL configured")
 	}
+	return dialFrom(ctx, urls, 0, t)
+}
+
+// dialFrom is Dial trying urls from index first, wrapping around.
+func dialFrom(ctx context.Context, urls []string, first int, t TLS) (*Conn, error) {
 	var errs []string
-	for _, raw := range urls {
+	for k := range urls {
+		i := (first + k) % len(urls)
+		raw := urls[i]
 		c, err := dialOne(ctx, raw, t)
 		if err == nil {
+			c.urls, c.at = urls, i
 			return c, nil
 		}
 		errs = append(errs, fmt.Sprintf("%s: %v", Redact(raw), err))
@@ -542,7 +554,7 @@ func (p *Pending) Wait(ctx context.Context) error {
 		if why := p.pub.closeReason(); why != nil {
 			return fmt.Errorf("broker %s: publishing to %s: %w", p.url, p.where, why)
 		}
-		return fmt.Errorf("broker %s: %s refused the message (nack)", p.url, p.where)
+		return fmt.Errorf("broker %s: %s refused the message: %w", p.url, p.where, ErrNacked)
 	}
 	return nil
 }

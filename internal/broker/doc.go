@@ -24,6 +24,11 @@
 // e.g. the broker's consumer_timeout) and ChannelClosed recognises the
 // error of settling on such a channel.
 //
+// Redial connects again after a lost connection, from the URL after the dead
+// one; Lost and ErrNacked tell the errors a caller may get past by trying a
+// step again (a lost connection, a publish refused while a quorum queue
+// elects a leader) from those it may not.
+//
 // It holds no policy: what to ack, when, and what to park is decided by the
 // callers (fanout, syncer). Errors and logs name the broker by its URL with the
 // password hidden; a publish the broker refuses reports the broker's reason

@@ -58,6 +58,10 @@ type Config struct {
 	MetricsFile       string // "" = no metrics file
 
 	Broker Broker
+	// NodeBroker is where the node, parking, presence and migration queues
+	// live (node_transport_url): only its URLs and TLS are set. nil: on
+	// Glance's broker, Broker.
+	NodeBroker *Broker
 
 	// QueueType is how node and parking queues are declared: "classic" or
 	// "quorum" (queue_type, else glance-api.conf's rabbit_quorum_queue).
@@ -91,6 +95,8 @@ type Config struct {
 	// ReconcileInterval is how often watch runs reconcile when the Images
 	// API is configured; 0 = never.
 	ReconcileInterval time.Duration
+
+	nodeTransportURL string // node_transport_url as written; read by loadNodeBroker
 
 	Warnings []string // things an operator should know that do not stop a run
 	// Advice is glance-api.conf settings that work but cost something here,
@@ -187,6 +193,9 @@ func Load(syncFile, glanceFile string) (*Config, error) {
 		return nil, err
 	}
 	if err := c.loadQueues(g); err != nil {
+		return nil, err
+	}
+	if err := c.loadNodeBroker(); err != nil {
 		return nil, err
 	}
 	if err := c.adviseGlance(g, topic); err != nil {
@@ -327,6 +336,7 @@ func (c *Config) loadSync(f *ini.File) (topic string, err error) {
 	c.ReconcileInterval = vals["reconcile_interval"].(time.Duration)
 	topic = vals["notification_topic"].(string)
 	c.QueueType = vals["queue_type"].(string)
+	c.nodeTransportURL = vals["node_transport_url"].(string)
 
 	if strings.ContainsFunc(c.User, isSpace) {
 		return "", &Error{File: file, Section: SectionDefault, Key: "rsync_user", Msg: fmt.Sprintf("%q: a user name has no spaces", c.User)}

@@ -538,6 +538,9 @@ func TestErrors(t *testing.T) {
 		{name: "ssh_key missing", sync: syncOK + "ssh_key = /nonexistent/id_rsa\n", section: "DEFAULT", key: "ssh_key", msg: "/nonexistent/id_rsa: no such file"},
 		{name: "ssh_key relative", sync: syncOK + "ssh_key = id_rsa\n", section: "DEFAULT", key: "ssh_key", msg: "absolute"},
 		{name: "lock_file relative", sync: syncOK + "lock_file = run/x.lock\n", section: "DEFAULT", key: "lock_file", msg: "absolute"},
+		{name: "node_transport_url not rabbit", sync: syncOK + "node_transport_url = amqp://u:TopSecret@mq:5672/gis\n", section: "DEFAULT", key: "node_transport_url", msg: `scheme "amqp" is not supported`},
+		{name: "node_transport_url unencoded /", sync: syncOK + "node_transport_url = rabbit://u:TopSecret/x@mq:5672/\n", section: "DEFAULT", key: "node_transport_url", msg: "host 1: the port is not a number"},
+		{name: "node_transport_url bad ssl", sync: syncOK + "node_transport_url = rabbit://u:TopSecret@mq:5672/gis?ssl=maybe\n", section: "DEFAULT", key: "node_transport_url", msg: "ssl is not a boolean"},
 		{name: "ssh_port 0", sync: syncOK + "ssh_port = 0\n", section: "DEFAULT", key: "ssh_port", msg: "from 1 to 65535"},
 		{name: "ssh_port too big", sync: syncOK + "ssh_port = 65536\n", section: "DEFAULT", key: "ssh_port", msg: "from 1 to 65535"},
 		{name: "ssh_port text", sync: syncOK + "ssh_port = ssh\n", section: "DEFAULT", key: "ssh_port", msg: "not a whole number"},
@@ -663,7 +666,7 @@ func TestErrorFormat(t *testing.T) {
 func TestOptions(t *testing.T) {
 	spec := []string{"api_nodes", "rsync_user", "hostname", "ssh_key", "known_hosts", "ssh_port",
 		"ssh_ciphers", "host_key_checking", "lock_file", "log_file", "metrics_file", "notification_topic",
-		"forward_routing_key", "transfers", "max_attempts", "queue_type", "deadline", "ssh_timeout", "bwlimit", "source_strategy", "stall_timeout",
+		"forward_routing_key", "transfers", "max_attempts", "queue_type", "node_transport_url", "deadline", "ssh_timeout", "bwlimit", "source_strategy", "stall_timeout",
 		"pending_delete", "glance_url", "os_cloud", "reconcile_interval", "trash_dir", "trash_days", "max_delete", "max_delete_percent", "verify_rate", "verify_days"}
 	opts := Options()
 	var keys []string

@@ -10,6 +10,9 @@
 //     (broker URLs, TLS, exchange, topic) in both the legacy kombu notifier
 //     era and the oslo.messaging era, and where the file store keeps images
 //     (datadir, file permissions).
+//   - node_transport_url, when set, is where the tool's own queues live
+//     (NodeBroker): parsed like transport_url, and, holding a password,
+//     never quoted in a message.
 //
 // Every error Load returns is a *Error naming the file, [section] and key an
 // operator must fix. In glance-image-sync.conf an unknown key or section is

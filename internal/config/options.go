@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -23,6 +24,9 @@ const (
 	TypeDuration Type = "duration" // Go duration: 90s, 45m, 1h30m; 0 = none
 	TypeChoice   Type = "choice"   // one of Choices, exactly
 	TypeCiphers  Type = "ciphers"  // list of SSH cipher names golang.org/x/crypto/ssh implements and deems secure
+	// TypeTransportURL is an oslo.messaging rabbit:// URL. It holds
+	// passwords: its text is never quoted in a message.
+	TypeTransportURL Type = "transport_url"
 )
 
 // Section names used in glance-image-sync.conf.
@@ -120,6 +124,19 @@ var options = []Option{
 			"(Kolla-Ansible's and OpenStack-Ansible's default), else classic. A queue " +
 			"that already exists with other properties is used as it is, with a warning; " +
 			"migrate-queues converts it without losing a message."},
+	{Section: SectionDefault, Key: "node_transport_url", Type: TypeTransportURL,
+		Help: "Where the tool's own queues live (the node queues glance_image_sync.<short>.info " +
+			"and .failed, the .syncing and .migrating queues), as an oslo.messaging URL: " +
+			"rabbit://user:password@host1:5672,user:password@host2:5672/vhost, hosts tried " +
+			"in order. Give a vhost (or broker) of the tool's own, so that policies on " +
+			"Glance's vhost cannot expire events not yet synced (openstack-helm applies a " +
+			"70 s message TTL to every queue of the glance vhost). duplicate-notifications " +
+			"then reads Glance's queue on Glance's broker and copies into the node queues " +
+			"here, acking a notification only once this broker has confirmed every copy. " +
+			"TLS as for Glance's broker unless the URL's query says (ssl=1, ssl_ca_file=, " +
+			"ssl_cert_file=, ssl_key_file=). It holds a password: it is never logged, and " +
+			"check and status show it with the password hidden; keep the file readable by " +
+			"the tool's user only. Default: Glance's transport_url."},
 	{Section: SectionDefault, Key: "deadline", Type: TypeDuration, Default: "1h",
 		Min: 0, HasMin: true,
 		Help: "Longest a run may take (Go duration: 90s, 45m, 1h30m); 0 = no limit."},
@@ -228,8 +245,8 @@ func lookupOption(section, key string) (Option, bool) {
 
 // parse turns an option's text into its typed value: string, []string, int,
 // float64 or time.Duration. Paths are returned unexpanded; Load expands them.
-// The error text is a message for Error.Msg; it may quote the value, which is
-// safe because no option of this file holds a secret.
+// The error text is a message for Error.Msg; it may quote the value, except
+// for a TypeTransportURL, the one kind of option that holds a secret.
 func (o Option) parse(raw string) (any, error) {
 	raw = strings.TrimSpace(raw)
 	fail := func(format string, args ...any) error {
@@ -240,6 +257,15 @@ func (o Option) parse(raw string) (any, error) {
 	}
 	switch o.Type {
 	case TypeString, TypePath:
+		return raw, nil
+	case TypeTransportURL:
+		if raw == "" {
+			return "", nil
+		}
+		// Never fail(): it quotes the value, and this one holds passwords.
+		if _, problem := parseTransportURL(raw); problem != "" {
+			return nil, errors.New(problem)
+		}
 		return raw, nil
 	case TypeList:
 		return splitList(raw), nil

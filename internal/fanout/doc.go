@@ -3,6 +3,10 @@
 // node can act on every event at its own pace. A source message is acked only
 // once the broker has confirmed every copy; the confirms are pipelined, because
 // waiting for each before the next caps a run at a few hundred events a second.
+// Glance's queue and the node queues may be on two connections (the node
+// queues on node_transport_url's vhost or broker): the source is read and
+// acked on the first, copies are published and confirmed on the second,
+// and forwarded events go back to Glance's exchange on the first.
 //
 // Glance's queue is writable by anyone with a credential of the cloud's
 // broker, so nothing on it is trusted: headers named x-glance-image-sync-*

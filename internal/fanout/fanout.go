@@ -2,6 +2,7 @@ package fanout
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -66,11 +67,15 @@ const inFlight = 512
 const idle = time.Second
 
 // Run copies every image event ready in the source queue to every node queue.
-// A source message is acked only after the broker confirmed all its copies; on
-// any failure the unacked rest stays in the source queue for the next run, and
-// copies already made are harmless duplicates.
-func Run(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (Result, error) {
-	return drain(ctx, cfg, conn, log, false)
+// src is the connection to Glance's broker (the source queue, and Glance's
+// exchange for forwarded events); nodes the one holding the node and
+// parking queues (node_transport_url), which may be src itself. A source
+// message is acked on src only after the broker of nodes confirmed all its
+// copies; on any failure, of either connection, the unacked rest stays in
+// the source queue for the next run, and copies already made are harmless
+// duplicates.
+func Run(ctx context.Context, cfg Config, src, nodes *broker.Conn, log *slog.Logger) (Result, error) {
+	return drain(ctx, cfg, src, nodes, log, false)
 }
 
 // Serve is Run as a daemon (watch --duplicate): it consumes the source
@@ -78,19 +83,19 @@ func Run(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (
 // closes the consumer. It returns at once, with no error, while the source
 // queue does not exist yet (Glance declares it on its first notification):
 // call it again later.
-func Serve(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger) (Result, error) {
-	return drain(ctx, cfg, conn, log, true)
+func Serve(ctx context.Context, cfg Config, src, nodes *broker.Conn, log *slog.Logger) (Result, error) {
+	return drain(ctx, cfg, src, nodes, log, true)
 }
 
 // drain is Run, or with forever Serve: no count of ready messages, no idle end.
-func drain(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger, forever bool) (Result, error) {
+func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.Logger, forever bool) (Result, error) {
 	var res Result
 	if prev := debug.SetMemoryLimit(-1); prev > heapLimit {
 		debug.SetMemoryLimit(heapLimit)
 		defer debug.SetMemoryLimit(prev)
 	}
 	for _, q := range append([]string{cfg.ParkQueue}, cfg.NodeQueues...) {
-		if err := conn.DeclareQueue(q); err != nil {
+		if err := nodes.DeclareQueue(q); err != nil {
 			return res, err
 		}
 	}
@@ -111,11 +116,21 @@ func drain(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger,
 		return res, err
 	}
 	defer recv.Close()
-	pub, err := conn.Publisher()
+	pub, err := nodes.Publisher()
 	if err != nil {
 		return res, err
 	}
 	defer pub.Close()
+	out := senders{nodes: pub, glance: pub}
+	if cfg.ForwardKey != "" && conn != nodes {
+		// Forwarded events go back to Glance's exchange, on Glance's broker.
+		gpub, err := conn.Publisher()
+		if err != nil {
+			return res, err
+		}
+		defer gpub.Close()
+		out.glance = gpub
+	}
 
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -183,7 +198,7 @@ func drain(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger,
 			select {
 			case d, ok := <-in:
 				if !ok && ctx.Err() == nil && cctx.Err() == nil {
-					return nil, fmt.Errorf("broker %s: consumer on %s closed", conn.URL(), cfg.SourceQueue)
+					return nil, recv.Ended()
 				}
 				return d, nil
 			case <-idleC:
@@ -210,7 +225,7 @@ func drain(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger,
 			break
 		}
 		timer.Reset(idle)
-		pending, err := route(cctx, cfg, pub, d.Message, &res, log)
+		pending, err := route(cctx, cfg, out, d.Message, &res, log)
 		if err != nil {
 			runErr = err
 			break
@@ -221,7 +236,10 @@ func drain(ctx context.Context, cfg Config, conn *broker.Conn, log *slog.Logger,
 		order <- entry{d: d, pending: pending}
 	}
 	close(order)
-	if err := <-ackErr; err != nil && runErr == nil {
+	// The acker cancels cctx when a confirm fails: a publish cut short by
+	// that cancel is its consequence, and the confirm's error (a nack, a
+	// lost connection) the cause a caller must see.
+	if err := <-ackErr; err != nil && (runErr == nil || errors.Is(runErr, context.Canceled) && ctx.Err() == nil) {
 		runErr = err
 	}
 	if runErr == nil {
@@ -235,9 +253,16 @@ type sender interface {
 	Send(ctx context.Context, exchange, key string, m broker.Message) (*broker.Pending, error)
 }
 
+// senders are where route publishes: copies and parked messages into our
+// own queues (node_transport_url's broker), forwarded events to Glance's
+// exchange (Glance's broker). Both are the same publisher when the queues
+// live on Glance's broker.
+type senders struct{ nodes, glance sender }
+
 // route publishes what one source message becomes and returns the confirms to
 // wait for before the source may be acked.
-func route(ctx context.Context, cfg Config, pub sender, m broker.Message, res *Result, log *slog.Logger) ([]*broker.Pending, error) {
+func route(ctx context.Context, cfg Config, out senders, m broker.Message, res *Result, log *slog.Logger) ([]*broker.Pending, error) {
+	pub := out.nodes
 	// Glance's queue can be written by anyone holding a credential of the
 	// cloud's broker: a header of ours on it would be believed downstream.
 	m = nodequeue.Strip(m)
@@ -256,28 +281,28 @@ func route(ctx context.Context, cfg Config, pub sender, m broker.Message, res *R
 			res.Dropped++
 			return nil, nil
 		}
-		p, err := pub.Send(ctx, cfg.Exchange, cfg.ForwardKey, m)
+		p, err := out.glance.Send(ctx, cfg.Exchange, cfg.ForwardKey, m)
 		if err != nil {
 			return nil, err
 		}
 		res.Forwarded++
 		return []*broker.Pending{p}, nil
 	}
-	out := make([]*broker.Pending, 0, len(cfg.NodeQueues))
+	copies := make([]*broker.Pending, 0, len(cfg.NodeQueues))
 	for _, q := range cfg.NodeQueues {
 		p, err := pub.Send(ctx, "", q, m)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, p)
+		copies = append(copies, p)
 	}
 	id := ""
 	if ev.Image != nil {
 		id = ev.Image.ID
 	}
-	log.Debug("copied", "event", ev.EventType, "image", id, "queues", len(out))
+	log.Debug("copied", "event", ev.EventType, "image", id, "queues", len(copies))
 	res.Copied++
-	return out, nil
+	return copies, nil
 }
 
 // park moves a message that can never be copied to the parking queue, with

@@ -74,7 +74,7 @@ func TestOwnHeadersStripped(t *testing.T) {
 			var f fakeSender
 			var res Result
 			m := broker.Message{Body: c.body, Headers: forged}
-			if _, err := route(context.Background(), testCfg, &f, m, &res, quiet()); err != nil {
+			if _, err := route(context.Background(), testCfg, senders{&f, &f}, m, &res, quiet()); err != nil {
 				t.Fatal(err)
 			}
 			if len(f.sent) == 0 || f.sent[0].key != c.key {
@@ -104,7 +104,7 @@ func TestOversizeParkedCapped(t *testing.T) {
 	big = append(big, `"}}`...)
 	var f fakeSender
 	var res Result
-	if _, err := route(context.Background(), testCfg, &f, broker.Message{Body: big}, &res, quiet()); err != nil {
+	if _, err := route(context.Background(), testCfg, senders{&f, &f}, broker.Message{Body: big}, &res, quiet()); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.sent) != 1 || f.sent[0].key != testCfg.ParkQueue || res.Parked != 1 {
@@ -124,7 +124,7 @@ func TestOversizeParkedCapped(t *testing.T) {
 	// Undecodable but within the limit: parked whole, not marked truncated.
 	f = fakeSender{}
 	odd := append([]byte("{"), bytes.Repeat([]byte("z"), MaxEventBody-1)...)
-	if _, err := route(context.Background(), testCfg, &f, broker.Message{Body: odd}, &res, quiet()); err != nil {
+	if _, err := route(context.Background(), testCfg, senders{&f, &f}, broker.Message{Body: odd}, &res, quiet()); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.sent) != 1 || !bytes.Equal(f.sent[0].m.Body, odd) {
@@ -132,5 +132,36 @@ func TestOversizeParkedCapped(t *testing.T) {
 	}
 	if _, ok := f.sent[0].m.Headers[nodequeue.TruncatedHeader]; ok {
 		t.Errorf("whole body marked truncated")
+	}
+}
+
+// With node_transport_url the node queues live on another broker: copies
+// and parked messages go to the node broker's publisher, forwarded events
+// back to Glance's exchange on Glance's broker, never the other way.
+func TestSendersSplitByBroker(t *testing.T) {
+	for _, c := range []struct {
+		name         string
+		body         []byte
+		nodes, glace int // publishes expected on each
+	}{
+		{"copied", fixture(t, "oslo2_image_update_active.json"), len(testCfg.NodeQueues), 0},
+		{"forwarded", fixture(t, "oslo2_image_send.json"), 0, 1},
+		{"parked", []byte("{not json"), 1, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var nodes, glance fakeSender
+			var res Result
+			if _, err := route(context.Background(), testCfg, senders{nodes: &nodes, glance: &glance}, broker.Message{Body: c.body}, &res, quiet()); err != nil {
+				t.Fatal(err)
+			}
+			if len(nodes.sent) != c.nodes || len(glance.sent) != c.glace {
+				t.Errorf("%d publishes on the node broker, %d on Glance's; want %d and %d", len(nodes.sent), len(glance.sent), c.nodes, c.glace)
+			}
+			for _, s := range glance.sent {
+				if s.exchange != testCfg.Exchange {
+					t.Errorf("forwarded to exchange %q, want Glance's %q", s.exchange, testCfg.Exchange)
+				}
+			}
+		})
 	}
 }
