@@ -192,7 +192,7 @@ func rabbitmqctl(t *testing.T, ctx context.Context, args ...string) {
 // Passive declares (of Glance's queue and exchange, in status and check)
 // need no permission.
 const (
-	lpConfigure = `^glance_image_sync\.[^.]+\.((info|failed)(\.migrating)?|syncing)$`
+	lpConfigure = `^glance_image_sync\.[^.]+\.((info|failed)(\.migrating)?|syncing|duplicating)$`
 	lpWrite     = `^amq\.default$`
 	lpWriteFwd  = `^(amq\.default|glance)$`
 )

@@ -362,6 +362,7 @@ func (r *runner) fanoutConfig() fanout.Config {
 // duplicate reads Glance's queue on l.glance and copies into the node
 // queues on l.nodes.
 func (r *runner) duplicate(ctx context.Context, l *links) (int, error) {
+	defer r.announceDuplicating(l.nodes)()
 	res, err := fanout.Run(ctx, r.fanoutConfig(), l.glance, l.nodes, r.log)
 	return r.duplicated(res, err), err
 }
@@ -393,6 +394,7 @@ func (r *runner) syncImages(ctx context.Context, l *links) (int, error) {
 		return exitFailed, err
 	}
 	defer closeAll()
+	r.awaitDuplicating(ctx, l.nodes)
 	res, err := s.Run(ctx)
 	return r.syncDone(res, err), err
 }

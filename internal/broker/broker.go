@@ -220,7 +220,9 @@ type QueueState struct {
 }
 
 // Inspect checks a queue passively: it never creates it nor changes its flags,
-// so it is safe on Glance's own queues.
+// so it is safe on Glance's own queues. An exclusive queue of another
+// connection (a presence queue, Announce) exists, but the broker tells no
+// more of it: its counts are zero.
 func (c *Conn) Inspect(name string) (QueueState, error) {
 	var st QueueState
 	err := c.withChannel(func(ch *amqp.Channel) error {
@@ -228,6 +230,10 @@ func (c *Conn) Inspect(name string) (QueueState, error) {
 		if err != nil {
 			var ae *amqp.Error
 			if errors.As(err, &ae) && ae.Code == amqp.NotFound {
+				return nil
+			}
+			if errors.As(err, &ae) && ae.Code == amqp.ResourceLocked {
+				st.Exists = true
 				return nil
 			}
 			return fmt.Errorf("broker %s: inspecting queue %s: %w", c.url, name, err)

@@ -25,6 +25,16 @@ func SyncingQueue(n node.Name) string {
 	return "glance_image_sync." + string(n.Short()) + ".syncing"
 }
 
+// DuplicatingQueue exists while n runs duplicate-notifications as a queue
+// run (cron), an exclusive queue of the run's connection like
+// SyncingQueue. A queue run of sync-images waits for it to go before taking
+// its queue: when every node starts `both` at once, one node's copy takes
+// all of Glance's notifications, and the others would otherwise drain their
+// queues before its copies arrive and leave them for the next tick.
+func DuplicatingQueue(n node.Name) string {
+	return "glance_image_sync." + string(n.Short()) + ".duplicating"
+}
+
 // HeaderPrefix starts every header this tool sets. A message from a queue
 // anyone may write (Glance's) loses them all (Strip): downstream they would
 // be taken as ours.
