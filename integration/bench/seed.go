@@ -216,9 +216,14 @@ func (b *bench) seed(ctx context.Context, s seedSpec, rounds int) error {
 			var got run
 			switch m {
 			case methods[0]:
-				cmd := b.toolCmd(ctx, b.dst, "reconcile", "--endpoint", url)
-				r, log, err := timed(cmd)
-				got.res = r
+				args := append(strings.Fields(os.Getenv("BENCH_SEED_ARGS")), "reconcile", "--endpoint", url)
+				cmd := b.toolCmd(ctx, b.dst, args...)
+				res, log, err := timed(cmd)
+				got.res = res
+				if p := os.Getenv("BENCH_SEED_LOG"); p != "" {
+					// For a look at where a run's time went.
+					os.WriteFile(fmt.Sprintf("%s.%d", p, r+1), []byte(log), 0o644)
+				}
 				if err != nil {
 					return fmt.Errorf("reconcile: %v\n%s", err, log)
 				}
@@ -227,8 +232,8 @@ func (b *bench) seed(ctx context.Context, s seedSpec, rounds int) error {
 				}
 			case methods[1]:
 				cmd := exec.CommandContext(ctx, "sh", "-c", rsyncScript.String())
-				r, log, err := timed(cmd)
-				got.res = r
+				res, log, err := timed(cmd)
+				got.res = res
 				if err != nil {
 					return fmt.Errorf("rsync: %v\n%s", err, log)
 				}
