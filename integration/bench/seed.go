@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -192,17 +193,57 @@ func (b *bench) seed(ctx context.Context, s seedSpec, rounds int) error {
 		os.MkdirAll(out, 0o755)
 	}
 	type run struct {
-		res                result
-		sessions, conns    int
-		apiCalls           int64
-		fetched, verifyErr string
+		res             result
+		sessions, conns int
+		apiCalls        int64
 	}
-	methods := []string{"glance-image-sync reconcile", "rsync -a"}
+	// reconcile runs bin (with env) as node2's reconcile.
+	reconcile := func(ctx context.Context, round int, bin string, env []string) (result, error) {
+		args := []string{"--config", b.dst.Config, "--glance-config", b.dst.GlanceConf}
+		args = append(append(args, strings.Fields(os.Getenv("BENCH_SEED_ARGS"))...), "reconcile", "--endpoint", url)
+		cmd := b.dst.NS.Command(ctx, bin, args...)
+		cmd.Env = append(append(os.Environ(), strings.Fields(os.Getenv("BENCH_SEED_ENV"))...), env...)
+		res, log, err := timed(cmd)
+		if p := os.Getenv("BENCH_SEED_LOG"); p != "" {
+			// For a look at where a run's time went.
+			os.WriteFile(fmt.Sprintf("%s.%d", p, round), []byte(log), 0o644)
+		}
+		if err != nil {
+			return res, fmt.Errorf("reconcile: %v\n%s", err, log)
+		}
+		if want := fmt.Sprintf("fetched=%d ", s.count); !strings.Contains(log, want) {
+			return res, fmt.Errorf("reconcile did not fetch every image (%s):\n%s", want, log)
+		}
+		return res, checkSeeded(b.dst.ImagesDir, g.imgs)
+	}
+	type seedMethod struct {
+		name string
+		run  func(ctx context.Context, round int) (result, error)
+	}
+	methods := []seedMethod{
+		{"glance-image-sync reconcile", func(ctx context.Context, round int) (result, error) {
+			return reconcile(ctx, round, b.c.Tool, nil)
+		}},
+		{"rsync -a", func(ctx context.Context, _ int) (result, error) {
+			res, log, err := timed(exec.CommandContext(ctx, "sh", "-c", rsyncScript.String()))
+			if err != nil {
+				return res, fmt.Errorf("rsync: %v\n%s", err, log)
+			}
+			return res, checkSeeded(out, g.imgs)
+		}},
+	}
+	for _, v := range variants {
+		name, spec, _ := strings.Cut(v, "=")
+		parts := strings.Split(spec, ",")
+		methods = append(methods, seedMethod{"reconcile " + name, func(ctx context.Context, round int) (result, error) {
+			return reconcile(ctx, round, parts[0], parts[1:])
+		}})
+	}
 	res := map[string][]run{}
 	for r := 0; r < rounds; r++ {
-		order := methods
+		order := append([]seedMethod(nil), methods...)
 		if r%2 == 1 {
-			order = []string{methods[1], methods[0]}
+			slices.Reverse(order)
 		}
 		for _, m := range order {
 			if err := ctx.Err(); err != nil {
@@ -214,45 +255,18 @@ func (b *bench) seed(ctx context.Context, s seedSpec, rounds int) error {
 			calls0 := g.calls.Load()
 			busy0 := busySeconds()
 			var got run
-			switch m {
-			case methods[0]:
-				args := append(strings.Fields(os.Getenv("BENCH_SEED_ARGS")), "reconcile", "--endpoint", url)
-				cmd := b.toolCmd(ctx, b.dst, args...)
-				res, log, err := timed(cmd)
-				got.res = res
-				if p := os.Getenv("BENCH_SEED_LOG"); p != "" {
-					// For a look at where a run's time went.
-					os.WriteFile(fmt.Sprintf("%s.%d", p, r+1), []byte(log), 0o644)
-				}
-				if err != nil {
-					return fmt.Errorf("reconcile: %v\n%s", err, log)
-				}
-				if want := fmt.Sprintf("fetched=%d ", s.count); !strings.Contains(log, want) {
-					return fmt.Errorf("reconcile did not fetch every image (%s):\n%s", want, log)
-				}
-			case methods[1]:
-				cmd := exec.CommandContext(ctx, "sh", "-c", rsyncScript.String())
-				res, log, err := timed(cmd)
-				got.res = res
-				if err != nil {
-					return fmt.Errorf("rsync: %v\n%s", err, log)
-				}
-			}
+			var err error
+			got.res, err = m.run(ctx, r+1)
 			got.res.machine = busySeconds() - busy0
+			if err != nil {
+				return fmt.Errorf("%s: %w", m.name, err)
+			}
 			sess1, conn1 := sshdCounts(peers)
 			got.sessions, got.conns = sess1-sess0, conn1-conn0
 			got.apiCalls = g.calls.Load() - calls0
-			// Checked after the clock stops: every image arrived whole.
-			dir := out
-			if m == methods[0] {
-				dir = b.dst.ImagesDir
-			}
-			if err := checkSeeded(dir, g.imgs); err != nil {
-				return fmt.Errorf("%s: %w", m, err)
-			}
 			b.log("seed round %d %-28s %6.2f s  cpu %5.2f s  machine %5.2f s  ssh sessions %d  connections %d  API requests %d",
-				r+1, m, got.res.secs, got.res.cpu, got.res.machine, got.sessions, got.conns, got.apiCalls)
-			res[m] = append(res[m], got)
+				r+1, m.name, got.res.secs, got.res.cpu, got.res.machine, got.sessions, got.conns, got.apiCalls)
+			res[m.name] = append(res[m.name], got)
 		}
 	}
 	clear()
@@ -271,7 +285,7 @@ func (b *bench) seed(ctx context.Context, s seedSpec, rounds int) error {
 		sort.Float64s(xs)
 		return xs[0], xs[len(xs)-1]
 	}
-	base := med(methods[1], func(r run) float64 { return r.res.secs })
+	base := med("rsync -a", func(r run) float64 { return r.res.secs })
 	where := fmt.Sprintf("all on %s", b.src.Name)
 	if s.spread {
 		where = "spread over two peers"
@@ -280,7 +294,8 @@ func (b *bench) seed(ctx context.Context, s seedSpec, rounds int) error {
 		s.count, sizeName(s.size), where, float64(int64(s.count)*s.size)/(1<<20), rounds, runtime.NumCPU(), loadAvg())
 	fmt.Println("| method | s (min–max) | × rsync -a time | client CPU s | machine CPU s | ssh sessions | ssh connections | API requests |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
-	for _, m := range methods {
+	for _, sm := range methods {
+		m := sm.name
 		lo, hi := span(m)
 		secs := med(m, func(r run) float64 { return r.res.secs })
 		fmt.Printf("| %s | %.2f (%.2f–%.2f) | %.2f | %.2f | %.2f | %.0f | %.0f | %.0f |\n", m, secs, lo, hi, secs/base,
@@ -289,7 +304,7 @@ func (b *bench) seed(ctx context.Context, s seedSpec, rounds int) error {
 			med(m, func(r run) float64 { return float64(r.apiCalls) }))
 	}
 	fmt.Printf("\nseed goal (issue 14): reconcile ≤ 1.2 × rsync -a; measured %.2f ×\n\n",
-		med(methods[0], func(r run) float64 { return r.res.secs })/base)
+		med(methods[0].name, func(r run) float64 { return r.res.secs })/base)
 	return nil
 }
 
