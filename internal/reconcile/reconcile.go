@@ -49,6 +49,8 @@ type Options struct {
 	DryRun    bool
 	Limits    Limits
 	TrashDays int
+	// Transfers is how many images are fetched at once whatever their
+	// size; small ones may run in more lanes (lanes.go).
 	Transfers int
 	Now       func() time.Time // for tests; nil = time.Now
 }
@@ -287,7 +289,7 @@ func fetch(ctx context.Context, f Fetcher, imgs []glanceapi.Image, o Options, su
 		mu sync.Mutex
 		wg sync.WaitGroup
 	)
-	sem := make(chan struct{}, o.Transfers)
+	ln := newLanes(o.Transfers)
 	for _, img := range imgs {
 		if ctx.Err() != nil {
 			break
@@ -300,11 +302,13 @@ func fetch(ctx context.Context, f Fetcher, imgs []glanceapi.Image, o Options, su
 		if w.Multihash.Algo != "" && !store.MultihashKnown(w.Multihash.Algo) {
 			log.Warn("multihash of an unknown algorithm; MD5 checked only", "image", img.ID, "os_hash_algo", w.Multihash.Algo)
 		}
-		sem <- struct{}{}
+		if !ln.acquire(ctx, img.Size) {
+			break
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
+			defer ln.release(img.Size)
 			peer, n, err := f.Fetch(ctx, w)
 			mu.Lock()
 			defer mu.Unlock()
