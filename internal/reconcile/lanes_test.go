@@ -85,3 +85,37 @@ func TestLanesAcquireEndsWithContext(t *testing.T) {
 		t.Fatal("a lane released is not free again")
 	}
 }
+
+// locatingFetcher records a Locate and whether it came before every Fetch.
+type locatingFetcher struct {
+	fakeFetcher
+	located []string
+	late    bool // a Fetch came before Locate
+}
+
+func (f *locatingFetcher) Locate(_ context.Context, ws []syncer.Want) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.got) > 0 {
+		f.late = true
+	}
+	for _, w := range ws {
+		f.located = append(f.located, w.ID)
+	}
+}
+
+// Many images to fetch: the peers are listed once, for all of them, before
+// the first fetch; a few: each is looked for on its own.
+func TestFetchLocatesManyFirst(t *testing.T) {
+	f := &locatingFetcher{}
+	var sum Summary
+	fetch(context.Background(), f, sized(locateMin, 1<<20), Options{Transfers: 1}, &sum, quiet)
+	if len(f.located) != locateMin || f.late {
+		t.Errorf("%d images: located %d (after a fetch: %v), want all %d before any fetch", locateMin, len(f.located), f.late, locateMin)
+	}
+	f = &locatingFetcher{}
+	fetch(context.Background(), f, sized(locateMin-1, 1<<20), Options{Transfers: 1}, &sum, quiet)
+	if len(f.located) != 0 {
+		t.Errorf("%d images: located %d, want no listing for so few", locateMin-1, len(f.located))
+	}
+}

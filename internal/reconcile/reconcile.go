@@ -43,6 +43,18 @@ type Fetcher interface {
 	Fetch(ctx context.Context, w syncer.Want) (peer string, bytes int64, err error)
 }
 
+// Locator is a Fetcher that can learn at once which peers hold many
+// images (a listing of each peer's datadir instead of a look at each
+// peer for each image); *syncer.Fetcher is one.
+type Locator interface {
+	Locate(ctx context.Context, ws []syncer.Want)
+}
+
+// locateMin is the number of images to fetch from which a run lists the
+// peers' datadirs first: one listing per peer costs about what a few looks
+// at single files do.
+const locateMin = 8
+
 // Options shape a reconcile run.
 type Options struct {
 	Prune     bool
@@ -289,6 +301,13 @@ func fetch(ctx context.Context, f Fetcher, imgs []glanceapi.Image, o Options, su
 		mu sync.Mutex
 		wg sync.WaitGroup
 	)
+	if l, ok := f.(Locator); ok && len(imgs) >= locateMin && !o.DryRun {
+		ws := make([]syncer.Want, len(imgs))
+		for i, img := range imgs {
+			ws[i] = WantOf(img)
+		}
+		l.Locate(ctx, ws)
+	}
 	ln := newLanes(o.Transfers)
 	for _, img := range imgs {
 		if ctx.Err() != nil {
