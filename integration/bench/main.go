@@ -6,11 +6,12 @@
 // 4 GiB), whole processes. It also measures resume after a kill, a
 // metadata-only no-op, an idle `both`, duplicate-notifications
 // throughput on the shared broker and on a private three-node cluster with
-// quorum queues (-cluster-events), and the time from a notification to the
+// quorum queues (-cluster-events), the time from a notification to the
 // image verified on every node, with watch and with cron's `both`
-// (-latency; latency.go). -sizes none skips the transfer tables. -dir puts
-// every datadir on another filesystem (a tmpfs, a ramfs: one that refuses
-// O_DIRECT).
+// (-latency; latency.go), and reconcile seeding an empty node against
+// rsync -a of the directory (-seed; seed.go). -sizes none skips the
+// transfer tables. -dir puts every datadir on another filesystem (a tmpfs,
+// a ramfs: one that refuses O_DIRECT).
 //
 // It is a benchmark, not a test: it needs root, RabbitMQ, sshd and rsync
 // (integration/setup.sh), about 3 × the largest size of free space under

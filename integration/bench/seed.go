@@ -187,7 +187,7 @@ func (b *bench) seed(ctx context.Context, s seedSpec, rounds int) error {
 	for i := range peers {
 		fmt.Fprintf(&rsyncScript, "wait $p%d || exit 1\n", i)
 	}
-	clear := func() {
+	reset := func() {
 		b.emptyDatadir(b.dst)
 		os.RemoveAll(out)
 		os.MkdirAll(out, 0o755)
@@ -249,7 +249,7 @@ func (b *bench) seed(ctx context.Context, s seedSpec, rounds int) error {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			clear()
+			reset()
 			b.quiet()
 			sess0, conn0 := sshdCounts(peers)
 			calls0 := g.calls.Load()
@@ -269,7 +269,7 @@ func (b *bench) seed(ctx context.Context, s seedSpec, rounds int) error {
 			res[m.name] = append(res[m.name], got)
 		}
 	}
-	clear()
+	reset()
 	med := func(m string, f func(run) float64) float64 {
 		var xs []float64
 		for _, r := range res[m] {
