@@ -129,7 +129,7 @@ type opts struct {
 
 	clusterEvents int          // the 3-node cluster line; 0: none
 	latency       *latencyOpts // nil: no latency lines
-	seed          seedSpec // the seeding line
+	seed          seedSpec     // the seeding line
 	seeding       bool
 }
 
