@@ -6,11 +6,12 @@
 // 4 GiB), whole processes. It also measures resume after a kill, a
 // metadata-only no-op, an idle `both`, duplicate-notifications
 // throughput on the shared broker and on a private three-node cluster with
-// quorum queues (-cluster-events), and the time from a notification to the
+// quorum queues (-cluster-events), the time from a notification to the
 // image verified on every node, with watch and with cron's `both`
-// (-latency; latency.go). -sizes none skips the transfer tables. -dir puts
-// every datadir on another filesystem (a tmpfs, a ramfs: one that refuses
-// O_DIRECT).
+// (-latency; latency.go), and reconcile seeding an empty node against
+// rsync -a of the directory (-seed; seed.go). -sizes none skips the
+// transfer tables. -dir puts every datadir on another filesystem (a tmpfs,
+// a ramfs: one that refuses O_DIRECT).
 //
 // It is a benchmark, not a test: it needs root, RabbitMQ, sshd and rsync
 // (integration/setup.sh), about 3 × the largest size of free space under
@@ -60,6 +61,7 @@ func main() {
 	latProfile := flag.String("latency-profile", "", "write each watch's CPU profile and each node's log into this `directory` (latency lines)")
 	latRounds := flag.Int("latency-cron-rounds", 3, "rounds of the `both` latency line")
 	only := flag.String("only", "", "comma list of method names to time (default: all)")
+	seed := flag.String("seed", "200x1M", "seeding line: `COUNTxSIZE` images listed by a test double of the Images API, fetched onto an empty node by reconcile, against rsync -a (COUNTxSIZE/2: spread over two peers; off: skip)")
 	prebuilt := flag.String("tool", "", "use this glance-image-sync binary instead of building ./cmd/glance-image-sync")
 	flag.Var(&variants, "variant", "`name=binary[,ENV=value...]`: also time this build of the tool (repeatable; for measuring a change)")
 	flag.Parse()
@@ -79,6 +81,11 @@ func main() {
 	}
 	o := opts{sizes: list, rounds: *rounds, dir: *dir, settle: *settle, big: *big, events: *events, only: *only, tool: *prebuilt,
 		clusterEvents: *clusterEvents}
+	var err error
+	if o.seed, o.seeding, err = parseSeed(*seed); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
 	if *lat {
 		n, err := parseSize(*latSize)
 		if err != nil {
@@ -122,6 +129,8 @@ type opts struct {
 
 	clusterEvents int          // the 3-node cluster line; 0: none
 	latency       *latencyOpts // nil: no latency lines
+	seed          seedSpec     // the seeding line
+	seeding       bool
 }
 
 // result is one timed run of one method.
@@ -215,6 +224,11 @@ func run(ctx context.Context, o opts) error {
 		b.forget(b.img.ID)
 		os.Remove(harness.ImagePath(b.src, b.img.ID))
 		os.Remove(b.dest())
+	}
+	if o.seeding {
+		if err := b.seed(ctx, o.seed, o.rounds); err != nil {
+			return fmt.Errorf("seed: %w", err)
+		}
 	}
 	if err := b.idle(ctx, o.rounds); err != nil {
 		return fmt.Errorf("idle: %w", err)
@@ -418,6 +432,9 @@ func idleFraction(d time.Duration) float64 {
 // forget removes the fetched image from the fetching node with its state, as
 // if it had never been there.
 func (b *bench) forget(id string) {
+	if id == "" {
+		return // no image (-sizes none): ImagePath would name the datadir itself
+	}
 	os.Remove(harness.ImagePath(b.dst, id))
 	os.Remove(filepath.Join(b.dst.ImagesDir, harness.StateDirName, "verified", id))
 	matches, _ := filepath.Glob(filepath.Join(b.dst.ImagesDir, "."+id+".*.part"))

@@ -43,12 +43,26 @@ type Fetcher interface {
 	Fetch(ctx context.Context, w syncer.Want) (peer string, bytes int64, err error)
 }
 
+// Locator is a Fetcher that can learn at once which peers hold many
+// images (a listing of each peer's datadir instead of a look at each
+// peer for each image); *syncer.Fetcher is one.
+type Locator interface {
+	Locate(ctx context.Context, ws []syncer.Want)
+}
+
+// locateMin is the number of images to fetch from which a run lists the
+// peers' datadirs first: one listing per peer costs about what a few looks
+// at single files do.
+const locateMin = 8
+
 // Options shape a reconcile run.
 type Options struct {
 	Prune     bool
 	DryRun    bool
 	Limits    Limits
 	TrashDays int
+	// Transfers is how many images are fetched at once whatever their
+	// size; small ones may run in more lanes (lanes.go).
 	Transfers int
 	Now       func() time.Time // for tests; nil = time.Now
 }
@@ -287,7 +301,14 @@ func fetch(ctx context.Context, f Fetcher, imgs []glanceapi.Image, o Options, su
 		mu sync.Mutex
 		wg sync.WaitGroup
 	)
-	sem := make(chan struct{}, o.Transfers)
+	if l, ok := f.(Locator); ok && len(imgs) >= locateMin && !o.DryRun {
+		ws := make([]syncer.Want, len(imgs))
+		for i, img := range imgs {
+			ws[i] = WantOf(img)
+		}
+		l.Locate(ctx, ws)
+	}
+	ln := newLanes(o.Transfers)
 	for _, img := range imgs {
 		if ctx.Err() != nil {
 			break
@@ -300,11 +321,13 @@ func fetch(ctx context.Context, f Fetcher, imgs []glanceapi.Image, o Options, su
 		if w.Multihash.Algo != "" && !store.MultihashKnown(w.Multihash.Algo) {
 			log.Warn("multihash of an unknown algorithm; MD5 checked only", "image", img.ID, "os_hash_algo", w.Multihash.Algo)
 		}
-		sem <- struct{}{}
+		if !ln.acquire(ctx, img.Size) {
+			break
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
+			defer ln.release(img.Size)
 			peer, n, err := f.Fetch(ctx, w)
 			mu.Lock()
 			defer mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -42,9 +43,14 @@ func (f *fakeAPI) Get(_ context.Context, id string) (glanceapi.Image, error) {
 	return glanceapi.Image{}, glanceapi.ErrNotFound
 }
 
-type fakeFetcher struct{ got []string }
+type fakeFetcher struct {
+	mu  sync.Mutex // small images are fetched several at once
+	got []string
+}
 
 func (f *fakeFetcher) Fetch(_ context.Context, w syncer.Want) (string, int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.got = append(f.got, w.ID)
 	return "peer", w.Size, nil
 }

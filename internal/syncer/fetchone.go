@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"path"
+	"sync"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/node"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
@@ -25,11 +28,18 @@ type Want struct {
 // sync-images: the peers' SSH connections shared for its life, a peer's
 // copy looked at before any byte moves, resume of a partial, verification
 // before the rename, bwlimit over all its transfers.
-type Fetcher struct{ engine *fetcher }
+type Fetcher struct {
+	engine *fetcher
+
+	mu sync.Mutex
+	// where is what Locate learned: for each peer whose datadir listing
+	// was read, the images wanted of it that it holds, by size.
+	where map[node.Name]map[string]int64
+}
 
 // NewFetcher prepares a Fetcher; cfg's queue fields are not used. Close it.
 func NewFetcher(cfg Config, st *store.Store, log *slog.Logger) *Fetcher {
-	return &Fetcher{newFetcher(cfg.withDefaults(), st, log)}
+	return &Fetcher{engine: newFetcher(cfg.withDefaults(), st, log)}
 }
 
 // Fetch places image w here from the first peer, in api_nodes order, that
@@ -50,7 +60,12 @@ func (fr *Fetcher) Fetch(ctx context.Context, w Want) (peer string, bytes int64,
 	}
 	order, _, _ := Sources("", f.cfg.Self, f.cfg.PeerOrder)
 	log := f.log.With("image", w.ID)
-	from, n, err := f.fetch(ctx, log, t, f.publisherOrder(log, t, order))
+	holders, order := fr.located(w, order)
+	var pk picker = f.publisherOrder(log, t, order)
+	if len(holders) > 0 {
+		pk = &listedOrder{f: f, log: log, holders: holders, rest: pk}
+	}
+	from, n, err := f.fetch(ctx, log, t, pk)
 	if err != nil {
 		if ctx.Err() != nil {
 			return "", 0, err
@@ -59,6 +74,137 @@ func (fr *Fetcher) Fetch(ctx context.Context, w Want) (peer string, bytes int64,
 	}
 	return string(from), n, nil
 }
+
+// lister is a peer connection that lists a directory; *transfer.Client is
+// one.
+type lister interface {
+	ReadDir(ctx context.Context, dir string) ([]fs.FileInfo, error)
+}
+
+// Locate reads each peer's datadir listing once, at the same time, so that
+// the Fetches of ws that follow go straight to a peer that holds their
+// image complete (a regular file of its size), without looking at each
+// peer in turn first: a stat per image and peer, and a warning for each
+// peer that lacks it. It only orders the peers: a peer whose listing could
+// not be read, and then the peers whose listing lacked the image, are
+// still tried after those that hold it, since a peer may have fetched it
+// since. Worth it when many images are wanted; each call starts afresh.
+func (fr *Fetcher) Locate(ctx context.Context, ws []Want) {
+	if len(ws) == 0 {
+		return
+	}
+	f := fr.engine
+	final, err := f.store.Path(ws[0].ID)
+	if err != nil {
+		return
+	}
+	dir := path.Dir(final) // every node's datadir has the same path
+	wanted := make(map[string]bool, len(ws))
+	for _, w := range ws {
+		wanted[w.ID] = true
+	}
+	where := map[node.Name]map[string]int64{}
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	for _, name := range f.cfg.PeerOrder {
+		wg.Go(func() {
+			has, err := fr.list(ctx, name, dir, wanted)
+			if err != nil {
+				f.log.Warn("peer's image listing not read; its images are looked for one by one", "peer", name, "err", err)
+				return
+			}
+			mu.Lock()
+			where[name] = has
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	fr.mu.Lock()
+	fr.where = where
+	fr.mu.Unlock()
+}
+
+// list is the wanted images peer name has in dir: regular files, by size.
+func (fr *Fetcher) list(ctx context.Context, name node.Name, dir string, wanted map[string]bool) (map[string]int64, error) {
+	f := fr.engine
+	c, err := f.peers.get(ctx, f.cfg.Peers[name])
+	if err != nil {
+		return nil, err
+	}
+	l, ok := c.(lister)
+	if !ok {
+		return nil, errors.New("this connection cannot list a directory")
+	}
+	entries, err := l.ReadDir(ctx, dir)
+	if err != nil {
+		f.peers.failedOn(ctx, c, err)
+		return nil, err
+	}
+	has := map[string]int64{}
+	for _, e := range entries {
+		if wanted[e.Name()] && e.Mode().IsRegular() {
+			has[e.Name()] = e.Size()
+		}
+	}
+	return has, nil
+}
+
+// located splits order into the peers Locate saw holding w complete, and
+// the rest: those whose listing was not read first, then those whose
+// listing lacked it. Without a Locate, it is order as it is.
+func (fr *Fetcher) located(w Want, order []node.Name) (holders, rest []node.Name) {
+	fr.mu.Lock()
+	defer fr.mu.Unlock()
+	if fr.where == nil {
+		return nil, order
+	}
+	var lacking []node.Name
+	for _, name := range order {
+		has, listed := fr.where[name]
+		switch size, ok := has[w.ID]; {
+		case !listed:
+			rest = append(rest, name)
+		case ok && size == w.Size:
+			holders = append(holders, name)
+		default:
+			lacking = append(lacking, name)
+		}
+	}
+	return holders, append(rest, lacking...)
+}
+
+// listedOrder offers the peers whose listing showed the image complete,
+// as complete sources without asking them again (the listing gave the
+// size a stat would, moments ago), then what rest offers. A copy that
+// is not what it should be fails verification like any other, and the
+// next source is tried.
+type listedOrder struct {
+	f       *fetcher
+	log     *slog.Logger
+	holders []node.Name // not yet offered
+	rest    picker
+}
+
+func (o *listedOrder) next(ctx context.Context) (*source, error) {
+	for len(o.holders) > 0 && ctx.Err() == nil {
+		name := o.holders[0]
+		o.holders = o.holders[1:]
+		c, err := o.f.peers.get(ctx, o.f.cfg.Peers[name])
+		if err != nil {
+			o.log.Warn("not fetching from this peer", "peer", name, "err", err)
+			continue
+		}
+		return &source{name: name, c: c, kind: complete}, nil
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return o.rest.next(ctx)
+}
+
+func (o *listedOrder) failed(src *source, err error) { o.rest.failed(src, err) }
 
 // ErrTombstoned is an image this node deleted before: Glance never reuses
 // an id, so it is not fetched again.

@@ -51,11 +51,21 @@ type stream struct {
 	small  []byte   // body of a non-DATA reply, reused
 	lim    io.LimitedReader
 	last   *atomic.Int64 // UnixNano of the latest reply, for the watchdog
+	// reusable: the last read ended with every reply read, so the session
+	// may open another file (sessions.go).
+	reusable bool
 }
 
 // openStream starts an SFTP session of its own and opens path on it. The
 // returned close ends the session.
 func (c *Client) openStream(path string, last *atomic.Int64) (s *stream, handle string, close func(), err error) {
+	ss, handle, reused, err := c.reopen(path, last)
+	if reused {
+		if err != nil {
+			return nil, "", nil, err
+		}
+		return ss.s, handle, func() { c.release(ss, handle) }, nil
+	}
 	sess, err := c.ssh.NewSession()
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("opening an sftp session: %w", err)
@@ -83,11 +93,8 @@ func (c *Client) openStream(path string, last *atomic.Int64) (s *stream, handle 
 	if handle, err = s.open(path); err != nil {
 		return nil, "", nil, err
 	}
-	return s, handle, func() {
-		// A failed close of a file opened for reading loses nothing.
-		s.send(s.packet(fxpClose, func(b []byte) []byte { return appendString(b, handle) }))
-		sess.Close()
-	}, nil
+	ss = &session{ssh: sess, s: s}
+	return s, handle, func() { c.release(ss, handle) }, nil
 }
 
 // streamFile copies path from offset to the size its handle reports into w,
@@ -102,7 +109,9 @@ func (c *Client) streamFile(ctx context.Context, path string, offset int64, w io
 	if err != nil {
 		return 0, err
 	}
-	return s.read(ctx, handle, offset, size, w)
+	n, err := s.read(ctx, handle, offset, size, w)
+	s.reusable = err == nil
+	return n, err
 }
 
 // packet builds a request of type t, with a new id and the fields fill

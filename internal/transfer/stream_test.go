@@ -75,6 +75,7 @@ type fakePeer struct {
 	// server never misbehaved.
 	reorders atomic.Int32
 	shorts   atomic.Int32
+	sessions atomic.Int32 // SFTP sessions served, pkg/sftp's included
 
 	// growing: the file holds only its first visible bytes so far, as a
 	// partial copy its writer is still appending to.
@@ -120,6 +121,7 @@ func peerOf(srv *sshtest.Server) Peer {
 // serveSFTP answers one session: pkg/sftp's, which Dial opens and which only
 // ever sends INIT here, or one of Fetch's.
 func (p *fakePeer) serveSFTP(ch ssh.Channel) {
+	p.sessions.Add(1)
 	// Requests are read on their own goroutine so that the server can hold
 	// reads back and notice when no more come.
 	in := make(chan []byte, 64)

@@ -220,6 +220,8 @@ type Client struct {
 	ssh  *ssh.Client
 	sftp *sftp.Client
 	done func()
+	// sessions are Fetch's idle SFTP sessions (sessions.go).
+	sessions sessionPool
 	// timeout bounds one SFTP request: pkg/sftp has none, and a stalled
 	// sftp-server would otherwise hold a request until the run's deadline.
 	timeout time.Duration
@@ -313,6 +315,7 @@ func (c *Client) Peer() Peer { return c.peer }
 
 // Close ends the SFTP session and the connection.
 func (c *Client) Close() error {
+	c.sessions.drop()
 	c.sftp.Close()
 	err := c.ssh.Close()
 	c.done()
