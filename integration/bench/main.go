@@ -50,12 +50,16 @@ func main() {
 	events := flag.Int("events", 20000, "image events for the duplicate-notifications line (0: skip)")
 	only := flag.String("only", "", "comma list of method names to time (default: all)")
 	prebuilt := flag.String("tool", "", "use this glance-image-sync binary instead of building ./cmd/glance-image-sync")
+	many := flag.String("many", "200x1M,1000x64K", "comma list of NxSIZE: N images of SIZE queued at once, whole sync-images against one rsync -a of the directory (\"\": skip)")
 	flag.Var(&variants, "variant", "`name=binary[,ENV=value...]`: also time this build of the tool (repeatable; for measuring a change)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var list []int64
 	for _, f := range strings.Split(*sizes, ",") {
+		if strings.TrimSpace(f) == "" {
+			continue // -sizes "": only the other lines
+		}
 		n, err := parseSize(strings.TrimSpace(f))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bench: -sizes:", err)
@@ -63,7 +67,12 @@ func main() {
 		}
 		list = append(list, n)
 	}
-	o := opts{sizes: list, rounds: *rounds, dir: *dir, settle: *settle, big: *big, events: *events, only: *only, tool: *prebuilt}
+	manySpecs, err := parseMany(*many)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	o := opts{many: manySpecs, sizes: list, rounds: *rounds, dir: *dir, settle: *settle, big: *big, events: *events, only: *only, tool: *prebuilt}
 	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -90,6 +99,7 @@ func parseSize(v string) (int64, error) {
 
 type opts struct {
 	sizes      []int64
+	many       []manySpec
 	rounds     int
 	dir        string
 	settle     time.Duration
@@ -189,6 +199,11 @@ func run(ctx context.Context, o opts) error {
 		b.forget(b.img.ID)
 		os.Remove(harness.ImagePath(b.src, b.img.ID))
 		os.Remove(b.dest())
+	}
+	for _, m := range o.many {
+		if err := b.many(ctx, m, o.rounds); err != nil {
+			return fmt.Errorf("many images: %w", err)
+		}
 	}
 	if err := b.idle(ctx, o.rounds); err != nil {
 		return fmt.Errorf("idle: %w", err)
