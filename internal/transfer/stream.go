@@ -51,43 +51,48 @@ type stream struct {
 	small  []byte   // body of a non-DATA reply, reused
 	lim    io.LimitedReader
 	last   *atomic.Int64 // UnixNano of the latest reply, for the watchdog
+	// inStep: every request sent on the stream has had its reply read, so
+	// the session can serve another file (sessions.go).
+	inStep bool
 }
 
-// openStream starts an SFTP session of its own and opens path on it. The
-// returned close ends the session.
+// openStream opens path on an SFTP session of its own: an idle one of the
+// connection's (sessions.go), or a new one. The returned close ends the use
+// of the session; it is kept for the next file only if s.inStep was set,
+// i.e. every reply of this file was read.
 func (c *Client) openStream(path string, last *atomic.Int64) (s *stream, handle string, close func(), err error) {
-	sess, err := c.ssh.NewSession()
-	if err != nil {
-		return nil, "", nil, fmt.Errorf("opening an sftp session: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			sess.Close()
+	ps := c.sessions.get()
+	if ps != nil {
+		ps.s.last = last
+		if handle, err = ps.openOn(path); err != nil {
+			var se *StatusError
+			if errors.As(err, &se) {
+				// An answer: the session is in step, the file is not there.
+				c.sessions.put(ps)
+				return nil, "", nil, err
+			}
+			// A session that broke while idle: start a new one.
+			ps.sess.Close()
+			ps = nil
 		}
-	}()
-	in, err := sess.StdinPipe()
-	if err != nil {
-		return nil, "", nil, err
 	}
-	out, err := sess.StdoutPipe()
-	if err != nil {
-		return nil, "", nil, err
+	if ps == nil {
+		if ps, err = c.newSession(last); err != nil {
+			return nil, "", nil, err
+		}
+		if handle, err = ps.openOn(path); err != nil {
+			var se *StatusError
+			if errors.As(err, &se) {
+				c.sessions.put(ps)
+			} else {
+				ps.sess.Close()
+			}
+			return nil, "", nil, err
+		}
 	}
-	if err := sess.RequestSubsystem("sftp"); err != nil {
-		return nil, "", nil, fmt.Errorf("starting sftp: %w", err)
-	}
-	s = &stream{w: in, r: out, last: last}
-	if err := s.init(); err != nil {
-		return nil, "", nil, err
-	}
-	if handle, err = s.open(path); err != nil {
-		return nil, "", nil, err
-	}
-	return s, handle, func() {
-		// A failed close of a file opened for reading loses nothing.
-		s.send(s.packet(fxpClose, func(b []byte) []byte { return appendString(b, handle) }))
-		sess.Close()
-	}, nil
+	s = ps.s
+	s.inStep = false
+	return s, handle, func() { c.release(ps, handle, s.inStep) }, nil
 }
 
 // streamFile copies path from offset to the size its handle reports into w,
@@ -102,7 +107,10 @@ func (c *Client) streamFile(ctx context.Context, path string, offset int64, w io
 	if err != nil {
 		return 0, err
 	}
-	return s.read(ctx, handle, offset, size, w)
+	n, err := s.read(ctx, handle, offset, size, w)
+	// Read to its end, nothing of the file is left in flight.
+	s.inStep = err == nil
+	return n, err
 }
 
 // packet builds a request of type t, with a new id and the fields fill
@@ -227,6 +235,30 @@ func (s *stream) call(req []byte) (byte, []byte, error) {
 	return r.typ, r.body, nil
 }
 
+// callAfter is call on a stream where one reply, to request before, is
+// still to be read ahead of this request's: it must be a status (a CLOSE's
+// answer; its outcome loses nothing either way).
+func (s *stream) callAfter(req []byte, before uint32) (byte, []byte, error) {
+	id := s.nextID
+	if err := s.send(req); err != nil {
+		return 0, nil, err
+	}
+	r, err := s.reply(false)
+	if err != nil {
+		return 0, nil, err
+	}
+	if r.id != before || r.typ != fxpStatus {
+		return 0, nil, fmt.Errorf("unexpected sftp reply type %d id %d to request %d", r.typ, r.id, before)
+	}
+	if r, err = s.reply(false); err != nil {
+		return 0, nil, err
+	}
+	if r.id != id {
+		return 0, nil, fmt.Errorf("unexpected sftp reply type %d id %d to request %d", r.typ, r.id, id)
+	}
+	return r.typ, r.body, nil
+}
+
 func (s *stream) init() error {
 	b := append(s.req[:0], 0, 0, 0, 5, fxpInit, 0, 0, 0, 3)
 	if err := s.send(b); err != nil {
@@ -244,11 +276,25 @@ func (s *stream) init() error {
 }
 
 func (s *stream) open(path string) (string, error) {
-	typ, body, err := s.call(s.packet(fxpOpen, func(b []byte) []byte {
+	return s.openAfter(path, 0)
+}
+
+// openAfter is open on a stream where the status reply to request before
+// (a CLOSE; 0: none) is still to be read: it is read after the OPEN is sent.
+func (s *stream) openAfter(path string, before uint32) (string, error) {
+	req := s.packet(fxpOpen, func(b []byte) []byte {
 		b = appendString(b, path)
 		b = binary.BigEndian.AppendUint32(b, fxfRead)
 		return binary.BigEndian.AppendUint32(b, 0) // no attributes
-	}))
+	})
+	var typ byte
+	var body []byte
+	var err error
+	if before == 0 {
+		typ, body, err = s.call(req)
+	} else {
+		typ, body, err = s.callAfter(req, before)
+	}
 	if err != nil {
 		return "", err
 	}

@@ -80,6 +80,7 @@ type fakePeer struct {
 	// server never misbehaved.
 	reorders atomic.Int32
 	shorts   atomic.Int32
+	sessions atomic.Int32 // sftp subsystems started: pkg/sftp's and Fetch's
 
 	// growing: the file holds only its first visible bytes so far, as a
 	// partial copy its writer is still appending to.
@@ -221,6 +222,7 @@ func (p *fakePeer) serveConn(c net.Conn, cfg *ssh.ServerConfig) {
 				ok := req.Type == "subsystem" && len(req.Payload) > 4 && string(req.Payload[4:]) == "sftp"
 				req.Reply(ok, nil)
 				if ok {
+					p.sessions.Add(1)
 					wg.Add(1)
 					go func() {
 						defer wg.Done()

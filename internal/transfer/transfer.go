@@ -225,6 +225,8 @@ type Client struct {
 	timeout time.Duration
 	// newHostKey: see NewHostKey.
 	newHostKey string
+	// sessions are SFTP sessions of Fetch kept for the next file.
+	sessions sessionPool
 }
 
 // bounded runs one SFTP request, closing the connection (the only way to
@@ -313,6 +315,7 @@ func (c *Client) Peer() Peer { return c.peer }
 
 // Close ends the SFTP session and the connection.
 func (c *Client) Close() error {
+	c.sessions.closeAll()
 	c.sftp.Close()
 	err := c.ssh.Close()
 	c.done()

@@ -1,0 +1,47 @@
+package transfer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+// TestSessionsReused: fetches from one connection share one SFTP session
+// (one sftp-server on the peer, not one per image), a missing file leaves
+// the session in step for the next, and a fetch that failed mid-file does
+// not hand its session on.
+func TestSessionsReused(t *testing.T) {
+	data := randomData(2*PacketSize + 99)
+	p := &fakePeer{data: data, size: int64(len(data))}
+	c := startPeer(t, p)
+	base := p.sessions.Load() // pkg/sftp's own
+	for range 3 {
+		fetchAll(t, c, data, 0, true)
+	}
+	if got := p.sessions.Load() - base; got != 1 {
+		t.Fatalf("3 fetches started %d sftp sessions, want 1", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var got bytes.Buffer
+	if _, err := c.Fetch(ctx, servedPath+".missing", 0, &got, 5*time.Second); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing file: %v, want ErrNotFound", err)
+	}
+	fetchAll(t, c, data, 100001, false)
+	if got := p.sessions.Load() - base; got != 1 {
+		t.Fatalf("after a missing file: %d sftp sessions, want 1", got)
+	}
+	// The file now ends before its size: the fetch fails mid-read, its
+	// session is ended, and the next fetch starts a fresh one.
+	p.size += PacketSize
+	if _, err := c.Fetch(ctx, servedPath, 0, &got, 5*time.Second); err == nil {
+		t.Fatal("fetch of a file that ended early succeeded")
+	}
+	p.size -= PacketSize
+	fetchAll(t, c, data, 0, true)
+	if got := p.sessions.Load() - base; got != 2 {
+		t.Fatalf("after a failed fetch: %d sftp sessions, want 2", got)
+	}
+}
