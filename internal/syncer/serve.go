@@ -130,7 +130,7 @@ func (s *Syncer) serve(ctx context.Context, in <-chan received) error {
 	s.daemon = true
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	ls := &lanes{s: s, m: map[string]*lane{}, sem: make(chan struct{}, s.cfg.Transfers)}
+	ls := &lanes{s: s, m: map[string]*lane{}, adm: newAdmission(s.cfg.Transfers)}
 	defer ls.wg.Wait()
 	defer stop() // lanes stop before they are waited for
 	for {
@@ -174,7 +174,7 @@ func (s *Syncer) dispatch(ctx context.Context, ls *lanes, r received) {
 // an image's messages are handled in queue order, images independently.
 type lanes struct {
 	s   *Syncer
-	sem chan struct{} // transfer slots
+	adm *admission // transfer slots
 	wg  sync.WaitGroup
 
 	mu sync.Mutex // guards m and every lane
@@ -242,7 +242,7 @@ func (ls *lanes) run(ctx context.Context, id string, l *lane) {
 		l.doing, l.cancel = j.action, cancel
 		ls.mu.Unlock()
 		if !ls.s.staleJob(j) {
-			ls.s.work(jctx, j, ls.sem)
+			ls.s.work(jctx, j, ls.adm)
 		}
 		cancel(nil)
 		ls.mu.Lock()
@@ -253,7 +253,7 @@ func (ls *lanes) run(ctx context.Context, id string, l *lane) {
 
 // work does one job of a lane: a fetch waits for its retry time first,
 // then for a transfer slot.
-func (s *Syncer) work(ctx context.Context, j job, sem chan struct{}) {
+func (s *Syncer) work(ctx context.Context, j job, adm *admission) {
 	log := s.log.With("image", j.ev.Image.ID, "event", j.ev.EventType)
 	if j.action == Delete {
 		s.delete(ctx, log, j)
@@ -268,13 +268,12 @@ func (s *Syncer) work(ctx context.Context, j job, sem chan struct{}) {
 			return
 		}
 	}
-	select {
-	case sem <- struct{}{}:
-	case <-ctx.Done():
+	release, ok := adm.acquire(ctx, j.ev.Image.Size)
+	if !ok {
 		s.stopped(ctx, j)
 		return
 	}
-	defer func() { <-sem }()
+	defer release()
 	s.fetch(ctx, log, j)
 }
 

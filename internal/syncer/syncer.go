@@ -218,7 +218,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	}
 	defer s.f.close()
 
-	sem := make(chan struct{}, s.cfg.Transfers)
+	adm := newAdmission(s.cfg.Transfers)
 	lanes := map[string]chan job{}
 	var wg sync.WaitGroup
 	for i := 0; i < qs.Messages && ctx.Err() == nil && s.broken() == nil; i++ {
@@ -254,7 +254,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.runLane(ctx, lane, sem)
+				s.runLane(ctx, lane, adm)
 			}()
 		}
 		lane <- job{d: d, m: d.Message, ev: ev, action: action}
@@ -276,7 +276,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 // been re-queued, later fetch events of it in this run are covered by that
 // copy, but only those that announce the same data: a bad event re-queued
 // must not swallow a genuine one.
-func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}) {
+func (s *Syncer) runLane(ctx context.Context, lane <-chan job, adm *admission) {
 	var requeued *notification.Image // the event of the re-queued fetch, if any
 	for j := range lane {
 		if ctx.Err() != nil || s.broken() != nil {
@@ -295,11 +295,14 @@ func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}
 				s.ack(j.d)
 				continue
 			}
-			sem <- struct{}{}
+			release, ok := adm.acquire(ctx, j.ev.Image.Size)
+			if !ok {
+				continue // the run is ending: left unacked for the next
+			}
 			if s.fetch(ctx, log, j) {
 				requeued = j.ev.Image
 			}
-			<-sem
+			release()
 		}
 	}
 }
