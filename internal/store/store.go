@@ -27,7 +27,8 @@ type Store struct {
 	perm     os.FileMode // 0: leave the mode the partial was created with
 	uid      int         // -1: do not chown
 	gid      int
-	bufs     *bank // write buffers shared by the partials of a run
+	bufs     *bank    // write buffers shared by the partials of a run
+	rootSync *dirSync // fsyncs of root, shared by the commits waiting at once
 	readOnly bool
 
 	// Directory fds every file operation goes through (safefs.go). In a
@@ -123,6 +124,7 @@ func openRoot(dir string) (*Store, error) {
 		return nil, fmt.Errorf("datadir %s: %w", dir, &fs.PathError{Op: "open", Path: dir, Err: err})
 	}
 	s := &Store{dir: dir, uid: -1, gid: -1, bufs: newBank(), root: os.NewFile(uintptr(fd), dir)}
+	s.rootSync = newDirSync(s.root)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err == nil && os.Geteuid() == 0 {
 		s.uid, s.gid = int(st.Uid), int(st.Gid)
@@ -374,7 +376,7 @@ func (s *Store) validRecord(id string, st unix.Stat_t) (string, bool) {
 }
 
 func (s *Store) writeVerified(id, rec string) error {
-	if err := writeRecord(s.verified, id, []byte(rec)); err != nil {
+	if err := writeCacheRecord(s.verified, id, []byte(rec)); err != nil {
 		return fmt.Errorf("image %s: verification record: %w", id, err)
 	}
 	return nil
@@ -767,7 +769,9 @@ func (p *Partial) Commit() error {
 		return fmt.Errorf("image %s: placing %s: %w", p.id, filepath.Join(p.s.dir, p.id), err)
 	}
 	p.done = true
-	if err := syncFile(p.s.root); err != nil {
+	// The caller acks the image's message once this returns: the rename
+	// must be on disk first. Renames committed at once share one fsync.
+	if err := p.s.rootSync.sync(); err != nil {
 		return err
 	}
 	return p.s.writeVerified(p.id, recordOf(st, p.md5hex))
