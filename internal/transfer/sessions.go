@@ -1,9 +1,11 @@
 package transfer
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -16,15 +18,17 @@ import (
 // file handle closed without waiting for the answer, and the next fetch
 // from the peer opens its file on it.
 
-// maxIdleSessions bounds the sessions kept per connection: one per
-// transfer a run makes at once is enough, and each is an sftp-server
-// process on the peer.
-const maxIdleSessions = 16
+// maxSessions bounds the sessions of Fetch and Follow on one connection,
+// idle or in use. OpenSSH's sshd refuses more than MaxSessions (10 by
+// default) on a connection, pkg/sftp's own session among them; a fetch
+// beyond the bound waits for a session to come back.
+const maxSessions = 8
 
-// sessionPool is a connection's idle SFTP sessions.
+// sessionPool is a connection's SFTP sessions for Fetch and Follow.
 type sessionPool struct {
-	mu   sync.Mutex
-	idle []*pooledStream
+	once  sync.Once
+	slots chan struct{}      // one per session alive
+	idle  chan *pooledStream // sessions with no file open
 }
 
 // pooledStream is an SFTP session with no file open on it.
@@ -36,41 +40,67 @@ type pooledStream struct {
 	closing uint32
 }
 
-func (p *sessionPool) get() *pooledStream {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if n := len(p.idle); n > 0 {
-		ps := p.idle[n-1]
-		p.idle = p.idle[:n-1]
-		return ps
-	}
-	return nil
+func (p *sessionPool) init() {
+	p.once.Do(func() {
+		p.slots = make(chan struct{}, maxSessions)
+		p.idle = make(chan *pooledStream, maxSessions)
+	})
 }
 
-// put keeps ps for the next file, or ends it when enough are kept.
-func (p *sessionPool) put(ps *pooledStream) {
-	p.mu.Lock()
-	if len(p.idle) < maxIdleSessions {
-		p.idle = append(p.idle, ps)
-		p.mu.Unlock()
-		return
+// get returns an idle session, or nil with a slot taken for a new one
+// (give it back with free if none is made). While it waits it marks last,
+// so the caller's stall watchdog counts only time the peer keeps it waiting.
+func (p *sessionPool) get(ctx context.Context, last *atomic.Int64) (*pooledStream, error) {
+	p.init()
+	select {
+	case ps := <-p.idle:
+		return ps, nil
+	default:
 	}
-	p.mu.Unlock()
-	ps.sess.Close()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case ps := <-p.idle:
+			return ps, nil
+		case p.slots <- struct{}{}:
+			return nil, nil
+		case <-tick.C:
+			last.Store(time.Now().UnixNano())
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 }
+
+// put keeps ps for the next file.
+func (p *sessionPool) put(ps *pooledStream) {
+	p.idle <- ps // never blocks: there are no more sessions than slots
+}
+
+// end ends ps and frees its slot.
+func (p *sessionPool) end(ps *pooledStream) {
+	ps.sess.Close()
+	p.free()
+}
+
+func (p *sessionPool) free() { <-p.slots }
 
 // closeAll ends every idle session.
 func (p *sessionPool) closeAll() {
-	p.mu.Lock()
-	idle := p.idle
-	p.idle = nil
-	p.mu.Unlock()
-	for _, ps := range idle {
-		ps.sess.Close()
+	p.init()
+	for {
+		select {
+		case ps := <-p.idle:
+			p.end(ps)
+		default:
+			return
+		}
 	}
 }
 
-// newSession starts an SFTP session: channel, subsystem, init.
+// newSession starts an SFTP session: channel, subsystem, init. The caller
+// holds a slot for it.
 func (c *Client) newSession(last *atomic.Int64) (_ *pooledStream, err error) {
 	sess, err := c.ssh.NewSession()
 	if err != nil {
@@ -117,7 +147,7 @@ func (ps *pooledStream) openOn(path string) (string, error) {
 func (c *Client) release(ps *pooledStream, handle string, reuse bool) {
 	s := ps.s
 	if err := s.send(s.packet(fxpClose, func(b []byte) []byte { return appendString(b, handle) })); err != nil || !reuse {
-		ps.sess.Close()
+		c.sessions.end(ps)
 		return
 	}
 	ps.closing = s.nextID

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 )
@@ -43,5 +44,22 @@ func TestSessionsReused(t *testing.T) {
 	fetchAll(t, c, data, 0, true)
 	if got := p.sessions.Load() - base; got != 2 {
 		t.Fatalf("after a failed fetch: %d sftp sessions, want 2", got)
+	}
+}
+
+// TestSessionsBounded: more fetches at once than sshd's MaxSessions allows
+// on a connection wait for a session instead of being refused.
+func TestSessionsBounded(t *testing.T) {
+	data := randomData(PacketSize + 7)
+	p := &fakePeer{data: data, size: int64(len(data))}
+	c := startPeer(t, p)
+	base := p.sessions.Load()
+	var wg sync.WaitGroup
+	for range 3 * maxSessions {
+		wg.Go(func() { fetchAll(t, c, data, 0, true) })
+	}
+	wg.Wait()
+	if got := p.sessions.Load() - base; got < 1 || got > maxSessions {
+		t.Errorf("%d fetches at once started %d sftp sessions, want 1 to %d", 3*maxSessions, got, maxSessions)
 	}
 }

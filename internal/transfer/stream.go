@@ -60,8 +60,11 @@ type stream struct {
 // connection's (sessions.go), or a new one. The returned close ends the use
 // of the session; it is kept for the next file only if s.inStep was set,
 // i.e. every reply of this file was read.
-func (c *Client) openStream(path string, last *atomic.Int64) (s *stream, handle string, close func(), err error) {
-	ps := c.sessions.get()
+func (c *Client) openStream(ctx context.Context, path string, last *atomic.Int64) (s *stream, handle string, close func(), err error) {
+	ps, err := c.sessions.get(ctx, last)
+	if err != nil {
+		return nil, "", nil, err
+	}
 	if ps != nil {
 		ps.s.last = last
 		if handle, err = ps.openOn(path); err != nil {
@@ -71,24 +74,27 @@ func (c *Client) openStream(path string, last *atomic.Int64) (s *stream, handle 
 				c.sessions.put(ps)
 				return nil, "", nil, err
 			}
-			// A session that broke while idle: start a new one.
+			// A session that broke while idle: start a new one in its slot.
 			ps.sess.Close()
 			ps = nil
+		} else {
+			s = ps.s
+			s.inStep = false
+			return s, handle, func() { c.release(ps, handle, s.inStep) }, nil
 		}
 	}
-	if ps == nil {
-		if ps, err = c.newSession(last); err != nil {
-			return nil, "", nil, err
+	if ps, err = c.newSession(last); err != nil {
+		c.sessions.free()
+		return nil, "", nil, err
+	}
+	if handle, err = ps.openOn(path); err != nil {
+		var se *StatusError
+		if errors.As(err, &se) {
+			c.sessions.put(ps)
+		} else {
+			c.sessions.end(ps)
 		}
-		if handle, err = ps.openOn(path); err != nil {
-			var se *StatusError
-			if errors.As(err, &se) {
-				c.sessions.put(ps)
-			} else {
-				ps.sess.Close()
-			}
-			return nil, "", nil, err
-		}
+		return nil, "", nil, err
 	}
 	s = ps.s
 	s.inStep = false
@@ -98,7 +104,7 @@ func (c *Client) openStream(path string, last *atomic.Int64) (s *stream, handle 
 // streamFile copies path from offset to the size its handle reports into w,
 // keeping up to inFlight reads of PacketSize outstanding.
 func (c *Client) streamFile(ctx context.Context, path string, offset int64, w io.Writer, last *atomic.Int64) (int64, error) {
-	s, handle, done, err := c.openStream(path, last)
+	s, handle, done, err := c.openStream(ctx, path, last)
 	if err != nil {
 		return 0, err
 	}
