@@ -27,8 +27,9 @@ type Store struct {
 	perm     os.FileMode // 0: leave the mode the partial was created with
 	uid      int         // -1: do not chown
 	gid      int
-	bufs     *bank    // write buffers shared by the partials of a run
-	rootSync *dirSync // fsyncs of root, shared by the commits waiting at once
+	bufs     *bank        // write buffers shared by the partials of a run
+	rootSync *dirSync     // fsyncs of root, shared by the commits waiting at once
+	parts    partialIndex // the partials in root, for Begin
 	readOnly bool
 
 	// Directory fds every file operation goes through (safefs.go). In a
@@ -515,6 +516,20 @@ func (s *Store) removePartials(id, keep string) error {
 	if err != nil {
 		return err
 	}
+	return s.unlinkPartials(id, parts, keep)
+}
+
+// removeOtherPartials is removePartials for Begin, from the kept listing
+// (partindex.go).
+func (s *Store) removeOtherPartials(id, keep string) error {
+	parts, err := s.parts.of(s, id)
+	if err != nil {
+		return fmt.Errorf("image %s: listing partials: %w", id, err)
+	}
+	return s.unlinkPartials(id, parts, keep)
+}
+
+func (s *Store) unlinkPartials(id string, parts []string, keep string) error {
 	for _, n := range parts {
 		if n == keep {
 			continue
@@ -522,6 +537,7 @@ func (s *Store) removePartials(id, keep string) error {
 		if err := unlinkAt(s.root, n); err != nil {
 			return fmt.Errorf("image %s: removing partial: %w", id, err)
 		}
+		s.parts.note(n, false)
 	}
 	return nil
 }
@@ -575,13 +591,14 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 		return nil, err
 	}
 	name, path := partialName(id, md5hex), s.partialPath(id, md5hex)
-	if err := s.removePartials(id, name); err != nil {
+	if err := s.removeOtherPartials(id, name); err != nil {
 		return nil, err
 	}
 	f, err := s.openPartial(id, name)
 	if err != nil {
 		return nil, err
 	}
+	s.parts.note(name, true)
 	p := &Partial{s: s, id: id, size: size, md5hex: md5hex, name: name, path: path, f: f, h: md5.New()}
 	if p.mh = newMultihash(mh); p.mh != nil {
 		p.h = p.mh.writer(p.h)
@@ -769,6 +786,7 @@ func (p *Partial) Commit() error {
 		return fmt.Errorf("image %s: placing %s: %w", p.id, filepath.Join(p.s.dir, p.id), err)
 	}
 	p.done = true
+	p.s.parts.note(p.name, false)
 	// The caller acks the image's message once this returns: the rename
 	// must be on disk first. Renames committed at once share one fsync.
 	if err := p.s.rootSync.sync(); err != nil {
@@ -780,6 +798,7 @@ func (p *Partial) Commit() error {
 func (p *Partial) discard() {
 	p.Close()
 	unlinkAt(p.s.root, p.name)
+	p.s.parts.note(p.name, false)
 	p.done = true
 }
 
@@ -799,6 +818,7 @@ func (p *Partial) Close() error {
 	if !p.done && p.n == 0 {
 		if st, serr := statAt(p.s.root, p.name); serr == nil && st.Size == 0 {
 			unlinkAt(p.s.root, p.name)
+			p.s.parts.note(p.name, false)
 		}
 	}
 	if err == nil {
