@@ -322,6 +322,12 @@ func (s *Store) Check(ctx context.Context, id string, size int64, md5hex string)
 		return Missing, fmt.Errorf("image %s: %w", id, err)
 	}
 	defer f.Close()
+	if rec, ok := xattrRecord(f); ok {
+		var fst unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &fst); err == nil && rec == recordOf(fst, md5hex) {
+			return Verified, nil
+		}
+	}
 	h := md5.New()
 	if _, err := hashFrom(ctx, h, f, nil); err != nil {
 		return Missing, fmt.Errorf("image %s: hashing %s: %w", id, f.Name(), err)
@@ -335,7 +341,7 @@ func (s *Store) Check(ctx context.Context, id string, size int64, md5hex string)
 	if s.readOnly {
 		return Verified, nil
 	}
-	if err := s.writeVerified(id, recordOf(st, md5hex)); err != nil {
+	if err := s.markVerified(id, f, st, md5hex); err != nil {
 		return Missing, err
 	}
 	return Verified, nil
@@ -362,18 +368,44 @@ func recordOf(st unix.Stat_t, md5hex string) string {
 	return fmt.Sprintf("md5=%s size=%d mtime=%d ino=%d\n", md5hex, st.Size, st.Mtim.Nano(), st.Ino)
 }
 
-// validRecord returns the MD5 of image id's verification record if the
-// record still describes the file st.
+// validRecord returns the MD5 of image id's verification record (its file,
+// else its extended attribute) if the record still describes the file st.
 func (s *Store) validRecord(id string, st unix.Stat_t) (string, bool) {
-	rec, err := readRecord(s.verified, id)
-	if err != nil {
-		return "", false
+	sum, _, ok := s.validRecordAt(id, st)
+	return sum, ok
+}
+
+// validRecordAt is validRecord with the time the record was written.
+func (s *Store) validRecordAt(id string, st unix.Stat_t) (string, time.Time, bool) {
+	if rec, err := readRecord(s.verified, id); err == nil {
+		if sum, ok := parseRecord(string(rec), st); ok {
+			if rst, err := statAt(s.verified, id); err == nil {
+				return sum, time.Unix(rst.Mtim.Unix()), true
+			}
+		}
 	}
-	sum, _, _ := strings.Cut(strings.TrimPrefix(string(rec), "md5="), " ")
-	if checkMD5(sum) != nil || string(rec) != recordOf(st, sum) {
+	return s.xattrRecordOf(id, st)
+}
+
+// parseRecord returns the MD5 of rec if rec describes the file st.
+func parseRecord(rec string, st unix.Stat_t) (string, bool) {
+	sum, _, _ := strings.Cut(strings.TrimPrefix(rec, "md5="), " ")
+	if checkMD5(sum) != nil || rec != recordOf(st, sum) {
 		return "", false
 	}
 	return sum, true
+}
+
+// markVerified records that the open file f (st) matches md5hex: on the
+// file itself, else in the record file.
+func (s *Store) markVerified(id string, f *os.File, st unix.Stat_t, md5hex string) error {
+	rec := recordOf(st, md5hex)
+	if setXattrRecord(f, rec) == nil {
+		// A record file read first must not contradict it.
+		s.dropRecord(id)
+		return nil
+	}
+	return s.writeVerified(id, rec)
 }
 
 func (s *Store) writeVerified(id, rec string) error {
@@ -780,6 +812,11 @@ func (p *Partial) Commit() error {
 	if err := unix.Fstat(int(p.f.Fd()), &st); err != nil {
 		return fmt.Errorf("image %s: %w", p.id, err)
 	}
+	// The record goes on the file before it is placed (xattr.go): no file
+	// of its own to create. It describes verified bytes wherever the file
+	// is, and if it is lost in a crash the file is hashed again.
+	rec := recordOf(st, p.md5hex)
+	onFile := setXattrRecord(p.f, rec) == nil
 	// rename(2) replaces whatever is at the final name, a symlink included,
 	// without following it.
 	if err := unix.Renameat(int(p.s.root.Fd()), p.name, int(p.s.root.Fd()), p.id); err != nil {
@@ -792,7 +829,12 @@ func (p *Partial) Commit() error {
 	if err := p.s.rootSync.sync(); err != nil {
 		return err
 	}
-	return p.s.writeVerified(p.id, recordOf(st, p.md5hex))
+	if onFile {
+		// A record file left by an earlier copy at this name no longer
+		// matches (another inode); it goes with the next Delete.
+		return nil
+	}
+	return p.s.writeVerified(p.id, rec)
 }
 
 func (p *Partial) discard() {
