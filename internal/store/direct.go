@@ -100,21 +100,25 @@ func (b *bank) lend(must bool) *dbuf {
 }
 
 // lendSmall returns an idle buffer, or a new one just large enough for
-// rest bytes, which the bank does not count nor keep.
+// rest bytes, not counted by the bank until given back.
 func (b *bank) lendSmall(rest int64) *dbuf {
 	select {
 	case d := <-b.idle:
 		return d
 	default:
 	}
-	return &dbuf{b: alignedBuf(int((rest + dioAlign - 1) &^ (dioAlign - 1)))[:0]}
+	return &dbuf{b: alignedBuf(int((rest + dioAlign - 1) &^ (dioAlign - 1)))[:0], loose: true}
 }
 
 // give takes a buffer back, or lets the GC have it when more than dioBufs
-// are alive or it is a small one (lendSmall).
+// are alive or it is smaller than the bank's (lendSmall).
 func (b *bank) give(d *dbuf) {
 	if cap(d.b) != dioBufSize {
 		return
+	}
+	if d.loose {
+		d.loose = false
+		b.made.Add(1)
 	}
 	if b.made.Load() <= dioBufs {
 		select {
@@ -129,6 +133,8 @@ func (b *bank) give(d *dbuf) {
 type dbuf struct {
 	b   []byte // len is the fill, cap dioBufSize, &b[0] aligned
 	off int64  // file offset of b[0]
+	// loose: made by lendSmall, not yet counted by the bank.
+	loose bool
 }
 
 // writebackChunk is how much data the buffered writer lets wait in the page
@@ -176,7 +182,7 @@ func newPipe(p *Partial) *pipe {
 			dfd.Close()
 		}
 	}
-	if rest := p.size - p.n; rest < dioBufSize {
+	if rest := p.size - p.n; rest <= dioBufSize {
 		// A small image: one buffer of its size. Two of dioBufSize each,
 		// allocated, zeroed and collected per image whenever more partials
 		// were open than the bank keeps, were a quarter of the CPU of a run

@@ -15,8 +15,10 @@ import (
 const (
 	// smallImage is the largest image that runs beside the transfer slots.
 	smallImage = 16 << 20
-	// smallLanes bounds the small images fetched at once.
-	smallLanes = 16
+	// smallLanes bounds the small images fetched at once: as many as
+	// the SFTP sessions a connection has (transfer.maxSessions); more
+	// only held partials, and their write buffers, waiting for one.
+	smallLanes = 8
 	// smallBudget bounds the bytes of the small images fetched at once.
 	smallBudget = 64 << 20
 )
