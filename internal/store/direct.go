@@ -182,14 +182,18 @@ func newPipe(p *Partial) *pipe {
 			dfd.Close()
 		}
 	}
-	if rest := p.size - p.n; rest <= dioBufSize {
-		// A small image: one buffer of its size. Two of dioBufSize each,
-		// allocated, zeroed and collected per image whenever more partials
-		// were open than the bank keeps, were a quarter of the CPU of a run
-		// of 64 KiB images (issue 14).
-		q.free <- p.s.bufs.lendSmall(rest)
-	} else {
-		for range dioOwn {
+	rest := p.size - p.n
+	for range dioOwn {
+		// Two own buffers even when one holds the whole image: early()
+		// sends the aligned part of the one being filled and needs the
+		// other to go on (with one, a slow transfer waited forever).
+		if rest <= dioBufSize {
+			// A small image: buffers of its size. Two of dioBufSize,
+			// allocated, zeroed and collected per image whenever more
+			// partials were open than the bank keeps, were a quarter of
+			// the CPU of a run of 64 KiB images (issue 14).
+			q.free <- p.s.bufs.lendSmall(rest)
+		} else {
 			q.free <- p.s.bufs.lend(true)
 		}
 	}
