@@ -4,8 +4,9 @@
 // MB/s, client and machine CPU seconds per GiB, peak RSS, and ratios to
 // rsync -az, scp and ssh cat: one table per size (-sizes, default 1 GiB and
 // 4 GiB), whole processes. It also measures resume after a kill, a
-// metadata-only no-op, an idle `both`, and duplicate-notifications
-// throughput. -dir puts every datadir on another filesystem (a tmpfs, a
+// metadata-only no-op, many small images queued at once against one rsync
+// -a of the directory (-many, many.go), an idle `both`, and
+// duplicate-notifications throughput. -dir puts every datadir on another filesystem (a tmpfs, a
 // ramfs: one that refuses O_DIRECT).
 //
 // It is a benchmark, not a test: it needs root, RabbitMQ, sshd and rsync
