@@ -20,10 +20,13 @@ type dirSync struct {
 	started uint64 // fsyncs started
 	done    uint64 // the last fsync to finish
 	running bool
-	// err is the first failure: the directory's state on disk is unknown
-	// from then on, so every later commit of the run fails too (its message
-	// stays for the next run) rather than trust a later success.
-	err error
+	// failed is the last fsync that failed, err its error. A commit fails
+	// if any fsync from the first that counts for it up to the one it
+	// wakes after failed: a later success is not trusted to cover a
+	// rename whose fsync failed. Commits after it are not failed by it (a
+	// daemon's store lives on).
+	failed uint64
+	err    error
 }
 
 func newDirSync(f *os.File) *dirSync {
@@ -40,7 +43,7 @@ func (d *dirSync) sync() error {
 	// A running fsync may have started before the caller's rename: only
 	// the next one counts.
 	want := d.started + 1
-	for d.done < want && d.err == nil {
+	for d.done < want {
 		if d.running {
 			d.cond.Wait()
 			continue
@@ -53,10 +56,13 @@ func (d *dirSync) sync() error {
 		d.mu.Lock()
 		d.running = false
 		d.done = gen
-		if err != nil && d.err == nil {
-			d.err = err
+		if err != nil {
+			d.failed, d.err = gen, err
 		}
 		d.cond.Broadcast()
 	}
-	return d.err
+	if d.failed >= want {
+		return d.err
+	}
+	return nil
 }
