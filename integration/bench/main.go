@@ -8,10 +8,11 @@
 // throughput on the shared broker and on a private three-node cluster with
 // quorum queues (-cluster-events), the time from a notification to the
 // image verified on every node, with watch and with cron's `both`
-// (-latency; latency.go), and reconcile seeding an empty node against
-// rsync -a of the directory (-seed; seed.go). -sizes none skips the
-// transfer tables. -dir puts every datadir on another filesystem (a tmpfs,
-// a ramfs: one that refuses O_DIRECT).
+// (-latency; latency.go), many small images queued at once against one
+// rsync -a of the directory (-many; many.go), and reconcile seeding an
+// empty node against rsync -a of the directory (-seed; seed.go). -sizes
+// none skips the transfer tables. -dir puts every datadir on another
+// filesystem (a tmpfs, a ramfs: one that refuses O_DIRECT).
 //
 // It is a benchmark, not a test: it needs root, RabbitMQ, sshd and rsync
 // (integration/setup.sh), about 3 × the largest size of free space under
@@ -63,13 +64,14 @@ func main() {
 	only := flag.String("only", "", "comma list of method names to time (default: all)")
 	seed := flag.String("seed", "200x1M", "seeding line: `COUNTxSIZE` images listed by a test double of the Images API, fetched onto an empty node by reconcile, against rsync -a (COUNTxSIZE/2: spread over two peers; off: skip)")
 	prebuilt := flag.String("tool", "", "use this glance-image-sync binary instead of building ./cmd/glance-image-sync")
+	many := flag.String("many", "200x1M,1000x64K", "comma list of NxSIZE: N images of SIZE queued at once, whole sync-images against one rsync -a of the directory (\"\": skip)")
 	flag.Var(&variants, "variant", "`name=binary[,ENV=value...]`: also time this build of the tool (repeatable; for measuring a change)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var list []int64
 	for _, f := range strings.Split(*sizes, ",") {
-		if *sizes == "none" {
+		if *sizes == "none" || strings.TrimSpace(f) == "" {
 			break // only the other lines
 		}
 		n, err := parseSize(strings.TrimSpace(f))
@@ -79,9 +81,13 @@ func main() {
 		}
 		list = append(list, n)
 	}
-	o := opts{sizes: list, rounds: *rounds, dir: *dir, settle: *settle, big: *big, events: *events, only: *only, tool: *prebuilt,
+	manySpecs, err := parseMany(*many)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	o := opts{many: manySpecs, sizes: list, rounds: *rounds, dir: *dir, settle: *settle, big: *big, events: *events, only: *only, tool: *prebuilt,
 		clusterEvents: *clusterEvents}
-	var err error
 	if o.seed, o.seeding, err = parseSeed(*seed); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
@@ -120,6 +126,7 @@ func parseSize(v string) (int64, error) {
 
 type opts struct {
 	sizes      []int64
+	many       []manySpec
 	rounds     int
 	dir        string
 	settle     time.Duration
@@ -224,6 +231,11 @@ func run(ctx context.Context, o opts) error {
 		b.forget(b.img.ID)
 		os.Remove(harness.ImagePath(b.src, b.img.ID))
 		os.Remove(b.dest())
+	}
+	for _, m := range o.many {
+		if err := b.many(ctx, m, o.rounds); err != nil {
+			return fmt.Errorf("many images: %w", err)
+		}
 	}
 	if o.seeding {
 		if err := b.seed(ctx, o.seed, o.rounds); err != nil {

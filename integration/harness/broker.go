@@ -188,9 +188,14 @@ func (c *Cluster) Drain(name string) ([]amqp.Delivery, error) {
 // flight, waiting for them all at the end: for loading thousands of events
 // (benchmarks) where confirming each in turn would take most of the time.
 func (c *Cluster) PublishRawBatch(ctx context.Context, bodies [][]byte) error {
+	return c.PublishBatchTo(ctx, c.SourceQueue(), bodies)
+}
+
+// PublishBatchTo is PublishRawBatch to the named queue (a node queue, to
+// queue events as duplicate-notifications would have).
+func (c *Cluster) PublishBatchTo(ctx context.Context, queue string, bodies [][]byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	queue := c.SourceQueue()
 	pending := make([]*amqp.DeferredConfirmation, 0, len(bodies))
 	for _, body := range bodies {
 		p := amqp.Publishing{ContentType: "application/json", ContentEncoding: "utf-8", Body: body}

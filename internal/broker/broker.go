@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -396,6 +397,7 @@ type Receiver struct {
 	// accounting that gates reading from it.
 	own  *amqp.Connection
 	held *held
+	tag  string // of Consume's consumer
 }
 
 // Receive opens a receiver on queue.
@@ -433,7 +435,8 @@ func (r *Receiver) Consume(prefetch int) (<-chan *Delivery, error) {
 	if err := r.ch.Qos(prefetch, 0, false); err != nil {
 		return nil, fmt.Errorf("broker %s: qos on %s: %w", r.c.url, r.queue, err)
 	}
-	in, err := r.ch.Consume(r.queue, "", false, false, false, false, nil)
+	r.tag = fmt.Sprintf("glance-image-sync.%d", consumerSeq.Add(1))
+	in, err := r.ch.Consume(r.queue, r.tag, false, false, false, false, nil)
 	if err != nil {
 		return nil, fmt.Errorf("broker %s: consuming %s: %w", r.c.url, r.queue, err)
 	}
@@ -444,6 +447,24 @@ func (r *Receiver) Consume(prefetch int) (<-chan *Delivery, error) {
 		go r.forwardHeld(in, out)
 	}
 	return out, nil
+}
+
+// consumerSeq makes consumer tags unique on a channel.
+var consumerSeq atomic.Uint64
+
+// StopConsuming asks the broker to push no more messages to Consume's
+// stream, which then ends. Messages already pushed and not taken stay
+// unacked, and go back to the queue, in their place, when the receiver is
+// closed. It does not wait for the broker's answer: it must not hang on a
+// channel that is closing.
+func (r *Receiver) StopConsuming() error {
+	if r.tag == "" {
+		return nil
+	}
+	if err := r.ch.Cancel(r.tag, true); err != nil {
+		return fmt.Errorf("broker %s: cancelling the consumer on %s: %w", r.c.url, r.queue, err)
+	}
+	return nil
 }
 
 func (r *Receiver) forward(in <-chan amqp.Delivery, out chan<- *Delivery) {

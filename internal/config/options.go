@@ -108,8 +108,9 @@ var options = []Option{
 			"differ from <topic>.info, which would loop."},
 	{Section: SectionDefault, Key: "transfers", Type: TypeInt, Default: "2",
 		Min: 1, HasMin: true,
-		Help: "Images fetched at once. They share one run's 12 MiB of write buffers, " +
-			"so memory hardly grows with this."},
+		Help: "Images larger than 16 MiB fetched at once. They share one run's 12 MiB of write buffers, " +
+			"so memory hardly grows with this. Smaller images are fetched beside them, " +
+			"up to 8 at once (64 MiB together)."},
 	{Section: SectionDefault, Key: "max_attempts", Type: TypeInt, Default: "12",
 		Min: 1, HasMin: true,
 		Help: "Runs that may try one message before it is parked in glance_image_sync.<short>.failed."},

@@ -99,9 +99,27 @@ func (b *bank) lend(must bool) *dbuf {
 	return nil
 }
 
+// lendSmall returns an idle buffer, or a new one just large enough for
+// rest bytes, not counted by the bank until given back.
+func (b *bank) lendSmall(rest int64) *dbuf {
+	select {
+	case d := <-b.idle:
+		return d
+	default:
+	}
+	return &dbuf{b: alignedBuf(int((rest + dioAlign - 1) &^ (dioAlign - 1)))[:0], loose: true}
+}
+
 // give takes a buffer back, or lets the GC have it when more than dioBufs
-// are alive.
+// are alive or it is smaller than the bank's (lendSmall).
 func (b *bank) give(d *dbuf) {
+	if cap(d.b) != dioBufSize {
+		return
+	}
+	if d.loose {
+		d.loose = false
+		b.made.Add(1)
+	}
 	if b.made.Load() <= dioBufs {
 		select {
 		case b.idle <- d:
@@ -115,6 +133,8 @@ func (b *bank) give(d *dbuf) {
 type dbuf struct {
 	b   []byte // len is the fill, cap dioBufSize, &b[0] aligned
 	off int64  // file offset of b[0]
+	// loose: made by lendSmall, not yet counted by the bank.
+	loose bool
 }
 
 // writebackChunk is how much data the buffered writer lets wait in the page
@@ -162,8 +182,20 @@ func newPipe(p *Partial) *pipe {
 			dfd.Close()
 		}
 	}
+	rest := p.size - p.n
 	for range dioOwn {
-		q.free <- p.s.bufs.lend(true)
+		// Two own buffers even when one holds the whole image: early()
+		// sends the aligned part of the one being filled and needs the
+		// other to go on (with one, a slow transfer waited forever).
+		if rest <= dioBufSize {
+			// A small image: buffers of its size. Two of dioBufSize,
+			// allocated, zeroed and collected per image whenever more
+			// partials were open than the bank keeps, were a quarter of
+			// the CPU of a run of 64 KiB images (issue 14).
+			q.free <- p.s.bufs.lendSmall(rest)
+		} else {
+			q.free <- p.s.bufs.lend(true)
+		}
 	}
 	q.wg.Add(2)
 	go q.hasher()

@@ -468,3 +468,43 @@ func BenchmarkPartialReadFrom(b *testing.B) {
 		})
 	}
 }
+
+// A small image written slowly while the bank has no buffer to lend (many
+// partials open at once) goes on: the aligned part of its buffer goes to
+// disk after dioLag, and the rest needs a second buffer of its own (with
+// only one it waited forever).
+func TestSmallSlowTransferBankEmpty(t *testing.T) {
+	s, data, sum := directImage(t, 64<<10)
+	s.bufs.made.Store(dioBufs) // every buffer lent elsewhere
+	p, err := s.Begin(context.Background(), directID, int64(len(data)), sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	done := make(chan error, 1)
+	go func() {
+		if _, err := p.Write(data[:10000]); err != nil {
+			done <- err
+			return
+		}
+		time.Sleep(dioLag + 20*time.Millisecond)
+		// Not enough to fill the buffer: the lag sends its aligned part.
+		if _, err := p.Write(data[10000:11000]); err != nil {
+			done <- err
+			return
+		}
+		if _, err := p.Write(data[11000:]); err != nil {
+			done <- err
+			return
+		}
+		done <- p.Commit()
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a slow small transfer with the bank empty never finished")
+	}
+}

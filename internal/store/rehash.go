@@ -32,15 +32,11 @@ func (s *Store) VerifiedAt(id string) (at time.Time, md5hex string, ok bool) {
 	if err != nil || !isRegular(st) {
 		return time.Time{}, "", false
 	}
-	sum, ok := s.validRecord(id, st)
+	sum, at, ok := s.validRecordAt(id, st)
 	if !ok {
 		return time.Time{}, "", false
 	}
-	rst, err := statAt(s.verified, id)
-	if err != nil {
-		return time.Time{}, "", false
-	}
-	return time.Unix(rst.Mtim.Unix()), sum, true
+	return at, sum, true
 }
 
 // Rehash reads image id in full, whatever its verification record says, and
@@ -75,6 +71,7 @@ func (s *Store) Rehash(ctx context.Context, id string, size int64, md5hex string
 	}
 	if st.Size != size {
 		s.dropRecord(id)
+		dropXattrRecord(f)
 		return Different, nil
 	}
 	h := md5.New()
@@ -83,6 +80,7 @@ func (s *Store) Rehash(ctx context.Context, id string, size int64, md5hex string
 	}
 	if hex.EncodeToString(h.Sum(nil)) != md5hex {
 		s.dropRecord(id)
+		dropXattrRecord(f)
 		return Different, nil
 	}
 	// The file's stat after reading: a rewrite during the read changes it,
@@ -90,7 +88,7 @@ func (s *Store) Rehash(ctx context.Context, id string, size int64, md5hex string
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return Missing, fmt.Errorf("image %s: %w", id, err)
 	}
-	if err := s.writeVerified(id, recordOf(st, md5hex)); err != nil {
+	if err := s.markVerified(id, f, st, md5hex); err != nil {
 		return Missing, err
 	}
 	return Verified, nil

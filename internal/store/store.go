@@ -27,7 +27,9 @@ type Store struct {
 	perm     os.FileMode // 0: leave the mode the partial was created with
 	uid      int         // -1: do not chown
 	gid      int
-	bufs     *bank // write buffers shared by the partials of a run
+	bufs     *bank        // write buffers shared by the partials of a run
+	rootSync *dirSync     // fsyncs of root, shared by the commits waiting at once
+	parts    partialIndex // the partials in root, for Begin
 	readOnly bool
 
 	// Directory fds every file operation goes through (safefs.go). In a
@@ -123,6 +125,7 @@ func openRoot(dir string) (*Store, error) {
 		return nil, fmt.Errorf("datadir %s: %w", dir, &fs.PathError{Op: "open", Path: dir, Err: err})
 	}
 	s := &Store{dir: dir, uid: -1, gid: -1, bufs: newBank(), root: os.NewFile(uintptr(fd), dir)}
+	s.rootSync = newDirSync(s.root)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err == nil && os.Geteuid() == 0 {
 		s.uid, s.gid = int(st.Uid), int(st.Gid)
@@ -319,6 +322,12 @@ func (s *Store) Check(ctx context.Context, id string, size int64, md5hex string)
 		return Missing, fmt.Errorf("image %s: %w", id, err)
 	}
 	defer f.Close()
+	if rec, ok := xattrRecord(f); ok {
+		var fst unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &fst); err == nil && rec == recordOf(fst, md5hex) {
+			return Verified, nil
+		}
+	}
 	h := md5.New()
 	if _, err := hashFrom(ctx, h, f, nil); err != nil {
 		return Missing, fmt.Errorf("image %s: hashing %s: %w", id, f.Name(), err)
@@ -332,7 +341,7 @@ func (s *Store) Check(ctx context.Context, id string, size int64, md5hex string)
 	if s.readOnly {
 		return Verified, nil
 	}
-	if err := s.writeVerified(id, recordOf(st, md5hex)); err != nil {
+	if err := s.markVerified(id, f, st, md5hex); err != nil {
 		return Missing, err
 	}
 	return Verified, nil
@@ -359,22 +368,48 @@ func recordOf(st unix.Stat_t, md5hex string) string {
 	return fmt.Sprintf("md5=%s size=%d mtime=%d ino=%d\n", md5hex, st.Size, st.Mtim.Nano(), st.Ino)
 }
 
-// validRecord returns the MD5 of image id's verification record if the
-// record still describes the file st.
+// validRecord returns the MD5 of image id's verification record (its file,
+// else its extended attribute) if the record still describes the file st.
 func (s *Store) validRecord(id string, st unix.Stat_t) (string, bool) {
-	rec, err := readRecord(s.verified, id)
-	if err != nil {
-		return "", false
+	sum, _, ok := s.validRecordAt(id, st)
+	return sum, ok
+}
+
+// validRecordAt is validRecord with the time the record was written.
+func (s *Store) validRecordAt(id string, st unix.Stat_t) (string, time.Time, bool) {
+	if rec, err := readRecord(s.verified, id); err == nil {
+		if sum, ok := parseRecord(string(rec), st); ok {
+			if rst, err := statAt(s.verified, id); err == nil {
+				return sum, time.Unix(rst.Mtim.Unix()), true
+			}
+		}
 	}
-	sum, _, _ := strings.Cut(strings.TrimPrefix(string(rec), "md5="), " ")
-	if checkMD5(sum) != nil || string(rec) != recordOf(st, sum) {
+	return s.xattrRecordOf(id, st)
+}
+
+// parseRecord returns the MD5 of rec if rec describes the file st.
+func parseRecord(rec string, st unix.Stat_t) (string, bool) {
+	sum, _, _ := strings.Cut(strings.TrimPrefix(rec, "md5="), " ")
+	if checkMD5(sum) != nil || rec != recordOf(st, sum) {
 		return "", false
 	}
 	return sum, true
 }
 
+// markVerified records that the open file f (st) matches md5hex: on the
+// file itself, else in the record file.
+func (s *Store) markVerified(id string, f *os.File, st unix.Stat_t, md5hex string) error {
+	rec := recordOf(st, md5hex)
+	if setXattrRecord(f, rec) == nil {
+		// A record file read first must not contradict it.
+		s.dropRecord(id)
+		return nil
+	}
+	return s.writeVerified(id, rec)
+}
+
 func (s *Store) writeVerified(id, rec string) error {
-	if err := writeRecord(s.verified, id, []byte(rec)); err != nil {
+	if err := writeCacheRecord(s.verified, id, []byte(rec)); err != nil {
 		return fmt.Errorf("image %s: verification record: %w", id, err)
 	}
 	return nil
@@ -513,6 +548,20 @@ func (s *Store) removePartials(id, keep string) error {
 	if err != nil {
 		return err
 	}
+	return s.unlinkPartials(id, parts, keep)
+}
+
+// removeOtherPartials is removePartials for Begin, from the kept listing
+// (partindex.go).
+func (s *Store) removeOtherPartials(id, keep string) error {
+	parts, err := s.parts.of(s, id)
+	if err != nil {
+		return fmt.Errorf("image %s: listing partials: %w", id, err)
+	}
+	return s.unlinkPartials(id, parts, keep)
+}
+
+func (s *Store) unlinkPartials(id string, parts []string, keep string) error {
 	for _, n := range parts {
 		if n == keep {
 			continue
@@ -520,6 +569,7 @@ func (s *Store) removePartials(id, keep string) error {
 		if err := unlinkAt(s.root, n); err != nil {
 			return fmt.Errorf("image %s: removing partial: %w", id, err)
 		}
+		s.parts.note(n, false)
 	}
 	return nil
 }
@@ -573,13 +623,14 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 		return nil, err
 	}
 	name, path := partialName(id, md5hex), s.partialPath(id, md5hex)
-	if err := s.removePartials(id, name); err != nil {
+	if err := s.removeOtherPartials(id, name); err != nil {
 		return nil, err
 	}
 	f, err := s.openPartial(id, name)
 	if err != nil {
 		return nil, err
 	}
+	s.parts.note(name, true)
 	p := &Partial{s: s, id: id, size: size, md5hex: md5hex, name: name, path: path, f: f, h: md5.New()}
 	if p.mh = newMultihash(mh); p.mh != nil {
 		p.h = p.mh.writer(p.h)
@@ -761,21 +812,35 @@ func (p *Partial) Commit() error {
 	if err := unix.Fstat(int(p.f.Fd()), &st); err != nil {
 		return fmt.Errorf("image %s: %w", p.id, err)
 	}
+	// The record goes on the file before it is placed (xattr.go): no file
+	// of its own to create. It describes verified bytes wherever the file
+	// is, and if it is lost in a crash the file is hashed again.
+	rec := recordOf(st, p.md5hex)
+	onFile := setXattrRecord(p.f, rec) == nil
 	// rename(2) replaces whatever is at the final name, a symlink included,
 	// without following it.
 	if err := unix.Renameat(int(p.s.root.Fd()), p.name, int(p.s.root.Fd()), p.id); err != nil {
 		return fmt.Errorf("image %s: placing %s: %w", p.id, filepath.Join(p.s.dir, p.id), err)
 	}
 	p.done = true
-	if err := syncFile(p.s.root); err != nil {
+	p.s.parts.note(p.name, false)
+	// The caller acks the image's message once this returns: the rename
+	// must be on disk first. Renames committed at once share one fsync.
+	if err := p.s.rootSync.sync(); err != nil {
 		return err
 	}
-	return p.s.writeVerified(p.id, recordOf(st, p.md5hex))
+	if onFile {
+		// A record file left by an earlier copy at this name no longer
+		// matches (another inode); it goes with the next Delete.
+		return nil
+	}
+	return p.s.writeVerified(p.id, rec)
 }
 
 func (p *Partial) discard() {
 	p.Close()
 	unlinkAt(p.s.root, p.name)
+	p.s.parts.note(p.name, false)
 	p.done = true
 }
 
@@ -795,6 +860,7 @@ func (p *Partial) Close() error {
 	if !p.done && p.n == 0 {
 		if st, serr := statAt(p.s.root, p.name); serr == nil && st.Size == 0 {
 			unlinkAt(p.s.root, p.name)
+			p.s.parts.note(p.name, false)
 		}
 	}
 	if err == nil {

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 const id = "8ab5b1b2-0000-4000-8000-000000000001"
@@ -102,9 +104,18 @@ func TestCheckTrustsRecordWithoutReading(t *testing.T) {
 	if err != nil || st != Verified {
 		t.Fatalf("%v %v: the record was not trusted, the file was read", st, err)
 	}
-	os.Remove(filepath.Join(s.Dir(), stateDirName, "verified", id))
+	forgetRecord(t, s)
 	if st, _ := s.Check(context.Background(), id, int64(len(data)), sum(data)); st != Different {
 		t.Fatalf("without a record: %v, want different", st)
+	}
+}
+
+// forgetRecord removes image id's verification record, file and xattr.
+func forgetRecord(t *testing.T, s *Store) {
+	t.Helper()
+	os.Remove(filepath.Join(s.Dir(), stateDirName, "verified", id))
+	if err := unix.Removexattr(filepath.Join(s.Dir(), id), recordXattr); err != nil && err != unix.ENODATA && err != unix.ENOTSUP {
+		t.Fatal(err)
 	}
 }
 

@@ -18,7 +18,10 @@
 // no tombstone), and every fetch is also checked against Glance's multihash.
 //
 // Run is a queue run (cron): the messages ready when it starts, then it
-// ends. Serve is the daemon (watch): it consumes the queue, one lane per
+// ends. It consumes them with a prefetch and stops the consumer at the last
+// one counted (intake.go); images larger than 16 MiB take one of the
+// transfers slots, smaller ones run beside them, up to 8 at once (admit.go),
+// as many as the SFTP sessions transfer keeps per peer. Serve is the daemon (watch): it consumes the queue, one lane per
 // image with work, lanes independent. A message that fails for a reason that
 // may pass is re-queued with its attempts counted and a retry time
 // (nodequeue's retry-at header, 10 s doubling to 5 min); when it comes back

@@ -72,17 +72,21 @@ func (s *Syncer) Serving() <-chan struct{} { return s.serving }
 
 // run is the lane's part of Exclusive: in a transfers slot, like a fetch,
 // under both the lane's context (a delete cuts it) and the caller's.
-func (x *exclusive) run(ctx context.Context, sem chan struct{}) {
-	select {
-	case sem <- struct{}{}:
-	case <-ctx.Done():
-		x.done <- context.Cause(ctx)
-		return
-	case <-x.ctx.Done():
-		x.done <- x.ctx.Err()
+func (x *exclusive) run(ctx context.Context, adm *admission) {
+	// A slot of a large image: the caller's image may be of any size.
+	actx, stop := context.WithCancel(ctx)
+	defer context.AfterFunc(x.ctx, stop)()
+	release, ok := adm.acquire(actx, -1)
+	stop()
+	if !ok {
+		if ctx.Err() != nil {
+			x.done <- context.Cause(ctx)
+		} else {
+			x.done <- x.ctx.Err()
+		}
 		return
 	}
-	defer func() { <-sem }()
+	defer release()
 	x.mu.Lock()
 	withdrawn := x.withdrawn
 	x.started = !withdrawn

@@ -130,7 +130,7 @@ func (s *Syncer) serve(ctx context.Context, in <-chan received) error {
 	s.daemon = true
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	ls := &lanes{s: s, ctx: ctx, m: map[string]*lane{}, sem: make(chan struct{}, s.cfg.Transfers), closed: make(chan struct{})}
+	ls := &lanes{s: s, ctx: ctx, m: map[string]*lane{}, adm: newAdmission(s.cfg.Transfers), closed: make(chan struct{})}
 	s.mu.Lock()
 	s.lanes = ls
 	s.mu.Unlock()
@@ -181,7 +181,7 @@ func (s *Syncer) dispatch(ctx context.Context, ls *lanes, r received) {
 type lanes struct {
 	s      *Syncer
 	ctx    context.Context // the lanes' life
-	sem    chan struct{}   // transfer slots
+	adm    *admission      // transfer slots
 	wg     sync.WaitGroup
 	closed chan struct{} // closed once every lane has ended
 
@@ -266,7 +266,7 @@ func (ls *lanes) run(ctx context.Context, id string, l *lane) {
 		l.doing, l.cancel = j.action, cancel
 		ls.mu.Unlock()
 		if !ls.s.staleJob(j) {
-			ls.s.work(jctx, j, ls.sem)
+			ls.s.work(jctx, j, ls.adm)
 		}
 		cancel(nil)
 		ls.mu.Lock()
@@ -277,9 +277,9 @@ func (ls *lanes) run(ctx context.Context, id string, l *lane) {
 
 // work does one job of a lane: a fetch waits for its retry time first,
 // then for a transfer slot.
-func (s *Syncer) work(ctx context.Context, j job, sem chan struct{}) {
+func (s *Syncer) work(ctx context.Context, j job, adm *admission) {
 	if j.excl != nil {
-		j.excl.run(ctx, sem)
+		j.excl.run(ctx, adm)
 		return
 	}
 	log := s.log.With("image", j.ev.Image.ID, "event", j.ev.EventType)
@@ -296,13 +296,12 @@ func (s *Syncer) work(ctx context.Context, j job, sem chan struct{}) {
 			return
 		}
 	}
-	select {
-	case sem <- struct{}{}:
-	case <-ctx.Done():
+	release, ok := adm.acquire(ctx, j.ev.Image.Size)
+	if !ok {
 		s.stopped(ctx, j)
 		return
 	}
-	defer func() { <-sem }()
+	defer release()
 	s.fetch(ctx, log, j)
 }
 

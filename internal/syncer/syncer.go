@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
@@ -124,6 +125,9 @@ type Syncer struct {
 	// carries its retry time (Serve holds it until then).
 	daemon bool
 
+	// unsettled counts the messages Run took and has not acked (intake).
+	unsettled atomic.Int64
+
 	mu    sync.Mutex // guards the fields below
 	res   Result
 	taken Result // bytes and seconds already reported by TakeResult
@@ -231,11 +235,21 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	}
 	defer s.f.close()
 
-	sem := make(chan struct{}, s.cfg.Transfers)
+	next := func(context.Context) (*broker.Delivery, error) { return recv.Get() }
+	if !s.cfg.DryRun {
+		// A dry run acks nothing: a consumer would stall at the prefetch.
+		in, err := recv.Consume(min(qs.Messages, maxPrefetch))
+		if err != nil {
+			return Result{}, err
+		}
+		it := &intake{in: in, src: recv, left: qs.Messages, idle: intakeIdle, unsettled: &s.unsettled}
+		next = it.next
+	}
+	adm := newAdmission(s.cfg.Transfers)
 	lanes := map[string]chan job{}
 	var wg sync.WaitGroup
 	for i := 0; i < qs.Messages && ctx.Err() == nil && s.broken() == nil; i++ {
-		d, err := recv.Get()
+		d, err := next(ctx)
 		if err != nil {
 			s.fail(err)
 			break
@@ -267,7 +281,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.runLane(ctx, lane, sem)
+				s.runLane(ctx, lane, adm)
 			}()
 		}
 		lane <- job{d: d, m: d.Message, ev: ev, action: action}
@@ -289,7 +303,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 // been re-queued, later fetch events of it in this run are covered by that
 // copy, but only those that announce the same data: a bad event re-queued
 // must not swallow a genuine one.
-func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}) {
+func (s *Syncer) runLane(ctx context.Context, lane <-chan job, adm *admission) {
 	var requeued *notification.Image // the event of the re-queued fetch, if any
 	for j := range lane {
 		if ctx.Err() != nil || s.broken() != nil {
@@ -308,11 +322,14 @@ func (s *Syncer) runLane(ctx context.Context, lane <-chan job, sem chan struct{}
 				s.ack(j.d)
 				continue
 			}
-			sem <- struct{}{}
+			release, ok := adm.acquire(ctx, j.ev.Image.Size)
+			if !ok {
+				continue // the run is ending: left unacked for the next
+			}
 			if s.fetch(ctx, log, j) {
 				requeued = j.ev.Image
 			}
-			<-sem
+			release()
 		}
 	}
 }
@@ -574,7 +591,11 @@ func (s *Syncer) ack(d acker) {
 	if s.cfg.DryRun {
 		return
 	}
-	if err := d.Ack(); err != nil {
+	err := d.Ack()
+	if err == nil {
+		s.unsettled.Add(-1)
+	}
+	if err != nil {
 		if s.daemon && broker.ChannelClosed(err) {
 			// Its channel closed under a long transfer (consumer_timeout):
 			// the message comes back on the new channel, and is settled

@@ -58,7 +58,7 @@ func (c *Client) Follow(ctx context.Context, path string, offset, size int64, w 
 }
 
 func (c *Client) follow(ctx context.Context, path string, offset, size int64, w io.Writer, stall time.Duration, last *atomic.Int64) (int64, error) {
-	s, handle, done, err := c.openStream(path, last)
+	s, handle, done, err := c.openStream(ctx, path, last)
 	if err != nil {
 		return 0, err
 	}

@@ -4,45 +4,62 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 )
 
-// TestStreamReusesSession: files fetched one after another from a peer,
-// a missing one among them, share one SFTP session of Fetch's.
-func TestStreamReusesSession(t *testing.T) {
+// TestSessionsReused: fetches from one connection share one SFTP session
+// (one sftp-server on the peer, not one per image), a missing file leaves
+// the session in step for the next, and a fetch that failed mid-file does
+// not hand its session on.
+func TestSessionsReused(t *testing.T) {
 	data := randomData(2*PacketSize + 99)
 	p := &fakePeer{data: data, size: int64(len(data))}
 	c := startPeer(t, p)
+	base := p.sessions.Load() // pkg/sftp's own
 	for range 3 {
 		fetchAll(t, c, data, 0, true)
 	}
+	if got := p.sessions.Load() - base; got != 1 {
+		t.Fatalf("3 fetches started %d sftp sessions, want 1", got)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := c.Fetch(ctx, servedPath+".missing", 0, &bytes.Buffer{}, 5*time.Second); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("Fetch of a missing file: %v, want ErrNotFound", err)
+	var got bytes.Buffer
+	if _, err := c.Fetch(ctx, servedPath+".missing", 0, &got, 5*time.Second); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing file: %v, want ErrNotFound", err)
 	}
-	fetchAll(t, c, data, 7, false)
-	// pkg/sftp's, and one for every Fetch.
-	if n := p.sessions.Load(); n != 2 {
-		t.Errorf("%d SFTP sessions for 5 fetches in a row, want 2 (pkg/sftp's and one reused)", n)
+	fetchAll(t, c, data, 100001, false)
+	if got := p.sessions.Load() - base; got != 1 {
+		t.Fatalf("after a missing file: %d sftp sessions, want 1", got)
+	}
+	// The file now ends before its size: the fetch fails mid-read, its
+	// session is ended, and the next fetch starts a fresh one.
+	p.size += PacketSize
+	if _, err := c.Fetch(ctx, servedPath, 0, &got, 5*time.Second); err == nil {
+		t.Fatal("fetch of a file that ended early succeeded")
+	}
+	p.size -= PacketSize
+	fetchAll(t, c, data, 0, true)
+	if got := p.sessions.Load() - base; got != 2 {
+		t.Fatalf("after a failed fetch: %d sftp sessions, want 2", got)
 	}
 }
 
-// TestStreamFailedReadEndsSession: a read that failed may leave replies on
-// the channel; its session is never reused.
-func TestStreamFailedReadEndsSession(t *testing.T) {
-	data := randomData(PacketSize + 99)
-	p := &fakePeer{data: data, size: int64(len(data)) + PacketSize}
+// TestSessionsBounded: more fetches at once than sshd's MaxSessions allows
+// on a connection wait for a session instead of being refused.
+func TestSessionsBounded(t *testing.T) {
+	data := randomData(PacketSize + 7)
+	p := &fakePeer{data: data, size: int64(len(data))}
 	c := startPeer(t, p)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for range 2 {
-		if _, err := c.Fetch(ctx, servedPath, 0, &bytes.Buffer{}, 5*time.Second); err == nil {
-			t.Fatal("Fetch of a file that ended early succeeded")
-		}
+	base := p.sessions.Load()
+	var wg sync.WaitGroup
+	for range 3 * maxSessions {
+		wg.Go(func() { fetchAll(t, c, data, 0, true) })
 	}
-	if n := p.sessions.Load(); n != 3 {
-		t.Errorf("%d SFTP sessions, want 3: pkg/sftp's and a new one after each failed read", n)
+	wg.Wait()
+	if got := p.sessions.Load() - base; got < 1 || got > maxSessions {
+		t.Errorf("%d fetches at once started %d sftp sessions, want 1 to %d", 3*maxSessions, got, maxSessions)
 	}
 }

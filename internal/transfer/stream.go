@@ -51,56 +51,60 @@ type stream struct {
 	small  []byte   // body of a non-DATA reply, reused
 	lim    io.LimitedReader
 	last   *atomic.Int64 // UnixNano of the latest reply, for the watchdog
-	// reusable: the last read ended with every reply read, so the session
-	// may open another file (sessions.go).
-	reusable bool
+	// inStep: every request sent on the stream has had its reply read, so
+	// the session can serve another file (sessions.go).
+	inStep bool
 }
 
-// openStream starts an SFTP session of its own and opens path on it. The
-// returned close ends the session.
-func (c *Client) openStream(path string, last *atomic.Int64) (s *stream, handle string, close func(), err error) {
-	ss, handle, reused, err := c.reopen(path, last)
-	if reused {
-		if err != nil {
-			return nil, "", nil, err
+// openStream opens path on an SFTP session of its own: an idle one of the
+// connection's (sessions.go), or a new one. The returned close ends the use
+// of the session; it is kept for the next file only if s.inStep was set,
+// i.e. every reply of this file was read.
+func (c *Client) openStream(ctx context.Context, path string, last *atomic.Int64) (s *stream, handle string, close func(), err error) {
+	ps, err := c.sessions.get(ctx, last)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if ps != nil {
+		ps.s.last = last
+		if handle, err = ps.openOn(path); err != nil {
+			var se *StatusError
+			if errors.As(err, &se) {
+				// An answer: the session is in step, the file is not there.
+				c.sessions.put(ps)
+				return nil, "", nil, err
+			}
+			// A session that broke while idle: start a new one in its slot.
+			ps.sess.Close()
+			ps = nil
+		} else {
+			s = ps.s
+			s.inStep = false
+			return s, handle, func() { c.release(ps, handle, s.inStep) }, nil
 		}
-		return ss.s, handle, func() { c.release(ss, handle) }, nil
 	}
-	sess, err := c.ssh.NewSession()
-	if err != nil {
-		return nil, "", nil, fmt.Errorf("opening an sftp session: %w", err)
+	if ps, err = c.newSession(last); err != nil {
+		c.sessions.free()
+		return nil, "", nil, err
 	}
-	defer func() {
-		if err != nil {
-			sess.Close()
+	if handle, err = ps.openOn(path); err != nil {
+		var se *StatusError
+		if errors.As(err, &se) {
+			c.sessions.put(ps)
+		} else {
+			c.sessions.end(ps)
 		}
-	}()
-	in, err := sess.StdinPipe()
-	if err != nil {
 		return nil, "", nil, err
 	}
-	out, err := sess.StdoutPipe()
-	if err != nil {
-		return nil, "", nil, err
-	}
-	if err := sess.RequestSubsystem("sftp"); err != nil {
-		return nil, "", nil, fmt.Errorf("starting sftp: %w", err)
-	}
-	s = &stream{w: in, r: out, last: last}
-	if err := s.init(); err != nil {
-		return nil, "", nil, err
-	}
-	if handle, err = s.open(path); err != nil {
-		return nil, "", nil, err
-	}
-	ss = &session{ssh: sess, s: s}
-	return s, handle, func() { c.release(ss, handle) }, nil
+	s = ps.s
+	s.inStep = false
+	return s, handle, func() { c.release(ps, handle, s.inStep) }, nil
 }
 
 // streamFile copies path from offset to the size its handle reports into w,
 // keeping up to inFlight reads of PacketSize outstanding.
 func (c *Client) streamFile(ctx context.Context, path string, offset int64, w io.Writer, last *atomic.Int64) (int64, error) {
-	s, handle, done, err := c.openStream(path, last)
+	s, handle, done, err := c.openStream(ctx, path, last)
 	if err != nil {
 		return 0, err
 	}
@@ -110,7 +114,8 @@ func (c *Client) streamFile(ctx context.Context, path string, offset int64, w io
 		return 0, err
 	}
 	n, err := s.read(ctx, handle, offset, size, w)
-	s.reusable = err == nil
+	// Read to its end, nothing of the file is left in flight.
+	s.inStep = err == nil
 	return n, err
 }
 
@@ -236,6 +241,30 @@ func (s *stream) call(req []byte) (byte, []byte, error) {
 	return r.typ, r.body, nil
 }
 
+// callAfter is call on a stream where one reply, to request before, is
+// still to be read ahead of this request's: it must be a status (a CLOSE's
+// answer; its outcome loses nothing either way).
+func (s *stream) callAfter(req []byte, before uint32) (byte, []byte, error) {
+	id := s.nextID
+	if err := s.send(req); err != nil {
+		return 0, nil, err
+	}
+	r, err := s.reply(false)
+	if err != nil {
+		return 0, nil, err
+	}
+	if r.id != before || r.typ != fxpStatus {
+		return 0, nil, fmt.Errorf("unexpected sftp reply type %d id %d to request %d", r.typ, r.id, before)
+	}
+	if r, err = s.reply(false); err != nil {
+		return 0, nil, err
+	}
+	if r.id != id {
+		return 0, nil, fmt.Errorf("unexpected sftp reply type %d id %d to request %d", r.typ, r.id, id)
+	}
+	return r.typ, r.body, nil
+}
+
 func (s *stream) init() error {
 	b := append(s.req[:0], 0, 0, 0, 5, fxpInit, 0, 0, 0, 3)
 	if err := s.send(b); err != nil {
@@ -253,11 +282,25 @@ func (s *stream) init() error {
 }
 
 func (s *stream) open(path string) (string, error) {
-	typ, body, err := s.call(s.packet(fxpOpen, func(b []byte) []byte {
+	return s.openAfter(path, 0)
+}
+
+// openAfter is open on a stream where the status reply to request before
+// (a CLOSE; 0: none) is still to be read: it is read after the OPEN is sent.
+func (s *stream) openAfter(path string, before uint32) (string, error) {
+	req := s.packet(fxpOpen, func(b []byte) []byte {
 		b = appendString(b, path)
 		b = binary.BigEndian.AppendUint32(b, fxfRead)
 		return binary.BigEndian.AppendUint32(b, 0) // no attributes
-	}))
+	})
+	var typ byte
+	var body []byte
+	var err error
+	if before == 0 {
+		typ, body, err = s.call(req)
+	} else {
+		typ, body, err = s.callAfter(req, before)
+	}
 	if err != nil {
 		return "", err
 	}

@@ -220,13 +220,13 @@ type Client struct {
 	ssh  *ssh.Client
 	sftp *sftp.Client
 	done func()
-	// sessions are Fetch's idle SFTP sessions (sessions.go).
-	sessions sessionPool
 	// timeout bounds one SFTP request: pkg/sftp has none, and a stalled
 	// sftp-server would otherwise hold a request until the run's deadline.
 	timeout time.Duration
 	// newHostKey: see NewHostKey.
 	newHostKey string
+	// sessions are SFTP sessions of Fetch kept for the next file.
+	sessions sessionPool
 }
 
 // bounded runs one SFTP request, closing the connection (the only way to
@@ -315,7 +315,7 @@ func (c *Client) Peer() Peer { return c.peer }
 
 // Close ends the SFTP session and the connection.
 func (c *Client) Close() error {
-	c.sessions.drop()
+	c.sessions.closeAll()
 	c.sftp.Close()
 	err := c.ssh.Close()
 	c.done()

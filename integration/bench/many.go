@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/glance-image-sync/glance-image-sync/integration/harness"
+)
+
+// The many-images lines (issue 14): N images on node1, N queued
+// image.update events on node2's queue, and node2's whole sync-images
+// process (fsync, rename, verification records, acks) timed against one
+// `rsync -a` of the directory from the same sshd, in alternating rounds.
+// rsync pipelines the whole directory over one connection; the tool pays
+// per image what rsync pays once, so this is where a per-image cost shows.
+
+// manySpec is one many-images line: n images of size bytes.
+type manySpec struct {
+	n    int
+	size int64
+}
+
+func (m manySpec) String() string { return fmt.Sprintf("%d × %s", m.n, sizeName(m.size)) }
+
+func sizeName(n int64) string {
+	switch {
+	case n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// parseMany reads "200x1M,1000x64K"; "" is none.
+func parseMany(v string) ([]manySpec, error) {
+	var out []manySpec
+	for _, f := range strings.Split(v, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		count, size, ok := strings.Cut(f, "x")
+		n, err := strconv.Atoi(count)
+		if !ok || err != nil || n <= 0 {
+			return nil, fmt.Errorf("-many %q: want e.g. 200x1M", f)
+		}
+		sz, err := parseSize(size)
+		if err != nil {
+			return nil, fmt.Errorf("-many %q: %w", f, err)
+		}
+		out = append(out, manySpec{n: n, size: sz})
+	}
+	return out, nil
+}
+
+// manyMethod is one way of copying the set: the tool (or a variant build)
+// or rsync.
+type manyMethod struct {
+	name string
+	run  func(ctx context.Context, imgs []harness.Image) (result, error)
+}
+
+// many prints one line per method for spec: medians over rounds of wall
+// time, the ratio to rsync -a, and the client's CPU (user+sys of the
+// process tree).
+func (b *bench) many(ctx context.Context, spec manySpec, rounds int) error {
+	b.log("writing %s random images on %s", spec, b.src.Name)
+	imgs := make([]harness.Image, spec.n)
+	for i := range imgs {
+		img, err := b.c.AddImage(b.src, spec.size)
+		if err != nil {
+			return err
+		}
+		imgs[i] = img
+	}
+	defer func() {
+		for _, img := range imgs {
+			os.Remove(harness.ImagePath(b.src, img.ID))
+			b.forget(img.ID)
+		}
+		os.RemoveAll(b.manyDest())
+	}()
+	methods := []manyMethod{
+		{"glance-image-sync", func(ctx context.Context, imgs []harness.Image) (result, error) {
+			return b.manyTool(ctx, b.c.Tool, nil, imgs)
+		}},
+	}
+	for _, v := range variants {
+		name, spec, _ := strings.Cut(v, "=")
+		parts := strings.Split(spec, ",")
+		bin, env := parts[0], parts[1:]
+		methods = append(methods, manyMethod{"glance-image-sync " + name, func(ctx context.Context, imgs []harness.Image) (result, error) {
+			return b.manyTool(ctx, bin, env, imgs)
+		}})
+	}
+	methods = append(methods, manyMethod{"rsync -a", b.manyRsync})
+	res := map[string][]result{}
+	for r := 0; r < rounds; r++ {
+		for _, m := range methods {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			b.manyClean(imgs)
+			b.settle()
+			busy0 := busySeconds()
+			got, err := m.run(ctx, imgs)
+			got.machine = busySeconds() - busy0
+			if err != nil {
+				return fmt.Errorf("%s, %s: %w", spec, m.name, err)
+			}
+			b.log("round %d %s %-28s %6.2f s  cpu %5.2f s  machine %5.2f s  load %s", r+1, spec, m.name, got.secs, got.cpu, got.machine, loadAvg())
+			res[m.name] = append(res[m.name], got)
+		}
+	}
+	med := func(name string, f func(result) float64) float64 {
+		var xs []float64
+		for _, r := range res[name] {
+			xs = append(xs, f(r))
+		}
+		return median(xs)
+	}
+	secs := func(r result) float64 { return r.secs }
+	cpu := func(r result) float64 { return r.cpu }
+	machine := func(r result) float64 { return r.machine }
+	rs := med("rsync -a", secs)
+	fmt.Printf("\nmany images: %s, %d queued image.update events, whole sync-images against one `rsync -a` of the directory (same sshd); median of %d alternating rounds; load average %s\n\n",
+		spec, spec.n, rounds, loadAvg())
+	fmt.Println("| method | s | × rsync -a time | client CPU s | machine CPU s | ms per image |")
+	fmt.Println("|---|---|---|---|---|---|")
+	for _, m := range methods {
+		s := med(m.name, secs)
+		fmt.Printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f |\n", m.name, s, s/rs, med(m.name, cpu), med(m.name, machine), 1000*s/float64(spec.n))
+	}
+	fmt.Println()
+	return nil
+}
+
+func (b *bench) manyDest() string { return filepath.Join(b.out, "many") }
+
+// manyClean removes every copy of the set from node2 and from the rsync
+// target. The target directory itself is kept, as node2's datadir is: on
+// ext4 without a journal (this VM's disk) a file created in a directory
+// whose inodes were freed in the last minute waits while the allocator
+// skips them (recently_deleted), and a fresh directory, placed in another
+// inode group, would spare rsync alone that cost.
+func (b *bench) manyClean(imgs []harness.Image) {
+	for _, img := range imgs {
+		b.forget(img.ID)
+		os.Remove(filepath.Join(b.manyDest(), img.ID))
+	}
+}
+
+// manyTool queues one image.update per image on node2's queue (confirmed,
+// before the clock starts) and times node2's sync-images.
+func (b *bench) manyTool(ctx context.Context, bin string, env []string, imgs []harness.Image) (result, error) {
+	bodies := make([][]byte, len(imgs))
+	for i, img := range imgs {
+		body, err := harness.OsloEnvelope("image.update", "image."+b.src.Name, harness.Payload(img, "active"))
+		if err != nil {
+			return result{}, err
+		}
+		bodies[i] = body
+	}
+	if err := b.c.PublishBatchTo(ctx, harness.NodeQueue(b.dst), bodies); err != nil {
+		return result{}, err
+	}
+	n := b.dst
+	cmd := n.NS.Command(ctx, bin, "--config", n.Config, "--glance-config", n.GlanceConf, "sync-images")
+	cmd.Env = append(os.Environ(), env...)
+	r, log, err := timed(cmd)
+	if err != nil {
+		return r, fmt.Errorf("%s sync-images: %v\n%s", bin, err, tail(log, 40))
+	}
+	if got := strings.Count(log, "msg=fetched"); got != len(imgs) {
+		return r, fmt.Errorf("%d fetched lines in the log, want %d:\n%s", got, len(imgs), tail(log, 40))
+	}
+	if d, err := b.c.QueueDepth(harness.NodeQueue(b.dst)); err != nil || d != 0 {
+		return r, fmt.Errorf("node queue holds %d messages after the run (%v)", d, err)
+	}
+	for _, img := range imgs {
+		ok, err := harness.HasImage(b.dst, img)
+		if err != nil {
+			return r, err
+		}
+		if !ok {
+			return r, fmt.Errorf("image %s does not verify on %s", img.ID, b.dst.Name)
+		}
+	}
+	return r, nil
+}
+
+// manyRsync copies node1's datadir (the images only: not a state folder)
+// with one rsync -a over ssh from the same sshd.
+func (b *bench) manyRsync(ctx context.Context, imgs []harness.Image) (result, error) {
+	if err := os.MkdirAll(b.manyDest(), 0o755); err != nil {
+		return result{}, err
+	}
+	sshCmd := "ssh " + strings.Join(b.ssh, " ") + " -p " + b.port()
+	cmd := exec.CommandContext(ctx, "rsync", "-a", "--exclude=.*", "-e", sshCmd,
+		"root@127.0.0.1:"+harness.CommonDatadir+"/", b.manyDest()+"/")
+	r, out, err := timed(cmd)
+	if err != nil {
+		return r, fmt.Errorf("rsync: %v: %s", err, out)
+	}
+	for _, img := range imgs {
+		fi, err := os.Stat(filepath.Join(b.manyDest(), img.ID))
+		if err != nil {
+			return r, err
+		}
+		if fi.Size() != img.Size {
+			return r, fmt.Errorf("rsync copied %d bytes of %s, want %d", fi.Size(), img.ID, img.Size)
+		}
+	}
+	return r, nil
+}
+
+func tail(s string, lines int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > lines {
+		l = l[len(l)-lines:]
+	}
+	return strings.Join(l, "\n")
+}

@@ -1,0 +1,85 @@
+package syncer
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// admission: large images share the cfg.Transfers slots; small ones run
+// beside them within the lane and byte budgets; a waiter gives up when its
+// context ends.
+func TestAdmission(t *testing.T) {
+	a := newAdmission(2)
+	ctx := context.Background()
+	var rel []func()
+	take := func(size int64) bool {
+		t.Helper()
+		c, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		defer cancel()
+		r, ok := a.acquire(c, size)
+		if ok {
+			rel = append(rel, r)
+		}
+		return ok
+	}
+	if !take(4<<30) || !take(4<<30) {
+		t.Fatal("two large images did not start with transfers = 2")
+	}
+	if take(4 << 30) {
+		t.Fatal("a third large image started with transfers = 2")
+	}
+	// Small images are not held up by the large ones.
+	for i := range smallLanes {
+		if !take(64 << 10) {
+			t.Fatalf("small image %d of %d did not start beside two large ones", i+1, smallLanes)
+		}
+	}
+	if take(64 << 10) {
+		t.Fatalf("more than %d small images at once", smallLanes)
+	}
+	for _, r := range rel[2:] {
+		r()
+	}
+	rel = rel[:2]
+	// The byte budget: four 16 MiB images fill 64 MiB.
+	for i := range smallBudget / smallImage {
+		if !take(smallImage) {
+			t.Fatalf("small image %d of 16 MiB did not start", i+1)
+		}
+	}
+	if take(1 << 20) {
+		t.Fatal("a small image started beyond the byte budget")
+	}
+	rel[len(rel)-1]()
+	rel = rel[:len(rel)-1]
+	if !take(1 << 20) {
+		t.Fatal("a small image did not start once bytes were released")
+	}
+	// Releasing a large slot lets a waiting large image start.
+	done := make(chan bool)
+	go func() {
+		_, ok := a.acquire(ctx, 1<<30)
+		done <- ok
+	}()
+	rel[0]()
+	select {
+	case ok := <-done:
+		if !ok {
+			t.Fatal("a waiting large image gave up")
+		}
+	case <-time.After(time.Second):
+		t.Fatal("a waiting large image did not start when a slot was released")
+	}
+}
+
+// One small image larger than the whole budget still runs (alone).
+func TestAdmissionOversizeSmall(t *testing.T) {
+	a := newAdmission(1)
+	a.maxBytes = 1 << 20
+	r, ok := a.acquire(context.Background(), 2<<20)
+	if !ok {
+		t.Fatal("a small image larger than the budget never starts")
+	}
+	r()
+}

@@ -1,0 +1,96 @@
+package syncer
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+)
+
+// A run took its messages with one basic.get each: a round trip to the
+// broker per message, in turn, before the message could go to its lane.
+// It now consumes with a prefetch: the broker pushes the messages, many in
+// flight, and Run takes as many as were ready when it started, then stops
+// the consumer. Whatever the broker pushed beyond them (a message this run
+// re-queued, an event that came in since) stays unacked and goes back to
+// the queue, in its place, when the run closes its receiver: it is the
+// next run's.
+
+// maxPrefetch bounds the messages taken and not yet settled: far more than
+// the lanes that work at once, few enough that their bodies cost little.
+const maxPrefetch = 256
+
+// intakeIdle ends the intake when no message arrives for this long and the
+// run holds none unsettled: fewer were there than counted (another
+// consumer took some).
+const intakeIdle = time.Second
+
+// deliveries is where the intake takes messages from: the consumer's stream
+// and a way to stop it (*broker.Receiver).
+type deliveries interface {
+	StopConsuming() error
+}
+
+// intake hands Run the messages that were ready when it started, one by one.
+type intake struct {
+	in   <-chan *broker.Delivery
+	src  deliveries
+	left int // messages still to take
+	idle time.Duration
+	// unsettled is the messages taken and not yet acked (Syncer.unsettled):
+	// while the run holds some, the broker may be waiting for their acks
+	// (prefetch) and its silence says nothing about the queue.
+	unsettled *atomic.Int64
+	stopped   bool
+}
+
+// next returns the next message, or nil when the run has all it counted,
+// the queue ran dry, or ctx ended.
+func (it *intake) next(ctx context.Context) (*broker.Delivery, error) {
+	if it.left <= 0 {
+		it.stop()
+		return nil, nil
+	}
+	timer := time.NewTimer(it.idle)
+	defer timer.Stop()
+	for {
+		select {
+		case d, ok := <-it.in:
+			if !ok {
+				if ctx.Err() != nil {
+					return nil, nil
+				}
+				return nil, fmt.Errorf("the broker ended the consumer with %d counted messages not yet taken", it.left)
+			}
+			it.left--
+			it.unsettled.Add(1)
+			if it.left == 0 {
+				// All it counted: no more pushes, so none beyond are
+				// taken and returned (each return counts towards a quorum
+				// queue's delivery limit).
+				it.stop()
+			}
+			return d, nil
+		case <-timer.C:
+			if it.unsettled.Load() > 0 {
+				timer.Reset(it.idle)
+				continue
+			}
+			it.stop()
+			return nil, nil
+		case <-ctx.Done():
+			return nil, nil
+		}
+	}
+}
+
+// stop ends the consumer. A failure to is not the run's: it costs only
+// messages pushed beyond those counted, which go back to the queue.
+func (it *intake) stop() {
+	if !it.stopped {
+		it.stopped = true
+		it.src.StopConsuming()
+	}
+}

@@ -1,0 +1,93 @@
+package syncer
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+)
+
+type fakeConsumer struct{ stops int }
+
+func (f *fakeConsumer) StopConsuming() error { f.stops++; return nil }
+
+func pushed(n int) chan *broker.Delivery {
+	in := make(chan *broker.Delivery, n)
+	for range n {
+		in <- &broker.Delivery{}
+	}
+	return in
+}
+
+// The intake takes the messages counted at the start and no more, and
+// stops the consumer as it takes the last, though the broker pushed more
+// (a message this run re-queued): those are the next run's.
+func TestIntakeTakesOnlyCounted(t *testing.T) {
+	var unsettled atomic.Int64
+	fc := &fakeConsumer{}
+	it := &intake{in: pushed(5), src: fc, left: 3, idle: time.Hour, unsettled: &unsettled}
+	ctx := context.Background()
+	for i := range 3 {
+		d, err := it.next(ctx)
+		if d == nil || err != nil {
+			t.Fatalf("message %d: %v, %v", i+1, d, err)
+		}
+	}
+	if fc.stops != 1 {
+		t.Fatalf("consumer stopped %d times after the last counted message, want 1", fc.stops)
+	}
+	if d, err := it.next(ctx); d != nil || err != nil {
+		t.Fatalf("a message beyond those counted was taken: %v, %v", d, err)
+	}
+	if unsettled.Load() != 3 {
+		t.Errorf("unsettled %d, want 3", unsettled.Load())
+	}
+}
+
+// Silence from the broker ends the intake only when the run holds no
+// unsettled message: while it holds some, the prefetch may be what keeps
+// the broker quiet.
+func TestIntakeIdle(t *testing.T) {
+	var unsettled atomic.Int64
+	in := make(chan *broker.Delivery, 1)
+	fc := &fakeConsumer{}
+	it := &intake{in: in, src: fc, left: 10, idle: 20 * time.Millisecond, unsettled: &unsettled}
+	unsettled.Store(1)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		in <- &broker.Delivery{} // pushed once an ack freed the prefetch
+	}()
+	d, err := it.next(context.Background())
+	if d == nil || err != nil {
+		t.Fatalf("the intake gave up while holding an unsettled message: %v, %v", d, err)
+	}
+	unsettled.Store(0)
+	start := time.Now()
+	d, err = it.next(context.Background())
+	if d != nil || err != nil {
+		t.Fatalf("silence with nothing held: %v, %v; want the end", d, err)
+	}
+	if time.Since(start) > time.Second || fc.stops != 1 {
+		t.Errorf("ended after %s with %d stops", time.Since(start), fc.stops)
+	}
+}
+
+// A consumer the broker ended is an error while counted messages remain;
+// a run's end is not.
+func TestIntakeEnds(t *testing.T) {
+	var unsettled atomic.Int64
+	in := make(chan *broker.Delivery)
+	close(in)
+	it := &intake{in: in, src: &fakeConsumer{}, left: 2, idle: time.Hour, unsettled: &unsettled}
+	if _, err := it.next(context.Background()); err == nil {
+		t.Error("a closed consumer with messages counted was not an error")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	it = &intake{in: make(chan *broker.Delivery), src: &fakeConsumer{}, left: 2, idle: time.Hour, unsettled: &unsettled}
+	if d, err := it.next(ctx); d != nil || err != nil {
+		t.Errorf("run's end: %v, %v", d, err)
+	}
+}
