@@ -130,8 +130,11 @@ that cannot be done now is retried on its own schedule,
 10s doubling to 5m; a delete cancels its image's fetch),
 and with --duplicate Glance's queue too; reconnect
 to the broker with backoff; serve /metrics on ADDR.
-SIGTERM stops it cleanly; partial files are resumed
-by the next run.`,
+With the Images API configured (glance_url or
+os_cloud), also reconcile (without --prune) at start
+and every reconcile_interval, so missed events
+converge without cron. SIGTERM stops it cleanly;
+partial files are resumed by the next run.`,
 			flags: func(fs *flag.FlagSet) func(*env) int {
 				o := watchOptions{}
 				fs.BoolVar(&o.duplicate, "duplicate", false, "also copy Glance's notifications into every node's queue (duplicate-notifications), continuously")
