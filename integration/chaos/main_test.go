@@ -137,10 +137,18 @@ func newCluster(t *testing.T, n int, set map[string]string) *harness.Cluster {
 	t.Helper()
 	serial.Lock()
 	t.Cleanup(serial.Unlock)
+	return clusterOn(t, harness.Options{Nodes: n, AMQPURL: broker.URL()}, set)
+}
+
+// clusterOn starts glance-api nodes as opts says (the tool, a durable
+// source queue and KEEP_CLUSTER are filled in), writes set into every
+// node's config and cleans up after the test. The caller holds serial.
+func clusterOn(t *testing.T, opts harness.Options, set map[string]string) *harness.Cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := harness.NewCluster(ctx, harness.Options{Nodes: n, Tool: tool, AMQPURL: broker.URL(),
-		DurableSource: true, KeepDir: os.Getenv("KEEP_CLUSTER") != ""})
+	opts.Tool, opts.DurableSource, opts.KeepDir = tool, true, os.Getenv("KEEP_CLUSTER") != ""
+	c, err := harness.NewCluster(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,6 +170,20 @@ func newCluster(t *testing.T, n int, set map[string]string) *harness.Cluster {
 		}
 	}
 	return c
+}
+
+// rabbitCluster3 starts a private three-node RabbitMQ cluster for the test.
+func rabbitCluster3(t *testing.T, ctx context.Context) *harness.RabbitCluster {
+	t.Helper()
+	t0 := time.Now()
+	rc, err := harness.StartRabbitCluster(ctx, harness.RabbitOptions{Prefix: "gis-chaos", User: brokerUser, Password: brokerPassword,
+		Keep: os.Getenv("KEEP_CLUSTER") != ""}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rc.Stop)
+	t.Logf("three-node RabbitMQ cluster up in %.1fs", time.Since(t0).Seconds())
+	return rc
 }
 
 func testCtx(t *testing.T, d time.Duration) context.Context {

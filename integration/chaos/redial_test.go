@@ -3,8 +3,6 @@
 package chaos
 
 import (
-	"context"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,37 +23,13 @@ import (
 // is empty.
 func TestRunsSurviveOwnBrokerNodeKill(t *testing.T) {
 	ctx := testCtx(t, 8*time.Minute)
-	t0 := time.Now()
-	rc, err := harness.StartRabbitCluster(ctx, harness.RabbitOptions{Prefix: "gis-chaos", User: brokerUser, Password: brokerPassword,
-		Keep: os.Getenv("KEEP_CLUSTER") != ""}, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rc.Stop)
-	t.Logf("three-node RabbitMQ cluster up in %.1fs", time.Since(t0).Seconds())
+	rc := rabbitCluster3(t, ctx)
 
 	serial.Lock()
 	t.Cleanup(serial.Unlock)
 	// The harness talks to the third node: only the first is killed.
-	hctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	c, err := harness.NewCluster(hctx, harness.Options{Nodes: 3, Tool: tool, AMQPURL: rc.Nodes[2].URL(),
-		TransportURL: rc.TransportURL(), DurableSource: true, QuorumSource: true, KeepDir: os.Getenv("KEEP_CLUSTER") != ""})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, node := range c.Nodes {
-			capture(node.SSHDLog())
-		}
-		_ = c.Reconnect()
-		if err := c.Close(); err != nil {
-			t.Errorf("closing cluster %s: %v", c.ID, err)
-		}
-	})
-	for _, node := range c.Nodes {
-		must(t, c.WriteConfig(node, map[string]string{"queue_type": "quorum", "bwlimit": "20"}))
-	}
+	c := clusterOn(t, harness.Options{Nodes: 3, AMQPURL: rc.Nodes[2].URL(), TransportURL: rc.TransportURL(), QuorumSource: true},
+		map[string]string{"queue_type": "quorum", "bwlimit": "20"})
 	for _, n := range c.Nodes {
 		runWant(t, ctx, c, n, []string{"sync-images"}, 0)
 	}

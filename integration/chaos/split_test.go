@@ -5,7 +5,6 @@ package chaos
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -38,22 +37,7 @@ func TestNodeTransportEitherSideLost(t *testing.T) {
 	vhostURL := func(scheme, v string) string {
 		return fmt.Sprintf("%s://%s:%s@127.0.0.1:%d/%s", scheme, brokerUser, brokerPassword, broker.Port, v)
 	}
-	hctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	c, err := harness.NewCluster(hctx, harness.Options{Nodes: 3, Tool: tool, AMQPURL: vhostURL("amqp", vGlance),
-		DurableSource: true, KeepDir: os.Getenv("KEEP_CLUSTER") != ""})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, node := range c.Nodes {
-			capture(node.SSHDLog())
-		}
-		_ = c.Reconnect()
-		if err := c.Close(); err != nil {
-			t.Errorf("closing cluster %s: %v", c.ID, err)
-		}
-	})
+	c := clusterOn(t, harness.Options{Nodes: 3, AMQPURL: vhostURL("amqp", vGlance)}, nil)
 	for _, n := range c.Nodes {
 		must(t, c.WriteConfig(n, map[string]string{"node_transport_url": vhostURL("rabbit", vNodes)}))
 		runWant(t, ctx, c, n, []string{"sync-images"}, 0)
