@@ -194,7 +194,9 @@ func (r *runner) resume(ctx context.Context, l *links, s step, left *retries) in
 // settles against the verified file). The exit code is the last attempt's:
 // 0 when it completed; 3 when the run's deadline (or a signal) came while
 // redialing; 1 when no broker came back. The results of every attempt add
-// up in the metrics.
+// up in the metrics, so a message handled before the loss but not acked
+// counts again when it comes back (a fetch, then a skip): the counts do not
+// say which outcomes were redeliveries, only the syncer could.
 func resumeOn[C conn[C]](ctx context.Context, r *runner, l *linksOf[C], name string, do func(context.Context) (int, error), left *retries) int {
 	fan, syn := r.fanoutRes, r.syncRes
 	defer func() {
