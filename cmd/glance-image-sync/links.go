@@ -11,17 +11,34 @@ import (
 	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
 )
 
+// conn is what resume and redial need of one broker connection: whether it
+// is gone, which broker it is on (for the log), and a new one dialled from
+// the URL after its own. *broker.Conn is one; the tests' fake is another,
+// so resume's bounds are tested without a broker.
+type conn[C any] interface {
+	comparable
+	URL() string
+	Closed() bool
+	Close() error
+	Redial(ctx context.Context) (C, error)
+}
+
 // links are a run's broker connections: glance to Glance's broker (its
 // notification queue and exchange; nil when no step of the run reads
 // them), nodes to the broker of the tool's own queues. They are one
 // connection unless node_transport_url names another vhost or broker.
-type links struct {
-	glance, nodes *broker.Conn
+type links = linksOf[*broker.Conn]
+
+type linksOf[C conn[C]] struct {
+	glance, nodes C
 }
 
-func (l *links) shared() bool { return l.glance == nil || l.glance == l.nodes }
+func (l *linksOf[C]) shared() bool {
+	var none C
+	return l.glance == none || l.glance == l.nodes
+}
 
-func (l *links) close() {
+func (l *linksOf[C]) close() {
 	if l == nil {
 		return
 	}
@@ -32,7 +49,7 @@ func (l *links) close() {
 }
 
 // closed reports whether any of the connections is gone.
-func (l *links) closed() bool {
+func (l *linksOf[C]) closed() bool {
 	return l.nodes.Closed() || (!l.shared() && l.glance.Closed())
 }
 
@@ -91,18 +108,23 @@ type retries struct{ redials, refusals int }
 
 func newRetries() *retries { return &retries{redials: maxRedials, refusals: maxRefusals} }
 
-// redial replaces the links that are gone (all of them if none says so:
-// a step's own receiving connection may have noticed first), each starting
-// at the URL after the dead one (broker.Conn.Redial), and logs each with
-// its broker, password hidden. Failed passes over the URL list are retried
-// after 1 s, then 2 s, within left.redials.
+// redial replaces the links that are gone (see redialLinks).
 func (r *runner) redial(ctx context.Context, l *links, step string, left *retries) error {
-	redo := []**broker.Conn{&l.nodes}
+	return redialLinks(ctx, r, l, step, left)
+}
+
+// redialLinks replaces the links that are gone (all of them if none says
+// so: a step's own receiving connection may have noticed first), nodes
+// first, each starting at the URL after the dead one (broker.Conn.Redial),
+// and logs each with its broker, password hidden. Failed passes over the
+// URL list are retried after 1 s, then 2 s, within left.redials.
+func redialLinks[C conn[C]](ctx context.Context, r *runner, l *linksOf[C], step string, left *retries) error {
+	redo := []*C{&l.nodes}
 	if !l.shared() {
 		switch {
 		case l.nodes.Closed() && !l.glance.Closed():
 		case l.glance.Closed() && !l.nodes.Closed():
-			redo = []**broker.Conn{&l.glance}
+			redo = []*C{&l.glance}
 		default:
 			redo = append(redo, &l.glance)
 		}
@@ -129,11 +151,20 @@ func (r *runner) redial(ctx context.Context, l *links, step string, left *retrie
 			if ctx.Err() != nil || left.redials <= 0 {
 				return err
 			}
-			sleep(ctx, wait)
+			r.wait(ctx, wait)
 			wait *= 2
 		}
 	}
 	return nil
+}
+
+// wait pauses for d or until ctx ends; the tests' clock replaces it.
+func (r *runner) wait(ctx context.Context, d time.Duration) {
+	if r.pause != nil {
+		r.pause(ctx, d)
+		return
+	}
+	sleep(ctx, d)
 }
 
 // step is one part of a pass; do gives its exit code (already logged) and
@@ -143,8 +174,14 @@ type step struct {
 	do   func(ctx context.Context, l *links) (int, error)
 }
 
-// resume runs s and runs it again while it fails for a reason that passes
-// within seconds, at most maxRedials and maxRefusals times per run (left):
+// resume runs s on l, resumed on new connections (see resumeOn).
+func (r *runner) resume(ctx context.Context, l *links, s step, left *retries) int {
+	return resumeOn(ctx, r, l, s.name, func(ctx context.Context) (int, error) { return s.do(ctx, l) }, left)
+}
+
+// resumeOn runs do and runs it again while it fails for a reason that
+// passes within seconds, at most maxRedials and maxRefusals times per run
+// (left); do reads the links through l, so it runs on the new connections:
 //   - a broker connection lost (its broker node killed, a network cut):
 //     after a redial from the next URL;
 //   - a publish nacked on an open channel (a quorum queue refuses while it
@@ -155,8 +192,12 @@ type step struct {
 // (or was never taken), and every step is idempotent (a notification
 // copied twice leaves a duplicate in the node queues, which sync-images
 // settles against the verified file). The exit code is the last attempt's:
-// 0 when it completed. The results of every attempt add up in the metrics.
-func (r *runner) resume(ctx context.Context, l *links, s step, left *retries) int {
+// 0 when it completed; 3 when the run's deadline (or a signal) came while
+// redialing; 1 when no broker came back. The results of every attempt add
+// up in the metrics, so a message handled before the loss but not acked
+// counts again when it comes back (a fetch, then a skip): the counts do not
+// say which outcomes were redeliveries, only the syncer could.
+func resumeOn[C conn[C]](ctx context.Context, r *runner, l *linksOf[C], name string, do func(context.Context) (int, error), left *retries) int {
 	fan, syn := r.fanoutRes, r.syncRes
 	defer func() {
 		r.fanoutRes, r.syncRes = fan, syn
@@ -164,25 +205,25 @@ func (r *runner) resume(ctx context.Context, l *links, s step, left *retries) in
 	pause := time.Second
 	for {
 		r.fanoutRes, r.syncRes = fanout.Result{}, syncer.Result{}
-		code, err := s.do(ctx, l)
+		code, err := do(ctx)
 		fan, syn = addFanout(fan, r.fanoutRes), addSync(syn, r.syncRes)
 		if code != exitFailed || ctx.Err() != nil {
 			return code
 		}
 		switch {
 		case l.closed() || broker.Lost(err):
-			if rerr := r.redial(ctx, l, s.name, left); rerr != nil {
+			if rerr := redialLinks(ctx, r, l, name, left); rerr != nil {
 				if ctx.Err() != nil {
-					r.log.Warn("stopped while redialing the broker; the rest waits for the next run", "step", s.name, "err", rerr)
+					r.log.Warn("stopped while redialing the broker; the rest waits for the next run", "step", name, "err", rerr)
 					return exitDeferred
 				}
-				r.log.Error("run failed: no broker to resume on", "step", s.name, "err", rerr)
+				r.log.Error("run failed: no broker to resume on", "step", name, "err", rerr)
 				return exitFailed
 			}
 		case errors.Is(err, broker.ErrNacked) && left.refusals > 0:
 			left.refusals--
-			r.log.Warn("the broker refused a message (a quorum queue electing a leader?); trying the step again", "step", s.name, "in", pause.String(), "retry", maxRefusals-left.refusals, "of", maxRefusals)
-			sleep(ctx, pause)
+			r.log.Warn("the broker refused a message (a quorum queue electing a leader?); trying the step again", "step", name, "in", pause.String(), "retry", maxRefusals-left.refusals, "of", maxRefusals)
+			r.wait(ctx, pause)
 			pause *= 2
 		default:
 			return code

@@ -246,6 +246,10 @@ type runner struct {
 	fanoutRes fanout.Result
 	syncRes   syncer.Result
 	synced    bool // the last pass ran sync-images
+
+	// pause waits between a run's redials and resumes; nil: sleep. The
+	// tests' clock.
+	pause func(context.Context, time.Duration)
 }
 
 func newRunner(cfg *config.Config, log *slog.Logger, dryRun bool, term *progress.Terminal) *runner {

@@ -6,6 +6,7 @@ import (
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/metrics"
 	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
+	"github.com/glance-image-sync/glance-image-sync/internal/reconcile"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 )
 
@@ -89,4 +90,12 @@ func (r *runner) loadMetrics() *metrics.Set {
 		r.log.Warn("previous metrics unusable: counters start from zero", "err", err)
 	}
 	return set
+}
+
+// addReconcile adds one store's reconcile summary to a pass's metrics.
+func addReconcile(m metrics.Reconcile, sum reconcile.Summary) metrics.Reconcile {
+	m.Fetched += sum.Fetched
+	m.Orphaned += sum.Orphaned
+	m.Failed += sum.Failed
+	return m
 }

@@ -346,7 +346,8 @@ func (w *watcher) reconcilePass(ctx context.Context, s *syncer.Syncer) {
 	r := w.r
 	start := time.Now()
 	e := &env{ctx: ctx, cfg: r.cfg, log: r.log, stdout: io.Discard, stderr: io.Discard}
-	withGlance(e, "reconcile", reconcileOptions{}, func(label string, st *store.Store, api storeAPI, f *syncer.Fetcher) int {
+	var rec metrics.Reconcile
+	rec.Exit = withGlance(e, "reconcile", reconcileOptions{}, func(label string, st *store.Store, api storeAPI, f *syncer.Fetcher) int {
 		sum, err := reconcile.Run(ctx, api, st, laneFetcher{s: s, f: f, st: st}, reconcile.Options{
 			TrashDays: r.cfg.TrashDays,
 			Transfers: r.cfg.Transfers,
@@ -364,15 +365,21 @@ func (w *watcher) reconcilePass(ctx context.Context, s *syncer.Syncer) {
 		case sum.Failed > 0:
 			code = exitDeferred
 		}
+		rec = addReconcile(rec, sum)
 		r.log.Info("reconcile done", "store", strings.Trim(label, " []"), "images", sum.Images, "present", sum.Present,
 			"fetched", sum.Fetched, "orphaned", sum.Orphaned, "failed", sum.Failed, "tombstoned", sum.Tombstoned,
 			"young", sum.Young, "bytes", sum.Bytes, "exit", code, "seconds", fmt.Sprintf("%.2f", time.Since(start).Seconds()),
 			"next_in", w.reconcile.every.String())
 		return code
 	})
+	rec.At = time.Now()
 	if ctx.Err() != nil {
+		rec.Exit = worse(rec.Exit, exitDeferred)
 		r.log.Info("reconcile stopped before the end; it runs again once watch serves", "err", context.Cause(ctx))
 	}
+	// Set is safe beside the serve loop, whose next write of metrics_file
+	// (within 30 s) carries the pass; /metrics has it at once.
+	w.set.AddReconcile(rec)
 }
 
 // laneFetcher fetches for watch's reconcile through the consumer's lanes,

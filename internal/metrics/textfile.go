@@ -49,6 +49,15 @@ type Trash struct {
 	Bytes int64
 }
 
+// Reconcile is what one reconcile pass of watch did, over every file store.
+// It is kept apart from Run: a pass runs beside the consumer, and its exit
+// code must not stand for the daemon's in last_run_exit_code.
+type Reconcile struct {
+	Fetched, Orphaned, Failed int // images
+	Exit                      int
+	At                        time.Time
+}
+
 // Event is a count of messages of one type and result.
 type Event struct {
 	Command, Type, Result string
@@ -73,6 +82,9 @@ var families = []family{
 	{prefix + "last_run_duration_seconds", "How long the last run took.", "gauge"},
 	{prefix + "last_run_exit_code", "Exit code of the last run.", "gauge"},
 	{prefix + "last_success_timestamp_seconds", "When a run last ended with exit 0, 3 or 4 (it did all it could).", "gauge"},
+	{prefix + "reconcile_images_total", "Images watch's periodic reconcile fetched (their events were lost), found orphaned, or failed on.", "counter"},
+	{prefix + "last_reconcile_timestamp_seconds", "When watch's last reconcile pass ended.", "gauge"},
+	{prefix + "last_reconcile_exit_code", "Exit code of watch's last reconcile pass (0, 1, 3).", "gauge"},
 }
 
 // Set is the state of every series; it accumulates runs. Safe for concurrent use.
@@ -185,6 +197,19 @@ func (s *Set) Add(r Run) {
 	if r.Success {
 		s.values[key(prefix+"last_success_timestamp_seconds", nil)] = at
 	}
+}
+
+// AddReconcile records one reconcile pass: counters grow, gauges are replaced.
+func (s *Set) AddReconcile(r Reconcile) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for result, n := range map[string]int{"fetched": r.Fetched, "orphaned": r.Orphaned, "failed": r.Failed} {
+		// Every result has a series from the first pass on, so an alert on
+		// increase(...{result="fetched"}) has one to look at.
+		s.values[key(prefix+"reconcile_images_total", Labels{"result": result})] += float64(n)
+	}
+	s.values[key(prefix+"last_reconcile_timestamp_seconds", nil)] = float64(r.At.UnixMilli()) / 1e3
+	s.values[key(prefix+"last_reconcile_exit_code", nil)] = float64(r.Exit)
 }
 
 // Text renders the set in the Prometheus text exposition format, families in
