@@ -344,8 +344,10 @@ func fetch(ctx context.Context, f Fetcher, imgs []glanceapi.Image, o Options, su
 	wg.Wait()
 }
 
-// WantOf is what the API says this node should hold of img.
+// WantOf is what the API says this node should hold of img. Checksum and
+// multihash come from the one record, so a copy that matches the multihash
+// has that checksum too and the MD5 need not be computed (store.Multihash).
 func WantOf(img glanceapi.Image) syncer.Want {
 	return syncer.Want{ID: img.ID, Size: img.Size, MD5: img.Checksum,
-		Multihash: store.Multihash{Algo: img.HashAlgo, Value: img.HashValue}}
+		Multihash: store.Multihash{Algo: img.HashAlgo, Value: img.HashValue, MD5: img.Checksum}}
 }
