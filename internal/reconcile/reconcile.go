@@ -45,13 +45,14 @@ type Fetcher interface {
 
 // Locator is a Fetcher that can learn at once which peers hold many
 // images (a listing of each peer's datadir instead of a look at each
-// peer for each image); *syncer.Fetcher is one.
+// peer for each image), once they prove spread over the peers;
+// *syncer.Fetcher is one.
 type Locator interface {
 	Locate(ctx context.Context, ws []syncer.Want)
 }
 
-// locateMin is the number of images to fetch from which a run lists the
-// peers' datadirs first: one listing per peer costs about what a few looks
+// locateMin is the number of images to fetch from which a run may list
+// the peers' datadirs: one listing per peer costs about what a few looks
 // at single files do.
 const locateMin = 8
 
