@@ -4,7 +4,8 @@
 // installed never produced one, and a rebuilt node starts empty.
 //
 // Reconcile fetches every active image that is missing or of the wrong size
-// (through syncer's fetch path, verified against the API's MD5 and multihash)
+// (through syncer's fetch path, verified against the API's multihash, which
+// vouches for the MD5 of the same record, else its MD5)
 // and reports files Glance no longer knows (orphans). With pruning it moves
 // orphans to a trash directory, behind guards that assume the API answer may
 // be wrong: nothing is pruned unless the whole listing was read, every orphan

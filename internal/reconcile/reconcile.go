@@ -45,13 +45,14 @@ type Fetcher interface {
 
 // Locator is a Fetcher that can learn at once which peers hold many
 // images (a listing of each peer's datadir instead of a look at each
-// peer for each image); *syncer.Fetcher is one.
+// peer for each image), once they prove spread over the peers;
+// *syncer.Fetcher is one.
 type Locator interface {
 	Locate(ctx context.Context, ws []syncer.Want)
 }
 
-// locateMin is the number of images to fetch from which a run lists the
-// peers' datadirs first: one listing per peer costs about what a few looks
+// locateMin is the number of images to fetch from which a run may list
+// the peers' datadirs: one listing per peer costs about what a few looks
 // at single files do.
 const locateMin = 8
 
@@ -344,8 +345,10 @@ func fetch(ctx context.Context, f Fetcher, imgs []glanceapi.Image, o Options, su
 	wg.Wait()
 }
 
-// WantOf is what the API says this node should hold of img.
+// WantOf is what the API says this node should hold of img. Checksum and
+// multihash come from the one record, so a copy that matches the multihash
+// has that checksum too and the MD5 need not be computed (store.Multihash).
 func WantOf(img glanceapi.Image) syncer.Want {
 	return syncer.Want{ID: img.ID, Size: img.Size, MD5: img.Checksum,
-		Multihash: store.Multihash{Algo: img.HashAlgo, Value: img.HashValue}}
+		Multihash: store.Multihash{Algo: img.HashAlgo, Value: img.HashValue, MD5: img.Checksum}}
 }

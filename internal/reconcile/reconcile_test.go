@@ -191,3 +191,14 @@ func (h *hiddenAPI) Get(ctx context.Context, id string) (glanceapi.Image, error)
 	}
 	return h.fakeAPI.Get(ctx, id)
 }
+
+// The multihash a fetch checks carries the checksum of its own record, so
+// that the store may take the MD5 from it (store.Multihash.MD5).
+func TestWantOfPairsChecksumWithMultihash(t *testing.T) {
+	img := active(1)
+	img.HashAlgo, img.HashValue = "sha512", "ab"
+	w := WantOf(img)
+	if w.MD5 != img.Checksum || w.Multihash != (store.Multihash{Algo: "sha512", Value: "ab", MD5: img.Checksum}) {
+		t.Fatalf("WantOf = %+v", w)
+	}
+}

@@ -3,7 +3,8 @@
 // It is the only package that builds paths in the datadir, and it builds them only
 // from canonical image UUIDs. It places image files the way the rest of the system
 // can rely on: data lands in a dot-prefixed partial file beside the final name, is
-// verified against the size and MD5 that Glance announced, is flushed to disk, given
+// verified against the size and MD5 that Glance announced (or the multihash of the
+// same image record, which vouches for that MD5: multihash.go), is flushed to disk, given
 // Glance's permissions and owner, and only then renamed to <datadir>/<id>. A
 // partial file survives an interrupted run and is resumed by the next one.
 //

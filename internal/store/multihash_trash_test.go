@@ -66,6 +66,74 @@ func TestMultihashCheckedAcrossResume(t *testing.T) {
 	}
 }
 
+// A multihash read from the same image record as the checksum vouches for
+// it: the MD5 is not computed, the copy is checked by the multihash alone,
+// across a resume, and its record still says the MD5, so a later check
+// against that checksum (a notification's) trusts it without a re-hash.
+// A checksum the record did not give is computed and compared as before.
+func TestMultihashVouchesForMD5(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	data := []byte(strings.Repeat("vouched", 9000))
+	size := int64(len(data))
+	mh := Multihash{Algo: "sha512", Value: sha(data), MD5: sum(data)}
+	p, err := s.BeginMultihash(ctx, id, size, sum(data), mh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := p.h.(both); ok || !p.mh.vouchesMD5() {
+		t.Fatal("MD5 computed although the multihash vouches for it")
+	}
+	p.Write(data[:5000])
+	p.Close()
+	if p, err = s.BeginMultihash(ctx, id, size, sum(data), mh); err != nil {
+		t.Fatal(err)
+	}
+	if p.Offset() != 5000 {
+		t.Fatalf("offset %d, want 5000", p.Offset())
+	}
+	p.Write(data[5000:])
+	if err := p.Commit(); err != nil {
+		t.Fatalf("commit of the right bytes: %v", err)
+	}
+	if _, md5hex, ok := s.VerifiedAt(id); !ok || md5hex != sum(data) {
+		t.Fatalf("record %q %v, want md5 %s", md5hex, ok, sum(data))
+	}
+	if st, err := s.Check(ctx, id, size, sum(data)); err != nil || st != Verified {
+		t.Fatalf("Check = %v %v, want verified", st, err)
+	}
+
+	// Other bytes of the same length: the multihash refuses them.
+	const id2 = "8ab5b1b2-0000-4000-8000-000000000002"
+	other := []byte(strings.Repeat("VOUCHED", 9000))
+	p, _ = s.BeginMultihash(ctx, id2, size, sum(data), mh)
+	p.Write(other)
+	if err := p.Commit(); !errors.Is(err, ErrMismatch) {
+		t.Fatalf("commit of other bytes: %v, want ErrMismatch", err)
+	}
+
+	// A checksum the record did not give (a forged event's, paired with
+	// the API's multihash) is computed: the right bytes do not have it.
+	p, _ = s.BeginMultihash(ctx, id2, size, sum(other), mh)
+	if p.mh.vouchesMD5() {
+		t.Fatal("a multihash vouches for a checksum its record did not give")
+	}
+	p.Write(data)
+	if err := p.Commit(); !errors.Is(err, ErrMismatch) {
+		t.Fatalf("commit for a checksum the bytes do not have: %v, want ErrMismatch", err)
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir(), id2)); !os.IsNotExist(err) {
+		t.Fatalf("placed despite a mismatch: %v", err)
+	}
+	// The record's MD5 in upper case is the same checksum.
+	mh.MD5 = strings.ToUpper(mh.MD5)
+	p, _ = s.BeginMultihash(ctx, id2, size, sum(data), mh)
+	if !p.mh.vouchesMD5() {
+		t.Error("an upper-case checksum of the record does not vouch")
+	}
+	p.Close()
+}
+
 func TestTrashAndPurge(t *testing.T) {
 	s := newStore(t)
 	data := []byte("orphan")
@@ -144,8 +212,8 @@ func TestRehash(t *testing.T) {
 	}
 }
 
-// The cost of the multihash on the write side: reconcile computes SHA-512
-// beside the MD5 only when the API gives one.
+// The cost of the multihash on the write side: computed beside the MD5
+// when the API gives one, instead of it when the API's record gives both.
 func BenchmarkPartialWrite(b *testing.B) {
 	data := make([]byte, 64<<20)
 	for i := range data {
@@ -154,7 +222,8 @@ func BenchmarkPartialWrite(b *testing.B) {
 	for _, c := range []struct {
 		name string
 		mh   Multihash
-	}{{"md5", Multihash{}}, {"md5+sha512", Multihash{Algo: "sha512", Value: sha(data)}}} {
+	}{{"md5", Multihash{}}, {"md5+sha512", Multihash{Algo: "sha512", Value: sha(data)}},
+		{"sha512-vouching-md5", Multihash{Algo: "sha512", Value: sha(data), MD5: sum(data)}}} {
 		b.Run(c.name, func(b *testing.B) {
 			s, err := Open(b.TempDir(), 0, "")
 			if err != nil {

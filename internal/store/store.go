@@ -607,8 +607,9 @@ func (s *Store) Begin(ctx context.Context, id string, size int64, md5hex string)
 
 // BeginMultihash is Begin for an image whose Glance record also carries a
 // multihash (os_hash_algo, os_hash_value): Commit then checks it as well as
-// the MD5. A zero Multihash, or one of an algorithm not known here, checks MD5
-// only.
+// the MD5, or instead of it when mh.MD5 is md5hex (the multihash then
+// vouches for the MD5, multihash.go). A zero Multihash, or one of an
+// algorithm not known here, checks MD5 only.
 func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5hex string, mh Multihash) (*Partial, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
@@ -632,7 +633,7 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 	}
 	s.parts.note(name, true)
 	p := &Partial{s: s, id: id, size: size, md5hex: md5hex, name: name, path: path, f: f, h: md5.New()}
-	if p.mh = newMultihash(mh); p.mh != nil {
+	if p.mh = newMultihash(mh, md5hex); p.mh != nil {
 		p.h = p.mh.writer(p.h)
 	}
 	fi, err := f.Stat()
@@ -781,9 +782,13 @@ func (p *Partial) Commit() error {
 		p.discard()
 		return fmt.Errorf("image %s: %w: got %d bytes, expected %d", p.id, ErrMismatch, p.n, p.size)
 	}
-	if sum := hex.EncodeToString(p.h.Sum(nil)); sum != p.md5hex {
-		p.discard()
-		return fmt.Errorf("image %s: %w: md5 %s, expected %s", p.id, ErrMismatch, sum, p.md5hex)
+	// A multihash that vouches for the MD5 is checked alone: the MD5 was
+	// not computed (multihash.go).
+	if !p.mh.vouchesMD5() {
+		if sum := hex.EncodeToString(p.h.Sum(nil)); sum != p.md5hex {
+			p.discard()
+			return fmt.Errorf("image %s: %w: md5 %s, expected %s", p.id, ErrMismatch, sum, p.md5hex)
+		}
 	}
 	if err := p.mh.check(); err != nil {
 		p.discard()

@@ -32,8 +32,14 @@ type Fetcher struct {
 	engine *fetcher
 
 	mu sync.Mutex
-	// where is what Locate learned: for each peer whose datadir listing
-	// was read, the images wanted of it that it holds, by size.
+	// wanted are the images of the last Locate, to be listed on the first
+	// miss; nil: none.
+	wanted map[string]bool
+	// listing: the peers' listing was begun for wanted (once per Locate).
+	listing bool
+	gen     int // Locates so far: a listing of an earlier one is dropped
+	// where is what the listing learned: for each peer whose datadir
+	// listing was read, the images wanted of it that it holds, by size.
 	where map[node.Name]map[string]int64
 }
 
@@ -66,6 +72,10 @@ func (fr *Fetcher) Fetch(ctx context.Context, w Want) (peer string, bytes int64,
 		pk = &listedOrder{f: f, log: log, holders: holders, rest: pk}
 	}
 	from, n, err := f.fetch(ctx, log, t, pk)
+	if len(holders) == 0 && len(order) > 1 && (err != nil || from != order[0]) {
+		// The first peer lacked it: the images are spread over the peers.
+		fr.listOnce(ctx, w.ID)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return "", 0, err
@@ -81,29 +91,69 @@ type lister interface {
 	ReadDir(ctx context.Context, dir string) ([]fs.FileInfo, error)
 }
 
-// Locate reads each peer's datadir listing once, at the same time, so that
-// the Fetches of ws that follow go straight to a peer that holds their
-// image complete (a regular file of its size), without looking at each
-// peer in turn first: a stat per image and peer, and a warning for each
-// peer that lacks it. It only orders the peers: a peer whose listing could
-// not be read, and then the peers whose listing lacked the image, are
-// still tried after those that hold it, since a peer may have fetched it
-// since. Worth it when many images are wanted; each call starts afresh.
+// Locate prepares the Fetches of ws to go straight to a peer that holds
+// their image complete (a regular file of its size), without looking at
+// each peer in turn first: a stat per image and peer, and a warning for
+// each peer that lacks it. It reads nothing yet: the first Fetch of ws
+// whose image the first peer in order lacks (the images are spread over
+// the peers) reads each peer's datadir listing once, all at once, and the
+// Fetches after it use them. A node seeded from one peer that holds them
+// all (the first in api_nodes order) lists no peer and dials no other:
+// every peer's listing cost the peer an SFTP session (a login shell, on
+// OpenSSH), and waited for the slowest peer, before any byte moved
+// (issue 14). It only orders the peers: a peer whose listing could not be
+// read, and then the peers whose listing lacked the image, are still
+// tried after those that hold it, since a peer may have fetched it since.
+// Worth it when many images are wanted; each call starts afresh.
 func (fr *Fetcher) Locate(ctx context.Context, ws []Want) {
-	if len(ws) == 0 {
-		return
-	}
-	f := fr.engine
-	final, err := f.store.Path(ws[0].ID)
-	if err != nil {
-		return
-	}
-	dir := path.Dir(final) // every node's datadir has the same path
 	wanted := make(map[string]bool, len(ws))
 	for _, w := range ws {
 		wanted[w.ID] = true
 	}
+	fr.mu.Lock()
+	defer fr.mu.Unlock()
+	fr.wanted, fr.listing, fr.where = wanted, false, nil
+	fr.gen++
+	if len(ws) == 0 {
+		fr.wanted = nil
+	}
+}
+
+// listOnce reads the peers' listings for the images of the last Locate,
+// if image id is one of them and no Fetch began it yet. Fetches that run
+// meanwhile look at the peers in turn.
+func (fr *Fetcher) listOnce(ctx context.Context, id string) {
+	fr.mu.Lock()
+	wanted := fr.wanted
+	if fr.listing || !wanted[id] || ctx.Err() != nil {
+		fr.mu.Unlock()
+		return
+	}
+	fr.listing = true
+	gen := fr.gen
+	fr.mu.Unlock()
+	where := fr.listAll(ctx, wanted)
+	fr.mu.Lock()
+	if fr.gen == gen {
+		fr.where = where
+	}
+	fr.mu.Unlock()
+}
+
+// listAll reads each peer's datadir listing, all at once: the images of
+// wanted each holds.
+func (fr *Fetcher) listAll(ctx context.Context, wanted map[string]bool) map[node.Name]map[string]int64 {
+	f := fr.engine
 	where := map[node.Name]map[string]int64{}
+	var id string
+	for id = range wanted {
+		break
+	}
+	final, err := f.store.Path(id)
+	if err != nil {
+		return where
+	}
+	dir := path.Dir(final) // every node's datadir has the same path
 	var (
 		mu sync.Mutex
 		wg sync.WaitGroup
@@ -121,9 +171,7 @@ func (fr *Fetcher) Locate(ctx context.Context, ws []Want) {
 		})
 	}
 	wg.Wait()
-	fr.mu.Lock()
-	fr.where = where
-	fr.mu.Unlock()
+	return where
 }
 
 // list is the wanted images peer name has in dir: regular files, by size.

@@ -134,8 +134,10 @@ func seedFixture(t *testing.T, n int) (*Fetcher, []Want, map[node.Name]*holderCo
 	return fr, ws, conns
 }
 
-// After Locate, each image comes straight from the peer that holds it: no
-// stat of any peer, no read of a peer that lacks it, one listing a peer.
+// After Locate, the first image the first peer lacks (image 2, on node3)
+// has the peers listed, once each, and every image after it comes
+// straight from the peer that holds it: no stat of any peer, no read of a
+// peer that lacks it.
 func TestLocateGoesStraightToTheHolder(t *testing.T) {
 	ctx := context.Background()
 	fr, ws, conns := seedFixture(t, 6)
@@ -149,9 +151,11 @@ func TestLocateGoesStraightToTheHolder(t *testing.T) {
 			t.Errorf("image %d came from %s, want %s", i+1, peer, want)
 		}
 	}
-	for name, c := range conns {
-		if c.stats != 0 {
-			t.Errorf("%s was asked %d stats, want none: its listing said what it holds", name, c.stats)
+	// Images 1 and 2 were looked for on node1, image 2 then on node3.
+	for name, want := range map[node.Name]int{"node1": 2, "node3": 1} {
+		c := conns[name]
+		if c.stats != want {
+			t.Errorf("%s was asked %d stats, want %d: after image 2 its listing said what it holds", name, c.stats, want)
 		}
 		if c.lists != 1 {
 			t.Errorf("%s was listed %d times, want once", name, c.lists)
@@ -162,6 +166,36 @@ func TestLocateGoesStraightToTheHolder(t *testing.T) {
 	}
 }
 
+// When the first peer holds every image, as when a node is seeded from
+// one other, no peer is listed and no other peer is dialed: a listing
+// costs a peer an SFTP session, a login shell on OpenSSH (issue 14).
+func TestLocateListsNothingWhenTheFirstPeerHasAll(t *testing.T) {
+	ctx := context.Background()
+	fr, ws, conns := seedFixture(t, 6)
+	for p, d := range conns["node3"].files {
+		conns["node1"].files[p] = d
+	}
+	conns["node3"].files = map[string][]byte{}
+	dials := map[string]int{}
+	dial := fr.engine.peers.dial
+	fr.engine.peers.dial = func(ctx context.Context, p transfer.Peer, a transfer.Auth) (peerConn, error) {
+		dials[p.Name]++
+		return dial(ctx, p, a)
+	}
+	fr.Locate(ctx, ws)
+	for i, w := range ws {
+		if peer, _, err := fr.Fetch(ctx, w); err != nil || peer != "node1" {
+			t.Fatalf("image %d: from %q, %v; want node1", i+1, peer, err)
+		}
+	}
+	if c := conns["node1"]; c.lists != 0 || c.stats != len(ws) {
+		t.Errorf("node1 was listed %d times and asked %d stats, want 0 and %d", c.lists, c.stats, len(ws))
+	}
+	if dials["node3"] != 0 || conns["node3"].lists != 0 {
+		t.Errorf("node3, which no image needed, was dialed %d times and listed %d", dials["node3"], conns["node3"].lists)
+	}
+}
+
 // A peer whose listing cannot be read is still a source, looked at the old
 // way; a holder that lost the file since its listing gives way to the
 // next peer that has it.
@@ -169,19 +203,27 @@ func TestLocateFallsBack(t *testing.T) {
 	ctx := context.Background()
 	fr, ws, conns := seedFixture(t, 4)
 	conns["node1"].listErr = errors.New("permission denied")
-	// Image 2 is on node3 and, after the listing, on node1 too.
-	fr.Locate(ctx, ws[1:2])
-	final, _ := fr.engine.store.Path(ws[1].ID)
+	fr.Locate(ctx, ws)
+	// Image 2, on node3 only, has the peers listed: node1's listing fails.
+	if peer, _, err := fr.Fetch(ctx, ws[1]); err != nil || peer != "node3" {
+		t.Fatalf("image 2: from %q, %v; want node3", peer, err)
+	}
+	if conns["node1"].lists != 1 || conns["node3"].lists != 1 {
+		t.Fatalf("listed node1 %d and node3 %d times, want once each", conns["node1"].lists, conns["node3"].lists)
+	}
+	// Image 4 is on node3 and, after the listing, on node1 instead.
+	final, _ := fr.engine.store.Path(ws[3].ID)
 	conns["node1"].files[final] = conns["node3"].files[final]
 	delete(conns["node3"].files, final)
-	peer, _, err := fr.Fetch(ctx, ws[1])
+	read := len(conns["node3"].fetched)
+	peer, _, err := fr.Fetch(ctx, ws[3])
 	if err != nil || peer != "node1" {
-		t.Fatalf("image 2, gone from node3 after its listing: from %q, %v; want node1", peer, err)
+		t.Fatalf("image 4, gone from node3 after its listing: from %q, %v; want node1", peer, err)
 	}
-	if got := conns["node3"].fetched; len(got) != 1 {
-		t.Errorf("node3, the listed holder, was read %d times, want once before falling back", len(got))
+	if got := len(conns["node3"].fetched) - read; got != 1 {
+		t.Errorf("node3, the listed holder, was read %d times, want once before falling back", got)
 	}
 	if _, err := os.Stat(final); err != nil {
-		t.Errorf("image 2 not placed: %v", err)
+		t.Errorf("image 4 not placed: %v", err)
 	}
 }

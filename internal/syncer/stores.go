@@ -118,7 +118,9 @@ func multihashOf(log *slog.Logger, rec glanceapi.Image) store.Multihash {
 		log.Warn("Glance's os_hash_algo cannot be checked here: md5 only", "os_hash_algo", rec.HashAlgo)
 		return store.Multihash{}
 	}
-	return store.Multihash{Algo: rec.HashAlgo, Value: rec.HashValue}
+	// The record's own checksum: when the event's is the same, the
+	// multihash vouches for it and the MD5 is not computed.
+	return store.Multihash{Algo: rec.HashAlgo, Value: rec.HashValue, MD5: rec.Checksum}
 }
 
 // look finds the stores whose folder holds image img at its full size, here
