@@ -356,26 +356,49 @@ func (m *mux) lstat(path string, last *atomic.Int64) (attrs, error) {
 // bytes, into w: OPEN, then FSTAT and every READ at once.
 func (m *mux) fetch(ctx context.Context, path string, offset, size int64, w io.Writer, last *atomic.Int64) (written int64, err error) {
 	reads := int((size - offset + PacketSize - 1) / PacketSize)
-	c := m.call(2+reads, last) // OPEN, FSTAT, READs; after a reopen fewer
+	c := m.call(2+reads, last)
 	defer c.end()
-	handle, err := c.open(path)
+	if err := c.send(func(pkt func(byte, bool, func([]byte) []byte) uint32) {
+		pkt(fxpOpen, false, func(b []byte) []byte {
+			b = appendString(b, path)
+			b = binary.BigEndian.AppendUint32(b, fxfRead)
+			return binary.BigEndian.AppendUint32(b, 0)
+		})
+	}); err != nil {
+		return 0, err
+	}
+	r, err := c.recv()
 	if err != nil {
 		return 0, err
 	}
-	// The CLOSE goes with the reads, its answer dropped: sftp-server
-	// answers a session's requests in order, so it closes the handle after
-	// the last read. Should the reads need asking again, the file is opened
-	// again. Every reply owed is received before returning: a caller sends
-	// only with none owed, so the reader is never left waiting for it to
-	// take data while it waits to send.
-	closed := false
+	var handle string
+	switch r.typ {
+	case fxpHandle:
+		if len(r.body) >= 4 {
+			if n := binary.BigEndian.Uint32(r.body); uint64(n) <= uint64(len(r.body)-4) {
+				handle = string(r.body[4 : 4+n])
+			}
+		}
+		if handle == "" {
+			return 0, errors.New("malformed sftp handle")
+		}
+	case fxpStatus:
+		if err := statusOf(r.body); err != nil {
+			return 0, fmt.Errorf("open %s: %w", path, err)
+		}
+		fallthrough
+	default:
+		return 0, fmt.Errorf("open %s: unexpected sftp reply type %d", path, r.typ)
+	}
+	// The handle is closed whatever happens, once every reply owed is
+	// received: a caller sends only with none owed, so the reader is never
+	// left waiting for it to take data while it waits to send. The CLOSE's
+	// answer is dropped.
 	defer func() {
 		c.drain()
-		if !closed {
-			c.send(func(pkt func(byte, bool, func([]byte) []byte) uint32) {
-				pkt(fxpClose, true, func(b []byte) []byte { return appendString(b, handle) })
-			})
-		}
+		c.send(func(pkt func(byte, bool, func([]byte) []byte) uint32) {
+			pkt(fxpClose, true, func(b []byte) []byte { return appendString(b, handle) })
+		})
 	}()
 	type want struct {
 		id     uint32
@@ -396,13 +419,10 @@ func (m *mux) fetch(ctx context.Context, path string, offset, size int64, w io.W
 			queue = append(queue, want{id, next, n})
 			next += int64(n)
 		}
-		pkt(fxpClose, true, func(b []byte) []byte { return appendString(b, handle) })
-		closed = true
 	}); err != nil {
 		return 0, err
 	}
-	r, err := c.recv()
-	if err != nil {
+	if r, err = c.recv(); err != nil {
 		return 0, err
 	}
 	if r.id != fstatID || r.typ != fxpAttrs {
@@ -445,10 +465,6 @@ func (m *mux) fetch(ctx context.Context, path string, offset, size int64, w io.W
 				r.done()
 			}
 			c.drain()
-			if handle, err = c.open(path); err != nil {
-				return written, err
-			}
-			closed = false
 			n, err := m.readOneByOne(ctx, c, handle, at, size, w)
 			return written + n, err
 		}
@@ -460,37 +476,6 @@ func (m *mux) fetch(ctx context.Context, path string, offset, size int64, w io.W
 		}
 	}
 	return written, nil
-}
-
-// open opens path for reading and returns its handle.
-func (c *muxCall) open(path string) (string, error) {
-	if err := c.send(func(pkt func(byte, bool, func([]byte) []byte) uint32) {
-		pkt(fxpOpen, false, func(b []byte) []byte {
-			b = appendString(b, path)
-			b = binary.BigEndian.AppendUint32(b, fxfRead)
-			return binary.BigEndian.AppendUint32(b, 0) // no attributes
-		})
-	}); err != nil {
-		return "", err
-	}
-	r, err := c.recv()
-	if err != nil {
-		return "", err
-	}
-	switch r.typ {
-	case fxpHandle:
-		if len(r.body) >= 4 {
-			if n := binary.BigEndian.Uint32(r.body); n > 0 && uint64(n) <= uint64(len(r.body)-4) {
-				return string(r.body[4 : 4+n]), nil
-			}
-		}
-		return "", errors.New("malformed sftp handle")
-	case fxpStatus:
-		if err := statusOf(r.body); err != nil {
-			return "", fmt.Errorf("open %s: %w", path, err)
-		}
-	}
-	return "", fmt.Errorf("open %s: unexpected sftp reply type %d", path, r.typ)
 }
 
 // errSizeChanged is a file whose size is not the one it was looked at with.

@@ -78,8 +78,6 @@ type fakePeer struct {
 	reorders atomic.Int32
 	shorts   atomic.Int32
 	sessions atomic.Int32 // SFTP sessions served, pkg/sftp's included
-	opens    atomic.Int32 // handles given
-	closes   atomic.Int32 // CLOSEs of the served handle
 
 	// growing: the file holds only its first visible bytes so far, as a
 	// partial copy its writer is still appending to.
@@ -184,7 +182,6 @@ func (p *fakePeer) serveSFTP(ch ssh.Channel) {
 				err = writeStatus(ch, id, stNoSuchFile, "No such file")
 				break
 			}
-			p.opens.Add(1)
 			err = writePacket(ch, tHandle, id, appendStr(nil, servedHandle))
 		case tFstat:
 			id := binary.BigEndian.Uint32(pkt[1:])
@@ -211,9 +208,6 @@ func (p *fakePeer) serveSFTP(ch ssh.Channel) {
 			b = binary.BigEndian.AppendUint32(b, uint32(servedMtime))
 			err = writePacket(ch, tAttrs, id, b)
 		case tClose:
-			if h, _ := getString(pkt[5:]); h == servedHandle {
-				p.closes.Add(1)
-			}
 			err = writeStatus(ch, binary.BigEndian.Uint32(pkt[1:]), stOK, "")
 		case tRead:
 			reads++
