@@ -77,7 +77,7 @@ type fakePeer struct {
 	// server never misbehaved.
 	reorders atomic.Int32
 	shorts   atomic.Int32
-	sessions atomic.Int32 // SFTP sessions served, pkg/sftp's included
+	sessions atomic.Int32 // SFTP sessions served, the mux's included
 
 	// growing: the file holds only its first visible bytes so far, as a
 	// partial copy its writer is still appending to.
@@ -120,8 +120,8 @@ func peerOf(srv *sshtest.Server) Peer {
 	return Peer{Name: "fake", Address: srv.Host, Port: srv.Port}
 }
 
-// serveSFTP answers one session: pkg/sftp's, which Dial opens and which only
-// ever sends INIT here, or one of Fetch's.
+// serveSFTP answers one session: the mux, which Dial opens (stats and
+// FetchSize), or one of Fetch's.
 func (p *fakePeer) serveSFTP(ch ssh.Channel) {
 	p.sessions.Add(1)
 	// Requests are read on their own goroutine so that the server can hold
