@@ -68,8 +68,8 @@ func TestFetchSize(t *testing.T) {
 	}
 }
 
-// TestFetchSizeConcurrent: many files at once share the one session, each
-// getting its own bytes.
+// TestFetchSizeConcurrent: many files and stats at once share the one
+// session, each getting its own answer.
 func TestFetchSizeConcurrent(t *testing.T) {
 	data := randomData(2*PacketSize + 99)
 	p := &fakePeer{data: data, size: int64(len(data))}
@@ -77,6 +77,14 @@ func TestFetchSizeConcurrent(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 24 {
 		wg.Go(func() { fetchSized(t, c, data, int64(i*1000), i%2 == 0) })
+		// Stats in between, as the chain's looks come.
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if st, err := c.Probe(ctx, servedPath); err != nil || st.Size != int64(len(data)) {
+				t.Errorf("Probe during fetches: %+v, %v", st, err)
+			}
+		})
 	}
 	wg.Wait()
 	if got := p.sessions.Load(); got != 1 {
