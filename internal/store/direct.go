@@ -172,12 +172,7 @@ func newPipe(p *Partial) *pipe {
 		hashes:  make(chan *dbuf, pipeCap),
 		writes:  make(chan *dbuf, pipeCap),
 	}
-	rest := p.size - p.n
-	if rest <= dioBufSize {
-		// A small image goes through the page cache: a second open, its
-		// checks and an O_DIRECT write per image cost more than copying
-		// its bytes into the cache, which Commit's fsync writes anyway.
-	} else if dfd, err := openDirect(p.s.root, p.name); err == nil {
+	if dfd, err := openDirect(p.s.root, p.name); err == nil {
 		// The second open goes by name: it must reach the file Begin
 		// checked, not one put at the name since.
 		if sameFile(dfd, p.f) {
@@ -187,6 +182,7 @@ func newPipe(p *Partial) *pipe {
 			dfd.Close()
 		}
 	}
+	rest := p.size - p.n
 	for range dioOwn {
 		// Two own buffers even when one holds the whole image: early()
 		// sends the aligned part of the one being filled and needs the

@@ -508,38 +508,3 @@ func TestSmallSlowTransferBankEmpty(t *testing.T) {
 		t.Fatal("a slow small transfer with the bank empty never finished")
 	}
 }
-
-// An image of at most one write buffer goes through the page cache, with no
-// O_DIRECT fd opened for it; a larger one gets one. Both are placed whole.
-func TestSmallImageSkipsDirect(t *testing.T) {
-	var opened atomic.Int32
-	directOpen := openDirect
-	defer swap(&openDirect, func(dir *os.File, name string) (*os.File, error) {
-		opened.Add(1)
-		return directOpen(dir, name)
-	})()
-	for _, tc := range []struct {
-		size   int
-		direct bool
-	}{{64 << 10, false}, {dioBufSize, false}, {dioBufSize + 1, true}} {
-		s, data, sum := directImage(t, tc.size)
-		opened.Store(0)
-		p, err := s.Begin(context.Background(), directID, int64(len(data)), sum)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := writeIn(t, p, data, 0, len(data)); err != nil {
-			t.Fatal(err)
-		}
-		if err := p.Commit(); err != nil {
-			t.Fatal(err)
-		}
-		if got := opened.Load() > 0; got != tc.direct {
-			t.Errorf("%d bytes: O_DIRECT open tried %v, want %v", tc.size, got, tc.direct)
-		}
-		if state, err := s.Check(context.Background(), directID, int64(len(data)), sum); err != nil || state != Verified {
-			t.Errorf("%d bytes: %v, %v after Commit, want verified", tc.size, state, err)
-		}
-		s.Close()
-	}
-}
