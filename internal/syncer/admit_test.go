@@ -83,3 +83,75 @@ func TestAdmissionOversizeSmall(t *testing.T) {
 	}
 	r()
 }
+
+// waiters is how many small images wait for a turn.
+func (a *admission) waiters() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.waiting)
+}
+
+// waitWaiters waits until n small images wait in a.
+func waitWaiters(t *testing.T, a *admission, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); a.waiters() != n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d waiting, want %d", a.waiters(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Small images start in the order they asked, each release starting the
+// next; one that gives up leaves its turn to those behind it.
+func TestAdmissionInOrder(t *testing.T) {
+	a := newAdmission(1)
+	a.maxLanes = 1
+	ctx := context.Background()
+	first, ok := a.acquire(ctx, 1)
+	if !ok {
+		t.Fatal("the first small image did not start")
+	}
+	type got struct {
+		name    string
+		release func()
+		ok      bool
+	}
+	started := make(chan got, 3)
+	wait := func(ctx context.Context, name string) {
+		r, ok := a.acquire(ctx, 1)
+		started <- got{name, r, ok}
+	}
+	gctx, giveUp := context.WithCancel(ctx)
+	go wait(ctx, "b")
+	waitWaiters(t, a, 1)
+	go wait(gctx, "quitter")
+	waitWaiters(t, a, 2)
+	go wait(ctx, "c")
+	waitWaiters(t, a, 3)
+	giveUp()
+	if g := <-started; g.name != "quitter" || g.ok {
+		t.Fatalf("%s started (%v) when the quitter gave up", g.name, g.ok)
+	}
+	select {
+	case g := <-started:
+		t.Fatalf("%s started while the first one runs with one lane", g.name)
+	default:
+	}
+	first()
+	g := <-started
+	if g.name != "b" || !g.ok {
+		t.Fatalf("%s (%v) started after the first, want b", g.name, g.ok)
+	}
+	if a.waiters() != 1 {
+		t.Fatalf("%d waiting while b runs, want c", a.waiters())
+	}
+	g.release()
+	if g = <-started; g.name != "c" || !g.ok {
+		t.Fatalf("%s (%v) started after b, want c", g.name, g.ok)
+	}
+	g.release()
+	if a.lanes != 0 || a.bytes != 0 {
+		t.Errorf("after every release: %d lanes, %d bytes held", a.lanes, a.bytes)
+	}
+}

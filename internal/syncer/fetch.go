@@ -194,9 +194,14 @@ func (f *fetcher) copy(ctx context.Context, src *source, t *target, p *store.Par
 	if f.lim != nil {
 		w = f.lim.writer(ctx, w)
 	}
-	if src.kind == partial {
+	sf, sized := src.c.(sizedFetcher)
+	switch {
+	case src.kind == partial:
 		n, err = f.follow(ctx, src, t, offset, w)
-	} else {
+	case sized && t.Size <= transfer.MuxMax:
+		// A small image: two round trips on the connection's shared session.
+		n, err = sf.FetchSize(ctx, t.final, offset, t.Size, w, f.cfg.IdleTimeout)
+	default:
 		n, err = src.c.Fetch(ctx, t.final, offset, w, f.cfg.IdleTimeout)
 	}
 	secs = time.Since(start).Seconds()
@@ -206,6 +211,14 @@ func (f *fetcher) copy(ctx context.Context, src *source, t *target, p *store.Par
 	f.mu.Unlock()
 	return n, secs, err
 }
+
+// sizedFetcher is a connection that reads a file of known size in fewer
+// round trips; *transfer.Client is one.
+type sizedFetcher interface {
+	FetchSize(ctx context.Context, path string, offset, size int64, w io.Writer, idle time.Duration) (int64, error)
+}
+
+var _ sizedFetcher = (*transfer.Client)(nil)
 
 // publisherOrder offers the peers in order, the publisher first (Sources),
 // each only when it holds the image complete: a placed file of the

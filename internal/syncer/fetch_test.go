@@ -139,3 +139,45 @@ func TestPublisherOrderWithoutPeers(t *testing.T) {
 		t.Fatal("fetched from no peer")
 	}
 }
+
+// sizedConn is a fileConn that also reads a file of known size
+// (FetchSize), as *transfer.Client does for small files.
+type sizedConn struct {
+	fileConn
+	sized []int64 // the size of each FetchSize
+}
+
+func (c *sizedConn) FetchSize(ctx context.Context, path string, offset, size int64, w io.Writer, idle time.Duration) (int64, error) {
+	c.sized = append(c.sized, size)
+	return c.fileConn.Fetch(ctx, path, offset, w, idle)
+}
+
+// A small image is read with FetchSize, told the image's size; a large one
+// with Fetch.
+func TestSmallImagesFetchedWithTheirSize(t *testing.T) {
+	for _, tc := range []struct {
+		size  int
+		sized bool
+	}{{64 << 10, true}, {transfer.MuxMax + 16, false}} {
+		w, data := image(t, tc.size)
+		c := &sizedConn{fileConn: fileConn{fakeConn: fakeConn{name: "node1"}, files: map[string][]byte{testID: data}}}
+		f, st := engine(t, nil)
+		f.cfg.Peers["node1"] = transfer.Peer{Name: "node1"}
+		f.peers.dial = func(context.Context, transfer.Peer, transfer.Auth) (peerConn, error) { return c, nil }
+		tg, _ := f.target(w)
+		if _, _, err := f.fetch(context.Background(), f.log, tg, f.publisherOrder(f.log, tg, node.Names("node1"))); err != nil {
+			t.Fatal(err)
+		}
+		if state, err := st.Check(context.Background(), w.ID, w.Size, w.MD5); err != nil || state != store.Verified {
+			t.Errorf("%d bytes: after the fetch: %v, %v; want verified", tc.size, state, err)
+		}
+		switch {
+		case tc.sized && (len(c.sized) != 1 || c.sized[0] != w.Size):
+			t.Errorf("%d bytes: FetchSize calls with sizes %v, want one with %d", tc.size, c.sized, w.Size)
+		case !tc.sized && len(c.sized) != 0:
+			t.Errorf("%d bytes: read with FetchSize, want Fetch", tc.size)
+		case c.fetched != 1:
+			t.Errorf("%d bytes: %d transfers, want 1", tc.size, c.fetched)
+		}
+	}
+}

@@ -10,8 +10,11 @@
 //
 // Fetch reads with an SFTP session of its own (stream.go): 32 reads of 255 KiB in
 // flight, each reply's data handed to the writer as it arrives, and straight
-// into the writer's memory when the writer is an io.ReaderFrom. pkg/sftp serves
-// everything else: stat and listings.
+// into the writer's memory when the writer is an io.ReaderFrom. Small files
+// (FetchSize, up to MuxMax) and stats (Probe, Stat) share one session per
+// connection, the mux (mux.go), which Dial starts: a sync of many small
+// images costs the peer one sftp-server and one login shell, as rsync does.
+// pkg/sftp, started on first use, serves listings and Lstat.
 //
 // Follow reads, the same way, a file that a process on the peer is still
 // appending to (a peer's partial copy of an image it is fetching), never past

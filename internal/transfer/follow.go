@@ -21,15 +21,30 @@ type FileState struct {
 
 // Probe returns the size and modification time of a regular remote file;
 // Stat is its size alone.
+// It asks on the mux (mux.go): one request, no session of its own.
 func (c *Client) Probe(ctx context.Context, path string) (FileState, error) {
-	fi, err := c.Lstat(ctx, path)
-	if err != nil {
-		return FileState{}, err
-	}
-	if !fi.Mode().IsRegular() {
+	var a attrs
+	err := c.bounded(ctx, func() error {
+		m, err := c.muxSession(ctx)
+		if err != nil {
+			return err
+		}
+		var last atomic.Int64
+		a, err = m.lstat(path, &last)
+		return err
+	})
+	var se *StatusError
+	switch {
+	case errors.As(err, &se) && se.Code == fxNoSuchFile:
+		return FileState{}, c.fail("stat", path, ErrNotFound)
+	case err != nil:
+		return FileState{}, c.fail("stat", path, err)
+	case !a.hasMode || a.mode&sIFMT != sIFREG:
 		return FileState{}, c.fail("stat", path, errNotRegular)
+	case !a.hasSize:
+		return FileState{}, c.fail("stat", path, errors.New("the peer gave no size"))
 	}
-	return FileState{Size: fi.Size(), ModTime: fi.ModTime()}, nil
+	return FileState{Size: a.size, ModTime: a.mtime}, nil
 }
 
 // ErrAbandoned is a peer's partial copy that stopped growing short of the

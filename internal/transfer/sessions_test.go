@@ -17,7 +17,7 @@ func TestSessionsReused(t *testing.T) {
 	data := randomData(2*PacketSize + 99)
 	p := &fakePeer{data: data, size: int64(len(data))}
 	c := startPeer(t, p)
-	base := p.sessions.Load() // pkg/sftp's own
+	base := p.sessions.Load() // the mux, which Dial starts
 	for range 3 {
 		fetchAll(t, c, data, 0, true)
 	}

@@ -32,6 +32,7 @@ const (
 	tOpen    = 3
 	tClose   = 4
 	tRead    = 5
+	tLstat   = 7
 	tFstat   = 8
 	tStatus  = 101
 	tHandle  = 102
@@ -46,6 +47,7 @@ const (
 
 	servedPath   = "/var/lib/glance/images/abc"
 	servedHandle = "h1"
+	servedMtime  = 1700000000
 )
 
 type misbehaviour int
@@ -75,7 +77,7 @@ type fakePeer struct {
 	// server never misbehaved.
 	reorders atomic.Int32
 	shorts   atomic.Int32
-	sessions atomic.Int32 // SFTP sessions served, pkg/sftp's included
+	sessions atomic.Int32 // SFTP sessions served, the mux's included
 
 	// growing: the file holds only its first visible bytes so far, as a
 	// partial copy its writer is still appending to.
@@ -118,8 +120,8 @@ func peerOf(srv *sshtest.Server) Peer {
 	return Peer{Name: "fake", Address: srv.Host, Port: srv.Port}
 }
 
-// serveSFTP answers one session: pkg/sftp's, which Dial opens and which only
-// ever sends INIT here, or one of Fetch's.
+// serveSFTP answers one session: the mux, which Dial opens (stats and
+// FetchSize), or one of Fetch's.
 func (p *fakePeer) serveSFTP(ch ssh.Channel) {
 	p.sessions.Add(1)
 	// Requests are read on their own goroutine so that the server can hold
@@ -193,6 +195,18 @@ func (p *fakePeer) serveSFTP(ch ssh.Channel) {
 				sz = p.length()
 			}
 			err = writePacket(ch, tAttrs, id, binary.BigEndian.AppendUint64(b, uint64(sz)))
+		case tLstat:
+			id, rest := binary.BigEndian.Uint32(pkt[1:]), pkt[5:]
+			if path, _ := getString(rest); path != servedPath {
+				err = writeStatus(ch, id, stNoSuchFile, "No such file")
+				break
+			}
+			b := binary.BigEndian.AppendUint32(nil, 1|4|8) // size, permissions, times
+			b = binary.BigEndian.AppendUint64(b, uint64(p.length()))
+			b = binary.BigEndian.AppendUint32(b, 0o100640)
+			b = binary.BigEndian.AppendUint32(b, uint32(servedMtime))
+			b = binary.BigEndian.AppendUint32(b, uint32(servedMtime))
+			err = writePacket(ch, tAttrs, id, b)
 		case tClose:
 			err = writeStatus(ch, binary.BigEndian.Uint32(pkt[1:]), stOK, "")
 		case tRead:

@@ -218,8 +218,16 @@ func (probeKey) Verify([]byte, *ssh.Signature) error { return errors.New("probe"
 type Client struct {
 	peer Peer
 	ssh  *ssh.Client
-	sftp *sftp.Client
 	done func()
+	// sftpMu guards sftp: pkg/sftp's session, started on first use (a
+	// listing, or Lstat for check and status): each session costs the peer
+	// a login shell, and a sync run reads and stats through the mux alone.
+	sftpMu sync.Mutex
+	sftp   *sftp.Client
+	// muxMu guards mx, the session of small files and stats (mux.go),
+	// started by Dial and again after it broke.
+	muxMu sync.Mutex
+	mx    *mux
 	// timeout bounds one SFTP request: pkg/sftp has none, and a stalled
 	// sftp-server would otherwise hold a request until the run's deadline.
 	timeout time.Duration
@@ -291,18 +299,55 @@ func Dial(ctx context.Context, p Peer, auth Auth) (*Client, error) {
 	}
 	conn.SetDeadline(time.Time{})
 	sc := ssh.NewClient(c, chans, reqs)
-	sf, err := sftp.NewClient(sc,
+	cl := &Client{peer: p, ssh: sc, done: closeAgent, timeout: cfg.Timeout, newHostKey: added}
+	// SFTP is started now, so that a peer without it fails here.
+	if _, err := cl.muxSession(ctx); err != nil {
+		sc.Close()
+		closeAgent()
+		return nil, &PeerError{Peer: p.Name, Op: "sftp", Err: err}
+	}
+	return cl, nil
+}
+
+// sftpClient is pkg/sftp's session, started on first use.
+func (c *Client) sftpClient() (*sftp.Client, error) {
+	c.sftpMu.Lock()
+	defer c.sftpMu.Unlock()
+	if c.sftp != nil {
+		return c.sftp, nil
+	}
+	sf, err := sftp.NewClient(c.ssh,
 		sftp.MaxPacketUnchecked(PacketSize),
 		sftp.MaxConcurrentRequestsPerFile(inFlight),
 		sftp.UseConcurrentReads(true),
 		sftp.UseFstat(true),
 	)
 	if err != nil {
-		sc.Close()
-		closeAgent()
-		return nil, &PeerError{Peer: p.Name, Op: "sftp", Err: err}
+		return nil, fmt.Errorf("starting sftp: %w", err)
 	}
-	return &Client{peer: p, ssh: sc, sftp: sf, done: closeAgent, timeout: cfg.Timeout, newHostKey: added}, nil
+	c.sftp = sf
+	return sf, nil
+}
+
+// muxSession is the connection's mux, started (again, if it broke) as
+// needed. Starting it is bounded like any request.
+func (c *Client) muxSession(ctx context.Context) (*mux, error) {
+	c.muxMu.Lock()
+	defer c.muxMu.Unlock()
+	if c.mx != nil && c.mx.broken() == nil {
+		return c.mx, nil
+	}
+	var ps *pooledStream
+	err := c.bounded(ctx, func() (err error) {
+		var last atomic.Int64
+		ps, err = c.newSession(&last)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.mx = newMux(ps.s.w, ps.s.r, ps.sess.Close)
+	return c.mx, nil
 }
 
 // NewHostKey is, after a ReadOnly dial with AcceptNew, the type and SHA256
@@ -316,7 +361,11 @@ func (c *Client) Peer() Peer { return c.peer }
 // Close ends the SFTP session and the connection.
 func (c *Client) Close() error {
 	c.sessions.closeAll()
-	c.sftp.Close()
+	c.sftpMu.Lock()
+	if c.sftp != nil {
+		c.sftp.Close()
+	}
+	c.sftpMu.Unlock()
 	err := c.ssh.Close()
 	c.done()
 	return err
@@ -343,6 +392,23 @@ var ErrStalled = errors.New("transfer stalled")
 func (c *Client) Fetch(ctx context.Context, path string, offset int64, w io.Writer, idle time.Duration) (int64, error) {
 	return c.watched(ctx, "fetch", path, idle, func(last *atomic.Int64) (int64, error) {
 		return c.streamFile(ctx, path, offset, w, last)
+	})
+}
+
+// FetchSize copies [offset, size) of the remote file, which must hold
+// size bytes, into w, like Fetch. A file of up to MuxMax bytes is read on
+// the connection's shared session (mux.go), in two round trips, beside the
+// other small files in flight; a larger one as Fetch reads it.
+func (c *Client) FetchSize(ctx context.Context, path string, offset, size int64, w io.Writer, idle time.Duration) (int64, error) {
+	if size > MuxMax {
+		return c.Fetch(ctx, path, offset, w, idle)
+	}
+	return c.watched(ctx, "fetch", path, idle, func(last *atomic.Int64) (int64, error) {
+		m, err := c.muxSession(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return m.fetch(ctx, path, offset, size, w, last)
 	})
 }
 
