@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 
@@ -198,7 +197,7 @@ func (f *fetcher) copy(ctx context.Context, src *source, t *target, p *store.Par
 	if src.kind == partial {
 		n, err = f.follow(ctx, src, t, offset, w)
 	} else {
-		n, err = f.fetchFrom(ctx, src, t, offset, w)
+		n, err = src.c.Fetch(ctx, t.final, offset, w, f.cfg.IdleTimeout)
 	}
 	secs = time.Since(start).Seconds()
 	f.mu.Lock()
@@ -327,22 +326,4 @@ func (f *fetcher) writerGone(ctx context.Context, src *source, t *target, last *
 		return "it stopped growing and its node runs no sync-images"
 	}
 	return ""
-}
-
-// fetchFrom reads src's complete copy of t from offset into w.
-func (f *fetcher) fetchFrom(ctx context.Context, src *source, t *target, offset int64, w io.Writer) (int64, error) {
-	c, ok := src.c.(*transfer.Client)
-	mode := os.Getenv("GIS_STRIPE")
-	if !ok || mode == "" || t.Size-offset < 64<<20 {
-		return src.c.Fetch(ctx, t.final, offset, w, f.cfg.IdleTimeout)
-	}
-	if mode == "1" {
-		return c.FetchStriped(ctx, t.final, offset, w, f.cfg.IdleTimeout, c)
-	}
-	d, err := transfer.Dial(ctx, c.Peer(), f.cfg.Auth)
-	if err != nil {
-		return src.c.Fetch(ctx, t.final, offset, w, f.cfg.IdleTimeout)
-	}
-	defer d.Close()
-	return c.FetchStriped(ctx, t.final, offset, w, f.cfg.IdleTimeout, d)
 }

@@ -383,24 +383,19 @@ func (c *Client) watched(ctx context.Context, op, path string, idle time.Duratio
 	last.Store(time.Now().UnixNano())
 	stop := c.watchdog(ctx, idle, &last)
 	n, err := read(&last)
-	return n, c.outcome(ctx, op, path, idle, stop(), err)
-}
-
-// outcome is the error of a watched read of path: nil, or a PeerError of
-// op that names the cause.
-func (c *Client) outcome(ctx context.Context, op, path string, idle time.Duration, stalled bool, err error) error {
+	stalled := stop()
 	var se *StatusError
 	switch {
 	case ctx.Err() != nil:
-		return c.fail(op, path, ctx.Err())
+		return n, c.fail(op, path, ctx.Err())
 	case stalled:
-		return c.fail(op, path, fmt.Errorf("%w (no answer for %s)", ErrStalled, idle))
+		return n, c.fail(op, path, fmt.Errorf("%w (no answer for %s)", ErrStalled, idle))
 	case errors.As(err, &se) && se.Code == fxNoSuchFile:
-		return c.fail(op, path, ErrNotFound)
+		return n, c.fail(op, path, ErrNotFound)
 	case err != nil:
-		return c.fail(op, path, err)
+		return n, c.fail(op, path, err)
 	}
-	return nil
+	return n, nil
 }
 
 // watchdog closes the connection when ctx ends or when last (a UnixNano time
