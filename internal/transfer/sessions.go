@@ -29,9 +29,6 @@ type sessionPool struct {
 	once  sync.Once
 	slots chan struct{}      // one per session alive
 	idle  chan *pooledStream // sessions with no file open
-	// warm, if not nil, is closed once the session warmUp started is idle
-	// or gone; set before the pool is shared.
-	warm chan struct{}
 }
 
 // pooledStream is an SFTP session with no file open on it.
@@ -55,7 +52,6 @@ func (p *sessionPool) init() {
 // so the caller's stall watchdog counts only time the peer keeps it waiting.
 func (p *sessionPool) get(ctx context.Context, last *atomic.Int64) (*pooledStream, error) {
 	p.init()
-	p.awaitWarm(ctx)
 	select {
 	case ps := <-p.idle:
 		return ps, nil
@@ -74,38 +70,6 @@ func (p *sessionPool) get(ctx context.Context, last *atomic.Int64) (*pooledStrea
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-	}
-}
-
-// warmUp starts a session with start in the background, in a slot of its
-// own, for the first get, which waits for it rather than start a second
-// one beside it. Call it once, before the pool is used.
-func (p *sessionPool) warmUp(start func() (*pooledStream, error)) {
-	p.init()
-	p.slots <- struct{}{} // an unused pool has every slot free
-	p.warm = make(chan struct{})
-	go func() {
-		defer close(p.warm)
-		ps, err := start()
-		if err != nil {
-			p.free()
-			return
-		}
-		p.put(ps)
-	}()
-}
-
-// awaitWarm waits for warmUp's session, if any, or for ctx. It marks no
-// progress: a peer that never finishes starting the session is a stall,
-// which the caller's watchdog ends by closing the connection, and with it
-// the start.
-func (p *sessionPool) awaitWarm(ctx context.Context) {
-	if p.warm == nil {
-		return
-	}
-	select {
-	case <-p.warm:
-	case <-ctx.Done():
 	}
 }
 

@@ -17,7 +17,7 @@ func TestSessionsReused(t *testing.T) {
 	data := randomData(2*PacketSize + 99)
 	p := &fakePeer{data: data, size: int64(len(data))}
 	c := startPeer(t, p)
-	base := p.sessions.Load() - 1 // pkg/sftp's own; the other is Fetch's first, Dial's warm-up
+	base := p.sessions.Load() // pkg/sftp's own
 	for range 3 {
 		fetchAll(t, c, data, 0, true)
 	}
@@ -53,7 +53,7 @@ func TestSessionsBounded(t *testing.T) {
 	data := randomData(PacketSize + 7)
 	p := &fakePeer{data: data, size: int64(len(data))}
 	c := startPeer(t, p)
-	base := p.sessions.Load() - 1 // pkg/sftp's own; the other is Fetch's, Dial's warm-up
+	base := p.sessions.Load()
 	var wg sync.WaitGroup
 	for range 3 * maxSessions {
 		wg.Go(func() { fetchAll(t, c, data, 0, true) })

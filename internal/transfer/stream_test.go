@@ -81,10 +81,6 @@ type fakePeer struct {
 	// partial copy its writer is still appending to.
 	growing bool
 	visible atomic.Int64
-
-	// initGate, if set, holds each session's INIT reply until two sessions
-	// have sent theirs (warm_test.go).
-	initGate *initGate
 }
 
 // length is what the file holds now.
@@ -108,9 +104,6 @@ func startPeer(t *testing.T, p *fakePeer) *Client {
 	}
 	// Registered after the server's, so it runs before them.
 	t.Cleanup(func() { c.Close() })
-	// The sessions Dial starts in the background are counted by now.
-	c.sftpClient()
-	c.sessions.awaitWarm(ctx)
 	return c
 }
 
@@ -179,9 +172,6 @@ func (p *fakePeer) serveSFTP(ch ssh.Channel) {
 		var err error
 		switch pkt[0] {
 		case tInit:
-			if p.initGate != nil {
-				p.initGate.wait()
-			}
 			_, err = ch.Write([]byte{0, 0, 0, 5, tVersion, 0, 0, 0, 3})
 		case tOpen:
 			id, rest := binary.BigEndian.Uint32(pkt[1:]), pkt[5:]

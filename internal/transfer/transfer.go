@@ -218,12 +218,8 @@ func (probeKey) Verify([]byte, *ssh.Signature) error { return errors.New("probe"
 type Client struct {
 	peer Peer
 	ssh  *ssh.Client
-	// sftp is pkg/sftp's session, or sftpErr why it did not start; set
-	// before sftpUp is closed (startSFTP).
-	sftp    *sftp.Client
-	sftpErr error
-	sftpUp  chan struct{}
-	done    func()
+	sftp *sftp.Client
+	done func()
 	// timeout bounds one SFTP request: pkg/sftp has none, and a stalled
 	// sftp-server would otherwise hold a request until the run's deadline.
 	timeout time.Duration
@@ -294,40 +290,19 @@ func Dial(ctx context.Context, p Peer, auth Auth) (*Client, error) {
 		return nil, &PeerError{Peer: p.Name, Op: "dial", Err: fmt.Errorf("%s as %s: %w", p.hostport(), auth.User, err)}
 	}
 	conn.SetDeadline(time.Time{})
-	cl := &Client{peer: p, ssh: ssh.NewClient(c, chans, reqs), done: closeAgent, timeout: cfg.Timeout,
-		newHostKey: added, sftpUp: make(chan struct{})}
-	// pkg/sftp's session (stat, listings) and the first session of Fetch
-	// start together, in the background: each is a channel open, a
-	// subsystem request (sshd forks sftp-server through the user's shell)
-	// and an init, and one after the other they sat on a fetch's critical
-	// path. An error starting pkg/sftp's shows on its first request; one
-	// starting Fetch's, on the fetch, which starts another. A read-only
-	// client (check, status) never fetches.
-	go cl.startSFTP()
-	if !auth.ReadOnly {
-		cl.sessions.warmUp(func() (*pooledStream, error) { return cl.newSession(new(atomic.Int64)) })
-	}
-	return cl, nil
-}
-
-// startSFTP starts pkg/sftp's session; sftpClient waits for it.
-func (c *Client) startSFTP() {
-	defer close(c.sftpUp)
-	c.sftp, c.sftpErr = sftp.NewClient(c.ssh,
+	sc := ssh.NewClient(c, chans, reqs)
+	sf, err := sftp.NewClient(sc,
 		sftp.MaxPacketUnchecked(PacketSize),
 		sftp.MaxConcurrentRequestsPerFile(inFlight),
 		sftp.UseConcurrentReads(true),
 		sftp.UseFstat(true),
 	)
-	if c.sftpErr != nil {
-		c.sftpErr = fmt.Errorf("starting sftp: %w", c.sftpErr)
+	if err != nil {
+		sc.Close()
+		closeAgent()
+		return nil, &PeerError{Peer: p.Name, Op: "sftp", Err: err}
 	}
-}
-
-// sftpClient is pkg/sftp's session, once started.
-func (c *Client) sftpClient() (*sftp.Client, error) {
-	<-c.sftpUp
-	return c.sftp, c.sftpErr
+	return &Client{peer: p, ssh: sc, sftp: sf, done: closeAgent, timeout: cfg.Timeout, newHostKey: added}, nil
 }
 
 // NewHostKey is, after a ReadOnly dial with AcceptNew, the type and SHA256
@@ -340,13 +315,9 @@ func (c *Client) Peer() Peer { return c.peer }
 
 // Close ends the SFTP session and the connection.
 func (c *Client) Close() error {
-	// The connection goes first: the sessions Dial started may still be
-	// waiting for the peer, and they end with it.
-	err := c.ssh.Close()
 	c.sessions.closeAll()
-	if sc, serr := c.sftpClient(); serr == nil {
-		sc.Close()
-	}
+	c.sftp.Close()
+	err := c.ssh.Close()
 	c.done()
 	return err
 }
