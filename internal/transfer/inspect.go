@@ -10,12 +10,24 @@ import (
 
 // Lstat returns what the peer has at path, whatever its type.
 func (c *Client) Lstat(ctx context.Context, path string) (fs.FileInfo, error) {
-	return request(ctx, c, "stat", path, func() (fs.FileInfo, error) { return c.sftp.Lstat(path) })
+	return request(ctx, c, "stat", path, func() (fs.FileInfo, error) {
+		sc, err := c.sftpClient()
+		if err != nil {
+			return nil, err
+		}
+		return sc.Lstat(path)
+	})
 }
 
 // ReadDir lists a directory of the peer.
 func (c *Client) ReadDir(ctx context.Context, dir string) ([]fs.FileInfo, error) {
-	return request(ctx, c, "list", dir, func() ([]fs.FileInfo, error) { return c.sftp.ReadDir(dir) })
+	return request(ctx, c, "list", dir, func() ([]fs.FileInfo, error) {
+		sc, err := c.sftpClient()
+		if err != nil {
+			return nil, err
+		}
+		return sc.ReadDir(dir)
+	})
 }
 
 // request runs one SFTP request about path, bounded like every request

@@ -32,6 +32,7 @@ const (
 	tOpen    = 3
 	tClose   = 4
 	tRead    = 5
+	tLstat   = 7
 	tFstat   = 8
 	tStatus  = 101
 	tHandle  = 102
@@ -195,6 +196,8 @@ func (p *fakePeer) serveSFTP(ch ssh.Channel) {
 			err = writePacket(ch, tAttrs, id, binary.BigEndian.AppendUint64(b, uint64(sz)))
 		case tClose:
 			err = writeStatus(ch, binary.BigEndian.Uint32(pkt[1:]), stOK, "")
+		case tLstat:
+			err = p.answerLstat(ch, pkt)
 		case tRead:
 			reads++
 			switch {

@@ -218,8 +218,10 @@ func (probeKey) Verify([]byte, *ssh.Signature) error { return errors.New("probe"
 type Client struct {
 	peer Peer
 	ssh  *ssh.Client
-	sftp *sftp.Client
-	done func()
+	// sftp is pkg/sftp's session, nil until sftpClient starts it.
+	sftpMu sync.Mutex
+	sftp   *sftp.Client
+	done   func()
 	// timeout bounds one SFTP request: pkg/sftp has none, and a stalled
 	// sftp-server would otherwise hold a request until the run's deadline.
 	timeout time.Duration
@@ -290,19 +292,31 @@ func Dial(ctx context.Context, p Peer, auth Auth) (*Client, error) {
 		return nil, &PeerError{Peer: p.Name, Op: "dial", Err: fmt.Errorf("%s as %s: %w", p.hostport(), auth.User, err)}
 	}
 	conn.SetDeadline(time.Time{})
-	sc := ssh.NewClient(c, chans, reqs)
-	sf, err := sftp.NewClient(sc,
-		sftp.MaxPacketUnchecked(PacketSize),
-		sftp.MaxConcurrentRequestsPerFile(inFlight),
-		sftp.UseConcurrentReads(true),
-		sftp.UseFstat(true),
-	)
-	if err != nil {
-		sc.Close()
-		closeAgent()
-		return nil, &PeerError{Peer: p.Name, Op: "sftp", Err: err}
+	// pkg/sftp's session starts with the first request that needs it
+	// (Lstat, ReadDir): a fetch needs none, and each session start costs
+	// the peer a fork and exec of sftp-server through the user's shell,
+	// which reads the user's shell startup file.
+	return &Client{peer: p, ssh: ssh.NewClient(c, chans, reqs), done: closeAgent, timeout: cfg.Timeout, newHostKey: added}, nil
+}
+
+// sftpClient is pkg/sftp's session, started on first use. Callers bound it
+// (request).
+func (c *Client) sftpClient() (*sftp.Client, error) {
+	c.sftpMu.Lock()
+	defer c.sftpMu.Unlock()
+	if c.sftp == nil {
+		sf, err := sftp.NewClient(c.ssh,
+			sftp.MaxPacketUnchecked(PacketSize),
+			sftp.MaxConcurrentRequestsPerFile(inFlight),
+			sftp.UseConcurrentReads(true),
+			sftp.UseFstat(true),
+		)
+		if err != nil {
+			return nil, fmt.Errorf("starting sftp: %w", err)
+		}
+		c.sftp = sf
 	}
-	return &Client{peer: p, ssh: sc, sftp: sf, done: closeAgent, timeout: cfg.Timeout, newHostKey: added}, nil
+	return c.sftp, nil
 }
 
 // NewHostKey is, after a ReadOnly dial with AcceptNew, the type and SHA256
@@ -316,20 +330,20 @@ func (c *Client) Peer() Peer { return c.peer }
 // Close ends the SFTP session and the connection.
 func (c *Client) Close() error {
 	c.sessions.closeAll()
-	c.sftp.Close()
+	// The connection first: a pkg/sftp session still starting holds sftpMu
+	// until the connection ends.
 	err := c.ssh.Close()
+	c.sftpMu.Lock()
+	if c.sftp != nil {
+		c.sftp.Close()
+	}
+	c.sftpMu.Unlock()
 	c.done()
 	return err
 }
 
 // ErrNotFound is a remote file that does not exist.
 var ErrNotFound = errors.New("no such file on the peer")
-
-// Stat returns the size of a regular remote file.
-func (c *Client) Stat(ctx context.Context, path string) (int64, error) {
-	st, err := c.Probe(ctx, path)
-	return st.Size, err
-}
 
 // ErrStalled is a transfer that made no progress for the idle timeout.
 var ErrStalled = errors.New("transfer stalled")
