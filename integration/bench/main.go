@@ -164,6 +164,9 @@ type bench struct {
 	log      func(string, ...any)
 	// settleMax bounds the wait for an idle machine before a timed run.
 	settleMax time.Duration
+	// internalConf is the fetching node's config for the internal-sftp
+	// sshd (internalSFTP); "" without one.
+	internalConf string
 }
 
 func run(ctx context.Context, o opts) error {
@@ -893,6 +896,7 @@ func (b *bench) internalSFTP(ctx context.Context, tool string) (method, error) {
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		return method{}, err
 	}
+	b.internalConf = path
 	return method{"glance-image-sync internal-sftp", "the peer's sshd with Subsystem sftp internal-sftp", func(ctx context.Context) (result, error) {
 		return b.fetchConf(ctx, tool, path, nil, b.img)
 	}}, nil
