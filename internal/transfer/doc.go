@@ -10,8 +10,10 @@
 //
 // Fetch reads with an SFTP session of its own (stream.go): 32 reads of 255 KiB in
 // flight, each reply's data handed to the writer as it arrives, and straight
-// into the writer's memory when the writer is an io.ReaderFrom. pkg/sftp serves
-// everything else: stat and listings.
+// into the writer's memory when the writer is an io.ReaderFrom. Stat asks on
+// such a session too (stat.go), so a fetch starts one SFTP session per
+// connection; pkg/sftp's session starts on first use and serves the rest:
+// Lstat, Probe and listings.
 //
 // Follow reads, the same way, a file that a process on the peer is still
 // appending to (a peer's partial copy of an image it is fetching), never past
