@@ -65,6 +65,7 @@ func main() {
 	seed := flag.String("seed", "200x1M", "seeding line: `COUNTxSIZE` images listed by a test double of the Images API, fetched onto an empty node by reconcile, against rsync -a (COUNTxSIZE/2: spread over two peers; off: skip)")
 	prebuilt := flag.String("tool", "", "use this glance-image-sync binary instead of building ./cmd/glance-image-sync")
 	many := flag.String("many", "200x1M,1000x64K", "comma list of NxSIZE: N images of SIZE queued at once, whole sync-images against one rsync -a of the directory (\"\": skip)")
+	internal := flag.Bool("internal-sftp", true, "also time the tool against a second sshd on the image's node whose sftp subsystem is internal-sftp (Debian's default, the headline, starts /usr/lib/openssh/sftp-server)")
 	flag.Var(&variants, "variant", "`name=binary[,ENV=value...]`: also time this build of the tool (repeatable; for measuring a change)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -87,7 +88,7 @@ func main() {
 		os.Exit(2)
 	}
 	o := opts{many: manySpecs, sizes: list, rounds: *rounds, dir: *dir, settle: *settle, big: *big, events: *events, only: *only, tool: *prebuilt,
-		clusterEvents: *clusterEvents}
+		clusterEvents: *clusterEvents, internalSFTP: *internal}
 	if o.seed, o.seeding, err = parseSeed(*seed); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
@@ -134,6 +135,7 @@ type opts struct {
 	events     int
 	only, tool string
 
+	internalSFTP  bool         // the internal-sftp line
 	clusterEvents int          // the 3-node cluster line; 0: none
 	latency       *latencyOpts // nil: no latency lines
 	seed          seedSpec     // the seeding line
@@ -162,6 +164,9 @@ type bench struct {
 	log      func(string, ...any)
 	// settleMax bounds the wait for an idle machine before a timed run.
 	settleMax time.Duration
+	// internalConf is the fetching node's config for the internal-sftp
+	// sshd (internalSFTP); "" without one.
+	internalConf string
 }
 
 func run(ctx context.Context, o opts) error {
@@ -210,6 +215,13 @@ func run(ctx context.Context, o opts) error {
 	methods, err := b.selected(o.only)
 	if err != nil {
 		return err
+	}
+	if o.internalSFTP {
+		m, err := b.internalSFTP(ctx, tool)
+		if err != nil {
+			return fmt.Errorf("internal-sftp: %w", err)
+		}
+		methods = append(methods, m)
 	}
 	fmt.Printf("datadirs under %s (%s), %d-core machine shared by client and server, load average before: %s\n",
 		c.Dir, fsType(c.Dir), runtime.NumCPU(), loadAvg())
@@ -578,11 +590,17 @@ func (b *bench) fetch(ctx context.Context, img harness.Image) (result, error) {
 }
 
 func (b *bench) fetchWith(ctx context.Context, bin string, env []string, img harness.Image) (result, error) {
+	return b.fetchConf(ctx, bin, b.dst.Config, env, img)
+}
+
+// fetchConf is fetchWith with another glance-image-sync.conf for the
+// fetching node (internalSFTP's).
+func (b *bench) fetchConf(ctx context.Context, bin, conf string, env []string, img harness.Image) (result, error) {
 	if err := b.publish(ctx, "image.upload", img); err != nil {
 		return result{}, err
 	}
 	n := b.dst
-	cmd := n.NS.Command(ctx, bin, "--config", n.Config, "--glance-config", n.GlanceConf, "sync-images")
+	cmd := n.NS.Command(ctx, bin, "--config", conf, "--glance-config", n.GlanceConf, "sync-images")
 	cmd.Env = append(os.Environ(), env...)
 	r, log, err := timed(cmd)
 	if err != nil {
@@ -844,4 +862,42 @@ func (b *bench) fanout(ctx context.Context, events int) error {
 	fmt.Printf("duplicate-notifications: %d image events to %d node queues in %.2f s = %.0f events/s (budget 1,500/s), %.1f s CPU, peak RSS %d MiB\n",
 		events, len(b.c.Nodes), r.secs, float64(events)/r.secs, r.cpu, r.rss>>20)
 	return nil
+}
+
+// internalSFTP is the tool fetching from a second sshd on the image's node
+// whose sftp subsystem is internal-sftp: no sftp-server process, no pipe
+// between it and sshd. The fetching node reaches it through a config and a
+// known_hosts of its own that name the second sshd's port for the source.
+func (b *bench) internalSFTP(ctx context.Context, tool string) (method, error) {
+	port, err := b.c.ExtraSSHD(ctx, b.src, harness.InternalSFTP)
+	if err != nil {
+		return method{}, err
+	}
+	kh, err := os.ReadFile(b.dst.KnownHosts)
+	if err != nil {
+		return method{}, err
+	}
+	knownHosts := b.dst.KnownHosts + ".internal-sftp"
+	kh = fmt.Appendf(kh, "[127.0.0.1]:%d %s\n", port, b.src.HostKey)
+	if err := os.WriteFile(knownHosts, kh, 0o644); err != nil {
+		return method{}, err
+	}
+	conf, err := os.ReadFile(b.dst.Config)
+	if err != nil {
+		return method{}, err
+	}
+	text := strings.Replace(string(conf), "known_hosts = "+b.dst.KnownHosts+"\n", "known_hosts = "+knownHosts+"\n", 1)
+	section := fmt.Sprintf("[node:%s]\naddress = 127.0.0.1\nport = %d\n", b.src.Name, b.src.SSHPort)
+	if !strings.Contains(text, section) || !strings.Contains(text, knownHosts) {
+		return method{}, fmt.Errorf("%s: no %q section or known_hosts line to point at port %d", b.dst.Config, section, port)
+	}
+	text = strings.Replace(text, section, fmt.Sprintf("[node:%s]\naddress = 127.0.0.1\nport = %d\n", b.src.Name, port), 1)
+	path := b.dst.Config + ".internal-sftp"
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		return method{}, err
+	}
+	b.internalConf = path
+	return method{"glance-image-sync internal-sftp", "the peer's sshd with Subsystem sftp internal-sftp", func(ctx context.Context) (result, error) {
+		return b.fetchConf(ctx, tool, path, nil, b.img)
+	}}, nil
 }

@@ -90,7 +90,7 @@ func (b *bench) many(ctx context.Context, spec manySpec, rounds int) error {
 	}()
 	methods := []manyMethod{
 		{"glance-image-sync", func(ctx context.Context, imgs []harness.Image) (result, error) {
-			return b.manyTool(ctx, b.c.Tool, nil, imgs)
+			return b.manyTool(ctx, b.c.Tool, b.dst.Config, nil, imgs)
 		}},
 	}
 	for _, v := range variants {
@@ -98,7 +98,12 @@ func (b *bench) many(ctx context.Context, spec manySpec, rounds int) error {
 		parts := strings.Split(spec, ",")
 		bin, env := parts[0], parts[1:]
 		methods = append(methods, manyMethod{"glance-image-sync " + name, func(ctx context.Context, imgs []harness.Image) (result, error) {
-			return b.manyTool(ctx, bin, env, imgs)
+			return b.manyTool(ctx, bin, b.dst.Config, env, imgs)
+		}})
+	}
+	if b.internalConf != "" {
+		methods = append(methods, manyMethod{"glance-image-sync internal-sftp", func(ctx context.Context, imgs []harness.Image) (result, error) {
+			return b.manyTool(ctx, b.c.Tool, b.internalConf, nil, imgs)
 		}})
 	}
 	methods = append(methods, manyMethod{"rsync -a", b.manyRsync})
@@ -160,7 +165,7 @@ func (b *bench) manyClean(imgs []harness.Image) {
 
 // manyTool queues one image.update per image on node2's queue (confirmed,
 // before the clock starts) and times node2's sync-images.
-func (b *bench) manyTool(ctx context.Context, bin string, env []string, imgs []harness.Image) (result, error) {
+func (b *bench) manyTool(ctx context.Context, bin, conf string, env []string, imgs []harness.Image) (result, error) {
 	bodies := make([][]byte, len(imgs))
 	for i, img := range imgs {
 		body, err := harness.OsloEnvelope("image.update", "image."+b.src.Name, harness.Payload(img, "active"))
@@ -173,7 +178,7 @@ func (b *bench) manyTool(ctx context.Context, bin string, env []string, imgs []h
 		return result{}, err
 	}
 	n := b.dst
-	cmd := n.NS.Command(ctx, bin, "--config", n.Config, "--glance-config", n.GlanceConf, "sync-images")
+	cmd := n.NS.Command(ctx, bin, "--config", conf, "--glance-config", n.GlanceConf, "sync-images")
 	cmd.Env = append(os.Environ(), env...)
 	r, log, err := timed(cmd)
 	if err != nil {

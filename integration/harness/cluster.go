@@ -81,6 +81,9 @@ type Cluster struct {
 	conn *amqp.Connection
 	mu   sync.Mutex // serialises publishing on ch
 	ch   *amqp.Channel
+
+	extraMu sync.Mutex
+	extra   []extraSSHD // see ExtraSSHD
 }
 
 // NewCluster sets up opts.Nodes nodes: directories, namespaces, running sshds,
@@ -202,6 +205,15 @@ func NodeQueue(n *Node) string { return "glance_image_sync." + n.Name + ".info" 
 // FailedQueue is n's parking queue.
 func FailedQueue(n *Node) string { return "glance_image_sync." + n.Name + ".failed" }
 
+// SFTPServer and InternalSFTP are the two ways sshd serves the sftp
+// subsystem: Debian's default, a separate sftp-server process started
+// through the user's shell, its data crossing a pipe to sshd; and sshd's
+// own code in the session's process.
+const (
+	SFTPServer   = "/usr/lib/openssh/sftp-server"
+	InternalSFTP = "internal-sftp"
+)
+
 func (c *Cluster) startSSHD(ctx context.Context, n *Node) error {
 	sshDir := filepath.Join(n.Dir, "ssh")
 	hostKey := filepath.Join(sshDir, "ssh_host_ed25519_key")
@@ -217,14 +229,51 @@ func (c *Cluster) startSSHD(ctx context.Context, n *Node) error {
 		return fmt.Errorf("harness: unreadable host key %s.pub", hostKey)
 	}
 	n.HostKey = f[0] + " " + f[1]
-	cfg := filepath.Join(sshDir, "sshd_config")
+	n.sshdLog = &lockedBuffer{}
+	cmd, done, port, err := c.launchSSHD(ctx, n, filepath.Join(sshDir, "sshd_config"), SFTPServer, n.sshdLog)
+	if err != nil {
+		return err
+	}
+	n.sshd, n.sshdDone, n.SSHPort = cmd, done, port
+	return nil
+}
+
+// ExtraSSHD starts a second sshd for n, with n's host key and datadir, whose
+// sftp subsystem is subsystem (SFTPServer, InternalSFTP), and returns its
+// port; Close stops it. A bench times both sshds in one alternating run.
+// It is not in any node's config or known_hosts: the caller writes those.
+func (c *Cluster) ExtraSSHD(ctx context.Context, n *Node, subsystem string) (int, error) {
+	c.extraMu.Lock()
+	k := len(c.extra)
+	c.extraMu.Unlock()
+	cfg := filepath.Join(n.Dir, "ssh", fmt.Sprintf("sshd_config.extra%d", k))
+	cmd, done, port, err := c.launchSSHD(ctx, n, cfg, subsystem, &lockedBuffer{})
+	if err != nil {
+		return 0, err
+	}
+	c.extraMu.Lock()
+	c.extra = append(c.extra, extraSSHD{cmd, done})
+	c.extraMu.Unlock()
+	return port, nil
+}
+
+type extraSSHD struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// launchSSHD writes cfg for n's sshd on a free port, with the given sftp
+// subsystem, and starts it in n's namespace.
+func (c *Cluster) launchSSHD(ctx context.Context, n *Node, cfg, subsystem string, log *lockedBuffer) (*exec.Cmd, chan struct{}, int, error) {
+	sshDir := filepath.Join(n.Dir, "ssh")
+	hostKey := filepath.Join(sshDir, "ssh_host_ed25519_key")
 	// A port picked by the kernel can be taken again before sshd binds it;
 	// try a few.
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		port, err := freePort()
 		if err != nil {
-			return err
+			return nil, nil, 0, err
 		}
 		conf := fmt.Sprintf(`# sshd of simulated node %s; runs inside its mount namespace so SFTP
 # reads of %s serve this node's own images.
@@ -238,33 +287,31 @@ PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 LogLevel VERBOSE
-Subsystem sftp /usr/lib/openssh/sftp-server
-`, n.Name, CommonDatadir, port, hostKey, filepath.Join(sshDir, "authorized_keys"))
+Subsystem sftp %s
+`, n.Name, CommonDatadir, port, hostKey, filepath.Join(sshDir, "authorized_keys"), subsystem)
 		if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-			return err
+			return nil, nil, 0, err
 		}
 		// Not tied to ctx: sshd lives until Close.
 		cmd := n.NS.Command(context.Background(), "/usr/sbin/sshd", "-D", "-e", "-f", cfg)
 		// Dies with the test process, so a killed run leaves no sshd behind.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		n.sshdLog = &lockedBuffer{}
-		cmd.Stdout = n.sshdLog
-		cmd.Stderr = n.sshdLog
+		cmd.Stdout = log
+		cmd.Stderr = log
 		if err := cmd.Start(); err != nil {
-			return fmt.Errorf("harness: node %s: start sshd: %w", n.Name, err)
+			return nil, nil, 0, fmt.Errorf("harness: node %s: start sshd: %w", n.Name, err)
 		}
 		done := make(chan struct{})
 		go func() { _ = cmd.Wait(); close(done) }()
 		if err := waitPort(ctx, port, done); err != nil {
 			_ = cmd.Process.Kill()
 			<-done
-			lastErr = fmt.Errorf("harness: node %s: sshd on port %d: %v; its log:\n%s", n.Name, port, err, n.sshdLog.String())
+			lastErr = fmt.Errorf("harness: node %s: sshd on port %d: %v; its log:\n%s", n.Name, port, err, log.String())
 			continue
 		}
-		n.sshd, n.sshdDone, n.SSHPort = cmd, done, port
-		return nil
+		return cmd, done, port, nil
 	}
-	return lastErr
+	return nil, nil, 0, lastErr
 }
 
 // SSHDLog returns what n's sshd wrote so far (connections, auth failures).
@@ -399,6 +446,13 @@ func (c *Cluster) Run(ctx context.Context, n *Node, args ...string) (stdout, std
 // (unless KeepDir) its directory. It is safe to call on a half-built cluster.
 func (c *Cluster) Close() error {
 	var errs []error
+	c.extraMu.Lock()
+	for _, e := range c.extra {
+		_ = e.cmd.Process.Kill()
+		<-e.done
+	}
+	c.extra = nil
+	c.extraMu.Unlock()
 	for _, n := range c.Nodes {
 		if n.sshd != nil {
 			_ = n.sshd.Process.Kill()

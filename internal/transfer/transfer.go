@@ -361,24 +361,20 @@ func (c *Client) Peer() Peer { return c.peer }
 // Close ends the SFTP session and the connection.
 func (c *Client) Close() error {
 	c.sessions.closeAll()
+	// The connection first: a pkg/sftp session still starting holds sftpMu
+	// until the connection ends.
+	err := c.ssh.Close()
 	c.sftpMu.Lock()
 	if c.sftp != nil {
 		c.sftp.Close()
 	}
 	c.sftpMu.Unlock()
-	err := c.ssh.Close()
 	c.done()
 	return err
 }
 
 // ErrNotFound is a remote file that does not exist.
 var ErrNotFound = errors.New("no such file on the peer")
-
-// Stat returns the size of a regular remote file.
-func (c *Client) Stat(ctx context.Context, path string) (int64, error) {
-	st, err := c.Probe(ctx, path)
-	return st.Size, err
-}
 
 // ErrStalled is a transfer that made no progress for the idle timeout.
 var ErrStalled = errors.New("transfer stalled")
@@ -469,4 +465,10 @@ func (c *Client) watchdog(ctx context.Context, idle time.Duration, last *atomic.
 		wg.Wait()
 		return fired.Load()
 	}
+}
+
+// Stat returns the size of a regular remote file.
+func (c *Client) Stat(ctx context.Context, path string) (int64, error) {
+	st, err := c.Probe(ctx, path)
+	return st.Size, err
 }
