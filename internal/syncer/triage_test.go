@@ -100,3 +100,20 @@ func TestServeParksOversize(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// The daemon's receiver is on a connection of its own, which closing the
+// daemon's connection does not end: a consumer with nothing to pass on
+// stops when its context ends, so its receiver is closed and the messages
+// it holds go back to the queue.
+func TestFeedStopsWhileQuiet(t *testing.T) {
+	ds := make(chan *broker.Delivery) // the broker pushes nothing
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if feed(ctx, ds, make(chan received)) {
+		t.Error("feed reported the stream ended; want stopped by its context")
+	}
+	close(ds)
+	if !feed(context.Background(), ds, make(chan received)) {
+		t.Error("feed did not report the stream's end")
+	}
+}
