@@ -151,8 +151,10 @@ func feed(ctx context.Context, ds <-chan *broker.Delivery, in chan<- received) b
 			if !ok {
 				return true
 			}
+			m := d.Message
+			d.Body = nil // as in Run: the delivery stays for its ack only
 			select {
-			case in <- received{d: d, m: d.Message}:
+			case in <- received{d: d, m: m}:
 			case <-ctx.Done():
 				return false
 			}

@@ -270,7 +270,11 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 		if d == nil {
 			break
 		}
-		j, ok := s.triage(ctx, d, d.Message)
+		// The delivery stays for its ack; its body travels in m, so a
+		// large one is garbage as soon as it is parked, not at the ack.
+		m := d.Message
+		d.Body = nil
+		j, ok := s.triage(ctx, d, m)
 		if !ok {
 			continue
 		}
