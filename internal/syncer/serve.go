@@ -42,10 +42,10 @@ type received struct {
 // Serve is sync-images as a daemon: it consumes this node's queue (up to
 // prefetch messages unacked at once, and at most nodequeue.HeldBodies of
 // their bodies, on a connection of the receiver's own) and handles each
-// message as it comes, until ctx ends or the broker closes the channel. A message that cannot be
-// done now is re-queued with its attempts counted and a retry time
-// (nodequeue.Deferred); when it comes back it waits in its image's lane, and
-// only there, until that time. The retry time travels in the message, so a
+// message as it comes, until ctx ends or the broker closes the channel. A
+// message that cannot be done now is re-queued with its attempts counted
+// and a retry time (nodequeue.Deferred); when it comes back it waits in its
+// image's lane, and only there, until that time. The retry time travels in the message, so a
 // restarted daemon keeps the schedule. A delete cancels whatever its image's
 // lane holds: a queued or waiting fetch is acked unread, a running fetch is
 // cut (its partial kept, then removed by the delete).
