@@ -10,9 +10,11 @@
 //
 // Glance's queue is writable by anyone with a credential of the cloud's
 // broker, so nothing on it is trusted: headers named x-glance-image-sync-*
-// (any case) are dropped before a copy is made, bodies over MaxEventBody
-// (1 MiB) are parked with their first ParkedBodyCap (64 KiB) and their size,
-// undecodable ones are parked whole, and the source is read at most about
-// 8 MiB of bodies ahead of the acks (broker.ReceiveBounded), so a drain's
-// memory does not depend on what was published.
+// (any case) are dropped before a copy is made, bodies over
+// nodequeue.MaxBody (1 MiB) are parked with their first
+// nodequeue.ParkedBodyCap (64 KiB) and their size, undecodable ones are
+// parked whole, and the source is read at most nodequeue.HeldBodies (8 MiB)
+// of bodies ahead of the acks (broker.ReceiveBounded), so a drain's memory
+// does not depend on what was published. sync-images reads the node queues
+// within the same limits.
 package fanout

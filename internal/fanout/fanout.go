@@ -3,7 +3,6 @@ package fanout
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"runtime/debug"
 	"time"
@@ -14,32 +13,13 @@ import (
 	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 )
 
-// Limits on what one source message may cost.
-const (
-	// MaxEventBody is the largest body decoded as a notification. Glance's
-	// image events are a few KiB (format_image_notification in
-	// openstack/glance:glance/notifier.py: the record's fields, its
-	// properties and tags); even a hundred properties of a few hundred bytes
-	// stay far below this. A larger body is parked, never decoded: decoding
-	// costs several times the body in memory.
-	MaxEventBody = 1 << 20
-	// ParkedBodyCap is how much of an oversize body is parked: enough to
-	// see what it was and who sent it, with a header saying how much
-	// was cut. Bodies up to MaxEventBody are parked whole.
-	ParkedBodyCap = 64 << 10
-	// heapLimit is the Go soft memory limit while a drain runs, when the
-	// process has none lower. amqp091-go assembles a body by appending
-	// frames, so the last growth step holds about 2.25 times the body; a
-	// 16 MiB body is then ~30 MiB live, and under the run's 56 MiB limit
-	// the collector let the heap reach ~50 MiB, peak RSS 60–73 MiB over
-	// the 64 MiB budget. Small events keep a few MiB live, so the tighter
-	// limit costs them nothing.
-	heapLimit = 32 << 20
-	// heldBodies bounds the bytes of source bodies taken and not yet acked
-	// (broker.ReceiveBounded). Small events never reach it (prefetch 512 ×
-	// a few KiB); large bodies are then read one or two at a time.
-	heldBodies = 8 << 20
-)
+// heapLimit is the Go soft memory limit while a drain runs, when the
+// process has none lower. amqp091-go assembles a body by appending frames,
+// so the last growth step holds about 2.25 times the body; a 16 MiB body is
+// then ~30 MiB live, and under the run's 56 MiB limit the collector let the
+// heap reach ~50 MiB, peak RSS 60–73 MiB over the 64 MiB budget. Small
+// events keep a few MiB live, so the tighter limit costs them nothing.
+const heapLimit = 32 << 20
 
 // Config is what a duplicate-notifications run needs.
 type Config struct {
@@ -111,7 +91,7 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 		log.Debug("source queue empty", "queue", cfg.SourceQueue)
 		return res, nil
 	}
-	recv, err := conn.ReceiveBounded(ctx, cfg.SourceQueue, heldBodies)
+	recv, err := conn.ReceiveBounded(ctx, cfg.SourceQueue, nodequeue.HeldBodies)
 	if err != nil {
 		return res, err
 	}
@@ -266,10 +246,8 @@ func route(ctx context.Context, cfg Config, out senders, m broker.Message, res *
 	// Glance's queue can be written by anyone holding a credential of the
 	// cloud's broker: a header of ours on it would be believed downstream.
 	m = nodequeue.Strip(m)
-	if len(m.Body) > MaxEventBody {
-		reason := fmt.Sprintf("body of %d bytes is larger than the %d bytes of any Glance notification; parked with its first %d bytes", len(m.Body), MaxEventBody, ParkedBodyCap)
-		// A copy, so the large body can be freed before the confirm.
-		return park(ctx, cfg, pub, nodequeue.Capped(m, ParkedBodyCap), reason, res, log)
+	if capped, reason, over := nodequeue.Oversize(m); over {
+		return park(ctx, cfg, pub, capped, reason, res, log)
 	}
 	ev, err := notification.Decode(m.Body)
 	if err != nil {

@@ -68,7 +68,7 @@ func TestOwnHeadersStripped(t *testing.T) {
 		{"copied", fixture(t, "oslo2_image_update_active.json"), "glance_image_sync.n1.info"},
 		{"forwarded", fixture(t, "oslo2_image_send.json"), "ours.info"},
 		{"parked", []byte("{not json"), "glance_image_sync.n1.failed"},
-		{"parked oversize", bytes.Repeat([]byte("x"), MaxEventBody+1), "glance_image_sync.n1.failed"},
+		{"parked oversize", bytes.Repeat([]byte("x"), nodequeue.MaxBody+1), "glance_image_sync.n1.failed"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var f fakeSender
@@ -111,8 +111,8 @@ func TestOversizeParkedCapped(t *testing.T) {
 		t.Fatalf("sent %d messages (%+v), want one to the parking queue", len(f.sent), res)
 	}
 	m := f.sent[0].m
-	if len(m.Body) != ParkedBodyCap || !bytes.Equal(m.Body, big[:ParkedBodyCap]) {
-		t.Errorf("parked body: %d bytes, want the first %d", len(m.Body), ParkedBodyCap)
+	if len(m.Body) != nodequeue.ParkedBodyCap || !bytes.Equal(m.Body, big[:nodequeue.ParkedBodyCap]) {
+		t.Errorf("parked body: %d bytes, want the first %d", len(m.Body), nodequeue.ParkedBodyCap)
 	}
 	if got := m.IntHeader(nodequeue.TruncatedHeader); got != len(big) {
 		t.Errorf("%s = %v, want %d", nodequeue.TruncatedHeader, m.Headers[nodequeue.TruncatedHeader], len(big))
@@ -123,7 +123,7 @@ func TestOversizeParkedCapped(t *testing.T) {
 
 	// Undecodable but within the limit: parked whole, not marked truncated.
 	f = fakeSender{}
-	odd := append([]byte("{"), bytes.Repeat([]byte("z"), MaxEventBody-1)...)
+	odd := append([]byte("{"), bytes.Repeat([]byte("z"), nodequeue.MaxBody-1)...)
 	if _, err := route(context.Background(), testCfg, senders{&f, &f}, broker.Message{Body: odd}, &res, quiet()); err != nil {
 		t.Fatal(err)
 	}

@@ -79,6 +79,42 @@ func Parked(m broker.Message, by node.Name, reason string) broker.Message {
 	return m.WithHeader(ReasonHeader, truncate(reason)).WithHeader(NodeHeader, string(by))
 }
 
+// Limits on what a message of a node queue may cost.
+const (
+	// MaxBody is the largest body of an event in a node queue. Glance's
+	// image events are a few KiB (format_image_notification in
+	// openstack/glance:glance/notifier.py: the record's fields, its
+	// properties and tags); even a hundred properties of a few hundred bytes
+	// stay far below this. duplicate-notifications parks a larger body
+	// instead of copying it, so a larger one in a node queue was put there
+	// by someone else: it is parked too, never decoded (decoding costs
+	// several times the body in memory).
+	MaxBody = 1 << 20
+	// ParkedBodyCap is how much of a body over MaxBody is parked: enough
+	// to see what it was and who sent it, with TruncatedHeader saying how
+	// much was cut.
+	ParkedBodyCap = 64 << 10
+	// HeldBodies bounds the bytes of bodies a consumer of Glance's queue or
+	// of a node queue holds taken and not yet acked
+	// (broker.ReceiveBounded). Anyone with a credential of the broker can
+	// publish bodies up to its max_message_size (128 MiB by default) into
+	// either, and a count-only prefetch of 256 would read 256 of them.
+	// Small events never reach it (prefetch × a few KiB); large bodies are
+	// then read one or two at a time.
+	HeldBodies = 8 << 20
+)
+
+// Oversize reports whether m's body is over MaxBody, and if so returns what
+// is parked instead (its first ParkedBodyCap bytes, a copy, so the large
+// body can be freed before the publish is confirmed) and the reason.
+func Oversize(m broker.Message) (capped broker.Message, reason string, over bool) {
+	if len(m.Body) <= MaxBody {
+		return m, "", false
+	}
+	reason = fmt.Sprintf("body of %d bytes is larger than the %d bytes of any Glance notification; parked with its first %d bytes", len(m.Body), MaxBody, ParkedBodyCap)
+	return Capped(m, ParkedBodyCap), reason, true
+}
+
 // Capped is m with only the first n bytes of its body, a copy (so the large
 // body can be freed), and its original size in TruncatedHeader. A body of n
 // bytes or fewer is left as it is.

@@ -21,7 +21,17 @@
 // ends. It consumes them with a prefetch and stops the consumer at the last
 // one counted (intake.go); images larger than 16 MiB take one of the
 // transfers slots, smaller ones run beside them, up to 8 at once (admit.go),
-// as many as the SFTP sessions transfer keeps per peer. Serve is the daemon (watch): it consumes the queue, one lane per
+// as many as the SFTP sessions transfer keeps per peer.
+//
+// Run and Serve read the queue on a connection of their own, at most
+// nodequeue.HeldBodies (8 MiB) of bodies ahead of their acks
+// (broker.ReceiveBounded), and park a body over nodequeue.MaxBody (1 MiB)
+// unread, as its first 64 KiB: anyone who may write to the default exchange
+// can put bodies in a node queue, and no copy fanout makes is that large.
+// Parks and re-queued copies are published on the run's connection, never
+// on the receiver's, whose only flow control is how fast it is read.
+//
+// Serve is the daemon (watch): it consumes the queue, one lane per
 // image with work, lanes independent. A message that fails for a reason that
 // may pass is re-queued with its attempts counted and a retry time
 // (nodequeue's retry-at header, 10 s doubling to 5 min); when it comes back

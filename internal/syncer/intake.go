@@ -19,7 +19,9 @@ import (
 // next run's.
 
 // maxPrefetch bounds the messages taken and not yet settled: far more than
-// the lanes that work at once, few enough that their bodies cost little.
+// the lanes that work at once. Their bodies are bounded apart, by bytes
+// (nodequeue.HeldBodies): a count alone would let 256 bodies as large as
+// the broker accepts be read at once.
 const maxPrefetch = 256
 
 // intakeIdle ends the intake when no message arrives for this long and the
@@ -27,10 +29,14 @@ const maxPrefetch = 256
 // consumer took some).
 const intakeIdle = time.Second
 
-// deliveries is where the intake takes messages from: the consumer's stream
-// and a way to stop it (*broker.Receiver).
+// deliveries is where the intake takes messages from: the consumer's stream,
+// a way to stop it, and why it ended (*broker.Receiver).
 type deliveries interface {
 	StopConsuming() error
+	// Ended is the error of a stream that ended unasked: wrapping
+	// broker.ErrConnectionLost when the receiver's connection is gone, so
+	// the run is resumed on a new one.
+	Ended() error
 }
 
 // intake hands Run the messages that were ready when it started, one by one.
@@ -62,7 +68,7 @@ func (it *intake) next(ctx context.Context) (*broker.Delivery, error) {
 				if ctx.Err() != nil {
 					return nil, nil
 				}
-				return nil, fmt.Errorf("the broker ended the consumer with %d counted messages not yet taken", it.left)
+				return nil, fmt.Errorf("the broker ended the consumer with %d counted messages not yet taken: %w", it.left, it.src.Ended())
 			}
 			it.left--
 			it.unsettled.Add(1)

@@ -2,6 +2,8 @@ package syncer
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -9,9 +11,19 @@ import (
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 )
 
-type fakeConsumer struct{ stops int }
+type fakeConsumer struct {
+	stops int
+	ended error // what Ended says
+}
 
 func (f *fakeConsumer) StopConsuming() error { f.stops++; return nil }
+
+func (f *fakeConsumer) Ended() error {
+	if f.ended == nil {
+		return errors.New("consumer closed")
+	}
+	return f.ended
+}
 
 func pushed(n int) chan *broker.Delivery {
 	in := make(chan *broker.Delivery, n)
@@ -89,5 +101,24 @@ func TestIntakeEnds(t *testing.T) {
 	it = &intake{in: make(chan *broker.Delivery), src: &fakeConsumer{}, left: 2, idle: time.Hour, unsettled: &unsettled}
 	if d, err := it.next(ctx); d != nil || err != nil {
 		t.Errorf("run's end: %v, %v", d, err)
+	}
+}
+
+// A bounded receiver reads on a connection of its own, which can be lost
+// while the run's connection stands: the intake's error then says so, so
+// the run is resumed on a new connection (broker.Lost) instead of failing.
+func TestIntakeEndsWithLostConnection(t *testing.T) {
+	var unsettled atomic.Int64
+	in := make(chan *broker.Delivery)
+	close(in)
+	lost := fmt.Errorf("broker amqp://x: consumer on q: %w", broker.ErrConnectionLost)
+	it := &intake{in: in, src: &fakeConsumer{ended: lost}, left: 2, idle: time.Hour, unsettled: &unsettled}
+	_, err := it.next(context.Background())
+	if !broker.Lost(err) {
+		t.Errorf("the receiver's connection was lost, but the intake's error does not say so: %v", err)
+	}
+	it = &intake{in: in, src: &fakeConsumer{}, left: 2, idle: time.Hour, unsettled: &unsettled}
+	if _, err := it.next(context.Background()); err == nil || broker.Lost(err) {
+		t.Errorf("a consumer the broker closed on a live connection: %v; want an error, not a lost connection", err)
 	}
 }

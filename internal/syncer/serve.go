@@ -9,7 +9,6 @@ import (
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
-	"github.com/glance-image-sync/glance-image-sync/internal/notification"
 )
 
 // Retry schedule of the daemon: a deferred message waits RetryMin after its
@@ -41,11 +40,12 @@ type received struct {
 }
 
 // Serve is sync-images as a daemon: it consumes this node's queue (up to
-// prefetch messages unacked at once) and handles each message as it comes,
-// until ctx ends or the broker closes the channel. A message that cannot be
-// done now is re-queued with its attempts counted and a retry time
-// (nodequeue.Deferred); when it comes back it waits in its image's lane, and
-// only there, until that time. The retry time travels in the message, so a
+// prefetch messages unacked at once, and at most nodequeue.HeldBodies of
+// their bodies, on a connection of the receiver's own) and handles each
+// message as it comes, until ctx ends or the broker closes the channel. A
+// message that cannot be done now is re-queued with its attempts counted
+// and a retry time (nodequeue.Deferred); when it comes back it waits in its
+// image's lane, and only there, until that time. The retry time travels in the message, so a
 // restarted daemon keeps the schedule. A delete cancels whatever its image's
 // lane holds: a queued or waiting fetch is acked unread, a running fetch is
 // cut (its partial kept, then removed by the delete).
@@ -54,10 +54,6 @@ func (s *Syncer) Serve(ctx context.Context, prefetch int) (Result, error) {
 		if err := s.conn.DeclareQueue(q); err != nil {
 			return Result{}, err
 		}
-	}
-	recv, err := s.conn.Receive(s.cfg.Queue)
-	if err != nil {
-		return Result{}, err
 	}
 	pub, err := s.conn.Publisher()
 	if err != nil {
@@ -74,9 +70,23 @@ func (s *Syncer) Serve(ctx context.Context, prefetch int) (Result, error) {
 		defer s.announce()()
 	}
 	defer s.f.close()
+	// Bounded by bytes as Run's is; parks and re-queued copies are
+	// published on conn, never on the receiver's own connection. consume
+	// closes it.
+	recv, err := s.conn.ReceiveBounded(ctx, s.cfg.Queue, nodequeue.HeldBodies)
+	if err != nil {
+		return s.TakeResult(), err
+	}
 	in := make(chan received)
-	go s.consume(ctx, recv, prefetch, in)
+	cctx, stop := context.WithCancel(ctx)
+	go s.consume(cctx, recv, prefetch, in)
 	err = s.serve(ctx, in)
+	// However serve ended, the consumer stops and its receiver is closed
+	// before Serve returns: messages it holds go back to the queue now,
+	// not when the process ends.
+	stop()
+	for range in {
+	}
 	if err == nil {
 		err = fmt.Errorf("broker %s: the channel consuming %s was closed", s.conn.URL(), s.cfg.Queue)
 	}
@@ -84,11 +94,12 @@ func (s *Syncer) Serve(ctx context.Context, prefetch int) (Result, error) {
 }
 
 // consume feeds in from the node queue until ctx ends or the connection
-// is lost. When the broker closes only the consumer's channel (a transfer
-// outlasted its consumer_timeout), it consumes again on a new channel: the
-// lanes and their transfers go on, and each message the broker hands out
-// again is settled against what is here by then (a placed, verified file
-// is not read again).
+// is lost, and closes the receiver (its unacked messages go back to the
+// queue) before it closes in. When the broker closes only the consumer's
+// channel (a transfer outlasted its consumer_timeout), it consumes again on
+// a new receiver: the lanes and their transfers go on, and each message the
+// broker hands out again is settled against what is here by then (a
+// placed, verified file is not read again).
 func (s *Syncer) consume(ctx context.Context, recv *broker.Receiver, prefetch int, in chan<- received) {
 	defer close(in)
 	backoff := 100 * time.Millisecond
@@ -99,16 +110,21 @@ func (s *Syncer) consume(ctx context.Context, recv *broker.Receiver, prefetch in
 			s.fail(err)
 			return
 		}
-		for d := range ds {
-			select {
-			case in <- received{d: d, m: d.Message}:
-			case <-ctx.Done():
-				recv.Close()
-				return
-			}
+		if !feed(ctx, ds, in) {
+			recv.Close()
+			return
 		}
+		// Asked before the close, which ends the receiver's connection.
+		ended := recv.Ended()
 		recv.Close()
 		if ctx.Err() != nil || s.conn.Closed() {
+			return
+		}
+		if broker.Lost(ended) {
+			// The receiver's own connection is gone (a broker node killed,
+			// the network cut) though conn has not noticed yet: the daemon
+			// redials, from the URL after this one.
+			s.fail(ended)
 			return
 		}
 		s.log.Warn("the broker closed the channel consuming the node queue (consumer_timeout?); consuming again; its unacked messages come back and are settled against the datadir",
@@ -117,9 +133,33 @@ func (s *Syncer) consume(ctx context.Context, recv *broker.Receiver, prefetch in
 			return
 		}
 		backoff = min(2*backoff, 10*time.Second)
-		if recv, err = s.conn.Receive(s.cfg.Queue); err != nil {
+		if recv, err = s.conn.ReceiveBounded(ctx, s.cfg.Queue, nodequeue.HeldBodies); err != nil {
 			s.fail(err)
 			return
+		}
+	}
+}
+
+// feed passes ds on to in until ds ends (true) or ctx does (false). It
+// watches ctx while waiting for ds too: the receiver is on a connection of
+// its own, which closing the daemon's connection does not end, so only
+// ctx stops a quiet consumer.
+func feed(ctx context.Context, ds <-chan *broker.Delivery, in chan<- received) bool {
+	for {
+		select {
+		case d, ok := <-ds:
+			if !ok {
+				return true
+			}
+			m := d.Message
+			d.Body = nil // as in Run: the delivery stays for its ack only
+			select {
+			case in <- received{d: d, m: m}:
+			case <-ctx.Done():
+				return false
+			}
+		case <-ctx.Done():
+			return false
 		}
 	}
 }
@@ -155,25 +195,11 @@ func (s *Syncer) serve(ctx context.Context, in <-chan received) error {
 	}
 }
 
-// dispatch plans one message and hands it to its image's lane.
+// dispatch settles one message or hands it to its image's lane (triage).
 func (s *Syncer) dispatch(ctx context.Context, ls *lanes, r received) {
-	ev, err := notification.Decode(r.m.Body)
-	if err != nil {
-		s.park(ctx, r.d, r.m, "", "", "undecodable", err.Error())
-		return
+	if j, ok := s.triage(ctx, r.d, r.m); ok {
+		ls.add(ctx, j)
 	}
-	action, why, cause := plan(ev, s.nodes())
-	switch action {
-	case Ignore:
-		s.log.Debug("ignored", "event", ev.EventType, "image", imageID(ev), "reason", why)
-		s.ack(r.d)
-		s.tally(ev.EventType, "ignored", "")
-		return
-	case Park:
-		s.park(ctx, r.d, r.m, ev.EventType, imageID(ev), cause, why)
-		return
-	}
-	ls.add(ctx, job{d: r.d, m: r.m, ev: ev, action: action})
 }
 
 // lanes are the images with work, one goroutine each while they have some:

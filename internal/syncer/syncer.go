@@ -199,6 +199,8 @@ func (j job) image() string {
 
 // Run takes at most the messages that were ready when it started, so messages
 // it re-queues are left for the next run instead of spinning in this one.
+// It reads the queue at most nodequeue.HeldBodies of bodies ahead of its
+// acks, and parks a body over nodequeue.MaxBody unread (triage).
 func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	if err := s.conn.DeclareQueue(s.cfg.Queue); err != nil {
 		return Result{}, err
@@ -214,7 +216,18 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 		s.log.Debug("queue empty", "queue", s.cfg.Queue)
 		return Result{}, nil
 	}
-	recv, err := s.conn.Receive(s.cfg.Queue)
+	// The queue is read at most nodequeue.HeldBodies of bodies ahead of
+	// the acks, on a connection of the receiver's own: anyone who may write
+	// to the default exchange can put bodies as large as the broker allows
+	// in this queue, and a prefetch alone would read 256 of them at once.
+	// A dry run takes one message at a time (Get) and acks none, which the
+	// bounded receiver's reads would wait for: it reads on conn.
+	var recv *broker.Receiver
+	if s.cfg.DryRun {
+		recv, err = s.conn.Receive(s.cfg.Queue)
+	} else {
+		recv, err = s.conn.ReceiveBounded(ctx, s.cfg.Queue, nodequeue.HeldBodies)
+	}
 	if err != nil {
 		return Result{}, err
 	}
@@ -257,23 +270,15 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 		if d == nil {
 			break
 		}
-		ev, err := notification.Decode(d.Body)
-		if err != nil {
-			s.park(ctx, d, d.Message, "", "", "undecodable", err.Error())
+		// The delivery stays for its ack; its body travels in m, so a
+		// large one is garbage as soon as it is parked, not at the ack.
+		m := d.Message
+		d.Body = nil
+		j, ok := s.triage(ctx, d, m)
+		if !ok {
 			continue
 		}
-		action, why, cause := plan(ev, s.nodes())
-		switch action {
-		case Ignore:
-			s.log.Debug("ignored", "event", ev.EventType, "image", imageID(ev), "reason", why)
-			s.ack(d)
-			s.tally(ev.EventType, "ignored", "")
-			continue
-		case Park:
-			s.park(ctx, d, d.Message, ev.EventType, imageID(ev), cause, why)
-			continue
-		}
-		id := ev.Image.ID
+		id := j.ev.Image.ID
 		lane, ok := lanes[id]
 		if !ok {
 			lane = make(chan job, 16)
@@ -284,7 +289,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 				s.runLane(ctx, lane, adm)
 			}()
 		}
-		lane <- job{d: d, m: d.Message, ev: ev, action: action}
+		lane <- j
 	}
 	for _, l := range lanes {
 		close(l)
@@ -297,6 +302,36 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 		return s.res, s.bad
 	}
 	return s.res, ctx.Err()
+}
+
+// triage settles a message as it is taken off the queue when it needs no
+// lane: parked when its body is over nodequeue.MaxBody, undecodable, or
+// planned to be; acked when it asks nothing. Otherwise it returns the job
+// for the image's lane. Run and Serve take every message through it.
+func (s *Syncer) triage(ctx context.Context, d acker, m broker.Message) (job, bool) {
+	if capped, reason, over := nodequeue.Oversize(m); over {
+		// No copy duplicate-notifications makes is this large: it was
+		// published into the node queue directly. Never decoded.
+		s.park(ctx, d, capped, "", "", "oversize", reason)
+		return job{}, false
+	}
+	ev, err := notification.Decode(m.Body)
+	if err != nil {
+		s.park(ctx, d, m, "", "", "undecodable", err.Error())
+		return job{}, false
+	}
+	action, why, cause := plan(ev, s.nodes())
+	switch action {
+	case Ignore:
+		s.log.Debug("ignored", "event", ev.EventType, "image", imageID(ev), "reason", why)
+		s.ack(d)
+		s.tally(ev.EventType, "ignored", "")
+		return job{}, false
+	case Park:
+		s.park(ctx, d, m, ev.EventType, imageID(ev), cause, why)
+		return job{}, false
+	}
+	return job{d: d, m: m, ev: ev, action: action}, true
 }
 
 // runLane handles one image's jobs in order. After a fetch of the image has
