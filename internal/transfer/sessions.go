@@ -102,6 +102,12 @@ func (p *sessionPool) closeAll() {
 // newSession starts an SFTP session: channel, subsystem, init. The caller
 // holds a slot for it.
 func (c *Client) newSession(last *atomic.Int64) (_ *pooledStream, err error) {
+	// Starting a session runs sftp-server through rsync_user's shell on
+	// the peer, which on a loaded node can take seconds: it is bounded
+	// like a dial (ssh_timeout), not by the transfer's idle window, which
+	// is about bytes that stopped coming. The watchdog counts from last;
+	// the init's reply sets it to now.
+	last.Store(time.Now().Add(c.timeout).UnixNano())
 	sess, err := c.ssh.NewSession()
 	if err != nil {
 		return nil, fmt.Errorf("opening an sftp session: %w", err)

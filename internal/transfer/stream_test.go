@@ -83,6 +83,10 @@ type fakePeer struct {
 	// partial copy its writer is still appending to.
 	growing bool
 	visible atomic.Int64
+
+	// startDelay holds back every session after the first (the mux, which
+	// Dial opens) before it answers: a slow shell on the peer.
+	startDelay time.Duration
 }
 
 // length is what the file holds now.
@@ -123,7 +127,9 @@ func peerOf(srv *sshtest.Server) Peer {
 // serveSFTP answers one session: the mux, which Dial opens (stats and
 // FetchSize), or one of Fetch's.
 func (p *fakePeer) serveSFTP(ch ssh.Channel) {
-	p.sessions.Add(1)
+	if p.sessions.Add(1) > 1 && p.startDelay > 0 {
+		time.Sleep(p.startDelay)
+	}
 	// Requests are read on their own goroutine so that the server can hold
 	// reads back and notice when no more come.
 	in := make(chan []byte, 64)
@@ -475,6 +481,30 @@ func TestStreamStalled(t *testing.T) {
 	}
 	if took > 5*time.Second {
 		t.Errorf("Fetch from a stalled server took %s with an idle timeout of 300ms", took)
+	}
+}
+
+// TestSlowSessionStartIsNoStall: a session whose start takes longer than
+// the transfer's idle window (sftp-server started through a slow shell on a
+// loaded peer) is bounded by the dial timeout, not taken for a stall: a
+// stall closes the whole connection, and a chain follower would give up a
+// peer that was only slow to start.
+func TestSlowSessionStartIsNoStall(t *testing.T) {
+	data := randomData(3*PacketSize + 5)
+	p := &fakePeer{data: data, size: int64(len(data)), startDelay: 900 * time.Millisecond}
+	c := startPeer(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var got bytes.Buffer
+	n, err := c.Fetch(ctx, servedPath, 0, &got, 300*time.Millisecond)
+	if err != nil {
+		t.Fatalf("Fetch over a session that took 900ms to start, idle window 300ms: %v", err)
+	}
+	if n != int64(len(data)) || !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("Fetch wrote %d bytes, want the file's %d", n, len(data))
+	}
+	if p.sessions.Load() < 2 {
+		t.Fatalf("the fetch ran on %d sessions: the slow start was never exercised", p.sessions.Load())
 	}
 }
 
