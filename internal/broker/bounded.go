@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -57,6 +58,11 @@ type held struct {
 	bytes  int64
 	tags   []tagSize // in delivery order, which is tag order
 	off    bool      // the gate is open for good
+
+	// lastRead is when the socket last gave bytes (UnixNano): a body
+	// still arriving, which a drain's idle timer must not take for a
+	// queue run dry.
+	lastRead atomic.Int64
 }
 
 type tagSize struct {
@@ -130,6 +136,19 @@ func (r *Receiver) Held() (bytes int64, messages int) {
 	return r.held.bytes, len(r.held.tags)
 }
 
+// Reading reports whether a bounded receiver's connection gave bytes within
+// the last d (false for another receiver). A body of many frames, on a slow
+// link, arrives over seconds before its delivery does: a drain that ends
+// when no message came for a while asks this first, or a large body at the
+// head of a queue would end every run before it is read, and hold the
+// queue for good.
+func (r *Receiver) Reading(d time.Duration) bool {
+	if r.held == nil {
+		return false
+	}
+	return time.Since(time.Unix(0, r.held.lastRead.Load())) < d
+}
+
 // gatedConn is the TCP connection of a bounded receiver: a read waits while
 // the receiver's budget is used up. Time spent waiting on our own gate is
 // added to the read deadline the heartbeat check set, so a wait for acks is
@@ -157,7 +176,11 @@ func (g *gatedConn) Read(p []byte) (int, error) {
 			}
 		}
 	}
-	return g.Conn.Read(p)
+	n, err := g.Conn.Read(p)
+	if n > 0 {
+		g.held.lastRead.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 func (g *gatedConn) SetReadDeadline(t time.Time) error {

@@ -92,6 +92,34 @@ func TestGatedConnExtendsReadDeadline(t *testing.T) {
 	}
 }
 
+// A bounded receiver whose socket gives bytes is busy reading, whatever
+// deliveries have come out yet.
+func TestReadingCountsSocketBytes(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	h := newHeld(1 << 20)
+	r := &Receiver{held: h}
+	g := &gatedConn{Conn: a, held: h}
+	if r.Reading(time.Second) {
+		t.Fatal("reading before any byte came")
+	}
+	go b.Write([]byte("frame"))
+	if _, err := g.Read(make([]byte, 8)); err != nil {
+		t.Fatal(err)
+	}
+	if !r.Reading(time.Second) {
+		t.Fatal("not reading right after the socket gave bytes")
+	}
+	time.Sleep(60 * time.Millisecond)
+	if r.Reading(50 * time.Millisecond) {
+		t.Fatal("still reading 60ms after the last byte, window 50ms")
+	}
+	if (&Receiver{}).Reading(time.Hour) {
+		t.Fatal("an unbounded receiver says it is reading")
+	}
+}
+
 func TestWithoutHeaders(t *testing.T) {
 	orig := map[string]any{"X-Glance-Image-Sync-Attempts": int32(-1), "x-glance-image-sync-": 1, "x-glance-image": 2, "other": 3}
 	m := Message{Headers: orig}.WithoutHeaders("x-glance-image-sync-")

@@ -184,7 +184,8 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 			case <-idleC:
 				// While the receiver holds bodies we took, its reads wait
 				// for their acks (bounded receiver): that silence is ours.
-				if _, held := recv.Held(); held > 0 {
+				// So is a large body still coming in.
+				if _, held := recv.Held(); held > 0 || recv.Reading(idle) {
 					timer.Reset(idle)
 					continue
 				}

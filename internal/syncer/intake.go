@@ -37,6 +37,9 @@ type deliveries interface {
 	// broker.ErrConnectionLost when the receiver's connection is gone, so
 	// the run is resumed on a new one.
 	Ended() error
+	// Reading reports whether the receiver's socket gave bytes within d:
+	// a large body still arriving (broker.Receiver.Reading).
+	Reading(d time.Duration) bool
 }
 
 // intake hands Run the messages that were ready when it started, one by one.
@@ -80,7 +83,7 @@ func (it *intake) next(ctx context.Context) (*broker.Delivery, error) {
 			}
 			return d, nil
 		case <-timer.C:
-			if it.unsettled.Load() > 0 {
+			if it.unsettled.Load() > 0 || it.src.Reading(it.idle) {
 				timer.Reset(it.idle)
 				continue
 			}

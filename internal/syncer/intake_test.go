@@ -14,7 +14,11 @@ import (
 type fakeConsumer struct {
 	stops int
 	ended error // what Ended says
+	// readingUntil: Reading says true until then (a body arriving).
+	readingUntil time.Time
 }
+
+func (f *fakeConsumer) Reading(time.Duration) bool { return time.Now().Before(f.readingUntil) }
 
 func (f *fakeConsumer) StopConsuming() error { f.stops++; return nil }
 
@@ -120,5 +124,23 @@ func TestIntakeEndsWithLostConnection(t *testing.T) {
 	it = &intake{in: in, src: &fakeConsumer{}, left: 2, idle: time.Hour, unsettled: &unsettled}
 	if _, err := it.next(context.Background()); err == nil || broker.Lost(err) {
 		t.Errorf("a consumer the broker closed on a live connection: %v; want an error, not a lost connection", err)
+	}
+}
+
+// A large body still arriving on the socket is no queue run dry: the
+// intake waits for its delivery instead of ending the run, which would
+// leave it at the head of the queue for every run.
+func TestIntakeWaitsWhileABodyArrives(t *testing.T) {
+	var unsettled atomic.Int64
+	in := make(chan *broker.Delivery, 1)
+	fc := &fakeConsumer{readingUntil: time.Now().Add(150 * time.Millisecond)}
+	it := &intake{in: in, src: fc, left: 10, idle: 20 * time.Millisecond, unsettled: &unsettled}
+	go func() {
+		time.Sleep(120 * time.Millisecond)
+		in <- &broker.Delivery{}
+	}()
+	d, err := it.next(context.Background())
+	if d == nil || err != nil {
+		t.Fatalf("the intake ended while a body was arriving: %v, %v", d, err)
 	}
 }
