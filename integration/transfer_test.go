@@ -256,20 +256,22 @@ func TestSourceMismatchNeverPlaced(t *testing.T) {
 }
 
 // transfers = 2 fetches two images at the same time: both partials grow
-// together. The first image's fetch starts on the SFTP session its Stat
-// started, the second's waits for a session of its own: a shell on the
-// peer, which on a loaded test machine whose root .bashrc runs pyenv takes
-// a second. bwlimit 2 makes the first fetch last 3 s, so the two overlap.
+// together. The images are larger than transfer.MuxMax: smaller ones share
+// the connection's one mux session, where the second file's replies queue
+// behind the first's, and do not take transfer slots. The second fetch waits
+// for a session of its own, a shell on the peer, which on a loaded test
+// machine whose root .bashrc runs pyenv takes a second or more: bwlimit 6
+// makes the first fetch last over 3 s, so the two overlap.
 func TestTwoTransfersAtOnce(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
 	c := newCluster(t, 2)
 	n1, n2 := c.Nodes[0], c.Nodes[1]
-	a, err := c.AddImage(n1, 6<<20)
+	a, err := c.AddImage(n1, 20<<20)
 	must(t, err)
-	b, err := c.AddImage(n1, 6<<20)
+	b, err := c.AddImage(n1, 20<<20)
 	must(t, err)
-	must(t, c.WriteConfig(n2, map[string]string{"transfers": "2", "bwlimit": "2"}))
+	must(t, c.WriteConfig(n2, map[string]string{"transfers": "2", "bwlimit": "6"}))
 	must(t, c.PublishEvent(ctx, "image.upload", n1, a, "active"))
 	must(t, c.PublishEvent(ctx, "image.upload", n1, b, "active"))
 	runOK(t, ctx, c, n1, []string{"duplicate-notifications"})
