@@ -357,7 +357,12 @@ func (m *mux) lstat(path string, last *atomic.Int64) (attrs, error) {
 func (m *mux) fetch(ctx context.Context, path string, offset, size int64, w io.Writer, last *atomic.Int64) (written int64, err error) {
 	reads := int((size - offset + PacketSize - 1) / PacketSize)
 	c := m.call(2+reads, last)
-	defer c.end()
+	// A fetch that ends early (ctx, a wrong size) still reads what it is
+	// owed, so the mux stays in step for the other callers.
+	defer func() {
+		c.drain()
+		c.end()
+	}()
 	if err := c.send(func(pkt func(byte, bool, func([]byte) []byte) uint32) {
 		pkt(fxpOpen, false, func(b []byte) []byte {
 			b = appendString(b, path)

@@ -584,3 +584,41 @@ func TestFollowGrowingFile(t *testing.T) {
 		t.Fatalf("got %d bytes in all, want %d", n+m, len(data))
 	}
 }
+
+// TestCancelledFollowKeepsConnection: a fetch whose ctx ends (a delete
+// cancels it) gives up its own session only. The connection carries every
+// other image from the peer: closing it failed their stats and follows too,
+// and in a steady stream of deletes those failures deferred image after
+// image.
+func TestCancelledFollowKeepsConnection(t *testing.T) {
+	data := randomData(3*PacketSize + 99)
+	p := &fakePeer{data: data, size: int64(len(data)), growing: true}
+	p.visible.Store(PacketSize) // the writer stopped short: Follow waits
+	c := startPeer(t, p)
+	ctx, cancel := context.WithCancel(context.Background())
+	followed := make(chan error, 1)
+	go func() {
+		_, err := c.Follow(ctx, servedPath, 0, int64(len(data)), &bytes.Buffer{}, 10*time.Second)
+		followed <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // the follow is polling the size
+	cancel()
+	select {
+	case err := <-followed:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled follow: %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a cancelled follow did not return")
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	if size, err := c.Stat(sctx, servedPath); err != nil || size != PacketSize {
+		t.Fatalf("stat on the same connection after a cancelled follow: %d, %v", size, err)
+	}
+	p.visible.Store(int64(len(data)))
+	var got bytes.Buffer
+	if n, err := c.Fetch(sctx, servedPath, 0, &got, 5*time.Second); err != nil || n != int64(len(data)) {
+		t.Fatalf("fetch on the same connection after a cancelled follow: %d, %v", n, err)
+	}
+}

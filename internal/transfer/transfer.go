@@ -249,7 +249,9 @@ func (c *Client) bounded(ctx context.Context, f func() error) error {
 	case err := <-ch:
 		return err
 	case <-ctx.Done():
-		c.ssh.Close()
+		// Only this caller gives up: the connection carries every other
+		// image's requests (a delete cancels one fetch among many). The
+		// request's answer, when it comes, is read and dropped.
 		return ctx.Err()
 	case <-t.C:
 		c.ssh.Close()
@@ -409,12 +411,13 @@ func (c *Client) FetchSize(ctx context.Context, path string, offset, size int64,
 }
 
 // watched runs a read of path under the watchdog, which closes the
-// connection when ctx ends or no reply comes for idle; its error is a
-// PeerError of op that names the cause.
+// connection when no reply comes for idle (a read whose ctx ended gives up
+// only its own session); its error is a PeerError of op that names the
+// cause.
 func (c *Client) watched(ctx context.Context, op, path string, idle time.Duration, read func(last *atomic.Int64) (int64, error)) (int64, error) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
-	stop := c.watchdog(ctx, idle, &last)
+	stop := c.watchdog(idle, &last)
 	n, err := read(&last)
 	stalled := stop()
 	var se *StatusError
@@ -431,11 +434,11 @@ func (c *Client) watched(ctx context.Context, op, path string, idle time.Duratio
 	return n, nil
 }
 
-// watchdog closes the connection when ctx ends or when last (a UnixNano time
-// of the latest progress) is older than idle: closing unblocks every read and
-// request in flight. The returned stop ends the watch and reports whether it
+// watchdog closes the connection when last (a UnixNano time of the latest
+// progress) is older than idle: closing unblocks every read and request in
+// flight. The returned stop ends the watch and reports whether it
 // fired for lack of progress.
-func (c *Client) watchdog(ctx context.Context, idle time.Duration, last *atomic.Int64) (stop func() (stalled bool)) {
+func (c *Client) watchdog(idle time.Duration, last *atomic.Int64) (stop func() (stalled bool)) {
 	var fired atomic.Bool
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -444,12 +447,13 @@ func (c *Client) watchdog(ctx context.Context, idle time.Duration, last *atomic.
 		defer wg.Done()
 		tick := time.NewTicker(max(idle/4, 10*time.Millisecond))
 		defer tick.Stop()
+		// A read whose ctx ended stops at its next reply and gives up its
+		// own session (stream.read, mux.fetch); the connection is shared by
+		// every other image fetched from the peer and stays. Should no
+		// reply come, the stall check below still closes it.
 		for {
 			select {
 			case <-done:
-				return
-			case <-ctx.Done():
-				c.ssh.Close()
 				return
 			case <-tick.C:
 				if time.Since(time.Unix(0, last.Load())) > idle {
