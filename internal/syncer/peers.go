@@ -93,6 +93,13 @@ func (pp *peerPool) failedOn(ctx context.Context, c peerConn, err error) {
 	if errors.Is(err, transfer.ErrNotFound) || errors.Is(err, transfer.ErrAbandoned) {
 		return // an answer from a working peer
 	}
+	if ctx.Err() != nil {
+		// The caller gave up (a delete cancelled its fetch, the run
+		// ended): that says nothing of the peer, and a cancelled request
+		// leaves the connection up (transfer). Closing it here would cut
+		// every other image's requests on it.
+		return
+	}
 	if pp.alive(ctx, c) {
 		return
 	}

@@ -63,3 +63,25 @@ func TestFailedFetchKeepsSharedConnection(t *testing.T) {
 		t.Errorf("after a broken connection: get = %v, %v; want a new connection", again, err)
 	}
 }
+
+// A fetch cancelled by a delete tells failedOn nothing about the peer: the
+// connection every other image from it uses stays (a cancelled stat in the
+// chain's look reached failedOn and closed it).
+func TestCancelledFetchKeepsSharedConnection(t *testing.T) {
+	peer := transfer.Peer{Name: "node1"}
+	first := &fakeConn{name: "node1"}
+	pp := fakePool(first)
+	c, err := pp.get(context.Background(), peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	pp.failedOn(ctx, c, fmt.Errorf("peer node1: stat x: %w", context.Canceled))
+	if first.isClosed() {
+		t.Fatal("a cancelled caller closed the shared connection")
+	}
+	if again, err := pp.get(context.Background(), peer); err != nil || again != c {
+		t.Fatalf("after a cancelled fetch: get = %v, %v; want the same connection", again, err)
+	}
+}
