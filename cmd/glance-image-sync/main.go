@@ -246,6 +246,10 @@ type runner struct {
 	fanoutRes fanout.Result
 	syncRes   syncer.Result
 	synced    bool // the last pass ran sync-images
+	// counted is shared by every syncer the runner makes (each attempt of
+	// a resumed sync-images, each connection of watch), so a message
+	// handed out again after its ack was lost is counted once.
+	counted *syncer.Ledger
 
 	// pause waits between a run's redials and resumes; nil: sleep. The
 	// tests' clock.
@@ -435,6 +439,10 @@ func (r *runner) syncer(ctx context.Context, conn *broker.Conn) (s *syncer.Synce
 	cfg.Strategy = r.cfg.SourceStrategy // source_strategy
 	cfg.StallTimeout = r.cfg.StallTimeout
 	cfg.Glance = glance
+	if r.counted == nil {
+		r.counted = syncer.NewLedger()
+	}
+	cfg.Ledger = r.counted
 	if api != nil {
 		cfg.Images = api
 	}

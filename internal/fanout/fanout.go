@@ -33,9 +33,14 @@ type Config struct {
 	ForwardKey string
 }
 
-// Result counts what a run did.
+// Result counts what a run did: the source messages it acked, by what
+// became of each.
 type Result struct {
 	Copied, Forwarded, Dropped, Parked int
+}
+
+func (r Result) add(o Result) Result {
+	return Result{r.Copied + o.Copied, r.Forwarded + o.Forwarded, r.Dropped + o.Dropped, r.Parked + o.Parked}
 }
 
 // inFlight bounds the source messages taken but not yet acked: enough to keep
@@ -119,51 +124,9 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 		return res, err
 	}
 
-	// The acker settles source messages in delivery order, so one ack with
-	// "multiple" covers a whole confirmed prefix.
-	type entry struct {
-		d       *broker.Delivery
-		pending []*broker.Pending
-	}
 	order := make(chan entry, inFlight)
 	ackErr := make(chan error, 1)
-	go func() {
-		var last *broker.Delivery
-		unacked := 0
-		flush := func() error {
-			if last == nil || unacked == 0 {
-				return nil
-			}
-			unacked = 0
-			d := last
-			last = nil
-			return d.AckUpTo()
-		}
-		for e := range order {
-			for _, p := range e.pending {
-				if err := p.Wait(ctx); err != nil {
-					flush()
-					cancel()
-					for range order {
-					}
-					ackErr <- err
-					return
-				}
-			}
-			last = e.d
-			unacked++
-			if unacked >= 64 || len(order) == 0 {
-				if err := flush(); err != nil {
-					cancel()
-					for range order {
-					}
-					ackErr <- err
-					return
-				}
-			}
-		}
-		ackErr <- flush()
-	}()
+	go func() { ackErr <- ackInOrder(ctx, order, cancel, &res) }()
 
 	var runErr error
 	timer := time.NewTimer(idle)
@@ -206,7 +169,8 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 			break
 		}
 		timer.Reset(idle)
-		pending, err := route(cctx, cfg, out, d.Message, &res, log)
+		var counts Result // the acker's to add, once d is acked
+		pending, err := route(cctx, cfg, out, d.Message, &counts, log)
 		if err != nil {
 			runErr = err
 			break
@@ -214,7 +178,7 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 		// The acker needs only the tag: a large body must not stay alive
 		// while the confirms come in and the next message is read.
 		d.Body = nil
-		order <- entry{d: d, pending: pending}
+		order <- entry{d: d, pending: pending, counts: counts}
 	}
 	close(order)
 	// The acker cancels cctx when a confirm fails: a publish cut short by
@@ -227,6 +191,64 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 		runErr = ctx.Err()
 	}
 	return res, runErr
+}
+
+// entry is a source message routed: the acker waits for its copies'
+// confirms, then acks it.
+type entry struct {
+	d       upTo
+	pending []*broker.Pending
+	counts  Result // what route made of it
+}
+
+// upTo acks a source message and every one before it (*broker.Delivery).
+type upTo interface{ AckUpTo() error }
+
+// ackInOrder settles source messages in delivery order, so one ack with
+// "multiple" covers a whole confirmed prefix, and counts them in res once
+// that ack is sent: a message whose ack is lost with the connection comes
+// back to a resumed run (runner.resume), which copies it again and counts
+// it then, so each is counted once (copies made twice are harmless
+// duplicates, settled by sync-images). A confirm that fails cancels the
+// drain; order is read to its end either way.
+func ackInOrder(ctx context.Context, order <-chan entry, cancel func(), res *Result) error {
+	var last upTo
+	unacked := 0
+	var unackedRes Result // the counts of the messages not acked yet
+	flush := func() error {
+		if last == nil || unacked == 0 {
+			return nil
+		}
+		err := last.AckUpTo()
+		if err == nil {
+			*res = res.add(unackedRes)
+		}
+		last, unacked, unackedRes = nil, 0, Result{}
+		return err
+	}
+	fail := func(err error) error {
+		cancel()
+		for range order {
+		}
+		return err
+	}
+	for e := range order {
+		for _, p := range e.pending {
+			if err := p.Wait(ctx); err != nil {
+				flush()
+				return fail(err)
+			}
+		}
+		last = e.d
+		unacked++
+		unackedRes = unackedRes.add(e.counts)
+		if unacked >= 64 || len(order) == 0 {
+			if err := flush(); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	return flush()
 }
 
 // sender publishes without waiting for the confirm (broker.Publisher).

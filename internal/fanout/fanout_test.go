@@ -165,3 +165,42 @@ func TestSendersSplitByBroker(t *testing.T) {
 		})
 	}
 }
+
+// fakeSource acks a source message up to it, or fails like a lost
+// connection.
+type fakeSource struct {
+	err  error
+	acks int
+}
+
+func (f *fakeSource) AckUpTo() error { f.acks++; return f.err }
+
+// A source message is counted when it is acked, not when its copies are
+// published: a run whose connection is lost before the ack copies the
+// message again when it is resumed (runner.resume), and the two attempts
+// together count it once.
+func TestCountedOnceAcked(t *testing.T) {
+	attempt := func(src *fakeSource, counts ...Result) (Result, error) {
+		order := make(chan entry, len(counts))
+		for _, c := range counts {
+			order <- entry{d: src, counts: c}
+		}
+		close(order)
+		var res Result
+		err := ackInOrder(context.Background(), order, func() {}, &res)
+		return res, err
+	}
+	three := []Result{{Copied: 1}, {Forwarded: 1}, {Parked: 1}}
+	lost := &fakeSource{err: broker.ErrConnectionLost}
+	first, err := attempt(lost, three...)
+	if err == nil || lost.acks != 1 {
+		t.Fatalf("first attempt: err %v, %d acks; want the lost ack's error", err, lost.acks)
+	}
+	second, err := attempt(&fakeSource{}, three...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := first.add(second), (Result{Copied: 1, Forwarded: 1, Parked: 1}); got != want {
+		t.Errorf("counted over both attempts %+v, want each message once %+v", got, want)
+	}
+}
