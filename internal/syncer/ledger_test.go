@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/nodequeue"
 	"github.com/glance-image-sync/glance-image-sync/internal/store"
 	"github.com/glance-image-sync/glance-image-sync/internal/transfer"
 )
@@ -30,8 +31,8 @@ func attemptOf(t *testing.T, l *Ledger, st imageStore) *Syncer {
 }
 
 // handle takes one message off the queue as Run does and works it to the end.
-func (s *Syncer) handle(d acker, redelivered bool, body []byte) {
-	j, ok := s.take(context.Background(), d, redelivered, broker.Message{Body: body})
+func (s *Syncer) handle(d acker, redelivered bool, m broker.Message) {
+	j, ok := s.take(context.Background(), d, redelivered, m)
 	if !ok {
 		return
 	}
@@ -41,12 +42,23 @@ func (s *Syncer) handle(d acker, redelivered bool, body []byte) {
 	s.runLane(context.Background(), lane, newAdmission(1))
 }
 
-// A message handled and counted by an attempt whose ack was lost comes back
-// to the next attempt, redelivered, and is handled again there (a fetch is
-// then a skip, a delete finds nothing, an ignored event is ignored again):
-// over the attempts its outcome is counted once, as the first attempt had
-// it, and a copy of it that is not a redelivery counts for itself. Each case settles in another order: the ack before the count
-// (ignored, fetched) or after (deleted, skipped).
+func total(ss ...*Syncer) map[Outcome]int {
+	out := map[Outcome]int{}
+	for _, s := range ss {
+		for o, n := range s.res.Events {
+			out[o] += n
+		}
+	}
+	return out
+}
+
+// A message handled and counted by an attempt whose ack the broker did not
+// get comes back to the next attempt, redelivered, and is handled again
+// there (a fetch is then a skip, a delete finds nothing, an ignored event
+// is ignored again): over the attempts its outcome is counted once, as the
+// first attempt had it, whether that attempt saw its ack fail or succeed
+// (a broker killed with the ack in flight). A copy of it that is not a
+// redelivery counts for itself.
 func TestCountedOnceOverResumedAttempts(t *testing.T) {
 	for _, c := range []struct {
 		name, body string
@@ -58,94 +70,90 @@ func TestCountedOnceOverResumedAttempts(t *testing.T) {
 		{"ignored", `{"event_type":"image.create","publisher_id":"image.node1","payload":{"id":"` + testID + `","status":"queued"}}`, Outcome{"image.create", "ignored"}, Outcome{"image.create", "ignored"}},
 		{"parked", `{"event_type":"image.update","publisher_id":"image.evil","payload":{"id":"` + testID + `","status":"active","size":5,"checksum":"` + testSum + `"}}`, Outcome{"image.update", "parked"}, Outcome{"image.update", "parked"}},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			st, err := store.Open(t.TempDir(), 0o640, "")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			l := NewLedger()
-			total := func(ss ...*Syncer) map[Outcome]int {
-				out := map[Outcome]int{}
-				for _, s := range ss {
-					for o, n := range s.res.Events {
-						out[o] += n
-					}
+		for _, ack := range []struct {
+			how   string
+			first acker // the first attempt's delivery
+		}{{"ack lost", &lostAck{}}, {"ack lost in flight", &fakeAck{}}} {
+			t.Run(c.name+", "+ack.how, func(t *testing.T) {
+				st, err := store.Open(t.TempDir(), 0o640, "")
+				if err != nil {
+					t.Fatal(err)
 				}
-				return out
-			}
-			first := attemptOf(t, l, st)
-			lost := &lostAck{}
-			first.handle(lost, false, []byte(c.body))
-			if lost.acks != 1 || first.broken() == nil {
-				t.Fatalf("first attempt: %d acks, broken %v; want its ack lost", lost.acks, first.broken())
-			}
-			// The next attempt first sees another copy of the notification,
-			// not a redelivery (duplicate-notifications copied it twice):
-			// a message of its own, counted. Then the redelivery, whose ack
-			// is lost too: it comes back once more.
-			second := attemptOf(t, l, st)
-			second.handle(&fakeAck{}, false, []byte(c.body))
-			second.handle(&lostAck{}, true, []byte(c.body))
-			third := attemptOf(t, l, st)
-			a := &fakeAck{}
-			third.handle(a, true, []byte(c.body))
-			if a.acks != 1 {
-				t.Fatalf("last attempt: %d acks", a.acks)
-			}
-			want := map[Outcome]int{c.want: 1}
-			want[c.again]++
-			if got := total(first, second, third); !maps.Equal(got, want) {
-				t.Errorf("counted %v over three attempts, want %v", got, want)
-			}
-			if len(l.out) != 0 {
-				t.Errorf("the ledger holds %d bodies after the ack, want none", len(l.out))
-			}
-
-			// Once acked, the message is settled: a copy of it that is not a
-			// redelivery, or one redelivered from another run, counts again.
-			fourth := attemptOf(t, l, st)
-			fourth.handle(&fakeAck{}, false, []byte(c.body))
-			fourth.handle(&fakeAck{}, true, []byte(c.body))
-			if got := total(fourth); sum(got) != 2 {
-				t.Errorf("two other copies counted %v, want both", got)
-			}
-		})
+				defer st.Close()
+				m := broker.Message{Body: []byte(c.body)}
+				l := NewLedger()
+				first := attemptOf(t, l, st)
+				first.handle(ack.first, false, m)
+				// The next attempt first sees another copy of the
+				// notification, not a redelivery (duplicate-notifications
+				// copied it twice): a message of its own, counted. Then the
+				// redelivery, whose ack is lost too: it comes back once more.
+				second := attemptOf(t, l, st)
+				second.handle(&fakeAck{}, false, m)
+				second.handle(&lostAck{}, true, m)
+				third := attemptOf(t, l, st)
+				a := &fakeAck{}
+				third.handle(a, true, m)
+				if a.acks != 1 {
+					t.Fatalf("last attempt: %d acks", a.acks)
+				}
+				want := map[Outcome]int{c.want: 1}
+				want[c.again]++
+				if got := total(first, second, third); !maps.Equal(got, want) {
+					t.Errorf("counted %v over three attempts, want %v", got, want)
+				}
+			})
+		}
 	}
 }
 
-func sum(m map[Outcome]int) int {
-	n := 0
-	for _, v := range m {
-		n += v
+// Only a redelivery can be the message counted before: every copy that is
+// not one is counted, and so is a re-queued copy (its attempt header
+// differs) when it is handed out again.
+func TestLedgerHidesOnlyRedeliveries(t *testing.T) {
+	l := NewLedger()
+	m := broker.Message{Body: body("image.create", testID, "node1")}
+	first, _, _ := testSyncer(Config{Ledger: l})
+	first.handle(&lostAck{}, false, m)
+	second, _, _ := testSyncer(Config{Ledger: l})
+	second.handle(&fakeAck{}, false, m)
+	second.handle(&fakeAck{}, false, m)
+	retried := nodequeue.Retried(m, 1, 0, "peer down")
+	second.handle(&fakeAck{}, true, retried)
+	second.handle(&fakeAck{}, true, nodequeue.Retried(retried, 2, 0, "peer down"))
+	if n := total(first, second)[Outcome{"image.create", "ignored"}]; n != 5 {
+		t.Errorf("ignored counted %d times, want 5: a copy of the message was hidden as its redelivery", n)
 	}
-	return n
+}
+
+// The Ledger remembers the last maxLedger messages counted: a redelivery
+// of one counted before them counts again (a daemon's memory stays
+// bounded).
+func TestLedgerForgetsTheOldest(t *testing.T) {
+	l := NewLedger()
+	for i := range 3 * maxLedger {
+		if l.counted(uint64(i)) {
+			t.Fatalf("key %d seen before", i)
+		}
+	}
+	if len(l.seen) != maxLedger || len(l.ring) != maxLedger {
+		t.Fatalf("after %d keys: %d in the ring, %d in the set; want %d", 3*maxLedger, len(l.ring), len(l.seen), maxLedger)
+	}
+	for i := 2 * maxLedger; i < 3*maxLedger; i++ {
+		if l.seen[uint64(i)] != 1 {
+			t.Fatalf("key %d, among the last, not remembered", i)
+		}
+	}
 }
 
 // Without a Ledger every outcome counts, as before.
 func TestNoLedgerCountsEveryOutcome(t *testing.T) {
 	s, _, _ := testSyncer(Config{})
-	b := body("image.create", testID, "node1")
-	s.handle(&lostAck{}, false, b)
+	m := broker.Message{Body: body("image.create", testID, "node1")}
+	s.handle(&lostAck{}, false, m)
 	s.bad = nil
-	s.handle(&fakeAck{}, true, b)
+	s.handle(&fakeAck{}, true, m)
 	if n := s.res.Events[Outcome{"image.create", "ignored"}]; n != 2 {
 		t.Errorf("ignored counted %d times, want 2", n)
-	}
-}
-
-// Only a redelivery can be the message counted before: while the one whose
-// ack was lost has not come back (it may never: the queue purged), every
-// copy that is not a redelivery is counted.
-func TestLedgerHidesOnlyRedeliveries(t *testing.T) {
-	l := NewLedger()
-	b := body("image.create", testID, "node1")
-	first, _, _ := testSyncer(Config{Ledger: l})
-	first.handle(&lostAck{}, false, b)
-	second, _, _ := testSyncer(Config{Ledger: l})
-	second.handle(&fakeAck{}, false, b)
-	second.handle(&fakeAck{}, false, b)
-	if n := first.res.Events[Outcome{"image.create", "ignored"}] + second.res.Events[Outcome{"image.create", "ignored"}]; n != 3 {
-		t.Errorf("ignored counted %d times, want 3: two copies of the message were hidden as its redelivery", n)
 	}
 }

@@ -312,7 +312,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 // counted once over every Syncer of the Ledger (redelivered: the broker
 // handed it out before).
 func (s *Syncer) take(ctx context.Context, d acker, redelivered bool, m broker.Message) (job, bool) {
-	return s.triage(ctx, s.cfg.Ledger.wrap(d, redelivered, m.Body), m)
+	return s.triage(ctx, s.cfg.Ledger.wrap(d, redelivered, m), m)
 }
 
 // triage settles a message as it is taken off the queue when it needs no
