@@ -31,6 +31,18 @@ type Config struct {
 	// so other consumers of the source queue are not robbed of them.
 	Exchange   string
 	ForwardKey string
+	// Ledger, if set, is shared by the attempts of a resumed run: a source
+	// message the broker hands out again after an ack it lost in flight
+	// is counted once (syncer.Ledger, an instance of its own).
+	Ledger Ledger
+}
+
+// Ledger remembers the messages counted last (*syncer.Ledger).
+type Ledger interface {
+	Key(m broker.Message) uint64
+	// Again records key as counted and reports whether it is a
+	// redelivery of a message counted already.
+	Again(key uint64, redelivered bool) bool
 }
 
 // Result counts what a run did: the source messages it acked, by what
@@ -126,7 +138,7 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 
 	order := make(chan entry, inFlight)
 	ackErr := make(chan error, 1)
-	go func() { ackErr <- ackInOrder(ctx, order, cancel, &res) }()
+	go func() { ackErr <- ackInOrder(ctx, order, cancel, cfg.Ledger, &res) }()
 
 	var runErr error
 	timer := time.NewTimer(idle)
@@ -169,8 +181,11 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 			break
 		}
 		timer.Reset(idle)
-		var counts Result // the acker's to add, once d is acked
-		pending, err := route(cctx, cfg, out, d.Message, &counts, log)
+		e := entry{d: d, redelivered: d.Redelivered}
+		if cfg.Ledger != nil {
+			e.key = cfg.Ledger.Key(d.Message)
+		}
+		e.pending, err = route(cctx, cfg, out, d.Message, &e.counts, log)
 		if err != nil {
 			runErr = err
 			break
@@ -178,7 +193,7 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 		// The acker needs only the tag: a large body must not stay alive
 		// while the confirms come in and the next message is read.
 		d.Body = nil
-		order <- entry{d: d, pending: pending, counts: counts}
+		order <- e
 	}
 	close(order)
 	// The acker cancels cctx when a confirm fails: a publish cut short by
@@ -196,9 +211,11 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 // entry is a source message routed: the acker waits for its copies'
 // confirms, then acks it.
 type entry struct {
-	d       upTo
-	pending []*broker.Pending
-	counts  Result // what route made of it
+	d           upTo
+	pending     []*broker.Pending
+	counts      Result // what route made of it
+	key         uint64 // in the Ledger
+	redelivered bool
 }
 
 // upTo acks a source message and every one before it (*broker.Delivery).
@@ -206,24 +223,27 @@ type upTo interface{ AckUpTo() error }
 
 // ackInOrder settles source messages in delivery order, so one ack with
 // "multiple" covers a whole confirmed prefix, and counts them in res once
-// that ack is sent: a message whose ack is lost with the connection comes
+// that ack is sent: a message whose ack fails with the connection comes
 // back to a resumed run (runner.resume), which copies it again and counts
-// it then, so each is counted once (copies made twice are harmless
-// duplicates, settled by sync-images). A confirm that fails cancels the
-// drain; order is read to its end either way.
-func ackInOrder(ctx context.Context, order <-chan entry, cancel func(), res *Result) error {
-	var last upTo
-	unacked := 0
-	var unackedRes Result // the counts of the messages not acked yet
+// it then (copies made twice are harmless duplicates, settled by
+// sync-images). An ack sent but lost in flight cannot be seen; with a
+// Ledger, the message it brings back is not counted again. A confirm that
+// fails cancels the drain; order is read to its end either way.
+func ackInOrder(ctx context.Context, order <-chan entry, cancel func(), ledger Ledger, res *Result) error {
+	var unacked []entry // the messages the next ack covers
 	flush := func() error {
-		if last == nil || unacked == 0 {
+		if len(unacked) == 0 {
 			return nil
 		}
-		err := last.AckUpTo()
+		err := unacked[len(unacked)-1].d.AckUpTo()
 		if err == nil {
-			*res = res.add(unackedRes)
+			for _, e := range unacked {
+				if ledger == nil || !ledger.Again(e.key, e.redelivered) {
+					*res = res.add(e.counts)
+				}
+			}
 		}
-		last, unacked, unackedRes = nil, 0, Result{}
+		unacked = unacked[:0]
 		return err
 	}
 	fail := func(err error) error {
@@ -239,10 +259,9 @@ func ackInOrder(ctx context.Context, order <-chan entry, cancel func(), res *Res
 				return fail(err)
 			}
 		}
-		last = e.d
-		unacked++
-		unackedRes = unackedRes.add(e.counts)
-		if unacked >= 64 || len(order) == 0 {
+		e.pending = nil // confirmed: not kept until the ack
+		unacked = append(unacked, e)
+		if len(unacked) >= 64 || len(order) == 0 {
 			if err := flush(); err != nil {
 				return fail(err)
 			}

@@ -54,12 +54,12 @@ func (l *Ledger) wrap(d acker, redelivered bool, m broker.Message) acker {
 	if l == nil {
 		return d
 	}
-	return &onceAck{acker: d, l: l, key: l.key(m), redelivered: redelivered}
+	return &onceAck{acker: d, l: l, key: l.Key(m), redelivered: redelivered}
 }
 
-// key identifies m by its body and headers (a re-queued copy differs in
-// its attempt header from the message it replaces).
-func (l *Ledger) key(m broker.Message) uint64 {
+// Key identifies m by its body and headers (a re-queued copy differs in
+// its attempt header from the message it replaces), for Again.
+func (l *Ledger) Key(m broker.Message) uint64 {
 	var h maphash.Hash
 	h.SetSeed(l.seed)
 	h.Write(m.Body)
@@ -72,6 +72,15 @@ func (l *Ledger) key(m broker.Message) uint64 {
 		fmt.Fprintf(&h, "\x00%s=%v", k, m.Headers[k])
 	}
 	return h.Sum64()
+}
+
+// Again records that the message of key is counted now, and reports
+// whether it is a redelivery of one counted already, not to be counted
+// again. duplicate-notifications asks it as it acks a message of
+// Glance's queue, with a Ledger of its own (fanout.Config.Ledger): the
+// copies in the node queues have the same bodies.
+func (l *Ledger) Again(key uint64, redelivered bool) bool {
+	return l.counted(key) && redelivered
 }
 
 // counted records key and reports whether it was among the last counted.
@@ -116,8 +125,7 @@ func (a *onceAck) Stale() bool {
 // it is a redelivery of a message counted already.
 func (a *onceAck) first() bool {
 	if !a.told {
-		again := a.l.counted(a.key)
-		a.told, a.count = true, !(again && a.redelivered)
+		a.told, a.count = true, !a.l.Again(a.key, a.redelivered)
 	}
 	return a.count
 }
