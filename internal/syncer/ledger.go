@@ -17,7 +17,8 @@ import (
 // again as a skip). Syncers given the same Ledger (Config.Ledger) count a
 // redelivered message only if no message with its body and headers was
 // counted among the last maxLedger; a message that was not redelivered
-// always counts.
+// always counts. watch keeps one Ledger across the channels the broker
+// closes under a long transfer (consumer_timeout) and its reconnects.
 //
 // The ack a Syncer saw succeed is no proof: amqp091-go's Ack writes a
 // frame and returns, and a broker killed with it in flight (or killed
@@ -44,6 +45,7 @@ type Ledger struct {
 // bytes and their map entries are well under 1 MiB.
 const maxLedger = 1 << 14
 
+// NewLedger is an empty Ledger, for one run or one daemon.
 func NewLedger() *Ledger {
 	return &Ledger{seed: maphash.MakeSeed(), ring: make([]uint64, 0, maxLedger), seen: map[uint64]int{}}
 }
