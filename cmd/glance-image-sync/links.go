@@ -191,16 +191,20 @@ func (r *runner) resume(ctx context.Context, l *links, s step, left *retries) in
 // That is safe: every message a step had not acked went back to its queue
 // (or was never taken), and every step is idempotent (a notification
 // copied twice leaves a duplicate in the node queues, which sync-images
-// settles against the verified file). The exit code is the last attempt's:
-// 0 when it completed; 3 when the run's deadline (or a signal) came while
-// redialing; 1 when no broker came back. The results of every attempt add
-// up in the metrics, so a message handled before the loss but not acked
-// counts again when it comes back (a fetch, then a skip): the counts do not
-// say which outcomes were redeliveries, only the syncer could.
+// settles against the verified file). The exit code is the last attempt's
+// (4 if an earlier one parked a message): 0 when it completed; 3 when the
+// run's deadline (or a signal) came while redialing; 1 when no broker came
+// back. The results of every attempt add up in the metrics, each message
+// once: duplicate-notifications counts a message when it acks it, and
+// every attempt's syncer shares the runner's ledger (syncer.Ledger), so a
+// message handled before the loss and handed out again after it (a fetch
+// whose ack was lost, then a skip) keeps the first attempt's outcome.
 func resumeOn[C conn[C]](ctx context.Context, r *runner, l *linksOf[C], name string, do func(context.Context) (int, error), left *retries) int {
-	fan, syn := r.fanoutRes, r.syncRes
+	before, beforeSync := r.fanoutRes, r.syncRes // of the pass's earlier steps
+	var fan fanout.Result                        // of this step's attempts
+	var syn syncer.Result
 	defer func() {
-		r.fanoutRes, r.syncRes = fan, syn
+		r.fanoutRes, r.syncRes = addFanout(before, fan), addSync(beforeSync, syn)
 	}()
 	pause := time.Second
 	for {
@@ -208,6 +212,12 @@ func resumeOn[C conn[C]](ctx context.Context, r *runner, l *linksOf[C], name str
 		code, err := do(ctx)
 		fan, syn = addFanout(fan, r.fanoutRes), addSync(syn, r.syncRes)
 		if code != exitFailed || ctx.Err() != nil {
+			if fan.Parked+syn.Parked > 0 {
+				// An earlier attempt parked a message: its own code was 1,
+				// and an attempt that parked it again (the ack was lost)
+				// did not count it (syncer.Ledger).
+				code = worse(code, exitParked)
+			}
 			return code
 		}
 		switch {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
+	"github.com/glance-image-sync/glance-image-sync/internal/fanout"
+	"github.com/glance-image-sync/glance-image-sync/internal/syncer"
 )
 
 // fakeBroker hands out fakeConns and records every redial, in order, by the
@@ -322,5 +324,46 @@ func TestResumeKeepsOtherExitCodes(t *testing.T) {
 		if got := resumeOn(t.Context(), testRunner(&clock{t: t}), l, "sync-images", step.do(l), newRetries()); got != code || step.calls != 1 {
 			t.Errorf("exit %d after %d attempts, want %d after 1", got, step.calls, code)
 		}
+	}
+}
+
+// The results of a step's attempts add up to the pass's, after those of
+// the steps before it; a message one attempt parked makes the step's exit
+// code 4 even when the last attempt, handed it out again after its ack was
+// lost, parked it again uncounted (syncer.Ledger) and ended 0. A park of an
+// earlier step is that step's code, not this one's.
+func TestResumeAddsAttemptsAndKeepsTheirParks(t *testing.T) {
+	b := &fakeBroker{}
+	one := &fakeConn{b: b, url: "amqp://a"}
+	l := &linksOf[*fakeConn]{glance: one, nodes: one}
+	r := testRunner(&clock{t: t})
+	parked := syncer.Outcome{Event: "image.update", Result: "parked"}
+	fetched := syncer.Outcome{Event: "image.update", Result: "fetched"}
+	r.fanoutRes = fanout.Result{Copied: 2, Parked: 1} // duplicate-notifications, before
+	n := 0
+	step := func(context.Context) (int, error) {
+		n++
+		if n == 1 {
+			r.syncRes = syncer.Result{Parked: 1, Events: map[syncer.Outcome]int{parked: 1}, Failures: map[string]int{"unknown_publisher": 1}}
+			return exitFailed, errLost
+		}
+		r.syncRes = syncer.Result{Fetched: 1, Events: map[syncer.Outcome]int{fetched: 1}}
+		return exitOK, nil
+	}
+	if code := resumeOn(t.Context(), r, l, "sync-images", step, newRetries()); code != exitParked || n != 2 {
+		t.Errorf("exit %d after %d attempts, want %d after 2", code, n, exitParked)
+	}
+	if got := r.syncRes; got.Parked != 1 || got.Fetched != 1 || got.Events[parked] != 1 || got.Events[fetched] != 1 || got.Failures["unknown_publisher"] != 1 {
+		t.Errorf("sync result %+v, want both attempts' once", got)
+	}
+	if r.fanoutRes != (fanout.Result{Copied: 2, Parked: 1}) {
+		t.Errorf("fanout result %+v, want the earlier step's kept", r.fanoutRes)
+	}
+
+	// The step itself parked nothing: the earlier step's park is not its code.
+	n = 1
+	r.syncRes = syncer.Result{}
+	if code := resumeOn(t.Context(), r, l, "sync-images", step, newRetries()); code != exitOK {
+		t.Errorf("exit %d, want %d: another step's park counted as this one's", code, exitOK)
 	}
 }

@@ -246,6 +246,11 @@ type runner struct {
 	fanoutRes fanout.Result
 	syncRes   syncer.Result
 	synced    bool // the last pass ran sync-images
+	// counted is shared by every syncer the runner makes (each attempt of
+	// a resumed sync-images, each connection of watch), copied by every
+	// duplicate-notifications, so a message handed out again after its
+	// ack was lost is counted once. nil: every outcome counts.
+	counted, copied *syncer.Ledger
 
 	// pause waits between a run's redials and resumes; nil: sleep. The
 	// tests' clock.
@@ -253,7 +258,7 @@ type runner struct {
 }
 
 func newRunner(cfg *config.Config, log *slog.Logger, dryRun bool, term *progress.Terminal) *runner {
-	r := &runner{cfg: cfg, log: log, dryRun: dryRun}
+	r := &runner{cfg: cfg, log: log, dryRun: dryRun, counted: syncer.NewLedger(), copied: syncer.NewLedger()}
 	if term != nil {
 		r.progress = term
 	}
@@ -353,7 +358,7 @@ func (r *runner) fanoutConfig() fanout.Config {
 	for _, n := range nodeNames(r.cfg) {
 		queues = append(queues, nodequeue.Queue(n))
 	}
-	return fanout.Config{
+	fc := fanout.Config{
 		Self:        selfName(r.cfg),
 		SourceQueue: r.cfg.Broker.SourceQueue(),
 		NodeQueues:  queues,
@@ -361,6 +366,10 @@ func (r *runner) fanoutConfig() fanout.Config {
 		Exchange:    r.cfg.Broker.Exchange,
 		ForwardKey:  r.cfg.Broker.ForwardRoutingKey,
 	}
+	if r.copied != nil { // not a nil *syncer.Ledger in the interface
+		fc.Ledger = r.copied
+	}
+	return fc
 }
 
 // duplicate reads Glance's queue on l.glance and copies into the node
@@ -435,6 +444,7 @@ func (r *runner) syncer(ctx context.Context, conn *broker.Conn) (s *syncer.Synce
 	cfg.Strategy = r.cfg.SourceStrategy // source_strategy
 	cfg.StallTimeout = r.cfg.StallTimeout
 	cfg.Glance = glance
+	cfg.Ledger = r.counted
 	if api != nil {
 		cfg.Images = api
 	}

@@ -6,6 +6,8 @@ import (
 	"context"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -34,6 +36,12 @@ func TestBrokerRestartDuringDuplicate(t *testing.T) {
 			ctx := testCtx(t, 5*time.Minute)
 			c := newCluster(t, 3, nil)
 			n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+			// Any node's duplicate-notifications may copy what the cut run left.
+			var proms []string
+			for _, n := range c.Nodes {
+				proms = append(proms, filepath.Join(n.Dir, "glance_image_sync.prom"))
+				must(t, c.WriteConfig(n, map[string]string{"metrics_file": proms[len(proms)-1]}))
+			}
 			var live, gone []harness.Image
 			for i, n := range []*harness.Node{n1, n1, n1, n2, n2, n3} {
 				img, err := c.AddImage(n, int64(64<<10+i))
@@ -80,6 +88,20 @@ func TestBrokerRestartDuringDuplicate(t *testing.T) {
 			lost := (exp - got) + assertQueuesEmpty(t, c)
 			assertNoPartials(t, c)
 			record(t, row{fault: "broker " + k.name + " in duplicate", trials: 1, expected: exp, present: got, lost: lost})
+
+			counted := 0
+			for _, p := range proms {
+				counted += countedEvents(t, p, "duplicate-notifications")
+			}
+			t.Logf("duplicate-notifications counted %d notifications for %d published", counted, published)
+			// Each notification is counted once when a run resumed on a new
+			// connection (fanout counts at the ack, and its Ledger hides a
+			// redelivery after an ack lost in flight); not across runs: a
+			// run that ended on the fault cannot tell the next what it
+			// counted, nor can a broker killed before it recorded acks.
+			if code != 1 && strings.Contains(run.log(), "redialed; resuming the step") && !strings.Contains(run.log(), "stopped while redialing") && counted != published {
+				t.Errorf("duplicate-notifications counted %d notifications for the %d published, want each once", counted, published)
+			}
 		})
 	}
 }
@@ -90,8 +112,12 @@ func TestBrokerRestartDuringSync(t *testing.T) {
 	for _, k := range restartKinds() {
 		t.Run(k.name, func(t *testing.T) {
 			ctx := testCtx(t, 5*time.Minute)
-			c := newCluster(t, 3, map[string]string{"bwlimit": "8", "transfers": "1"})
+			set := map[string]string{"bwlimit": "8", "transfers": "1"}
+			c := newCluster(t, 3, set)
 			n1, n2 := c.Nodes[0], c.Nodes[1]
+			prom := filepath.Join(n2.Dir, "glance_image_sync.prom")
+			set["metrics_file"] = prom
+			must(t, c.WriteConfig(n2, set))
 			var live, gone []harness.Image
 			for i := 0; i < 6; i++ {
 				img, err := c.AddImage(n1, 2<<20+int64(i))
@@ -107,6 +133,7 @@ func TestBrokerRestartDuringSync(t *testing.T) {
 			must(t, c.PublishDelete(ctx, n1, doomed))
 			gone = append(gone, doomed)
 			runWant(t, ctx, c, n1, []string{"duplicate-notifications"}, 0)
+			messages := depth(t, c, harness.NodeQueue(n2))
 
 			run := start(t, c, n2, "sync-images")
 			waitFor(t, 30*time.Second, func() bool {
@@ -124,6 +151,18 @@ func TestBrokerRestartDuringSync(t *testing.T) {
 			lost := (exp - got) + assertQueuesEmpty(t, c)
 			assertNoPartials(t, c)
 			record(t, row{fault: "broker " + k.name + " in sync-images", trials: 1, expected: exp, present: got, lost: lost})
+
+			// Each message of n2's queue ends in one outcome other than
+			// deferred (a deferred one is re-queued as a message that
+			// does): a message whose ack the fault cut is handed out again
+			// to the resumed step and must not count twice (syncer.Ledger).
+			// Not when the run ended without resuming: the next process
+			// cannot tell a redelivery it never counted.
+			counted := settledEvents(t, prom)
+			t.Logf("sync-images outcomes counted on %s: %d for %d messages", n2.Name, counted, messages)
+			if code != 1 && countLines(run.log(), "redialed; resuming the step") > 0 && !strings.Contains(run.log(), "stopped while redialing") && counted != messages {
+				t.Errorf("%d outcomes counted in %s for the %d messages of %s, want each once", counted, prom, messages, harness.NodeQueue(n2))
+			}
 		})
 	}
 }
@@ -181,6 +220,34 @@ func TestSIGKILLDuringBoth(t *testing.T) {
 	lost := (exp - got) + assertQueuesEmpty(t, c)
 	assertNoPartials(t, c)
 	record(t, row{fault: "SIGKILL during both", trials: trials, expected: exp, present: got, lost: lost})
+}
+
+// settledEvents sums sync-images' events_total in a metrics file over every
+// result but deferred.
+func settledEvents(t *testing.T, prom string) int {
+	t.Helper()
+	return countedEvents(t, prom, "sync-images")
+}
+
+// countedEvents sums events_total of command in a metrics file over every
+// result but deferred; a missing file counts none.
+func countedEvents(t *testing.T, prom, command string) int {
+	t.Helper()
+	b, err := os.ReadFile(prom)
+	if os.IsNotExist(err) {
+		return 0
+	}
+	must(t, err)
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "glance_image_sync_events_total{") || !strings.Contains(line, `command="`+command+`"`) || strings.Contains(line, `result="deferred"`) {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		must(t, err)
+		n += int(v)
+	}
+	return n
 }
 
 func waitFor(t *testing.T, d time.Duration, cond func() bool) {

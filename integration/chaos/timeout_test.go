@@ -3,6 +3,8 @@
 package chaos
 
 import (
+	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +21,8 @@ func TestWatchOutlastsConsumerTimeout(t *testing.T) {
 	ctx := testCtx(t, 3*time.Minute)
 	c := newCluster(t, 2, map[string]string{"bwlimit": "1"})
 	n1, n2 := c.Nodes[0], c.Nodes[1]
+	prom := filepath.Join(n2.Dir, "glance_image_sync.prom")
+	must(t, c.WriteConfig(n2, map[string]string{"bwlimit": "1", "metrics_file": prom}))
 	setEnv := func(key, value string) {
 		t.Helper()
 		if out, err := broker.Ctl(ctx, "eval", "application:set_env(rabbit, "+key+", "+value+")."); err != nil {
@@ -64,6 +68,16 @@ func TestWatchOutlastsConsumerTimeout(t *testing.T) {
 	}
 	if n := countLines(log, "msg=fetched"); n != 1 {
 		t.Errorf("%d fetched lines, want the image read once", n)
+	}
+	// The upload's message, fetched on the closed channel (its ack failed)
+	// and settled as a skip when handed out again, counts once, as
+	// fetched; with the activate and update events of the upload, three.
+	// watch writes a pass's counts at its next pass (not at SIGTERM), all
+	// of these in one: wait for them, then look for a fourth.
+	waitWatch(t, w, 10*time.Second, "the metrics file counting the upload's messages", func() bool { return settledEvents(t, prom) >= 3 })
+	if n := settledEvents(t, prom); n != 3 {
+		b, _ := os.ReadFile(prom)
+		t.Errorf("%d sync-images outcomes counted for the upload's 3 messages, want each once:\n%s", n, b)
 	}
 	must(t, w.cmd.Process.Signal(syscall.SIGTERM))
 	if code := w.wait(t, 30*time.Second); code != 0 {

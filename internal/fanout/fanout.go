@@ -31,11 +31,28 @@ type Config struct {
 	// so other consumers of the source queue are not robbed of them.
 	Exchange   string
 	ForwardKey string
+	// Ledger, if set, is shared by the attempts of a resumed run: a source
+	// message the broker hands out again after an ack it lost in flight
+	// is counted once (syncer.Ledger, an instance of its own).
+	Ledger Ledger
 }
 
-// Result counts what a run did.
+// Ledger remembers the messages counted last (*syncer.Ledger).
+type Ledger interface {
+	Key(m broker.Message) uint64
+	// Again records key as counted and reports whether it is a
+	// redelivery of a message counted already.
+	Again(key uint64, redelivered bool) bool
+}
+
+// Result counts what a run did: the source messages it acked, by what
+// became of each.
 type Result struct {
 	Copied, Forwarded, Dropped, Parked int
+}
+
+func (r Result) add(o Result) Result {
+	return Result{r.Copied + o.Copied, r.Forwarded + o.Forwarded, r.Dropped + o.Dropped, r.Parked + o.Parked}
 }
 
 // inFlight bounds the source messages taken but not yet acked: enough to keep
@@ -119,51 +136,9 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 		return res, err
 	}
 
-	// The acker settles source messages in delivery order, so one ack with
-	// "multiple" covers a whole confirmed prefix.
-	type entry struct {
-		d       *broker.Delivery
-		pending []*broker.Pending
-	}
 	order := make(chan entry, inFlight)
 	ackErr := make(chan error, 1)
-	go func() {
-		var last *broker.Delivery
-		unacked := 0
-		flush := func() error {
-			if last == nil || unacked == 0 {
-				return nil
-			}
-			unacked = 0
-			d := last
-			last = nil
-			return d.AckUpTo()
-		}
-		for e := range order {
-			for _, p := range e.pending {
-				if err := p.Wait(ctx); err != nil {
-					flush()
-					cancel()
-					for range order {
-					}
-					ackErr <- err
-					return
-				}
-			}
-			last = e.d
-			unacked++
-			if unacked >= 64 || len(order) == 0 {
-				if err := flush(); err != nil {
-					cancel()
-					for range order {
-					}
-					ackErr <- err
-					return
-				}
-			}
-		}
-		ackErr <- flush()
-	}()
+	go func() { ackErr <- ackInOrder(ctx, order, cancel, cfg.Ledger, &res) }()
 
 	var runErr error
 	timer := time.NewTimer(idle)
@@ -206,7 +181,11 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 			break
 		}
 		timer.Reset(idle)
-		pending, err := route(cctx, cfg, out, d.Message, &res, log)
+		e := entry{d: d, redelivered: d.Redelivered}
+		if cfg.Ledger != nil {
+			e.key = cfg.Ledger.Key(d.Message)
+		}
+		e.pending, err = route(cctx, cfg, out, d.Message, &e.counts, log)
 		if err != nil {
 			runErr = err
 			break
@@ -214,7 +193,7 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 		// The acker needs only the tag: a large body must not stay alive
 		// while the confirms come in and the next message is read.
 		d.Body = nil
-		order <- entry{d: d, pending: pending}
+		order <- e
 	}
 	close(order)
 	// The acker cancels cctx when a confirm fails: a publish cut short by
@@ -227,6 +206,68 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 		runErr = ctx.Err()
 	}
 	return res, runErr
+}
+
+// entry is a source message routed: the acker waits for its copies'
+// confirms, then acks it.
+type entry struct {
+	d           upTo
+	pending     []*broker.Pending
+	counts      Result // what route made of it
+	key         uint64 // in the Ledger
+	redelivered bool
+}
+
+// upTo acks a source message and every one before it (*broker.Delivery).
+type upTo interface{ AckUpTo() error }
+
+// ackInOrder settles source messages in delivery order, so one ack with
+// "multiple" covers a whole confirmed prefix, and counts them in res once
+// that ack is sent: a message whose ack fails with the connection comes
+// back to a resumed run (runner.resume), which copies it again and counts
+// it then (copies made twice are harmless duplicates, settled by
+// sync-images). An ack sent but lost in flight cannot be seen; with a
+// Ledger, the message it brings back is not counted again. A confirm that
+// fails cancels the drain; order is read to its end either way.
+func ackInOrder(ctx context.Context, order <-chan entry, cancel func(), ledger Ledger, res *Result) error {
+	var unacked []entry // the messages the next ack covers
+	flush := func() error {
+		if len(unacked) == 0 {
+			return nil
+		}
+		err := unacked[len(unacked)-1].d.AckUpTo()
+		if err == nil {
+			for _, e := range unacked {
+				if ledger == nil || !ledger.Again(e.key, e.redelivered) {
+					*res = res.add(e.counts)
+				}
+			}
+		}
+		unacked = unacked[:0]
+		return err
+	}
+	fail := func(err error) error {
+		cancel()
+		for range order {
+		}
+		return err
+	}
+	for e := range order {
+		for _, p := range e.pending {
+			if err := p.Wait(ctx); err != nil {
+				flush()
+				return fail(err)
+			}
+		}
+		e.pending = nil // confirmed: not kept until the ack
+		unacked = append(unacked, e)
+		if len(unacked) >= 64 || len(order) == 0 {
+			if err := flush(); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	return flush()
 }
 
 // sender publishes without waiting for the confirm (broker.Publisher).

@@ -165,3 +165,73 @@ func TestSendersSplitByBroker(t *testing.T) {
 		})
 	}
 }
+
+// fakeSource acks a source message up to it, or fails like a lost
+// connection.
+type fakeSource struct {
+	err  error
+	acks int
+}
+
+func (f *fakeSource) AckUpTo() error { f.acks++; return f.err }
+
+// fakeLedger remembers every key counted (syncer.Ledger, unbounded).
+type fakeLedger map[uint64]bool
+
+func (l fakeLedger) Key(m broker.Message) uint64 { return uint64(len(m.Body)) }
+
+func (l fakeLedger) Again(key uint64, redelivered bool) bool {
+	seen := l[key]
+	l[key] = true
+	return seen && redelivered
+}
+
+// A source message is counted when it is acked, not when its copies are
+// published: a run whose ack fails with the connection copies the message
+// again when it is resumed (runner.resume), and counts it then. An ack
+// that returned but was lost in flight brings the message back too: the
+// Ledger keeps that redelivery from counting again, and only redeliveries.
+func TestCountedOnceAcked(t *testing.T) {
+	three := []Result{{Copied: 1}, {Forwarded: 1}, {Parked: 1}}
+	attempt := func(l Ledger, src *fakeSource, redelivered bool) (Result, error) {
+		order := make(chan entry, len(three))
+		for i, c := range three {
+			order <- entry{d: src, counts: c, key: uint64(i), redelivered: redelivered}
+		}
+		close(order)
+		var res Result
+		err := ackInOrder(context.Background(), order, func() {}, l, &res)
+		return res, err
+	}
+	once := Result{Copied: 1, Forwarded: 1, Parked: 1}
+	for _, c := range []struct {
+		name   string
+		first  *fakeSource // the first attempt's ack
+		ledger Ledger
+	}{
+		{"ack failed", &fakeSource{err: broker.ErrConnectionLost}, nil},
+		{"ack failed, with a ledger", &fakeSource{err: broker.ErrConnectionLost}, fakeLedger{}},
+		{"ack lost in flight, with a ledger", &fakeSource{}, fakeLedger{}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			first, err := attempt(c.ledger, c.first, false)
+			if (err == nil) != (c.first.err == nil) || c.first.acks != 1 {
+				t.Fatalf("first attempt: err %v, %d acks", err, c.first.acks)
+			}
+			second, err := attempt(c.ledger, &fakeSource{}, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := first.add(second); got != once {
+				t.Errorf("counted over both attempts %+v, want each message once %+v", got, once)
+			}
+		})
+	}
+	// Copies that are not redeliveries are messages of their own.
+	l := fakeLedger{}
+	a, _ := attempt(l, &fakeSource{}, false)
+	b, _ := attempt(l, &fakeSource{}, false)
+	if got := a.add(b); got != once.add(once) {
+		t.Errorf("two copies of each counted %+v, want %+v", got, once.add(once))
+	}
+}

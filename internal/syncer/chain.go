@@ -242,7 +242,7 @@ func (f *fetcher) noShow(peer node.Name) {
 func (s *Syncer) settle(ctx context.Context, log *slog.Logger, j job, err error) bool {
 	if err == nil {
 		s.ack(j.d)
-		s.tally(j.ev.EventType, "fetched", "")
+		s.tally(j.d, j.ev.EventType, "fetched", "")
 		return false
 	}
 	if superseded(ctx) {
@@ -253,7 +253,7 @@ func (s *Syncer) settle(ctx context.Context, log *slog.Logger, j job, err error)
 		// The run's deadline: the partial stays and the message goes back
 		// to the queue unacked, with no attempt counted against it.
 		log.Warn("stopped by the run deadline; the partial file is kept", "err", err)
-		s.tally(j.ev.EventType, "deferred", "")
+		s.tally(j.d, j.ev.EventType, "deferred", "")
 		return false
 	}
 	return s.retry(ctx, j, err)

@@ -35,8 +35,9 @@ func superseded(ctx context.Context) bool {
 
 // received is one message as the daemon takes it off the queue.
 type received struct {
-	d acker
-	m broker.Message
+	d           acker
+	m           broker.Message
+	redelivered bool // the broker handed it out before (Ledger)
 }
 
 // Serve is sync-images as a daemon: it consumes this node's queue (up to
@@ -154,7 +155,7 @@ func feed(ctx context.Context, ds <-chan *broker.Delivery, in chan<- received) b
 			m := d.Message
 			d.Body = nil // as in Run: the delivery stays for its ack only
 			select {
-			case in <- received{d: d, m: m}:
+			case in <- received{d: d, m: m, redelivered: d.Redelivered}:
 			case <-ctx.Done():
 				return false
 			}
@@ -197,7 +198,7 @@ func (s *Syncer) serve(ctx context.Context, in <-chan received) error {
 
 // dispatch settles one message or hands it to its image's lane (triage).
 func (s *Syncer) dispatch(ctx context.Context, ls *lanes, r received) {
-	if j, ok := s.triage(ctx, r.d, r.m); ok {
+	if j, ok := s.take(ctx, r.d, r.redelivered, r.m); ok {
 		ls.add(ctx, j)
 	}
 }
@@ -361,7 +362,7 @@ func (s *Syncer) dropSuperseded(j job) {
 		return
 	}
 	s.log.Info("skipped", "image", j.ev.Image.ID, "event", j.ev.EventType, "reason", errSuperseded.Error())
-	s.tally(j.ev.EventType, "skipped", "")
+	s.tally(j.d, j.ev.EventType, "skipped", "")
 	s.ack(j.d)
 }
 

@@ -82,6 +82,10 @@ type Config struct {
 	// Images, if set, says which stores hold an image and gives its
 	// multihash, checked on every fetch besides the MD5.
 	Images ImageGetter
+	// Ledger, if set, is shared by the Syncers of one run (each attempt
+	// of a resumed step) or of one daemon, so a message the broker hands
+	// out again after a lost ack is counted once in Result (see Ledger).
+	Ledger *Ledger
 }
 
 // Progress follows transfers, e.g. to draw a progress line on a terminal.
@@ -274,7 +278,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 		// large one is garbage as soon as it is parked, not at the ack.
 		m := d.Message
 		d.Body = nil
-		j, ok := s.triage(ctx, d, m)
+		j, ok := s.take(ctx, d, d.Redelivered, m)
 		if !ok {
 			continue
 		}
@@ -304,6 +308,13 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	return s.res, ctx.Err()
 }
 
+// take is triage of a message as the broker hands it out, its outcome
+// counted once over every Syncer of the Ledger (redelivered: the broker
+// handed it out before).
+func (s *Syncer) take(ctx context.Context, d acker, redelivered bool, m broker.Message) (job, bool) {
+	return s.triage(ctx, s.cfg.Ledger.wrap(d, redelivered, m), m)
+}
+
 // triage settles a message as it is taken off the queue when it needs no
 // lane: parked when its body is over nodequeue.MaxBody, undecodable, or
 // planned to be; acked when it asks nothing. Otherwise it returns the job
@@ -325,7 +336,7 @@ func (s *Syncer) triage(ctx context.Context, d acker, m broker.Message) (job, bo
 	case Ignore:
 		s.log.Debug("ignored", "event", ev.EventType, "image", imageID(ev), "reason", why)
 		s.ack(d)
-		s.tally(ev.EventType, "ignored", "")
+		s.tally(d, ev.EventType, "ignored", "")
 		return job{}, false
 	case Park:
 		s.park(ctx, d, m, ev.EventType, imageID(ev), cause, why)
@@ -353,7 +364,7 @@ func (s *Syncer) runLane(ctx context.Context, lane <-chan job, adm *admission) {
 		case Fetch:
 			if covers(requeued, j.ev.Image) {
 				log.Info("skipped", "reason", "a re-queued copy of an earlier event covers it")
-				s.tally(j.ev.EventType, "skipped", "")
+				s.tally(j.d, j.ev.EventType, "skipped", "")
 				s.ack(j.d)
 				continue
 			}
@@ -384,7 +395,7 @@ func (s *Syncer) delete(ctx context.Context, log *slog.Logger, j job) {
 		if err != nil {
 			// Never delete blind: the message waits for a run that can ask.
 			if ctx.Err() != nil {
-				s.tally(j.ev.EventType, "deferred", "")
+				s.tally(j.d, j.ev.EventType, "deferred", "")
 				return
 			}
 			s.retry(ctx, j, fmt.Errorf("confirming the delete with the Images API: %w", err)) // the error names the image
@@ -417,7 +428,7 @@ func (s *Syncer) delete(ctx context.Context, log *slog.Logger, j job) {
 			}
 		}
 		log.Info("skipped", "reason", why)
-		s.tally(j.ev.EventType, "skipped", "")
+		s.tally(j.d, j.ev.EventType, "skipped", "")
 		s.ack(j.d)
 		return
 	}
@@ -441,7 +452,7 @@ func (s *Syncer) delete(ctx context.Context, log *slog.Logger, j job) {
 	} else {
 		log.Info("deleted", "note", "no file was here")
 	}
-	s.tally(j.ev.EventType, "deleted", "")
+	s.tally(j.d, j.ev.EventType, "deleted", "")
 	s.ack(j.d)
 }
 
@@ -464,7 +475,7 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job) bool {
 	}
 	if len(p.into) == 0 {
 		log.Info("skipped", "reason", "in none of this node's file stores")
-		s.tally(j.ev.EventType, "skipped", "")
+		s.tally(j.d, j.ev.EventType, "skipped", "")
 		s.ack(j.d)
 		return false
 	}
@@ -486,7 +497,7 @@ func (s *Syncer) fetch(ctx context.Context, log *slog.Logger, j job) bool {
 		}
 		return s.settle(ctx, log, j, nil)
 	}
-	s.tally(j.ev.EventType, "skipped", "")
+	s.tally(j.d, j.ev.EventType, "skipped", "")
 	s.ack(j.d)
 	return false
 }
@@ -561,7 +572,7 @@ func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
 	}
 	if ctx.Err() != nil {
 		// Stopping: the message goes back unacked, no attempt counted.
-		s.tally(j.ev.EventType, "deferred", "")
+		s.tally(j.d, j.ev.EventType, "deferred", "")
 		return false
 	}
 	attempts := nodequeue.Attempts(j.m, s.cfg.MaxAttempts) + 1
@@ -601,7 +612,7 @@ func (s *Syncer) retry(ctx context.Context, j job, cause error) bool {
 	} else {
 		s.log.Warn("left for the next run", "image", id, "attempt", attempts, "max_attempts", s.cfg.MaxAttempts, "err", cause)
 	}
-	s.tally(j.ev.EventType, "deferred", Cause(cause))
+	s.tally(j.d, j.ev.EventType, "deferred", Cause(cause))
 	return true
 }
 
@@ -619,7 +630,7 @@ func (s *Syncer) park(ctx context.Context, d acker, msg broker.Message, event, i
 	}
 	s.ack(d)
 	s.log.Warn("parked", "image", id, "queue", s.cfg.ParkQueue, "reason", reason)
-	s.tally(event, "parked", cause)
+	s.tally(d, event, "parked", cause)
 }
 
 func (s *Syncer) ack(d acker) {
@@ -642,8 +653,12 @@ func (s *Syncer) ack(d acker) {
 	}
 }
 
-// tally counts one message's outcome and, when it failed, its cause.
-func (s *Syncer) tally(event, result, cause string) {
+// tally counts the outcome of message d and, when it failed, its cause;
+// not when d is a redelivery whose outcome was counted already (Ledger).
+func (s *Syncer) tally(d acker, event, result, cause string) {
+	if !firstCount(d) {
+		return
+	}
 	if event == "" {
 		event = "unknown"
 	}
