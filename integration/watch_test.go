@@ -150,3 +150,71 @@ func (l *lockedLog) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// What watch did just before a SIGTERM reaches metrics_file: with passes an
+// hour apart, the copies of the upload's events (duplicate-notifications)
+// and their fetch (sync-images) are counted only by the daemon's last
+// pass, which the SIGTERM ends.
+func TestWatchMetricsAtStop(t *testing.T) {
+	ctx := testCtx(t)
+	c := newCluster(t, 2)
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	prom := filepath.Join(n2.Dir, "metrics.prom")
+	must(t, c.WriteConfig(n2, map[string]string{"metrics_file": prom}))
+	cmd := n2.NS.Command(ctx, tool, "--config", n2.Config, "--glance-config", n2.GlanceConf,
+		"watch", "--duplicate", "--interval", "1h")
+	var log lockedLog
+	cmd.Stdout, cmd.Stderr = &log, &log
+	must(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	}()
+
+	img, err := c.AddImage(n1, 64<<10)
+	must(t, err)
+	must(t, c.PublishUpload(ctx, n1, img))
+	waitFor(t, 20*time.Second, "watch to fetch "+img.ID, func() bool {
+		ok, _ := harness.HasImage(n2, img)
+		return ok
+	}, &log)
+	// The source message is acked once its copies are confirmed, which
+	// may follow the fetch on n2 by a moment.
+	waitFor(t, 10*time.Second, "the source queue drained", func() bool {
+		return depthOrZero(c, c.SourceQueue()) == 0
+	}, &log)
+	must(t, cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("watch after SIGTERM: %v, want exit 0\n%s", err, log.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("watch still running 15s after SIGTERM\n%s", log.String())
+	}
+	f, err := os.Open(prom)
+	must(t, err)
+	defer f.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(f)
+	must(t, err)
+	// PublishUpload sent image.upload, image.activate and image.update:
+	// three copied, the first fetched, the other two skipped.
+	for _, c := range []struct {
+		labels map[string]string
+		want   float64
+	}{
+		{map[string]string{"command": "duplicate-notifications", "result": "copied"}, 3},
+		{map[string]string{"command": "sync-images", "event": "image.upload", "result": "fetched"}, 1},
+		{map[string]string{"command": "sync-images", "event": "image.activate", "result": "skipped"}, 1},
+	} {
+		if n, _ := metric(fams, "glance_image_sync_events_total", c.labels); n != c.want {
+			b, _ := os.ReadFile(prom)
+			t.Errorf("events_total%v = %v in %s after SIGTERM, want %v\n%s\n%s", c.labels, n, prom, c.want, b, log.String())
+		}
+	}
+}

@@ -163,10 +163,10 @@ func (w *watcher) serve(ctx context.Context, l *links) error {
 	defer closeAll()
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	daemon := make(chan error, 1)
+	daemon := make(chan serveDone, 1)
 	go func() {
-		_, err := s.Serve(sctx, watchPrefetch)
-		daemon <- err
+		res, err := s.Serve(sctx, watchPrefetch)
+		daemon <- serveDone{res, err}
 	}()
 	if w.reconcile != nil {
 		// Stopped with the consumer: its fetches go through the consumer's
@@ -185,44 +185,72 @@ func (w *watcher) serve(ctx context.Context, l *links) error {
 	}
 	var dup chan fanoutDone // nil while not copying
 	var dupAt time.Time     // when to start copying (again)
+	// Copies are counted as they are acked, not when fanout.Serve returns:
+	// a daemon's copying runs for as long as the daemon does.
+	tally := &fanout.Tally{}
+	fc := r.fanoutConfig()
+	fc.Tally = tally
+	// end stops both consumers and records what they did since the last
+	// pass, so work done just before a SIGTERM or a lost connection reaches
+	// the metrics.
+	var served *serveDone // daemon's, once read
+	end := func(start time.Time, err error) error {
+		stop()
+		if served == nil {
+			d := <-daemon
+			served = &d
+		}
+		if dup != nil {
+			<-dup
+		}
+		// Serve's result is the rest of what it counted.
+		r.fanoutRes, r.syncRes = tally.Take(), served.res
+		code := exitOK // a pass cut by the signal did what it could
+		if ctx.Err() == nil {
+			code = exitFailed
+		}
+		w.record(conn, code, start)
+		return err
+	}
 	for {
 		start := time.Now()
 		if w.duplicate && dup == nil && !start.Before(dupAt) {
 			dup = make(chan fanoutDone, 1)
 			go func() {
-				res, err := fanout.Serve(sctx, r.fanoutConfig(), l.glance, conn, r.log)
+				res, err := fanout.Serve(sctx, fc, l.glance, conn, r.log)
 				dup <- fanoutDone{res, err}
 			}()
 		}
-		r.fanoutRes, r.syncRes = fanout.Result{}, s.TakeResult()
+		r.fanoutRes, r.syncRes = tally.Take(), s.TakeResult()
 		w.record(conn, exitOK, start)
 		select {
-		case err := <-daemon:
+		case d := <-daemon:
+			served = &d
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return end(start, ctx.Err())
 			}
-			return fmt.Errorf("sync-images: %w", err)
+			return end(start, fmt.Errorf("sync-images: %w", d.err))
 		case d := <-dup:
 			dup, dupAt = nil, time.Now().Add(w.interval)
-			r.syncRes = syncer.Result{}
-			code := r.duplicated(d.res, d.err)
+			code := r.duplicated(d.res, d.err)                     // its summary and exit code: the whole of Serve
+			r.fanoutRes, r.syncRes = tally.Take(), syncer.Result{} // its counts: not yet recorded
 			w.record(conn, code, start)
 			if d.err != nil && ctx.Err() == nil {
-				stop()
-				<-daemon
-				return fmt.Errorf("duplicate-notifications: %w", d.err)
+				return end(start, fmt.Errorf("duplicate-notifications: %w", d.err))
 			}
 		case <-ctx.Done():
-			<-daemon
-			return ctx.Err()
+			return end(start, ctx.Err())
 		case <-time.After(w.interval):
 		}
 		if l.closed() {
-			stop()
-			<-daemon
-			return errors.New("broker closed the connection")
+			return end(start, errors.New("broker closed the connection"))
 		}
 	}
+}
+
+type serveDone struct {
+	res syncer.Result
+	err error
 }
 
 type fanoutDone struct {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
@@ -35,6 +36,34 @@ type Config struct {
 	// message the broker hands out again after an ack it lost in flight
 	// is counted once (syncer.Ledger, an instance of its own).
 	Ledger Ledger
+	// Tally, if set, also receives each count as its ack is sent: a
+	// daemon's owner takes them while Serve runs (watch --duplicate writes
+	// its metrics every interval; Serve returns only when it ends).
+	Tally *Tally
+}
+
+// Tally is counts taken while a drain runs. Safe for concurrent use.
+type Tally struct {
+	mu sync.Mutex
+	r  Result // counted since the last Take
+}
+
+func (t *Tally) add(r Result) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	t.r = t.r.add(r)
+	t.mu.Unlock()
+}
+
+// Take returns what was counted since the last Take.
+func (t *Tally) Take() Result {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := t.r
+	t.r = Result{}
+	return r
 }
 
 // Ledger remembers the messages counted last (*syncer.Ledger).
@@ -138,7 +167,9 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 
 	order := make(chan entry, inFlight)
 	ackErr := make(chan error, 1)
-	go func() { ackErr <- ackInOrder(ctx, order, cancel, cfg.Ledger, &res) }()
+	go func() {
+		ackErr <- ackInOrder(ctx, order, cancel, cfg.Ledger, func(r Result) { res = res.add(r); cfg.Tally.add(r) })
+	}()
 
 	var runErr error
 	timer := time.NewTimer(idle)
@@ -222,14 +253,14 @@ type entry struct {
 type upTo interface{ AckUpTo() error }
 
 // ackInOrder settles source messages in delivery order, so one ack with
-// "multiple" covers a whole confirmed prefix, and counts them in res once
+// "multiple" covers a whole confirmed prefix, and counts them (count) once
 // that ack is sent: a message whose ack fails with the connection comes
 // back to a resumed run (runner.resume), which copies it again and counts
 // it then (copies made twice are harmless duplicates, settled by
 // sync-images). An ack sent but lost in flight cannot be seen; with a
 // Ledger, the message it brings back is not counted again. A confirm that
 // fails cancels the drain; order is read to its end either way.
-func ackInOrder(ctx context.Context, order <-chan entry, cancel func(), ledger Ledger, res *Result) error {
+func ackInOrder(ctx context.Context, order <-chan entry, cancel func(), ledger Ledger, count func(Result)) error {
 	var unacked []entry // the messages the next ack covers
 	flush := func() error {
 		if len(unacked) == 0 {
@@ -239,7 +270,7 @@ func ackInOrder(ctx context.Context, order <-chan entry, cancel func(), ledger L
 		if err == nil {
 			for _, e := range unacked {
 				if ledger == nil || !ledger.Again(e.key, e.redelivered) {
-					*res = res.add(e.counts)
+					count(e.counts)
 				}
 			}
 		}

@@ -200,7 +200,7 @@ func TestCountedOnceAcked(t *testing.T) {
 		}
 		close(order)
 		var res Result
-		err := ackInOrder(context.Background(), order, func() {}, l, &res)
+		err := ackInOrder(context.Background(), order, func() {}, l, func(r Result) { res = res.add(r) })
 		return res, err
 	}
 	once := Result{Copied: 1, Forwarded: 1, Parked: 1}
