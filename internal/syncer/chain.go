@@ -156,7 +156,14 @@ func (c *chainPicker) try(ctx context.Context, name node.Name, wait, completeOnl
 	if k == none {
 		return nil
 	}
-	c.log.Info("source", "peer", name, "from", k.String())
+	// A complete copy is named again by the fetched line, a moment later:
+	// one line per image. A partial is followed for as long as its writer
+	// takes, so which one is said now.
+	lvl := slog.LevelDebug
+	if k == partial {
+		lvl = slog.LevelInfo
+	}
+	c.log.Log(ctx, lvl, "source", "peer", name, "from", k.String())
 	return &source{name: name, c: cl, kind: k}
 }
 
