@@ -39,6 +39,7 @@ type imageStore interface {
 	Path(id string) (string, error)
 	PartialPath(id, md5hex string) (string, error)
 	BeginMultihash(ctx context.Context, id string, size int64, md5hex string, mh store.Multihash) (*store.Partial, error)
+	BeginReserveLater(ctx context.Context, id string, size int64, md5hex string, mh store.Multihash) (*store.Partial, error)
 }
 
 var _ imageStore = (*store.Store)(nil)
