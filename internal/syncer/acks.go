@@ -36,9 +36,14 @@ type ackBatch struct {
 
 	mu      sync.Mutex
 	pending []*batchedAck // taken and not yet covered by an ack, in order
-	timer   *time.Timer   // armed while done messages wait
-	err     error         // of the first ack that failed: the channel is gone
-	closed  bool
+	// done are the messages marked done since the last flush: each flush
+	// looks at these and at the head of pending only, so a message held
+	// at the head for long (a large image) never makes the flushes behind
+	// it walk every message taken since.
+	done   []*batchedAck
+	timer  *time.Timer // armed while done messages wait
+	err    error       // of the first ack that failed: the channel is gone
+	closed bool
 }
 
 func newAckBatch(delay time.Duration, fail func(error)) *ackBatch {
@@ -47,9 +52,10 @@ func newAckBatch(delay time.Duration, fail func(error)) *ackBatch {
 
 // batchedAck is one message of the batch; its Ack marks it done.
 type batchedAck struct {
-	b           *ackBatch
-	d           upToAcker
-	done, acked bool // done: its work is; acked: an ack of its own was sent
+	b     *ackBatch
+	d     upToAcker
+	done  bool // its work is
+	acked bool // covered by an ack sent (its own, or one with multiple)
 }
 
 // take adds the next message handed out; its acker is used in its place.
@@ -74,6 +80,7 @@ func (e *batchedAck) Ack() error {
 		return nil
 	}
 	e.done = true
+	b.done = append(b.done, e)
 	if b.closed {
 		return b.flushLocked()
 	}
@@ -95,8 +102,9 @@ func (b *ackBatch) flush() {
 
 // flushLocked acks the run of done messages at the head with one ack (the
 // newest of them not acked already: an ack with multiple set must name a
-// message still unacked), and every other done message on its own. Called
-// with mu held, so acks go out in the order they are decided.
+// message still unacked), and every other message done since the last
+// flush on its own. Called with mu held, so acks go out in the order they
+// are decided.
 func (b *ackBatch) flushLocked() error {
 	if b.timer != nil {
 		b.timer.Stop()
@@ -107,33 +115,41 @@ func (b *ackBatch) flushLocked() error {
 	}
 	head := 0
 	var last *batchedAck
-	n := 0
 	for head < len(b.pending) && b.pending[head].done {
 		if e := b.pending[head]; !e.acked {
 			last = e
-			n++
 		}
 		head++
 	}
-	switch {
-	case n == 1:
-		b.err = last.d.Ack()
-	case n > 1:
-		b.err = last.d.AckUpTo()
-	}
-	if b.err != nil {
-		return b.err
+	if last != nil {
+		n := 0
+		for _, e := range b.pending[:head] {
+			if !e.acked {
+				n++
+				e.acked = true
+			}
+		}
+		if n == 1 {
+			b.err = last.d.Ack()
+		} else {
+			b.err = last.d.AckUpTo()
+		}
+		if b.err != nil {
+			return b.err
+		}
 	}
 	clear(b.pending[:head])
 	b.pending = b.pending[head:]
-	for _, e := range b.pending {
-		if e.done && !e.acked {
+	for _, e := range b.done {
+		if !e.acked {
 			if b.err = e.d.Ack(); b.err != nil {
 				return b.err
 			}
 			e.acked = true
 		}
 	}
+	clear(b.done)
+	b.done = b.done[:0]
 	return nil
 }
 
