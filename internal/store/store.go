@@ -830,9 +830,6 @@ func (p *Partial) Commit() error {
 		p.discard()
 		return fmt.Errorf("image %s: %w: %v", p.id, ErrMismatch, err)
 	}
-	if err := p.f.Sync(); err != nil {
-		return fmt.Errorf("image %s: fsync %s: %w", p.id, p.path, err)
-	}
 	// A second name made for the partial since it was opened would let the
 	// chmod and chown below reach it; refuse.
 	if err := regularOnly(p.f); err != nil {
@@ -858,6 +855,13 @@ func (p *Partial) Commit() error {
 	// is, and if it is lost in a crash the file is hashed again.
 	rec := recordOf(st, p.md5hex)
 	onFile := setXattrRecord(p.f, rec) == nil
+	// One fsync makes the bytes, the mode, the owner and the record durable
+	// before the rename can be: done before the chmod, chown and record, it
+	// left those to a later writeback of the inode, one more inode write
+	// per image, and a message acked with them not yet on disk.
+	if err := p.f.Sync(); err != nil {
+		return fmt.Errorf("image %s: fsync %s: %w", p.id, p.path, err)
+	}
 	// rename(2) replaces whatever is at the final name, a symlink included,
 	// without following it.
 	if err := unix.Renameat(int(p.s.root.Fd()), p.name, int(p.s.root.Fd()), p.id); err != nil {
