@@ -167,6 +167,8 @@ type bench struct {
 	// internalConf is the fetching node's config for the internal-sftp
 	// sshd (internalSFTP); "" without one.
 	internalConf string
+	// manyHeld numbers the many-images lines' holding directories (manyClean).
+	manyHeld int
 }
 
 func run(ctx context.Context, o opts) error {

@@ -590,6 +590,9 @@ type Partial struct {
 	q      *pipe // the write path (direct.go); nil when the partial is complete
 	done   bool  // committed or discarded: nothing of it is left to resume
 	closed bool
+	// unreserved: begun by BeginReserveLater, nothing written since; the
+	// first write reserves the disk.
+	unreserved bool
 }
 
 type hashState interface {
@@ -611,6 +614,21 @@ func (s *Store) Begin(ctx context.Context, id string, size int64, md5hex string)
 // vouches for the MD5, multihash.go). A zero Multihash, or one of an
 // algorithm not known here, checks MD5 only.
 func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5hex string, mh Multihash) (*Partial, error) {
+	return s.begin(ctx, id, size, md5hex, mh, false)
+}
+
+// BeginReserveLater is BeginMultihash for a size no peer has confirmed
+// yet: the disk is reserved at the first byte written, not before. The
+// caller writes only what a peer's file of that size yields (transfer's
+// FetchSize checks the open file's size before it reads), so the size in a
+// message alone still never reserves disk. A small image is then read
+// without asking its peer for the size first: one request fewer per image
+// (issue 14).
+func (s *Store) BeginReserveLater(ctx context.Context, id string, size int64, md5hex string, mh Multihash) (*Partial, error) {
+	return s.begin(ctx, id, size, md5hex, mh, true)
+}
+
+func (s *Store) begin(ctx context.Context, id string, size int64, md5hex string, mh Multihash, later bool) (*Partial, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
@@ -658,7 +676,9 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 		f.Close()
 		return nil, fmt.Errorf("image %s: %w", id, err)
 	}
-	if err := p.reserve(); err != nil {
+	if later {
+		p.unreserved = true
+	} else if err := p.reserve(); err != nil {
 		p.Close()
 		return nil, err
 	}
@@ -743,7 +763,20 @@ func (p *Partial) Write(b []byte) (int, error) {
 	if p.q == nil {
 		return 0, nil // complete at Begin: b is empty
 	}
+	if err := p.reserveNow(); err != nil {
+		return 0, err
+	}
 	return p.q.write(b)
+}
+
+// reserveNow reserves the disk of a partial begun by BeginReserveLater,
+// once: the bytes about to be written come from a file of the image's size.
+func (p *Partial) reserveNow() error {
+	if !p.unreserved {
+		return nil
+	}
+	p.unreserved = false
+	return p.reserve()
 }
 
 var _ io.ReaderFrom = (*Partial)(nil)
@@ -755,6 +788,9 @@ func (p *Partial) ReadFrom(r io.Reader) (int64, error) {
 	if p.q == nil {
 		// Complete at Begin: anything r yields is too much.
 		return io.Copy(writerOnly{p}, r)
+	}
+	if err := p.reserveNow(); err != nil {
+		return 0, err
 	}
 	return p.q.readFrom(r)
 }
@@ -794,9 +830,6 @@ func (p *Partial) Commit() error {
 		p.discard()
 		return fmt.Errorf("image %s: %w: %v", p.id, ErrMismatch, err)
 	}
-	if err := p.f.Sync(); err != nil {
-		return fmt.Errorf("image %s: fsync %s: %w", p.id, p.path, err)
-	}
 	// A second name made for the partial since it was opened would let the
 	// chmod and chown below reach it; refuse.
 	if err := regularOnly(p.f); err != nil {
@@ -822,6 +855,13 @@ func (p *Partial) Commit() error {
 	// is, and if it is lost in a crash the file is hashed again.
 	rec := recordOf(st, p.md5hex)
 	onFile := setXattrRecord(p.f, rec) == nil
+	// One fsync makes the bytes, the mode, the owner and the record durable
+	// before the rename can be: done before the chmod, chown and record, it
+	// left those to a later writeback of the inode, one more inode write
+	// per image, and a message acked with them not yet on disk.
+	if err := p.f.Sync(); err != nil {
+		return fmt.Errorf("image %s: fsync %s: %w", p.id, p.path, err)
+	}
 	// rename(2) replaces whatever is at the final name, a symlink included,
 	// without following it.
 	if err := unix.Renameat(int(p.s.root.Fd()), p.name, int(p.s.root.Fd()), p.id); err != nil {

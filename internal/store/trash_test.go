@@ -412,3 +412,45 @@ func TestEvictLeavesNoTombstone(t *testing.T) {
 		t.Errorf("placed again after Evict: %v %v", st, err)
 	}
 }
+
+// BeginReserveLater reserves nothing until the first write, which then
+// asks for the disk as Begin would have: one that does not fit is ENOSPC
+// there, before any byte lands, and one that fits is placed as usual.
+func TestBeginReserveLaterReservesAtFirstWrite(t *testing.T) {
+	s := newStore(t)
+	free := int64(1 << 20)
+	defer swap(&fstatfs, func(fd int, st *unix.Statfs_t) error {
+		if err := unix.Fstatfs(fd, st); err != nil {
+			return err
+		}
+		st.Bsize, st.Bavail = 4096, uint64(free/4096)
+		return nil
+	})()
+	big := int64(8 << 20)
+	p, err := s.BeginReserveLater(context.Background(), id, big, sum([]byte("x")), Multihash{})
+	if err != nil {
+		t.Fatalf("BeginReserveLater of an image larger than the free space: %v (nothing is reserved yet)", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(p.f.Fd()), &st); err != nil || st.Blocks != 0 {
+		t.Fatalf("after BeginReserveLater: %d blocks (%v), want none", st.Blocks, err)
+	}
+	if _, err := p.Write([]byte("x")); !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("first write of an image larger than the free space = %v, want ENOSPC", err)
+	}
+	p.Close()
+	data := []byte("a small image")
+	p, err = s.BeginReserveLater(context.Background(), id, int64(len(data)), sum(data), Multihash{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if state, err := s.Check(context.Background(), id, int64(len(data)), sum(data)); err != nil || state != Verified {
+		t.Fatalf("placed: %v, %v", state, err)
+	}
+}

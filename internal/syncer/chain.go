@@ -73,8 +73,9 @@ type chainPicker struct {
 	up, down []node.Name
 
 	// Owned by the one fetch that uses the picker.
-	tried map[node.Name]bool // failed this fetch: not asked again
-	gone  map[node.Name]int  // looked there, then the file had moved
+	tried   map[node.Name]bool // failed this fetch: not asked again
+	gone    map[node.Name]int  // looked there, then the file had moved
+	guessed map[node.Name]bool // offered once unlooked (guess)
 	// failedOnce: a source has failed. It may have taken the nodes after it
 	// down too: only complete copies from here on, so no one waits on a
 	// partial whose writer is waiting on the same failure.
@@ -83,10 +84,13 @@ type chainPicker struct {
 
 func (f *fetcher) chain(log *slog.Logger, t *target, up, down []node.Name) *chainPicker {
 	return &chainPicker{f: f, log: log, t: t, up: up, down: down,
-		tried: map[node.Name]bool{}, gone: map[node.Name]int{}}
+		tried: map[node.Name]bool{}, gone: map[node.Name]int{}, guessed: map[node.Name]bool{}}
 }
 
 func (c *chainPicker) failed(src *source, err error) {
+	if src.unlooked {
+		return // only guessed: looked at next (try), not a failed source
+	}
 	if errors.Is(err, transfer.ErrNotFound) && c.gone[src.name] < 1 {
 		// Placed (or removed) between looking and opening: look again.
 		c.gone[src.name]++
@@ -133,6 +137,9 @@ func (c *chainPicker) try(ctx context.Context, name node.Name, wait, completeOnl
 		*errs = append(*errs, err)
 		return nil
 	}
+	if guess(c.t, cl, name, c.guessed) {
+		return &source{name: name, c: cl, kind: complete, unlooked: true}
+	}
 	k, err := c.look(ctx, cl, completeOnly)
 	if k == none && err == nil && wait && c.f.mayWaitFor(name) && c.f.mayBeSyncing(ctx, name) {
 		grace := min(startGrace, c.f.cfg.StallTimeout/2)
@@ -156,7 +163,14 @@ func (c *chainPicker) try(ctx context.Context, name node.Name, wait, completeOnl
 	if k == none {
 		return nil
 	}
-	c.log.Info("source", "peer", name, "from", k.String())
+	// A complete copy is named again by the fetched line, a moment later:
+	// one line per image. A partial is followed for as long as its writer
+	// takes, so which one is said now.
+	lvl := slog.LevelDebug
+	if k == partial {
+		lvl = slog.LevelInfo
+	}
+	c.log.Log(ctx, lvl, "source", "peer", name, "from", k.String())
 	return &source{name: name, c: cl, kind: k}
 }
 

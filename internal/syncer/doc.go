@@ -21,7 +21,12 @@
 // ends. It consumes them with a prefetch and stops the consumer at the last
 // one counted (intake.go); images larger than 16 MiB take one of the
 // transfers slots, smaller ones run beside them, up to 8 at once (admit.go),
-// as many as the SFTP sessions transfer keeps per peer.
+// as many as the SFTP sessions transfer keeps per peer. Its acks, each sent
+// only once its message's work is done, go out together within 5 ms, one
+// with multiple set for the done run at the head of the queue (acks.go). A
+// small image is read from the first peer its picker offers without an
+// LSTAT first (guess, fetch.go): the sized read checks the file's size
+// before it takes a byte, and the disk is reserved at the first byte.
 //
 // Run and Serve read the queue on a connection of their own, at most
 // nodequeue.HeldBodies (8 MiB) of bodies ahead of their acks

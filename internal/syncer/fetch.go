@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/node"
@@ -71,6 +72,26 @@ type source struct {
 	name node.Name
 	c    peerConn
 	kind kind
+	// unlooked: offered complete without asking the peer first (guess);
+	// the read itself checks that its file is there, of the image's size.
+	unlooked bool
+}
+
+// guess reports whether a picker may offer peer name's copy of t complete
+// without looking at it first, guessed recording each peer guessed once. A
+// small image on a connection that reads by size (FetchSize: OPEN, then
+// FSTAT and the READs, the size checked before any byte is taken) needs no
+// LSTAT of its own: one SFTP request and one write fewer per image, about
+// a fifth of a 64 KiB image's requests (issue 14). A guess that misses (no
+// file yet, another size) costs the request the look would have cost, and
+// the picker then looks as before. An empty image is looked at: its read
+// asks the peer nothing.
+func guess(t *target, c peerConn, name node.Name, guessed map[node.Name]bool) bool {
+	if _, sized := c.(sizedFetcher); !sized || t.Size <= 0 || t.Size > transfer.MuxMax || guessed[name] {
+		return false
+	}
+	guessed[name] = true
+	return true
 }
 
 // picker offers the sources of one image, one at a time.
@@ -132,12 +153,21 @@ func (f *fetcher) fetch(ctx context.Context, log *slog.Logger, t *target, pk pic
 			return "", 0, errors.Join(append(errs, err)...)
 		}
 		if p == nil {
-			if p, err = begin(ctx, t.st, t.Want); err != nil {
+			if p, err = begin(ctx, t.st, t.Want, src.unlooked); err != nil {
 				return "", 0, errors.Join(append(errs, err)...)
 			}
 		}
 		offset := p.Offset()
 		n, secs, err := f.copy(ctx, src, t, p, offset)
+		if err != nil && src.unlooked && ctx.Err() == nil && !errors.Is(err, syscall.ENOSPC) {
+			// A guess that missed (most often: not placed there yet). The
+			// picker looks at the peer next; a broken connection is for
+			// failedOn as after any read.
+			f.peers.failedOn(ctx, src.c, err)
+			log.Debug("guessed source has no such copy; looking", "peer", src.name, "err", err)
+			pk.failed(src, err)
+			continue
+		}
 		if err == nil {
 			if err = p.Commit(); err == nil {
 				log.Info("fetched", "peer", src.name, "from", src.kind.String(), "bytes", n, "resumed_at", offset,
@@ -150,6 +180,8 @@ func (f *fetcher) fetch(ctx context.Context, log *slog.Logger, t *target, pk pic
 			if src.kind == complete {
 				err = asWholeMismatch(err, src.name, offset)
 			}
+			// Read whole: the peer had the file, a guess no longer.
+			src.unlooked = false
 			// Commit threw the wrong bytes away; start over from another source.
 			p = nil
 		} else {
@@ -166,8 +198,14 @@ func (f *fetcher) fetch(ctx context.Context, log *slog.Logger, t *target, pk pic
 
 // begin starts (or resumes) the local partial, readable by the peers'
 // rsync_user like the placed file, since a chain's next node may follow it.
-func begin(ctx context.Context, st imageStore, w Want) (*store.Partial, error) {
-	p, err := st.BeginMultihash(ctx, w.ID, w.Size, w.MD5, w.Multihash)
+// With later, no peer has confirmed the size yet: the disk is reserved at
+// the first byte written (store.BeginReserveLater).
+func begin(ctx context.Context, st imageStore, w Want, later bool) (*store.Partial, error) {
+	b := st.BeginMultihash
+	if later {
+		b = st.BeginReserveLater
+	}
+	p, err := b(ctx, w.ID, w.Size, w.MD5, w.Multihash)
 	if err != nil {
 		return nil, err
 	}
@@ -229,6 +267,9 @@ type publisherOrder struct {
 	t     *target
 	order []node.Name // not yet offered
 	errs  []error     // why the peers passed over were
+	// guessed are the peers offered unlooked (guess); next is the one
+	// to look at again should that read fail.
+	guessed map[node.Name]bool
 }
 
 func (f *fetcher) publisherOrder(log *slog.Logger, t *target, order []node.Name) *publisherOrder {
@@ -260,6 +301,12 @@ func (o *publisherOrder) look(ctx context.Context, name node.Name) (*source, err
 	if err != nil {
 		return nil, err
 	}
+	if o.guessed == nil {
+		o.guessed = map[node.Name]bool{}
+	}
+	if guess(o.t, c, name, o.guessed) {
+		return &source{name: name, c: c, kind: complete, unlooked: true}, nil
+	}
 	size, err := c.Stat(ctx, o.t.final)
 	if err != nil {
 		o.f.peers.failedOn(ctx, c, err)
@@ -272,8 +319,13 @@ func (o *publisherOrder) look(ctx context.Context, name node.Name) (*source, err
 	return &source{name: name, c: c, kind: complete}, nil
 }
 
-// failed needs nothing: a peer is offered once.
-func (o *publisherOrder) failed(*source, error) {}
+// failed: a peer is offered once, unless it was only guessed; then it is
+// looked at next.
+func (o *publisherOrder) failed(src *source, _ error) {
+	if src.unlooked {
+		o.order = append([]node.Name{src.name}, o.order...)
+	}
+}
 
 // errWriterGone ends the follow of a partial nobody writes any more.
 var errWriterGone = errors.New("its writer stopped")

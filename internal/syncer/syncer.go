@@ -39,6 +39,7 @@ type imageStore interface {
 	Path(id string) (string, error)
 	PartialPath(id, md5hex string) (string, error)
 	BeginMultihash(ctx context.Context, id string, size int64, md5hex string, mh store.Multihash) (*store.Partial, error)
+	BeginReserveLater(ctx context.Context, id string, size int64, md5hex string, mh store.Multihash) (*store.Partial, error)
 }
 
 var _ imageStore = (*store.Store)(nil)
@@ -253,6 +254,13 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	defer s.f.close()
 
 	next := func(context.Context) (*broker.Delivery, error) { return recv.Get() }
+	// A dry run acks nothing; otherwise acks are sent together (acks.go),
+	// all of them before the receiver closes (defers run last first).
+	var acks *ackBatch
+	if !s.cfg.DryRun {
+		acks = newAckBatch(ackDelay, s.fail)
+		defer acks.close() // an early return: nothing is waiting
+	}
 	if !s.cfg.DryRun {
 		// A dry run acks nothing: a consumer would stall at the prefetch.
 		in, err := recv.Consume(min(qs.Messages, maxPrefetch))
@@ -278,7 +286,11 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 		// large one is garbage as soon as it is parked, not at the ack.
 		m := d.Message
 		d.Body = nil
-		j, ok := s.take(ctx, d, d.Redelivered, m)
+		var a acker = d
+		if acks != nil {
+			a = acks.take(d)
+		}
+		j, ok := s.take(ctx, a, d.Redelivered, m)
 		if !ok {
 			continue
 		}
@@ -299,6 +311,11 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 		close(l)
 	}
 	wg.Wait()
+	if acks != nil {
+		if err := acks.close(); err != nil {
+			s.fail(err)
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.res.Bytes, s.res.Seconds = s.f.totals()
