@@ -28,6 +28,31 @@ type latencyOpts struct {
 	// rounds is how many times the watch line is measured; every build
 	// (the tool and each -variant) is timed once per round, in turn.
 	rounds int
+	// hogs is how many busy loops run beside the latency lines: the load
+	// of other work on a shared node (or on this shared VM), alike for
+	// every build timed.
+	hogs int
+}
+
+// startHogs starts n processes that spin until stop is called.
+func startHogs(n int) (stop func(), err error) {
+	var cmds []*exec.Cmd
+	stop = func() {
+		for _, c := range cmds {
+			c.Process.Kill()
+			c.Wait()
+		}
+	}
+	for range n {
+		c := exec.Command("/bin/sh", "-c", "while :; do :; done")
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := c.Start(); err != nil {
+			stop()
+			return nil, err
+		}
+		cmds = append(cmds, c)
+	}
+	return stop, nil
 }
 
 // latTool is one build timed by the latency lines: the tool, or a
@@ -82,6 +107,14 @@ func latency(ctx context.Context, tool, dir string, o latencyOpts, logf func(str
 		if err := c.WriteConfig(n, map[string]string{"source_strategy": "chain"}); err != nil {
 			return err
 		}
+	}
+	if o.hogs > 0 {
+		stop, err := startHogs(o.hogs)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		logf("latency: %d busy loops running beside the lines", o.hogs)
 	}
 	// Every build in turn, round after round, so that a change in the
 	// machine's load lands on all of them alike.

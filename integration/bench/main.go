@@ -65,6 +65,7 @@ func main() {
 	latProfile := flag.String("latency-profile", "", "write each watch's CPU profile and each node's log into this `directory` (latency lines)")
 	latRounds := flag.Int("latency-cron-rounds", 3, "rounds of the `both` latency line")
 	latWatchRounds := flag.Int("latency-rounds", 1, "rounds of the watch latency line")
+	latHogs := flag.Int("latency-hogs", 0, "busy loops (sh -c 'while :; do :; done') running beside the latency lines, as other work loads a shared node")
 	flag.StringVar(&peerShell, "peer-shell", harness.ShellHost, "the SSH user's shell on every node's sshd, for every tool timed: host (this machine's ~/.bashrc, which sshd's bash reads; pyenv on the bench VM) or plain (an empty ~/.bashrc, bound over it in each node's namespace)")
 	only := flag.String("only", "", "comma list of method names to time (default: all)")
 	seed := flag.String("seed", "200x1M", "seeding line: `COUNTxSIZE` images listed by a test double of the Images API, fetched onto an empty node by reconcile, against rsync -a (COUNTxSIZE/2: spread over two peers; off: skip)")
@@ -104,7 +105,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "bench: -latency-size:", err)
 			os.Exit(2)
 		}
-		o.latency = &latencyOpts{uploads: *latUploads, size: n, every: *latEvery, profile: *latProfile, cronRounds: *latRounds, rounds: *latWatchRounds}
+		o.latency = &latencyOpts{uploads: *latUploads, size: n, every: *latEvery, profile: *latProfile, cronRounds: *latRounds, rounds: *latWatchRounds, hogs: *latHogs}
 	}
 	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
