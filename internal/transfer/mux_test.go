@@ -208,3 +208,190 @@ func TestParseAttrs(t *testing.T) {
 		t.Error("truncated attributes parsed")
 	}
 }
+
+// heldWriter takes after bytes, then holds every Write until release is
+// closed: a caller whose disk stopped.
+type heldWriter struct {
+	bytes.Buffer
+	after   int
+	held    chan struct{} // closed when it starts holding
+	release chan struct{}
+	once    sync.Once
+}
+
+func newHeldWriter(after int) *heldWriter {
+	return &heldWriter{after: after, held: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (w *heldWriter) Write(b []byte) (int, error) {
+	if w.Len() >= w.after {
+		w.once.Do(func() { close(w.held) })
+		<-w.release
+	}
+	return w.Buffer.Write(b)
+}
+
+// muxCount is how many mux sessions c has, waiting up to d for want.
+func muxCount(c *Client, want int, d time.Duration) int {
+	for end := time.Now().Add(d); ; time.Sleep(5 * time.Millisecond) {
+		c.muxMu.Lock()
+		n := len(c.muxes)
+		c.muxMu.Unlock()
+		if n == want || time.Now().After(end) {
+			return n
+		}
+	}
+}
+
+// fetchInto runs FetchSize of data's file into w on its own goroutine.
+func fetchInto(c *Client, data []byte, w io.Writer) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		n, err := c.FetchSize(ctx, servedPath, 0, int64(len(data)), w, 10*time.Second)
+		if err == nil && n != int64(len(data)) {
+			err = fmt.Errorf("fetched %d bytes of %d", n, len(data))
+		}
+		done <- err
+	}()
+	return done
+}
+
+// TestMuxSpreadsLargeFiles: a large file that would queue behind many
+// bytes on the mux starts a second mux session, and the files after it
+// go there: one caller whose writer stopped holds up only the files on
+// its own session. With one mux for every file, the last fetch here
+// waited behind the held one until the watchdog closed the connection.
+func TestMuxSpreadsLargeFiles(t *testing.T) {
+	data := randomData(muxSpreadMin + 3*PacketSize)
+	p := &fakePeer{data: data, size: int64(len(data))}
+	c := startPeer(t, p)
+	held := newHeldWriter(PacketSize)
+	first := fetchInto(c, data, plainWriter{held})
+	select {
+	case <-held.held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first fetch never wrote")
+	}
+	// Queued behind the held one, on the same session; it starts another.
+	second := &bytes.Buffer{}
+	secondDone := fetchInto(c, data, plainWriter{second})
+	if n := muxCount(c, 2, 5*time.Second); n != 2 {
+		t.Fatalf("%d mux sessions with a large file queued behind a held one, want 2", n)
+	}
+	fetchSized(t, c, data, 0, true) // on the new session, while the first is held
+	close(held.release)
+	for i, done := range []<-chan error{first, secondDone} {
+		if err := <-done; err != nil {
+			t.Fatalf("fetch %d: %v", i+1, err)
+		}
+	}
+	if !bytes.Equal(held.Bytes(), data) || !bytes.Equal(second.Bytes(), data) {
+		t.Error("a fetch that waited got the wrong bytes")
+	}
+	if got := p.sessions.Load(); got != 2 {
+		t.Errorf("%d sftp sessions, want 2", got)
+	}
+}
+
+// TestMuxSmallFilesShareOne: small files never start another mux
+// session, however many bytes are queued on the one there is: one
+// session for hundreds of small images is what makes them cheap.
+func TestMuxSmallFilesShareOne(t *testing.T) {
+	data := randomData(muxSpreadMin / 4)
+	p := &fakePeer{data: data, size: int64(len(data))}
+	c := startPeer(t, p)
+	held := newHeldWriter(PacketSize)
+	first := fetchInto(c, data, plainWriter{held})
+	select {
+	case <-held.held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first fetch never wrote")
+	}
+	var dones []<-chan error
+	for range 8 {
+		dones = append(dones, fetchInto(c, data, &bytes.Buffer{}))
+	}
+	// Every one of them queued: far more than muxSpreadAt on the mux.
+	c.muxMu.Lock()
+	m := c.muxes[0]
+	c.muxMu.Unlock()
+	for end := time.Now().Add(5 * time.Second); m.load.Load() < 8*int64(len(data)); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("only %d bytes queued on the mux", m.load.Load())
+		}
+	}
+	if m.load.Load() <= muxSpreadAt {
+		t.Fatalf("the test queues %d bytes, not more than muxSpreadAt", m.load.Load())
+	}
+	close(held.release)
+	for _, done := range append(dones, first) {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := muxCount(c, 1, 0); n != 1 {
+		t.Errorf("%d mux sessions for small files, want 1", n)
+	}
+	if got := p.sessions.Load(); got != 1 {
+		t.Errorf("%d sftp sessions, want 1", got)
+	}
+	if l := m.load.Load(); l != 0 {
+		t.Errorf("%d bytes still counted on the mux after every fetch ended", l)
+	}
+}
+
+// TestMuxSpreadWithinSessions: another mux session takes a slot of the
+// connection's sessions (sshd refuses more than MaxSessions), none is
+// started while every slot is taken, and the slot is free again once
+// that mux ends.
+func TestMuxSpreadWithinSessions(t *testing.T) {
+	data := randomData(muxSpreadMin + 3*PacketSize)
+	p := &fakePeer{data: data, size: int64(len(data))}
+	c := startPeer(t, p)
+	c.sessions.init()
+	for range maxSessions {
+		c.sessions.slots <- struct{}{} // Fetch's sessions, all in use
+	}
+	queueBehindHeld := func() (release func()) {
+		held := newHeldWriter(PacketSize)
+		first := fetchInto(c, data, plainWriter{held})
+		select {
+		case <-held.held:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the first fetch never wrote")
+		}
+		second := fetchInto(c, data, &bytes.Buffer{})
+		return func() {
+			close(held.release)
+			for _, done := range []<-chan error{first, second} {
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	release := queueBehindHeld()
+	if n := muxCount(c, 2, 300*time.Millisecond); n != 1 {
+		t.Fatalf("%d mux sessions with every session slot taken, want 1", n)
+	}
+	release()
+	<-c.sessions.slots // one of Fetch's sessions ended
+	release = queueBehindHeld()
+	if n := muxCount(c, 2, 5*time.Second); n != 2 {
+		t.Fatalf("%d mux sessions with a slot free, want 2", n)
+	}
+	release()
+	if n := len(c.sessions.slots); n != maxSessions {
+		t.Fatalf("%d session slots taken, want %d: the new mux's and the %d left", n, maxSessions, maxSessions-1)
+	}
+	c.muxMu.Lock()
+	extra := c.muxes[1]
+	c.muxMu.Unlock()
+	extra.fail(errors.New("ended by the test"))
+	if n := len(c.sessions.slots); n != maxSessions-1 {
+		t.Errorf("%d session slots taken after the new mux ended, want %d", n, maxSessions-1)
+	}
+	fetchSized(t, c, data, 0, true) // on the first mux, still there
+}
