@@ -14,8 +14,6 @@
 // (FetchSize, up to MuxMax) and stats (Probe, Stat) share one session per
 // connection, the mux (mux.go), which Dial starts: a sync of many small
 // images costs the peer one sftp-server and one login shell, as rsync does.
-// Files of more than a few MiB that would queue behind many bytes start
-// up to two more muxes, and each request goes on the least loaded.
 // pkg/sftp, started on first use, serves listings and Lstat.
 //
 // Follow reads, the same way, a file that a process on the peer is still

@@ -22,25 +22,11 @@ import (
 // once they are answered, CLOSE, sent without waiting for its answer.
 // Large files keep sessions of their own (sessions.go, stream.go): one
 // sftp-server answers requests one at a time, and a large file would hold
-// up the small ones behind it. For the same reason a file of more than
-// muxSpreadMin that would queue behind more than muxSpreadAt starts
-// another mux (up to maxMuxes), and every file and stat goes on the one
-// with the fewest bytes still to come (Client.pickMux).
+// up the small ones behind it.
 
 // MuxMax is the largest file FetchSize reads on the mux: every read of
 // such a file is asked for at once.
 const MuxMax = 16 << 20
-
-// A connection has up to maxMuxes mux sessions. The first is Dial's; each
-// other is started when a file of more than muxSpreadMin bytes would wait
-// behind more than muxSpreadAt bytes on the least loaded one, and takes a
-// slot of Fetch's sessions (sessions.go) while it lives, so the
-// connection stays within sshd's MaxSessions.
-const (
-	maxMuxes     = 3
-	muxSpreadMin = 4 << 20
-	muxSpreadAt  = 4 << 20
-)
 
 // SFTP requests and attribute flags only the mux sends or reads.
 const (
@@ -56,9 +42,6 @@ const (
 // request that each answers.
 type mux struct {
 	close func() error // ends the session
-	// load is the bytes of the files being read on it still to come
-	// (pickMux adds a file's, its fetch takes them off as they arrive).
-	load atomic.Int64
 	w     io.Writer
 	r     io.Reader
 
@@ -371,11 +354,7 @@ func (m *mux) lstat(path string, last *atomic.Int64) (attrs, error) {
 
 // fetch copies [offset, size) of path, a file that must hold exactly size
 // bytes, into w: OPEN, then FSTAT and every READ at once.
-// pickMux added size-offset to m.load; it is taken off as the bytes come,
-// and what is left when the fetch ends.
 func (m *mux) fetch(ctx context.Context, path string, offset, size int64, w io.Writer, last *atomic.Int64) (written int64, err error) {
-	owed := size - offset
-	defer func() { m.load.Add(-owed) }()
 	reads := int((size - offset + PacketSize - 1) / PacketSize)
 	c := m.call(2+reads, last)
 	// A fetch that ends early (ctx, a wrong size) still reads what it is
@@ -497,8 +476,6 @@ func (m *mux) fetch(ctx context.Context, path string, offset, size int64, w io.W
 		n, err := takeData(r, head.length, head.offset, w)
 		written += n
 		at += n
-		owed -= int64(head.length)
-		m.load.Add(-int64(head.length))
 		if err != nil {
 			return written, err
 		}

@@ -86,17 +86,6 @@ func (p *sessionPool) end(ps *pooledStream) {
 
 func (p *sessionPool) free() { <-p.slots }
 
-// tryTake takes a slot for a session if one is free now.
-func (p *sessionPool) tryTake() bool {
-	p.init()
-	select {
-	case p.slots <- struct{}{}:
-		return true
-	default:
-		return false
-	}
-}
-
 // closeAll ends every idle session.
 func (p *sessionPool) closeAll() {
 	p.init()

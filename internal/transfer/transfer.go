@@ -224,13 +224,10 @@ type Client struct {
 	// a login shell, and a sync run reads and stats through the mux alone.
 	sftpMu sync.Mutex
 	sftp   *sftp.Client
-	// muxMu guards muxes, the sessions of small files and stats
-	// (mux.go): the first started by Dial (and again after every one
-	// broke), more while the ones there are have much to deliver
-	// (pickMux).
-	muxMu       sync.Mutex
-	muxes       []*mux
-	muxStarting bool // a mux session is being started in the background
+	// muxMu guards mx, the session of small files and stats (mux.go),
+	// started by Dial and again after it broke.
+	muxMu sync.Mutex
+	mx    *mux
 	// timeout bounds one SFTP request: pkg/sftp has none, and a stalled
 	// sftp-server would otherwise hold a request until the run's deadline.
 	timeout time.Duration
@@ -334,84 +331,25 @@ func (c *Client) sftpClient() (*sftp.Client, error) {
 	return sf, nil
 }
 
-// muxSession is the least loaded of the connection's muxes, the first
-// started (again, if every one broke) as needed. Starting it is bounded
-// like any request.
+// muxSession is the connection's mux, started (again, if it broke) as
+// needed. Starting it is bounded like any request.
 func (c *Client) muxSession(ctx context.Context) (*mux, error) {
-	m, _, err := c.pickMux(ctx, 0)
-	return m, err
-}
-
-// pickMux is the mux that a read of n bytes should go on: the one with
-// the fewest bytes still to deliver, its load raised by n (the caller's
-// read lowers it as it takes them). A file of more than muxSpreadMin bytes
-// that would queue behind more than muxSpreadAt starts another mux in the
-// background, for the files that come after it: one sftp-server answers
-// one request at a time, so a file waits for every byte asked before it,
-// and one goroutine hands every reply to its caller, so one slow writer
-// holds up every file on its session. Small files never start one: on
-// one session hundreds of them cost the peer one sftp-server and one
-// login shell. spread says whether another one was started.
-func (c *Client) pickMux(ctx context.Context, n int64) (_ *mux, spread bool, err error) {
 	c.muxMu.Lock()
 	defer c.muxMu.Unlock()
-	live := c.muxes[:0]
-	for _, m := range c.muxes {
-		if m.broken() == nil {
-			live = append(live, m)
-		}
+	if c.mx != nil && c.mx.broken() == nil {
+		return c.mx, nil
 	}
-	clear(c.muxes[len(live):])
-	c.muxes = live
-	if len(c.muxes) == 0 {
-		var ps *pooledStream
-		err := c.bounded(ctx, func() (err error) {
-			var last atomic.Int64
-			ps, err = c.newSession(&last)
-			return err
-		})
-		if err != nil {
-			return nil, false, err
-		}
-		c.muxes = append(c.muxes, newMux(ps.s.w, ps.s.r, ps.sess.Close))
-	}
-	best := c.muxes[0]
-	for _, m := range c.muxes[1:] {
-		if m.load.Load() < best.load.Load() {
-			best = m
-		}
-	}
-	if n > muxSpreadMin && best.load.Load() > muxSpreadAt && !c.muxStarting &&
-		len(c.muxes) < maxMuxes && c.sessions.tryTake() {
-		c.muxStarting, spread = true, true
-		go c.addMux()
-	}
-	best.load.Add(n)
-	return best, spread, nil
-}
-
-// addMux starts another mux session in a slot of the session pool (taken
-// by pickMux), freed when the mux ends.
-func (c *Client) addMux() {
 	var ps *pooledStream
-	err := c.bounded(context.Background(), func() (err error) {
+	err := c.bounded(ctx, func() (err error) {
 		var last atomic.Int64
 		ps, err = c.newSession(&last)
 		return err
 	})
-	c.muxMu.Lock()
-	defer c.muxMu.Unlock()
-	c.muxStarting = false
 	if err != nil {
-		c.sessions.free()
-		return
+		return nil, err
 	}
-	var once sync.Once
-	c.muxes = append(c.muxes, newMux(ps.s.w, ps.s.r, func() error {
-		err := ps.sess.Close()
-		once.Do(c.sessions.free)
-		return err
-	}))
+	c.mx = newMux(ps.s.w, ps.s.r, ps.sess.Close)
+	return c.mx, nil
 }
 
 // NewHostKey is, after a ReadOnly dial with AcceptNew, the type and SHA256
@@ -464,7 +402,7 @@ func (c *Client) FetchSize(ctx context.Context, path string, offset, size int64,
 		return c.Fetch(ctx, path, offset, w, idle)
 	}
 	return c.watched(ctx, "fetch", path, idle, func(last *atomic.Int64) (int64, error) {
-		m, _, err := c.pickMux(ctx, size-offset)
+		m, err := c.muxSession(ctx)
 		if err != nil {
 			return 0, err
 		}
