@@ -25,6 +25,63 @@ type latencyOpts struct {
 	profile string // directory for each watch's CPU profile and each run's log; "" = none
 	// cronRounds is how many times the `both` line is measured.
 	cronRounds int
+	// rounds is how many times the watch line is measured; every build
+	// (the tool and each -variant) is timed once per round, in turn.
+	rounds int
+	// hogs is how many busy loops run beside the latency lines: the load
+	// of other work on a shared node (or on this shared VM), alike for
+	// every build timed.
+	hogs int
+}
+
+// startHogs starts n processes that spin until stop is called.
+func startHogs(n int) (stop func(), err error) {
+	var cmds []*exec.Cmd
+	stop = func() {
+		for _, c := range cmds {
+			c.Process.Kill()
+			c.Wait()
+		}
+	}
+	for range n {
+		c := exec.Command("/bin/sh", "-c", "while :; do :; done")
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := c.Start(); err != nil {
+			stop()
+			return nil, err
+		}
+		cmds = append(cmds, c)
+	}
+	return stop, nil
+}
+
+// latTool is one build timed by the latency lines: the tool, or a
+// -variant (name=binary[,ENV=value...]).
+type latTool struct {
+	name string
+	bin  string
+	env  []string
+}
+
+// latTools is the tool and every -variant.
+func latTools(tool string) ([]latTool, error) {
+	out := []latTool{{name: "glance-image-sync", bin: tool}}
+	for _, v := range variants {
+		name, spec, ok := strings.Cut(v, "=")
+		if !ok {
+			return nil, fmt.Errorf("-variant %q: want name=binary[,ENV=value...]", v)
+		}
+		parts := strings.Split(spec, ",")
+		out = append(out, latTool{name: "glance-image-sync " + name, bin: parts[0], env: parts[1:]})
+	}
+	return out, nil
+}
+
+// command runs the build t on n, inside n's namespace.
+func (t latTool) command(ctx context.Context, c *harness.Cluster, n *harness.Node, args ...string) *exec.Cmd {
+	cmd := n.NS.Command(ctx, t.bin, append([]string{"--config", n.Config, "--glance-config", n.GlanceConf}, args...)...)
+	cmd.Env = append(os.Environ(), t.env...)
+	return cmd
 }
 
 // latency measures, on a cluster of its own (three nodes, the shared
@@ -32,7 +89,11 @@ type latencyOpts struct {
 // on every node: with `watch --duplicate` on the three nodes, and with
 // cron-style `both` runs started together on the three nodes.
 func latency(ctx context.Context, tool, dir string, o latencyOpts, logf func(string, ...any)) error {
-	c, err := harness.NewCluster(ctx, harness.Options{Nodes: 3, Tool: tool, Dir: dir})
+	tools, err := latTools(tool)
+	if err != nil {
+		return err
+	}
+	c, err := harness.NewCluster(ctx, harness.Options{Nodes: 3, Tool: tool, Dir: dir, PeerShell: peerShell})
 	if err != nil {
 		return err
 	}
@@ -47,12 +108,28 @@ func latency(ctx context.Context, tool, dir string, o latencyOpts, logf func(str
 			return err
 		}
 	}
-	if err := watchLatency(ctx, c, o, logf); err != nil {
-		return fmt.Errorf("watch: %w", err)
+	if o.hogs > 0 {
+		stop, err := startHogs(o.hogs)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		logf("latency: %d busy loops running beside the lines", o.hogs)
+	}
+	// Every build in turn, round after round, so that a change in the
+	// machine's load lands on all of them alike.
+	for r := 1; r <= max(1, o.rounds); r++ {
+		for _, t := range tools {
+			if err := watchLatency(ctx, c, t, o, r, logf); err != nil {
+				return fmt.Errorf("%s watch: %w", t.name, err)
+			}
+		}
 	}
 	for r := 1; r <= max(1, o.cronRounds); r++ {
-		if err := cronLatency(ctx, c, o, r, logf); err != nil {
-			return fmt.Errorf("both, round %d: %w", r, err)
+		for _, t := range tools {
+			if err := cronLatency(ctx, c, t, o, r, logf); err != nil {
+				return fmt.Errorf("%s both, round %d: %w", t.name, r, err)
+			}
 		}
 	}
 	return nil
@@ -158,7 +235,7 @@ func verifyAll(c *harness.Cluster, imgs []harness.Image) error {
 	return nil
 }
 
-func watchLatency(ctx context.Context, c *harness.Cluster, o latencyOpts, logf func(string, ...any)) error {
+func watchLatency(ctx context.Context, c *harness.Cluster, t latTool, o latencyOpts, round int, logf func(string, ...any)) error {
 	n1 := c.Nodes[0]
 	var cmds []*exec.Cmd
 	var logs []*syncBuffer
@@ -173,10 +250,9 @@ func watchLatency(ctx context.Context, c *harness.Cluster, o latencyOpts, logf f
 	}
 	defer stopAll()
 	for _, n := range c.Nodes {
-		cmd := n.NS.Command(ctx, c.Tool, "--config", n.Config, "--glance-config", n.GlanceConf,
-			"watch", "--duplicate", "--interval", "200ms")
+		cmd := t.command(ctx, c, n, "watch", "--duplicate", "--interval", "200ms")
 		if o.profile != "" {
-			cmd.Env = append(os.Environ(), "GLANCE_IMAGE_SYNC_CPUPROFILE="+filepath.Join(o.profile, "watch-"+n.Name+".pprof"))
+			cmd.Env = append(cmd.Env, "GLANCE_IMAGE_SYNC_CPUPROFILE="+filepath.Join(o.profile, fmt.Sprintf("watch-%s-%d-%s.pprof", t.bin[strings.LastIndex(t.bin, "/")+1:], round, n.Name)))
 		}
 		log := &syncBuffer{}
 		cmd.Stdout, cmd.Stderr = log, log
@@ -233,13 +309,13 @@ func watchLatency(ctx context.Context, c *harness.Cluster, o latencyOpts, logf f
 		return fmt.Errorf("%d images not on every node 30 s after the last publish\n%s", n, dump())
 	}
 	stopAll()
-	keepLogs(o.profile, "watch", c, logs)
+	keepLogs(o.profile, fmt.Sprintf("watch-%s-%d", t.bin[strings.LastIndex(t.bin, "/")+1:], round), c, logs)
 	if err := verifyAll(c, imgs); err != nil {
 		return err
 	}
 	delays := since(sent, at)
-	fmt.Printf("latency, watch --duplicate on 3 nodes: %d uploads of %d MiB on node1, one every %v: notification published -> verified on every node: %s; load average %s\n",
-		o.uploads, o.size>>20, o.every, quantiles(delays), loadAvg())
+	fmt.Printf("latency, %s, watch --duplicate on 3 nodes (round %d): %d uploads of %s on node1, one every %v: notification published -> verified on every node: %s; load average %s\n",
+		t.name, round, o.uploads, sizeName(o.size), o.every, quantiles(delays), loadAvg())
 	if p := percentile(delays, 0.99); p >= time.Second {
 		logf("watch: p99 %v is over the 1 s budget; logs:\n%s", p, dump())
 	}
@@ -250,7 +326,7 @@ func watchLatency(ctx context.Context, c *harness.Cluster, o latencyOpts, logf f
 // three nodes at the same moment, as a cron line on each node would at its
 // tick. What the tool costs is from the tick to the image verified on every
 // node; the wait for the tick (up to the cron interval) comes on top.
-func cronLatency(ctx context.Context, c *harness.Cluster, o latencyOpts, round int, logf func(string, ...any)) error {
+func cronLatency(ctx context.Context, c *harness.Cluster, t latTool, o latencyOpts, round int, logf func(string, ...any)) error {
 	n1 := c.Nodes[0]
 	var imgs []harness.Image
 	a := newArrivals(c)
@@ -274,7 +350,7 @@ func cronLatency(ctx context.Context, c *harness.Cluster, o latencyOpts, round i
 	}
 	runs := make([]*run, len(c.Nodes))
 	for i, n := range c.Nodes {
-		cmd := n.NS.Command(ctx, c.Tool, "--config", n.Config, "--glance-config", n.GlanceConf, "both")
+		cmd := t.command(ctx, c, n, "both")
 		out := &syncBuffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		runs[i] = &run{cmd: cmd, out: out}
@@ -303,7 +379,7 @@ func cronLatency(ctx context.Context, c *harness.Cluster, o latencyOpts, round i
 	for _, r := range runs {
 		outs = append(outs, r.out)
 	}
-	keepLogs(o.profile, fmt.Sprintf("both%d", round), c, outs)
+	keepLogs(o.profile, fmt.Sprintf("both-%s-%d", t.bin[strings.LastIndex(t.bin, "/")+1:], round), c, outs)
 	for i, r := range runs {
 		exits = append(exits, fmt.Sprintf("%s exit %d in %.2f s", c.Nodes[i].Name, r.code, r.secs))
 		if r.code != 0 && r.code != 3 {
@@ -316,13 +392,13 @@ func cronLatency(ctx context.Context, c *harness.Cluster, o latencyOpts, round i
 		ticks[img.ID] = tick
 	}
 	delays := since(ticks, at)
-	fmt.Printf("latency, cron-style `both` started together on 3 nodes (round %d) after %d uploads of %d MiB on node1 were published: start of the runs -> verified on every node: %s; %d images left for the next tick; %s; plus the wait for the tick (up to the cron interval); load average %s\n",
-		round, o.uploads, o.size>>20, quantiles(delays), missed, strings.Join(exits, ", "), loadAvg())
+	fmt.Printf("latency, %s, cron-style `both` started together on 3 nodes (round %d) after %d uploads of %s on node1 were published: start of the runs -> verified on every node: %s; %d images left for the next tick; %s; plus the wait for the tick (up to the cron interval); load average %s\n",
+		t.name, round, o.uploads, sizeName(o.size), quantiles(delays), missed, strings.Join(exits, ", "), loadAvg())
 	if missed > 0 {
 		// The next tick, so the next round starts with empty queues.
 		for _, n := range c.Nodes {
-			if _, stderr, code := c.Run(ctx, n, "both"); code != 0 {
-				return fmt.Errorf("both (next tick) on %s: exit %d\n%s", n.Name, code, stderr)
+			if out, err := t.command(ctx, c, n, "both").CombinedOutput(); err != nil {
+				return fmt.Errorf("both (next tick) on %s: %v\n%s", n.Name, err, out)
 			}
 		}
 	}

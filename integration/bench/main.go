@@ -42,6 +42,9 @@ import (
 // variants are other builds of the tool, each timed as a method of its own.
 var variants variantList
 
+// peerShell is harness.Options.PeerShell for every cluster of the run.
+var peerShell string
+
 type variantList []string
 
 func (v *variantList) String() string     { return strings.Join(*v, " ") }
@@ -61,6 +64,9 @@ func main() {
 	latEvery := flag.Duration("latency-every", time.Second, "time between uploads for the watch latency line")
 	latProfile := flag.String("latency-profile", "", "write each watch's CPU profile and each node's log into this `directory` (latency lines)")
 	latRounds := flag.Int("latency-cron-rounds", 3, "rounds of the `both` latency line")
+	latWatchRounds := flag.Int("latency-rounds", 1, "rounds of the watch latency line")
+	latHogs := flag.Int("latency-hogs", 0, "busy loops (sh -c 'while :; do :; done') running beside the latency lines, as other work loads a shared node")
+	flag.StringVar(&peerShell, "peer-shell", harness.ShellHost, "the SSH user's shell on every node's sshd, for every tool timed: host (this machine's ~/.bashrc, which sshd's bash reads; pyenv on the bench VM) or plain (an empty ~/.bashrc, bound over it in each node's namespace)")
 	only := flag.String("only", "", "comma list of method names to time (default: all)")
 	seed := flag.String("seed", "200x1M", "seeding line: `COUNTxSIZE` images listed by a test double of the Images API, fetched onto an empty node by reconcile, against rsync -a (COUNTxSIZE/2: spread over two peers; off: skip)")
 	prebuilt := flag.String("tool", "", "use this glance-image-sync binary instead of building ./cmd/glance-image-sync")
@@ -99,7 +105,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "bench: -latency-size:", err)
 			os.Exit(2)
 		}
-		o.latency = &latencyOpts{uploads: *latUploads, size: n, every: *latEvery, profile: *latProfile, cronRounds: *latRounds}
+		o.latency = &latencyOpts{uploads: *latUploads, size: n, every: *latEvery, profile: *latProfile, cronRounds: *latRounds, rounds: *latWatchRounds, hogs: *latHogs}
 	}
 	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -194,7 +200,7 @@ func run(ctx context.Context, o opts) error {
 	}
 	// Three nodes: n1 has the image, n2 fetches it, n3 only gives
 	// duplicate-notifications its third node queue.
-	c, err := harness.NewCluster(ctx, harness.Options{Nodes: 3, Tool: tool, Dir: o.dir})
+	c, err := harness.NewCluster(ctx, harness.Options{Nodes: 3, Tool: tool, Dir: o.dir, PeerShell: peerShell})
 	if err != nil {
 		return err
 	}
@@ -225,8 +231,8 @@ func run(ctx context.Context, o opts) error {
 		}
 		methods = append(methods, m)
 	}
-	fmt.Printf("datadirs under %s (%s), %d-core machine shared by client and server, load average before: %s\n",
-		c.Dir, fsType(c.Dir), runtime.NumCPU(), loadAvg())
+	fmt.Printf("datadirs under %s (%s), %d-core machine shared by client and server, peer shell %s, load average before: %s\n",
+		c.Dir, fsType(c.Dir), runtime.NumCPU(), peerShell, loadAvg())
 	for i, size := range o.sizes {
 		logf("writing a %d-byte random image on %s", size, b.src.Name)
 		if b.img, err = c.AddImage(b.src, size); err != nil {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -47,7 +48,23 @@ type Options struct {
 	// as oslo.messaging does with rabbit_quorum_queue = true, so it
 	// survives the loss of one node of a broker cluster.
 	QuorumSource bool
+	// PeerShell is how the SSH user's shell starts on every node's sshd,
+	// which starts sftp-server (and rsync, scp, cat) through it: ShellHost
+	// (""), this machine's as it is; ShellPlain, with an empty ~/.bashrc
+	// bound over the user's inside each node's namespace.
+	PeerShell string
 }
+
+// The PeerShell settings. bash started by sshd reads ~/.bashrc even for a
+// command (Debian builds it with SSH_SOURCE_BASHRC), and root's on the
+// bench VM runs `pyenv init`: 0.2 s a session on a quiet machine, about a
+// second of CPU under load. A glance node's rsync_user runs no version
+// manager; ShellPlain is that node, for every tool timed against the sshd
+// alike.
+const (
+	ShellHost  = "host"
+	ShellPlain = "plain"
+)
 
 // Node is one simulated glance-api host.
 type Node struct {
@@ -151,7 +168,19 @@ func NewCluster(ctx context.Context, opts Options) (c *Cluster, err error) {
 		if err := os.WriteFile(filepath.Join(n.Dir, "ssh", "authorized_keys"), clientPub, 0o600); err != nil {
 			return nil, err
 		}
-		if n.NS, err = NewNamespace(ctx, Bind{Source: n.ImagesDir, Target: CommonDatadir}); err != nil {
+		binds := []Bind{{Source: n.ImagesDir, Target: CommonDatadir}}
+		switch opts.PeerShell {
+		case "", ShellHost:
+		case ShellPlain:
+			b, err := plainShell(n)
+			if err != nil {
+				return nil, err
+			}
+			binds = append(binds, b...)
+		default:
+			return nil, fmt.Errorf("harness: PeerShell %q: want %q or %q", opts.PeerShell, ShellHost, ShellPlain)
+		}
+		if n.NS, err = NewNamespace(ctx, binds...); err != nil {
 			return nil, fmt.Errorf("harness: node %s: %w", n.Name, err)
 		}
 		c.Nodes = append(c.Nodes, n)
@@ -204,6 +233,25 @@ func NodeQueue(n *Node) string { return "glance_image_sync." + n.Name + ".info" 
 
 // FailedQueue is n's parking queue.
 func FailedQueue(n *Node) string { return "glance_image_sync." + n.Name + ".failed" }
+
+// plainShell is the binds that give the SSH user (root: rsync_user) an
+// empty ~/.bashrc inside n's namespace, where n's sshd runs; the host's is
+// untouched. A home without one needs none.
+func plainShell(n *Node) ([]Bind, error) {
+	u, err := user.Current()
+	if err != nil {
+		return nil, fmt.Errorf("harness: the SSH user's home: %w", err)
+	}
+	rc := filepath.Join(u.HomeDir, ".bashrc")
+	if _, err := os.Stat(rc); err != nil {
+		return nil, nil
+	}
+	empty := filepath.Join(n.Dir, "ssh", "bashrc")
+	if err := os.WriteFile(empty, []byte("# PeerShell plain: bound over "+rc+" inside this node's namespace\n"), 0o644); err != nil {
+		return nil, err
+	}
+	return []Bind{{Source: empty, Target: rc}}, nil
+}
 
 // SFTPServer and InternalSFTP are the two ways sshd serves the sftp
 // subsystem: Debian's default, a separate sftp-server process started
