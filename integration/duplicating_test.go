@@ -74,3 +74,53 @@ func TestSyncWaitsForPeerDuplicating(t *testing.T) {
 		t.Errorf("sync-images took %v: it waited past the end of node1's run", r.took)
 	}
 }
+
+// Cron starts duplicate-notifications on every node at once; each counts
+// the whole source queue and takes a share of it. A run whose share ran
+// out ends once the queue shows empty, not after a second without a
+// message (a second every other node's sync-images spends waiting for
+// it), and every event is still copied to every node.
+func TestConcurrentDuplicatesEndWhenEmpty(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	c := newCluster(t, 3)
+	n1 := c.Nodes[0]
+	img, err := c.AddImage(n1, 4<<10)
+	must(t, err)
+	const events = 3000
+	bodies := make([][]byte, events)
+	for i := range bodies {
+		bodies[i] = mustEnvelope(t, "image.update", n1, img)
+	}
+	must(t, c.PublishRawBatch(ctx, bodies))
+
+	type result struct {
+		node   string
+		stderr string
+		code   int
+	}
+	done := make(chan result, len(c.Nodes))
+	for _, n := range c.Nodes {
+		go func() {
+			_, stderr, code := c.Run(ctx, n, "-v", "duplicate-notifications")
+			done <- result{n.Name, stderr, code}
+		}()
+	}
+	for range c.Nodes {
+		r := <-done
+		if r.code != 0 {
+			t.Fatalf("duplicate-notifications on %s exited %d:\n%s", r.node, r.code, r.stderr)
+		}
+		if strings.Contains(r.stderr, "no more messages arrived") {
+			t.Errorf("duplicate-notifications on %s waited a second for messages from a queue that was empty:\n%s", r.node, r.stderr)
+		}
+	}
+	for _, n := range c.Nodes {
+		if d := depth(t, c, harness.NodeQueue(n)); d != events {
+			t.Errorf("%s holds %d copies, want %d", harness.NodeQueue(n), d, events)
+		}
+	}
+	if d := depth(t, c, c.SourceQueue()); d != 0 {
+		t.Errorf("%d notifications left in the source queue", d)
+	}
+}
