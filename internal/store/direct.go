@@ -232,6 +232,23 @@ func (q *pipe) fail(err error) {
 	q.failed.CompareAndSwap(nil, &err)
 }
 
+// hashChunk is the most the hasher gives the hash at once. MD5's block
+// function is assembly, where Go cannot stop a goroutine: hashing a whole
+// 1 MiB buffer in one call (1.2 ms) made every GC cycle's stack scan send
+// the hasher SIGURG every 5 µs until the call returned, about 10,000
+// signals per GiB fetched, each an IPI on another core. Between chunks the
+// hasher stops at once when asked (a function call's stack check).
+const hashChunk = 32 << 10
+
+// hashIn writes b to h in pieces of at most hashChunk.
+func hashIn(h io.Writer, b []byte) {
+	for len(b) > hashChunk {
+		h.Write(b[:hashChunk])
+		b = b[hashChunk:]
+	}
+	h.Write(b)
+}
+
 // hasher hashes the buffers in file order and passes them on to the writer.
 // The unaligned head of a resumed partial is hashed by write before any
 // buffer is sent, so the order holds.
@@ -239,7 +256,7 @@ func (q *pipe) hasher() {
 	defer q.wg.Done()
 	defer close(q.writes)
 	for d := range q.hashes {
-		q.p.h.Write(d.b)
+		hashIn(q.p.h, d.b)
 		q.writes <- d
 	}
 }
@@ -501,7 +518,7 @@ func (q *pipe) stop() error {
 		return err
 	}
 	if d := q.cur; d != nil && len(d.b) > 0 {
-		q.p.h.Write(d.b)
+		hashIn(q.p.h, d.b)
 		fd := int(q.p.f.Fd())
 		if err := writeAt(&fd, fd, d.b, d.off); err != nil {
 			q.fail(err)

@@ -508,3 +508,43 @@ func TestSmallSlowTransferBankEmpty(t *testing.T) {
 		t.Fatal("a slow small transfer with the bank empty never finished")
 	}
 }
+
+// widest records the largest single Write its hash was given.
+type widest struct {
+	hashState
+	max atomic.Int64
+}
+
+func (w *widest) Write(b []byte) (int, error) {
+	if n := int64(len(b)); n > w.max.Load() {
+		w.max.Store(n)
+	}
+	return w.hashState.Write(b)
+}
+
+// The hash is fed at most hashChunk bytes per call, through either path and
+// either feed, the last partly filled buffer included, and the MD5 still
+// verifies: a whole 1 MiB buffer in one call kept the hasher in MD5's
+// assembly, where the GC cannot stop it, for over a millisecond.
+func TestHashInChunks(t *testing.T) { bothFeeds(t, testHashInChunks) }
+
+func testHashInChunks(t *testing.T) {
+	s, data, sum := directImage(t, 3*dioBufSize+hashChunk+17)
+	p, err := s.Begin(context.Background(), directID, int64(len(data)), sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Set before the first byte reaches the hasher goroutine: the buffer's
+	// send on the pipe orders this write before its reads.
+	w := &widest{hashState: p.h}
+	p.h = w
+	if err := writeIn(t, p, data, 0, len(data)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.max.Load(); got > hashChunk || got == 0 {
+		t.Fatalf("largest hash write %d bytes, want 1..%d", got, hashChunk)
+	}
+}
