@@ -137,7 +137,7 @@ func hashFrom(ctx context.Context, h io.Writer, r io.Reader, t Throttle) (int64,
 	defer close(free)
 	var total int64
 	for c := range full {
-		h.Write(c.b)
+		hashIn(h, c.b) // see hashChunk
 		total += int64(len(c.b))
 		if c.err != nil {
 			return total, c.err
