@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -44,21 +43,11 @@ func TestWatchReconciles(t *testing.T) {
 		return err == nil && sum == img.Checksum
 	}
 
-	cmd := n2.NS.Command(ctx, tool, "-v", "--config", n2.Config, "--glance-config", n2.GlanceConf, "watch")
-	var log lockedLog
-	cmd.Stdout, cmd.Stderr = &log, &log
-	must(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-	}()
+	w := startDaemon(t, ctx, n2, "-v", "watch")
+	log := &w.log
 	waitFor(t, 20*time.Second, "the first reconcile pass, at start", func() bool {
 		return logHas(log.String(), `msg="reconcile done"`, "images=0")
-	}, &log)
+	}, log)
 
 	// Uploaded while watch runs; its events never reach node2's queue.
 	lost := upload("event-lost", 3<<20+7)
@@ -66,7 +55,7 @@ func TestWatchReconciles(t *testing.T) {
 	_, err := c.Drain(c.SourceQueue())
 	must(t, err)
 	start := time.Now()
-	waitFor(t, 30*time.Second, "the periodic reconcile to place "+lost.ID, func() bool { return has(lost) }, &log)
+	waitFor(t, 30*time.Second, "the periodic reconcile to place "+lost.ID, func() bool { return has(lost) }, log)
 	t.Logf("%s reached %s by reconcile %v after its events were purged", lost.ID, n2.Name, time.Since(start).Round(time.Millisecond))
 	if !logHas(log.String(), `msg="reconcile done"`, "fetched=1") || !logHas(log.String(), "msg=fetched", "image="+lost.ID) {
 		t.Errorf("no reconcile pass says it fetched %s:\n%s", lost.ID, log.String())
@@ -76,12 +65,12 @@ func TestWatchReconciles(t *testing.T) {
 	// both want it; whichever comes second finds it placed.
 	both := upload("event-and-reconcile", 2<<20+3)
 	runOK(t, ctx, c, n1, []string{"duplicate-notifications"})
-	waitFor(t, 30*time.Second, both.ID+" on "+n2.Name, func() bool { return has(both) }, &log)
+	waitFor(t, 30*time.Second, both.ID+" on "+n2.Name, func() bool { return has(both) }, log)
 	// Two more passes, so a reconcile that lost the race has had its turn.
 	passes := strings.Count(log.String(), `msg="reconcile done"`)
 	waitFor(t, 20*time.Second, "two more reconcile passes", func() bool {
 		return strings.Count(log.String(), `msg="reconcile done"`) >= passes+2
-	}, &log)
+	}, log)
 	if logHas(log.String(), "fetch failed") || logHas(log.String(), "level=ERROR") {
 		t.Errorf("a fetch failed or an error was logged:\n%s", log.String())
 	}
@@ -98,13 +87,5 @@ func TestWatchReconciles(t *testing.T) {
 		t.Errorf("%d messages left on %s", d, harness.NodeQueue(n2))
 	}
 
-	must(t, cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("watch after SIGTERM: %v, want exit 0\n%s", err, log.String())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("watch still running 15s after SIGTERM\n%s", log.String())
-	}
+	w.stop(t)
 }

@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"context"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -30,19 +32,8 @@ func TestWatch(t *testing.T) {
 	// 1 MB/s makes the big image take seconds, time enough to interrupt it.
 	must(t, c.WriteConfig(n2, map[string]string{"bwlimit": "1", "metrics_file": prom}))
 
-	cmd := n2.NS.Command(ctx, tool, "--config", n2.Config, "--glance-config", n2.GlanceConf,
-		"watch", "--duplicate", "--interval", "300ms", "--listen", "127.0.0.1:0")
-	var log lockedLog
-	cmd.Stdout, cmd.Stderr = &log, &log
-	must(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-	}()
+	w := startDaemon(t, ctx, n2, "watch", "--duplicate", "--interval", "300ms", "--listen", "127.0.0.1:0")
+	log := &w.log
 
 	small, err := c.AddImage(n1, 64<<10)
 	must(t, err)
@@ -51,7 +42,7 @@ func TestWatch(t *testing.T) {
 	waitFor(t, 20*time.Second, "watch to fetch "+small.ID, func() bool {
 		ok, _ := harness.HasImage(n2, small)
 		return ok
-	}, &log)
+	}, log)
 	t.Logf("upload reached %s %v after the notification", n2.Name, time.Since(start).Round(time.Millisecond))
 
 	// The same numbers are served over HTTP for Prometheus to scrape.
@@ -72,7 +63,7 @@ func TestWatch(t *testing.T) {
 		}
 		n, _ := metric(fams, "glance_image_sync_events_total", map[string]string{"event": "image.upload", "result": "fetched"})
 		return n == 1
-	}, &log)
+	}, log)
 
 	big, err := c.AddImage(n1, 8<<20)
 	must(t, err)
@@ -83,16 +74,8 @@ func TestWatch(t *testing.T) {
 	waitFor(t, 45*time.Second, "a partial of "+big.ID, func() bool {
 		fi, err := os.Stat(part)
 		return err == nil && fi.Size() >= 1<<20
-	}, &log)
-	must(t, cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("watch after SIGTERM: %v, want exit 0\n%s", err, log.String())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("watch still running 15s after SIGTERM\n%s", log.String())
-	}
+	}, log)
+	w.stop(t)
 	if !strings.Contains(log.String(), "watch stopped") {
 		t.Errorf("no 'watch stopped' line:\n%s", log.String())
 	}
@@ -133,6 +116,47 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool, l
 	}
 }
 
+// daemon is the tool running in the background on a node.
+type daemon struct {
+	cmd    *exec.Cmd
+	log    lockedLog // its stdout and stderr
+	exited chan error
+	waited bool // exited was read
+}
+
+// startDaemon starts the tool on n with args after its two config flags;
+// the test's end kills it if it still runs.
+func startDaemon(t *testing.T, ctx context.Context, n *harness.Node, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{exited: make(chan error, 1)}
+	d.cmd = n.NS.Command(ctx, tool, append([]string{"--config", n.Config, "--glance-config", n.GlanceConf}, args...)...)
+	d.cmd.Stdout, d.cmd.Stderr = &d.log, &d.log
+	must(t, d.cmd.Start())
+	go func() { d.exited <- d.cmd.Wait() }()
+	t.Cleanup(func() {
+		if !d.waited {
+			d.cmd.Process.Kill()
+			<-d.exited
+		}
+	})
+	return d
+}
+
+// stop sends SIGTERM and wants exit 0 within 15 s.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	must(t, d.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-d.exited:
+		d.waited = true
+		if err != nil {
+			t.Fatalf("%v after SIGTERM: %v, want exit 0\n%s", d.cmd.Args, err, d.log.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("%v still running 15s after SIGTERM\n%s", d.cmd.Args, d.log.String())
+	}
+}
+
 // lockedLog collects a background process's output.
 type lockedLog struct {
 	mu sync.Mutex
@@ -161,19 +185,8 @@ func TestWatchMetricsAtStop(t *testing.T) {
 	n1, n2 := c.Nodes[0], c.Nodes[1]
 	prom := filepath.Join(n2.Dir, "metrics.prom")
 	must(t, c.WriteConfig(n2, map[string]string{"metrics_file": prom}))
-	cmd := n2.NS.Command(ctx, tool, "--config", n2.Config, "--glance-config", n2.GlanceConf,
-		"watch", "--duplicate", "--interval", "1h")
-	var log lockedLog
-	cmd.Stdout, cmd.Stderr = &log, &log
-	must(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-	}()
+	w := startDaemon(t, ctx, n2, "watch", "--duplicate", "--interval", "1h")
+	log := &w.log
 
 	img, err := c.AddImage(n1, 64<<10)
 	must(t, err)
@@ -181,21 +194,13 @@ func TestWatchMetricsAtStop(t *testing.T) {
 	waitFor(t, 20*time.Second, "watch to fetch "+img.ID, func() bool {
 		ok, _ := harness.HasImage(n2, img)
 		return ok
-	}, &log)
+	}, log)
 	// The source message is acked once its copies are confirmed, which
 	// may follow the fetch on n2 by a moment.
 	waitFor(t, 10*time.Second, "the source queue drained", func() bool {
 		return depthOrZero(c, c.SourceQueue()) == 0
-	}, &log)
-	must(t, cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("watch after SIGTERM: %v, want exit 0\n%s", err, log.String())
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatalf("watch still running 15s after SIGTERM\n%s", log.String())
-	}
+	}, log)
+	w.stop(t)
 	f, err := os.Open(prom)
 	must(t, err)
 	defer f.Close()
