@@ -254,21 +254,18 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	defer s.f.close()
 
 	next := func(context.Context) (*broker.Delivery, error) { return recv.Get() }
-	// A dry run acks nothing; otherwise acks are sent together (acks.go),
-	// all of them before the receiver closes (defers run last first).
+	// A dry run acks nothing (a consumer would stall at the prefetch);
+	// otherwise acks are sent together (acks.go), all of them before the
+	// receiver closes.
 	var acks *ackBatch
 	if !s.cfg.DryRun {
-		acks = newAckBatch(ackDelay, s.fail)
-		defer acks.close() // an early return: nothing is waiting
-	}
-	if !s.cfg.DryRun {
-		// A dry run acks nothing: a consumer would stall at the prefetch.
 		in, err := recv.Consume(min(qs.Messages, maxPrefetch))
 		if err != nil {
 			return Result{}, err
 		}
 		it := &intake{in: in, src: recv, left: qs.Messages, idle: intakeIdle, unsettled: &s.unsettled}
 		next = it.next
+		acks = newAckBatch(ackDelay, s.fail)
 	}
 	adm := newAdmission(s.cfg.Transfers)
 	lanes := map[string]chan job{}
