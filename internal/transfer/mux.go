@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -18,8 +19,9 @@ import (
 // is slow (a bashrc that runs pyenv init took about a second of CPU) nine
 // sessions per run (pkg/sftp's and eight of Fetch's) cost more than
 // hundreds of small images' bytes, where rsync pays one (issue 14). On
-// the mux an image is two round trips: OPEN, then FSTAT, the READs and,
-// once they are answered, CLOSE, sent without waiting for its answer.
+// the mux an image is two round trips: OPEN, then FSTAT and the READs;
+// once they are answered, CLOSE, whose answer nobody waits for, goes out
+// with the next request of any caller.
 // Large files keep sessions of their own (sessions.go, stream.go): one
 // sftp-server answers requests one at a time, and a large file would hold
 // up the small ones behind it.
@@ -45,9 +47,22 @@ type mux struct {
 	w     io.Writer
 	r     io.Reader
 
-	wmu    sync.Mutex // one request batch at a time
-	nextID uint32
-	req    []byte
+	// Requests go out in group commit: a caller that finds no write in
+	// flight writes what is queued, its own requests and whatever callers
+	// queue meanwhile; one that finds a write in flight queues its own and
+	// goes on to wait for the answers. Requests written together cost one
+	// SSH packet, one TCP write, one decryption and wake-up in sshd and
+	// one read in sftp-server rather than one each: the machine's CPU per
+	// image is what bounds a run of small images (issue 14).
+	wmu     sync.Mutex // guards the fields below
+	nextID  uint32
+	queued  []byte // requests made and not yet written, in order
+	spare   []byte // the buffer of the last write, for the next queue
+	writing bool   // a write is in flight; its writer writes queued too
+	active  int    // callers between call and end
+	// flushc hands the writing to flusher: a writer that is owed answers
+	// must not keep writing for others (see flush).
+	flushc chan struct{}
 
 	mu sync.Mutex
 	// waiters: the channel each request in flight is answered on; nil:
@@ -72,11 +87,22 @@ type muxReply struct {
 	done func()
 }
 
+// muxReadBuf is the size of the mux's read buffer. x/crypto/ssh sends a
+// window adjust (its own packet, its own TCP write, a wake-up and a
+// decryption in sshd) on every read of the channel once more than 96 KiB
+// of it are received and not yet read, as they are with eight lanes'
+// answers in flight: read by reply header and body, a 64 KiB image cost
+// nearly three adjusts. Read in large pieces, one adjust covers several
+// images.
+const muxReadBuf = 256 << 10
+
 func newMux(w io.Writer, r io.Reader, closeSession func() error) *mux {
-	m := &mux{close: closeSession, w: w, r: r,
+	m := &mux{close: closeSession, w: w, r: bufio.NewReaderSize(r, muxReadBuf),
 		waiters: map[uint32]chan muxReply{}, watched: map[*atomic.Int64]int{},
-		dead: make(chan struct{}), consumed: make(chan struct{})}
+		dead: make(chan struct{}), consumed: make(chan struct{}),
+		flushc: make(chan struct{}, 1)}
 	go m.run()
+	go m.flusher()
 	return m
 }
 
@@ -192,43 +218,70 @@ func (m *mux) call(max int, last *atomic.Int64) *muxCall {
 	m.mu.Lock()
 	m.watched[last]++
 	m.mu.Unlock()
+	m.wmu.Lock()
+	m.active++
+	m.wmu.Unlock()
 	return &muxCall{m: m, ch: make(chan muxReply, max), last: last}
 }
 
 // end drops the caller's progress clock. Every reply must have been
-// received.
+// received. The last caller out writes what is left queued (a CLOSE):
+// no later request would take it.
 func (c *muxCall) end() {
-	c.m.mu.Lock()
-	if c.m.watched[c.last]--; c.m.watched[c.last] <= 0 {
-		delete(c.m.watched, c.last)
+	m := c.m
+	m.mu.Lock()
+	if m.watched[c.last]--; m.watched[c.last] <= 0 {
+		delete(m.watched, c.last)
 	}
-	c.m.mu.Unlock()
+	m.mu.Unlock()
+	m.wmu.Lock()
+	m.active--
+	if m.active > 0 || m.writing || len(m.queued) == 0 {
+		m.wmu.Unlock()
+		return
+	}
+	m.writing = true
+	m.flush(c)
 }
 
-// send sends the requests add appends (each through pkt), all in one
-// write. A request made with drop has its answer read and dropped.
-func (c *muxCall) send(add func(pkt func(t byte, drop bool, fill func([]byte) []byte) uint32)) error {
+// A request's send: sendNow goes out with the next write or starts one;
+// sendLater (a CLOSE, whose answer is dropped and which nothing waits for)
+// waits in the queue for the next request of any caller while another
+// caller is active, or else goes out with the last caller's end: a CLOSE
+// alone cost sshd and sftp-server as much as a request that moves bytes.
+const (
+	sendNow   = true
+	sendLater = false
+)
+
+// send queues the requests add appends (each through pkt) and, unless
+// when is sendLater or a write is in flight whose writer will take them,
+// writes them. A request made with drop has its answer read and dropped.
+// A write's error ends the mux, which every caller's recv sees.
+func (c *muxCall) send(when bool, add func(pkt func(t byte, drop bool, fill func([]byte) []byte) uint32)) error {
 	m := c.m
 	m.wmu.Lock()
-	defer m.wmu.Unlock()
-	b := m.req[:0]
+	b := m.queued
+	start := len(b)
 	var ids []uint32
 	var drops []bool
 	add(func(t byte, drop bool, fill func([]byte) []byte) uint32 {
 		m.nextID++
-		start := len(b)
+		at := len(b)
 		b = append(b, 0, 0, 0, 0, t)
 		b = binary.BigEndian.AppendUint32(b, m.nextID)
 		b = fill(b)
-		binary.BigEndian.PutUint32(b[start:], uint32(len(b)-start-4))
+		binary.BigEndian.PutUint32(b[at:], uint32(len(b)-at-4))
 		ids = append(ids, m.nextID)
 		drops = append(drops, drop)
 		return m.nextID
 	})
-	m.req = b
+	// Each answer's waiter is in place before its request can be written.
 	m.mu.Lock()
 	if m.err != nil {
 		m.mu.Unlock()
+		m.queued = b[:start]
+		m.wmu.Unlock()
 		return m.err
 	}
 	for i, id := range ids {
@@ -240,12 +293,63 @@ func (c *muxCall) send(add func(pkt func(t byte, drop bool, fill func([]byte) []
 		}
 	}
 	m.mu.Unlock()
-	if _, err := m.w.Write(b); err != nil {
-		err = fmt.Errorf("sending an sftp request: %w", err)
-		m.fail(err)
-		return err
+	m.queued = b
+	if when == sendLater || m.writing {
+		m.wmu.Unlock()
+		return nil
 	}
-	return nil
+	m.writing = true
+	return m.flush(c)
+}
+
+// flush writes what is queued until the queue is empty, then ends the
+// write. Called with wmu held and writing set by the writer; returns
+// with wmu released. A caller (c not nil) writes only while it is owed
+// no answer beyond those its first write asked for: the reader waits for
+// a caller to take its data, and a caller blocked in a write (the
+// channel's window full because the peer's answers are not read) would
+// then wait for the reader. The requests queued meanwhile are handed to
+// flusher instead, which the reader never waits for.
+func (m *mux) flush(c *muxCall) error {
+	for first := true; ; first = false {
+		if !first && c != nil && c.pending > 0 {
+			m.flushc <- struct{}{} // never blocks: one writer at a time
+			m.wmu.Unlock()
+			return nil
+		}
+		b := m.queued
+		m.queued = m.spare[:0]
+		m.wmu.Unlock()
+		_, err := m.w.Write(b)
+		m.wmu.Lock()
+		m.spare = b[:0]
+		if err != nil {
+			m.writing = false
+			m.queued = m.queued[:0]
+			m.wmu.Unlock()
+			err = fmt.Errorf("sending an sftp request: %w", err)
+			m.fail(err)
+			return err
+		}
+		if len(m.queued) == 0 {
+			m.writing = false
+			m.wmu.Unlock()
+			return nil
+		}
+	}
+}
+
+// flusher writes the requests a caller owed answers left queued.
+func (m *mux) flusher() {
+	for {
+		select {
+		case <-m.flushc:
+		case <-m.dead:
+			return
+		}
+		m.wmu.Lock()
+		m.flush(nil)
+	}
 }
 
 // recv is the next reply to one of the caller's requests. A DATA reply
@@ -332,7 +436,7 @@ func parseAttrs(body []byte) (attrs, error) {
 func (m *mux) lstat(path string, last *atomic.Int64) (attrs, error) {
 	c := m.call(1, last)
 	defer c.end()
-	if err := c.send(func(pkt func(byte, bool, func([]byte) []byte) uint32) {
+	if err := c.send(sendNow, func(pkt func(byte, bool, func([]byte) []byte) uint32) {
 		pkt(fxpLstat, false, func(b []byte) []byte { return appendString(b, path) })
 	}); err != nil {
 		return attrs{}, err
@@ -363,7 +467,7 @@ func (m *mux) fetch(ctx context.Context, path string, offset, size int64, w io.W
 		c.drain()
 		c.end()
 	}()
-	if err := c.send(func(pkt func(byte, bool, func([]byte) []byte) uint32) {
+	if err := c.send(sendNow, func(pkt func(byte, bool, func([]byte) []byte) uint32) {
 		pkt(fxpOpen, false, func(b []byte) []byte {
 			b = appendString(b, path)
 			b = binary.BigEndian.AppendUint32(b, fxfRead)
@@ -401,7 +505,7 @@ func (m *mux) fetch(ctx context.Context, path string, offset, size int64, w io.W
 	// answer is dropped.
 	defer func() {
 		c.drain()
-		c.send(func(pkt func(byte, bool, func([]byte) []byte) uint32) {
+		c.send(sendLater, func(pkt func(byte, bool, func([]byte) []byte) uint32) {
 			pkt(fxpClose, true, func(b []byte) []byte { return appendString(b, handle) })
 		})
 	}()
@@ -412,7 +516,7 @@ func (m *mux) fetch(ctx context.Context, path string, offset, size int64, w io.W
 	}
 	queue := make([]want, 0, reads)
 	var fstatID uint32
-	if err := c.send(func(pkt func(byte, bool, func([]byte) []byte) uint32) {
+	if err := c.send(sendNow, func(pkt func(byte, bool, func([]byte) []byte) uint32) {
 		fstatID = pkt(fxpFstat, false, func(b []byte) []byte { return appendString(b, handle) })
 		for next := offset; next < size; {
 			n := uint32(min(int64(PacketSize), size-next))
@@ -537,7 +641,7 @@ func (m *mux) readOneByOne(ctx context.Context, c *muxCall, handle string, at, s
 		}
 		n := uint32(min(int64(PacketSize), size-at))
 		var id uint32
-		if err := c.send(func(pkt func(byte, bool, func([]byte) []byte) uint32) {
+		if err := c.send(sendNow, func(pkt func(byte, bool, func([]byte) []byte) uint32) {
 			id = pkt(fxpRead, false, func(b []byte) []byte {
 				b = appendString(b, handle)
 				b = binary.BigEndian.AppendUint64(b, uint64(at))

@@ -1,13 +1,16 @@
 package transfer
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -207,4 +210,225 @@ func TestParseAttrs(t *testing.T) {
 	if _, err := parseAttrs(b[:len(b)-1]); err == nil {
 		t.Error("truncated attributes parsed")
 	}
+}
+
+// pipeServer is an SFTP server on the far end of a pipe, serving files by
+// path with a handle per OPEN, for tests of the mux alone. It checks that
+// requests arrive numbered one after another from 1: the mux numbers them
+// as it queues them, so a request lost, doubled or written out of queue
+// order breaks the run.
+type pipeServer struct {
+	files map[string][]byte
+
+	mu      sync.Mutex
+	nextID  uint32 // the id the next request must have
+	idErr   error
+	open    map[string]string // handle -> path
+	handles int
+	replies int
+}
+
+// serve answers the requests on r on w until r ends. Requests are read on
+// their own goroutine into a queue, as sshd and the pipe to sftp-server
+// hold a window of requests the server has not yet read; answers go out
+// together once no request is waiting, as sshd sends what sftp-server
+// wrote meanwhile in one piece.
+func (s *pipeServer) serve(r io.Reader, pw io.Writer) {
+	w := bufio.NewWriterSize(pw, 1<<20)
+	in := make(chan []byte, 1024)
+	go func() {
+		defer close(in)
+		for {
+			pkt, err := readPacket(r)
+			if err != nil {
+				return
+			}
+			in <- pkt
+		}
+	}()
+	for pkt := range in {
+		if s.answer(w, pkt) != nil {
+			return
+		}
+		if len(in) == 0 && w.Flush() != nil {
+			return
+		}
+	}
+}
+
+func (s *pipeServer) answer(w io.Writer, pkt []byte) error {
+	id, rest := binary.BigEndian.Uint32(pkt[1:]), pkt[5:]
+	s.mu.Lock()
+	if s.nextID == 0 {
+		s.nextID = 1
+	}
+	if id != s.nextID && s.idErr == nil {
+		s.idErr = fmt.Errorf("request id %d arrived where %d was due", id, s.nextID)
+	}
+	s.nextID = id + 1
+	s.replies++
+	defer s.mu.Unlock()
+	switch pkt[0] {
+	case tOpen:
+		path, _ := getString(rest)
+		if _, ok := s.files[path]; !ok {
+			return writeStatus(w, id, stNoSuchFile, "No such file")
+		}
+		s.handles++
+		h := fmt.Sprintf("h%d", s.handles)
+		s.open[h] = path
+		return writePacket(w, tHandle, id, appendStr(nil, h))
+	case tFstat:
+		h, _ := getString(rest)
+		b := binary.BigEndian.AppendUint32(nil, 1)
+		return writePacket(w, tAttrs, id, binary.BigEndian.AppendUint64(b, uint64(len(s.files[s.open[h]]))))
+	case tLstat:
+		path, _ := getString(rest)
+		data, ok := s.files[path]
+		if !ok {
+			return writeStatus(w, id, stNoSuchFile, "No such file")
+		}
+		b := binary.BigEndian.AppendUint32(nil, 1|4)
+		b = binary.BigEndian.AppendUint64(b, uint64(len(data)))
+		return writePacket(w, tAttrs, id, binary.BigEndian.AppendUint32(b, 0o100640))
+	case tRead:
+		h, rest := getString(rest)
+		data := s.files[s.open[h]]
+		off := int64(binary.BigEndian.Uint64(rest))
+		n := min(int64(binary.BigEndian.Uint32(rest[8:])), int64(len(data))-off)
+		if n <= 0 {
+			return writeStatus(w, id, stEOF, "EOF")
+		}
+		return writePacket(w, tData, id, appendStr(nil, string(data[off:off+n])))
+	case tClose:
+		h, _ := getString(rest)
+		delete(s.open, h)
+		return writeStatus(w, id, stOK, "")
+	}
+	return writeStatus(w, id, stUnsupported, "unsupported")
+}
+
+// slowWriter is the client's end of the pipe, each write taking a while as
+// a busy peer's wake-up does, so that callers queue behind it. It counts
+// the writes that carried the OPENs of more than one file.
+type slowWriter struct {
+	w         io.Writer
+	delay     time.Duration
+	writes    atomic.Int32
+	coalesced atomic.Int32
+}
+
+func (w *slowWriter) Write(b []byte) (int, error) {
+	w.writes.Add(1)
+	opens := 0
+	for p := b; len(p) >= 5; p = p[4+binary.BigEndian.Uint32(p):] {
+		if p[4] == tOpen {
+			opens++
+		}
+	}
+	if opens > 1 {
+		w.coalesced.Add(1)
+	}
+	time.Sleep(w.delay)
+	return w.w.Write(b)
+}
+
+// countingReader counts the reads of the channel: each costs, past 96 KiB
+// received and not read, a window adjust of x/crypto/ssh's.
+type countingReader struct {
+	r     io.Reader
+	reads atomic.Int32
+}
+
+func (r *countingReader) Read(b []byte) (int, error) {
+	r.reads.Add(1)
+	return r.r.Read(b)
+}
+
+// TestMuxCoalescedInOrder: many fetches and stats at once, their requests
+// written together, every request numbered in the order written, every
+// file's bytes right and every handle closed once the callers are done;
+// the answers are read off the channel in large pieces, not one read per
+// header and body.
+func TestMuxCoalescedInOrder(t *testing.T) {
+	srv := &pipeServer{files: map[string][]byte{}, open: map[string]string{}}
+	const files = 200
+	for i := range files {
+		// Most one READ, some several; sizes off a READ's boundary.
+		n := 1 + (i*7919)%(64<<10)
+		if i%10 == 0 {
+			n = 2*PacketSize + i
+		}
+		srv.files[fmt.Sprintf("/img/%d", i)] = randomData(n)
+	}
+	toServer, fromClient := io.Pipe()
+	toClient, fromServer := io.Pipe()
+	go srv.serve(toServer, fromServer)
+	w := &slowWriter{w: fromClient, delay: time.Millisecond}
+	cr := &countingReader{r: toClient}
+	m := newMux(w, cr, func() error {
+		fromClient.Close()
+		return toClient.Close()
+	})
+	defer m.close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// A request lost leaves its caller waiting for an answer: end the mux,
+	// so that the test fails rather than hangs.
+	defer context.AfterFunc(ctx, func() { m.fail(fmt.Errorf("no answer in time: %w", ctx.Err())) })()
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range 16 {
+		wg.Go(func() {
+			var last atomic.Int64
+			for i := range next {
+				path := fmt.Sprintf("/img/%d", i)
+				want := srv.files[path]
+				if i%3 == 0 {
+					if a, err := m.lstat(path, &last); err != nil || a.size != int64(len(want)) {
+						t.Errorf("lstat %s: %+v, %v", path, a, err)
+					}
+				}
+				var got bytes.Buffer
+				n, err := m.fetch(ctx, path, 0, int64(len(want)), &got, &last)
+				if err != nil || n != int64(len(want)) || !bytes.Equal(got.Bytes(), want) {
+					t.Errorf("fetch %s: %d bytes, %v; the bytes match: %v", path, n, err, bytes.Equal(got.Bytes(), want))
+				}
+			}
+		})
+	}
+	for i := range files {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if err := m.broken(); err != nil {
+		t.Fatalf("the mux broke: %v", err)
+	}
+	// The last CLOSE goes out with the last caller's end.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		srv.mu.Lock()
+		open, idErr := len(srv.open), srv.idErr
+		srv.mu.Unlock()
+		if idErr != nil {
+			t.Fatal(idErr)
+		}
+		if open == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d handles never closed", open)
+		}
+	}
+	if srv.handles != files {
+		t.Errorf("%d files opened, want %d", srv.handles, files)
+	}
+	if w.coalesced.Load() == 0 {
+		t.Errorf("%d writes, none with more than one file's requests", w.writes.Load())
+	}
+	if reads := int(cr.reads.Load()); reads >= srv.replies {
+		t.Errorf("%d reads of the channel for %d replies", reads, srv.replies)
+	}
+	t.Logf("%d writes for %d files; %d with several files' OPENs; %d reads for %d replies", w.writes.Load(), files, w.coalesced.Load(), cr.reads.Load(), srv.replies)
 }
