@@ -156,6 +156,7 @@ type pipe struct {
 	cur     *dbuf
 	since   time.Time // when cur was taken
 	failed  atomic.Pointer[error]
+	started bool // the hasher and the writer run (send)
 	stopped bool
 }
 
@@ -197,10 +198,21 @@ func newPipe(p *Partial) *pipe {
 			q.free <- p.s.bufs.lend(true)
 		}
 	}
-	q.wg.Add(2)
-	go q.hasher()
-	go q.writer()
 	return q
+}
+
+// send passes a filled buffer on to be hashed and written, starting the
+// hasher and the writer with the first. An image that fits in its buffer
+// never sends one: stop hashes and writes it, and the two goroutines, their
+// hand-offs and wake-ups per image are saved (issue 14).
+func (q *pipe) send(d *dbuf) {
+	if !q.started {
+		q.started = true
+		q.wg.Add(2)
+		go q.hasher()
+		go q.writer()
+	}
+	q.hashes <- d
 }
 
 func sameFile(a, b *os.File) bool {
@@ -455,8 +467,11 @@ func (q *pipe) filled(d *dbuf, k int) error {
 	d.b = d.b[:len(d.b)+k]
 	q.p.n += int64(k)
 	if len(d.b) == cap(d.b) {
+		if q.p.n == q.p.size && !q.started {
+			return nil // the whole image: stop writes it
+		}
 		q.cur = nil
-		q.hashes <- d
+		q.send(d)
 		return nil
 	}
 	if len(d.b) >= dioAlign && time.Since(q.since) > dioLag {
@@ -478,7 +493,7 @@ func (q *pipe) early() error {
 	next.b = next.b[:copy(next.b[:cap(next.b)], d.b[n:])]
 	next.off = d.off + int64(n)
 	d.b = d.b[:n]
-	q.hashes <- d
+	q.send(d)
 	q.cur, q.since = next, time.Now()
 	return nil
 }
@@ -499,10 +514,11 @@ func (q *pipe) giveBack() {
 	}
 }
 
-// stop waits for the buffers on their way and writes the last, partly filled
-// one through the buffered fd (its length is not aligned; with O_DIRECT at
-// most 1 MiB pass through the page cache). After a failure nothing more is written: the file
-// keeps the prefix that made it to disk.
+// stop waits for the buffers on their way and writes the last one, partly
+// filled or, for an image that fits in it, the whole image: its aligned
+// part through the O_DIRECT fd if there is one, the rest (under 4 KiB)
+// through the page cache. After a failure nothing more is written: the
+// file keeps the prefix that made it to disk.
 func (q *pipe) stop() error {
 	if q.stopped {
 		return q.err()
@@ -519,11 +535,25 @@ func (q *pipe) stop() error {
 	}
 	if d := q.cur; d != nil && len(d.b) > 0 {
 		hashIn(q.p.h, d.b)
-		fd := int(q.p.f.Fd())
-		if err := writeAt(&fd, fd, d.b, d.off); err != nil {
+		if err := q.writeLast(d); err != nil {
 			q.fail(err)
 			return q.err()
 		}
 	}
 	return nil
+}
+
+// writeLast writes the last buffer, d, from stop.
+func (q *pipe) writeLast(d *dbuf) error {
+	buffered := int(q.p.f.Fd())
+	b, off := d.b, d.off
+	if q.dfd != nil {
+		fd := int(q.dfd.Fd())
+		n := len(b) &^ (dioAlign - 1)
+		if err := writeAt(&fd, buffered, b[:n], off); err != nil {
+			return err
+		}
+		b, off = b[n:], off+int64(n)
+	}
+	return writeAt(&buffered, buffered, b, off)
 }

@@ -683,6 +683,16 @@ func (p *Partial) resume(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("image %s: %w", p.id, err)
 	}
+	if Abandoned(fi.ModTime()) {
+		// A writer is back: the peers following the partial (the chain)
+		// must not take it for stopped until its first bytes reach the
+		// disk, which for an image written in one piece is at Commit. The
+		// fallocate used to do this as a side effect.
+		now := unix.NsecToTimeval(time.Now().UnixNano())
+		if err := unix.Futimes(int(p.f.Fd()), []unix.Timeval{now, now}); err != nil {
+			return fmt.Errorf("image %s: marking %s live: %w", p.id, p.path, err)
+		}
+	}
 	if fi.Size() > p.size {
 		if err := p.f.Truncate(0); err != nil {
 			return fmt.Errorf("image %s: truncating partial: %w", p.id, err)
