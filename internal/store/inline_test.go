@@ -8,9 +8,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// An image that fits in one buffer is hashed and written by Commit (stop),
-// through O_DIRECT for its aligned part: no hasher or writer goroutine. A
-// larger one keeps the pipeline.
+// An image up to inlineMax, or one that fits in a buffer it never fills,
+// is hashed and written by Commit (stop), through O_DIRECT for its aligned
+// part: no hasher or writer goroutine. A larger one keeps the pipeline.
 func TestSmallImageWrittenInline(t *testing.T) {
 	defer func() { feedByReadFrom = false }()
 	for _, feed := range []bool{false, true} {
@@ -20,7 +20,9 @@ func TestSmallImageWrittenInline(t *testing.T) {
 		}{
 			{64 << 10, false},
 			{64<<10 + 100, false},
-			{dioBufSize, false},
+			{inlineMax, false},
+			{inlineMax * 2, true},
+			{dioBufSize - 100, false}, // the buffer is never full: stop writes it
 			{dioBufSize + 1, true},
 		} {
 			opens := 0
@@ -62,5 +64,37 @@ func TestSmallImageWrittenInline(t *testing.T) {
 			restorePwrite()
 			restore()
 		}
+	}
+}
+
+// The buffers of small images are kept by size and lent again: a run of
+// many small images allocates (and zeroes) none per image. A small image
+// that is written quickly takes one buffer, not two.
+func TestSmallBuffersKept(t *testing.T) {
+	b := newBank()
+	for _, rest := range []int64{1, 64 << 10, 64<<10 + 1, 300 << 10} {
+		allocs := testing.AllocsPerRun(50, func() { b.give(b.lendSmall(rest)) })
+		if allocs != 0 {
+			t.Errorf("lending and giving back a buffer for %d bytes: %.1f allocations", rest, allocs)
+		}
+		d := b.lendSmall(rest)
+		if int64(cap(d.b)) < rest || cap(d.b) > 2*int(max(rest, dioAlign)) {
+			t.Errorf("buffer for %d bytes holds %d", rest, cap(d.b))
+		}
+		b.give(d)
+	}
+	s, data, sum := directImage(t, 64<<10)
+	p, err := s.Begin(context.Background(), directID, int64(len(data)), sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if p.q.own != 1 {
+		t.Errorf("a 64 KiB image written at once took %d own buffers, want 1", p.q.own)
+	}
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
 	}
 }
