@@ -781,10 +781,11 @@ func (p *Partial) reserve() error {
 		}
 	}
 	if p.size-p.n <= reserveMin {
-		// What is left fills one buffer at most, written at once (direct.go):
-		// one extent whatever happens, and the free space was checked
-		// above. The fallocate cost more than it bought (issue 14); a disk
-		// filled meanwhile fails the write, before the rename.
+		// What is left fills one buffer at most, most often written in one
+		// piece at Commit (direct.go; a slow transfer in a few aligned
+		// ones), and the free space was checked above. The fallocate
+		// bought nothing here (issue 14); a disk filled meanwhile fails
+		// the write, before the rename.
 		return nil
 	}
 	err := fallocate(fd, unix.FALLOC_FL_KEEP_SIZE, p.n, p.size-p.n)
