@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -80,6 +81,24 @@ const pipeCap = dioBufs + dioOwn
 type bank struct {
 	idle chan *dbuf
 	made atomic.Int32 // buffers alive: idle or lent
+	// small keeps the buffers of small images (lendSmall) by size, a
+	// power of two: allocating and zeroing one or two per image was 5 %
+	// of the CPU of a run of 64 KiB images, with the GC work they made
+	// (issue 14). The GC may empty it; nothing counts them.
+	small [smallClasses]sync.Pool
+}
+
+// smallClasses covers the sizes of lendSmall's buffers below dioBufSize.
+const smallClasses = 20 // 1 << 19 = 512 KiB
+
+// smallClass is the index in bank.small of a buffer for rest bytes, and
+// its size; ok is false for rest above the largest class.
+func smallClass(rest int64) (i int, size int, ok bool) {
+	i = max(bits.Len64(uint64(rest-1)), bits.Len64(dioAlign-1))
+	if i >= smallClasses {
+		return 0, 0, false
+	}
+	return i, 1 << i, true
 }
 
 func newBank() *bank { return &bank{idle: make(chan *dbuf, dioBufs)} }
@@ -99,21 +118,33 @@ func (b *bank) lend(must bool) *dbuf {
 	return nil
 }
 
-// lendSmall returns an idle buffer, or a new one just large enough for
-// rest bytes, not counted by the bank until given back.
+// lendSmall returns an idle buffer, or one just large enough for rest
+// bytes (its size class), kept from an earlier image or new; one of
+// dioBufSize is not counted by the bank until given back.
 func (b *bank) lendSmall(rest int64) *dbuf {
 	select {
 	case d := <-b.idle:
 		return d
 	default:
 	}
-	return &dbuf{b: alignedBuf(int((rest + dioAlign - 1) &^ (dioAlign - 1)))[:0], loose: true}
+	i, size, ok := smallClass(rest)
+	if !ok {
+		return &dbuf{b: alignedBuf(dioBufSize)[:0], loose: true}
+	}
+	if d, _ := b.small[i].Get().(*dbuf); d != nil {
+		return d
+	}
+	return &dbuf{b: alignedBuf(size)[:0]}
 }
 
 // give takes a buffer back, or lets the GC have it when more than dioBufs
-// are alive or it is smaller than the bank's (lendSmall).
+// are alive. A small one goes back to its size class.
 func (b *bank) give(d *dbuf) {
 	if cap(d.b) != dioBufSize {
+		if i, size, ok := smallClass(int64(cap(d.b))); ok && size == cap(d.b) {
+			d.b = d.b[:0]
+			b.small[i].Put(d)
+		}
 		return
 	}
 	if d.loose {
@@ -156,6 +187,9 @@ type pipe struct {
 	cur     *dbuf
 	since   time.Time // when cur was taken
 	failed  atomic.Pointer[error]
+	started bool  // the hasher and the writer run (send)
+	rest    int64 // bytes the image lacked at Begin
+	own     int   // own buffers lent to it (ownBuf)
 	stopped bool
 }
 
@@ -182,25 +216,47 @@ func newPipe(p *Partial) *pipe {
 			dfd.Close()
 		}
 	}
-	rest := p.size - p.n
-	for range dioOwn {
-		// Two own buffers even when one holds the whole image: early()
-		// sends the aligned part of the one being filled and needs the
-		// other to go on (with one, a slow transfer waited forever).
-		if rest <= dioBufSize {
-			// A small image: buffers of its size. Two of dioBufSize,
-			// allocated, zeroed and collected per image whenever more
-			// partials were open than the bank keeps, were a quarter of
-			// the CPU of a run of 64 KiB images (issue 14).
-			q.free <- p.s.bufs.lendSmall(rest)
-		} else {
-			q.free <- p.s.bufs.lend(true)
-		}
+	q.rest = p.size - p.n
+	if q.rest <= dioBufSize {
+		// A small image: one buffer of its size holds it. Its second
+		// own buffer is lent when early needs it (get), as for most it
+		// never does.
+		q.free <- q.ownBuf()
+		return q
 	}
-	q.wg.Add(2)
-	go q.hasher()
-	go q.writer()
+	for range dioOwn {
+		q.free <- q.ownBuf()
+	}
 	return q
+}
+
+// ownBuf lends one of the partial's own buffers: for a small image one of
+// its size (two of dioBufSize, allocated, zeroed and collected per image
+// whenever more partials were open than the bank keeps, were a quarter of
+// the CPU of a run of 64 KiB images, issue 14).
+func (q *pipe) ownBuf() *dbuf {
+	q.own++
+	if q.rest <= dioBufSize {
+		return q.p.s.bufs.lendSmall(q.rest)
+	}
+	return q.p.s.bufs.lend(true)
+}
+
+// inlineMax is the largest image stop hashes and writes itself.
+const inlineMax = 256 << 10
+
+// send passes a filled buffer on to be hashed and written, starting the
+// hasher and the writer with the first. An image that fits in its buffer
+// never sends one: stop hashes and writes it, and the two goroutines, their
+// hand-offs and wake-ups per image are saved (issue 14).
+func (q *pipe) send(d *dbuf) {
+	if !q.started {
+		q.started = true
+		q.wg.Add(2)
+		go q.hasher()
+		go q.writer()
+	}
+	q.hashes <- d
 }
 
 func sameFile(a, b *os.File) bool {
@@ -418,13 +474,20 @@ func (q *pipe) readFrom(r io.Reader) (int64, error) {
 	}
 }
 
-// get returns a free buffer: one of the partial's, else one the bank can
-// lend at once, else the partial's next to come back from the disk.
+// get returns a free buffer: one of the partial's, else its second own
+// one not lent yet, else one the bank can lend at once, else the
+// partial's next to come back from the disk. Two own buffers even when
+// one holds the whole image: early() sends the aligned part of the one
+// being filled and needs the other to go on (with one, a slow transfer
+// waited forever).
 func (q *pipe) get() *dbuf {
 	select {
 	case d := <-q.free:
 		return d
 	default:
+	}
+	if q.own < dioOwn {
+		return q.ownBuf()
 	}
 	if d := q.p.s.bufs.lend(false); d != nil {
 		return d
@@ -455,8 +518,11 @@ func (q *pipe) filled(d *dbuf, k int) error {
 	d.b = d.b[:len(d.b)+k]
 	q.p.n += int64(k)
 	if len(d.b) == cap(d.b) {
+		if q.p.n == q.p.size && !q.started && len(d.b) <= inlineMax {
+			return nil // the whole image: stop writes it
+		}
 		q.cur = nil
-		q.hashes <- d
+		q.send(d)
 		return nil
 	}
 	if len(d.b) >= dioAlign && time.Since(q.since) > dioLag {
@@ -478,7 +544,7 @@ func (q *pipe) early() error {
 	next.b = next.b[:copy(next.b[:cap(next.b)], d.b[n:])]
 	next.off = d.off + int64(n)
 	d.b = d.b[:n]
-	q.hashes <- d
+	q.send(d)
 	q.cur, q.since = next, time.Now()
 	return nil
 }
@@ -499,10 +565,11 @@ func (q *pipe) giveBack() {
 	}
 }
 
-// stop waits for the buffers on their way and writes the last, partly filled
-// one through the buffered fd (its length is not aligned; with O_DIRECT at
-// most 1 MiB pass through the page cache). After a failure nothing more is written: the file
-// keeps the prefix that made it to disk.
+// stop waits for the buffers on their way and writes the last one, partly
+// filled or, for an image that fits in it, the whole image: its aligned
+// part through the O_DIRECT fd if there is one, the rest (under 4 KiB)
+// through the page cache. After a failure nothing more is written: the
+// file keeps the prefix that made it to disk.
 func (q *pipe) stop() error {
 	if q.stopped {
 		return q.err()
@@ -519,11 +586,25 @@ func (q *pipe) stop() error {
 	}
 	if d := q.cur; d != nil && len(d.b) > 0 {
 		hashIn(q.p.h, d.b)
-		fd := int(q.p.f.Fd())
-		if err := writeAt(&fd, fd, d.b, d.off); err != nil {
+		if err := q.writeLast(d); err != nil {
 			q.fail(err)
 			return q.err()
 		}
 	}
 	return nil
+}
+
+// writeLast writes the last buffer, d, from stop.
+func (q *pipe) writeLast(d *dbuf) error {
+	buffered := int(q.p.f.Fd())
+	b, off := d.b, d.off
+	if q.dfd != nil {
+		fd := int(q.dfd.Fd())
+		n := len(b) &^ (dioAlign - 1)
+		if err := writeAt(&fd, buffered, b[:n], off); err != nil {
+			return err
+		}
+		b, off = b[n:], off+int64(n)
+	}
+	return writeAt(&buffered, buffered, b, off)
 }

@@ -31,7 +31,7 @@ func (p *Partial) Share() error {
 	if p.s.uid < 0 {
 		return nil
 	}
-	if err := regularOnly(p.f); err != nil {
+	if _, err := regularOnly(p.f); err != nil {
 		return fmt.Errorf("image %s: %w", p.id, err)
 	}
 	if err := p.f.Chown(p.s.uid, p.s.gid); err != nil {

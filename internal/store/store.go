@@ -593,6 +593,9 @@ type Partial struct {
 	// unreserved: begun by BeginReserveLater, nothing written since; the
 	// first write reserves the disk.
 	unreserved bool
+	// fresh: the file was created by this Begin, so it is empty and holds
+	// no blocks: nothing to stat, re-hash or seek.
+	fresh bool
 }
 
 type hashState interface {
@@ -645,36 +648,20 @@ func (s *Store) begin(ctx context.Context, id string, size int64, md5hex string,
 	if err := s.removeOtherPartials(id, name); err != nil {
 		return nil, err
 	}
-	f, err := s.openPartial(id, name)
+	f, fresh, err := s.openPartial(id, name)
 	if err != nil {
 		return nil, err
 	}
 	s.parts.note(name, true)
-	p := &Partial{s: s, id: id, size: size, md5hex: md5hex, name: name, path: path, f: f, h: md5.New()}
+	p := &Partial{s: s, id: id, size: size, md5hex: md5hex, name: name, path: path, f: f, h: md5.New(), fresh: fresh}
 	if p.mh = newMultihash(mh, md5hex); p.mh != nil {
 		p.h = p.mh.writer(p.h)
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("image %s: %w", id, err)
-	}
-	if fi.Size() > size {
-		if err := f.Truncate(0); err != nil {
+	if !fresh {
+		if err := p.resume(ctx); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("image %s: truncating partial: %w", id, err)
+			return nil, err
 		}
-	} else if fi.Size() > 0 {
-		n, err := hashFrom(ctx, p.h, io.LimitReader(f, fi.Size()), nil)
-		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("image %s: re-hashing partial %s: %w", id, path, err)
-		}
-		p.n = n
-	}
-	if _, err := f.Seek(p.n, io.SeekStart); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("image %s: %w", id, err)
 	}
 	if later {
 		p.unreserved = true
@@ -688,27 +675,79 @@ func (s *Store) begin(ctx context.Context, id string, size int64, md5hex string,
 	return p, nil
 }
 
-// openPartial opens (creating it) the partial file name. Anything but a
-// regular file with one link there (a planted symlink, FIFO, or a hard link
-// to a file elsewhere, which writing and chowning would reach) is removed,
-// never followed or written through, and a fresh file is made.
-func (s *Store) openPartial(id, name string) (*os.File, error) {
-	f, err := openFile(s.root, name, unix.O_RDWR|unix.O_CREAT, 0o640)
-	if err == nil {
-		return f, nil
-	}
-	if rerr := unlinkAt(s.root, name); rerr != nil {
-		return nil, fmt.Errorf("image %s: partial: %v; removing it: %w", id, err, rerr)
-	}
-	f, err = openFile(s.root, name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL, 0o640)
+// resume takes up a partial an earlier run left: its bytes are hashed
+// again and writing goes on at its end; one longer than the image is
+// emptied.
+func (p *Partial) resume(ctx context.Context) error {
+	fi, err := p.f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("image %s: opening partial: %w", id, err)
+		return fmt.Errorf("image %s: %w", p.id, err)
 	}
-	return f, nil
+	if Abandoned(fi.ModTime()) {
+		// A writer is back: the peers following the partial (the chain)
+		// must not take it for stopped until its first bytes reach the
+		// disk, which for an image written in one piece is at Commit. The
+		// fallocate used to do this as a side effect.
+		now := unix.NsecToTimeval(time.Now().UnixNano())
+		if err := unix.Futimes(int(p.f.Fd()), []unix.Timeval{now, now}); err != nil {
+			return fmt.Errorf("image %s: marking %s live: %w", p.id, p.path, err)
+		}
+	}
+	if fi.Size() > p.size {
+		if err := p.f.Truncate(0); err != nil {
+			return fmt.Errorf("image %s: truncating partial: %w", p.id, err)
+		}
+	} else if fi.Size() > 0 {
+		n, err := hashFrom(ctx, p.h, io.LimitReader(p.f, fi.Size()), nil)
+		if err != nil {
+			return fmt.Errorf("image %s: re-hashing partial %s: %w", p.id, p.path, err)
+		}
+		p.n = n
+	}
+	if _, err := p.f.Seek(p.n, io.SeekStart); err != nil {
+		return fmt.Errorf("image %s: %w", p.id, err)
+	}
+	return nil
 }
 
-// fstatfs is unix.Fstatfs, a variable so tests can fake a small disk.
-var fstatfs = unix.Fstatfs
+// openPartial opens (creating it) the partial file name, and reports
+// whether it made it. Anything but a regular file with one link there (a
+// planted symlink, FIFO, or a hard link to a file elsewhere, which writing
+// and chowning would reach) is removed, never followed or written through,
+// and a fresh file is made. The create comes first: most images have no
+// partial, and a file made exclusively needs no check (openRegular).
+func (s *Store) openPartial(id, name string) (*os.File, bool, error) {
+	const create = unix.O_RDWR | unix.O_CREAT | unix.O_EXCL
+	f, err := openFile(s.root, name, create, 0o640)
+	if err == nil {
+		return f, true, nil
+	}
+	if !errors.Is(err, unix.EEXIST) {
+		return nil, false, fmt.Errorf("image %s: opening partial: %w", id, err)
+	}
+	if f, err = openFile(s.root, name, unix.O_RDWR|unix.O_CREAT, 0o640); err == nil {
+		return f, false, nil
+	}
+	if rerr := unlinkAt(s.root, name); rerr != nil {
+		return nil, false, fmt.Errorf("image %s: partial: %v; removing it: %w", id, err, rerr)
+	}
+	f, err = openFile(s.root, name, create, 0o640)
+	if err != nil {
+		return nil, false, fmt.Errorf("image %s: opening partial: %w", id, err)
+	}
+	return f, true, nil
+}
+
+// fstatfs is unix.Fstatfs, and fallocate unix.Fallocate, variables so
+// tests can fake a small disk and count reservations.
+var (
+	fstatfs   = unix.Fstatfs
+	fallocate = unix.Fallocate
+)
+
+// reserveMin is the most that is written without a reservation: one
+// write buffer.
+const reserveMin = dioBufSize
 
 // reserve allocates the blocks of the rest of the image before any byte
 // moves: a full disk is reported at once instead of after gigabytes, and the
@@ -725,7 +764,7 @@ func (p *Partial) reserve() error {
 	fd := int(p.f.Fd())
 	need := p.size - p.n
 	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err == nil {
+	if !p.fresh && unix.Fstat(fd, &st) == nil {
 		// Blocks a previous run reserved beyond the data are already taken
 		// from the free space.
 		if held := st.Blocks*512 - p.n; held > 0 {
@@ -741,7 +780,15 @@ func (p *Partial) reserve() error {
 				p.id, p.path, need, p.n, p.size, free, unix.ENOSPC)
 		}
 	}
-	err := unix.Fallocate(fd, unix.FALLOC_FL_KEEP_SIZE, p.n, p.size-p.n)
+	if p.size-p.n <= reserveMin {
+		// What is left fills one buffer at most, most often written in one
+		// piece at Commit (direct.go; a slow transfer in a few aligned
+		// ones), and the free space was checked above. The fallocate
+		// bought nothing here (issue 14); a disk filled meanwhile fails
+		// the write, before the rename.
+		return nil
+	}
+	err := fallocate(fd, unix.FALLOC_FL_KEEP_SIZE, p.n, p.size-p.n)
 	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
 		return fmt.Errorf("image %s: reserving %d bytes for %s: %w", p.id, p.size-p.n, p.path, err)
 	}
@@ -831,8 +878,11 @@ func (p *Partial) Commit() error {
 		return fmt.Errorf("image %s: %w: %v", p.id, ErrMismatch, err)
 	}
 	// A second name made for the partial since it was opened would let the
-	// chmod and chown below reach it; refuse.
-	if err := regularOnly(p.f); err != nil {
+	// chmod and chown below reach it; refuse. What this fstat sees serves
+	// the record too: chmod and chown change neither size, mtime nor
+	// inode, and the check must come before them.
+	st, err := regularOnly(p.f)
+	if err != nil {
 		p.discard()
 		return fmt.Errorf("image %s: %w", p.id, err)
 	}
@@ -845,10 +895,6 @@ func (p *Partial) Commit() error {
 		if err := p.f.Chown(p.s.uid, p.s.gid); err != nil {
 			return fmt.Errorf("image %s: chown %s: %w", p.id, p.path, err)
 		}
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(p.f.Fd()), &st); err != nil {
-		return fmt.Errorf("image %s: %w", p.id, err)
 	}
 	// The record goes on the file before it is placed (xattr.go): no file
 	// of its own to create. It describes verified bytes wherever the file
