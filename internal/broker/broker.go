@@ -467,6 +467,20 @@ func (r *Receiver) StopConsuming() error {
 	return nil
 }
 
+// Finish asks the broker to push no more messages to Consume's stream,
+// and the stream ends once every message the broker pushed before its
+// answer has been handed over: none is left in flight, unread, to go back
+// to the queue when the receiver closes. It returns at once; the stream's
+// end is the answer. A drain that sees the queue's ready count at 0 cannot
+// tell the messages taken by other consumers from those on their way to
+// it (a ready count leaves out both); this tells them apart.
+func (r *Receiver) Finish() {
+	if r.tag == "" {
+		return
+	}
+	go r.ch.Cancel(r.tag, false) // an error is a closing channel: the stream ends too
+}
+
 func (r *Receiver) forward(in <-chan amqp.Delivery, out chan<- *Delivery) {
 	defer close(out)
 	for d := range in {
@@ -486,7 +500,7 @@ func (r *Receiver) forward(in <-chan amqp.Delivery, out chan<- *Delivery) {
 func (r *Receiver) forwardHeld(in <-chan amqp.Delivery, out chan<- *Delivery) {
 	defer close(out)
 	var queue []*Delivery
-	for {
+	for in != nil || len(queue) > 0 {
 		var first *Delivery
 		var send chan<- *Delivery
 		if len(queue) > 0 {
@@ -495,7 +509,9 @@ func (r *Receiver) forwardHeld(in <-chan amqp.Delivery, out chan<- *Delivery) {
 		select {
 		case d, ok := <-in:
 			if !ok {
-				return
+				// What was taken is still handed over (Finish).
+				in = nil
+				continue
 			}
 			r.held.take(d.DeliveryTag, len(d.Body))
 			queue = append(queue, r.delivery(d))

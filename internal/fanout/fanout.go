@@ -186,13 +186,21 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 	if forever {
 		idleC = nil // a daemon waits for the next message however long
 	}
+	// finishing: the queue showed empty and the consumer is being
+	// cancelled; the stream ends after what is on its way to us.
+	finishing := false
 	// next waits for the next source message; nil, nil ends the drain.
 	next := func(taken int) (*broker.Delivery, error) {
 		for {
 			select {
 			case d, ok := <-in:
 				if !ok && ctx.Err() == nil && cctx.Err() == nil {
-					return nil, recv.Ended()
+					err := recv.Ended()
+					if finishing && !errors.Is(err, broker.ErrConnectionLost) {
+						log.Debug("source queue empty", "queue", cfg.SourceQueue, "taken", taken, "counted", src.Messages)
+						return nil, nil
+					}
+					return nil, err
 				}
 				return d, nil
 			case <-idleC:
@@ -207,11 +215,18 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 					log.Debug("no more messages arrived", "queue", cfg.SourceQueue, "taken", taken, "counted", src.Messages)
 					return nil, nil
 				}
-				// A message the broker has sent us is no longer ready, but
-				// its bytes are read within quietEmpty of the last ones.
+				// None ready: the rest went to other consumers or is on its
+				// way to us, unread (a message the broker has pushed is no
+				// longer ready). Cancelling the consumer ends the stream
+				// after the latter: under load its bytes came more than
+				// quietEmpty after the last ones, and a drain that ended
+				// then left six messages of nine for the next run.
+				if finishing {
+					continue
+				}
 				if st, err := conn.Inspect(cfg.SourceQueue); err == nil && st.Messages == 0 {
-					log.Debug("source queue empty", "queue", cfg.SourceQueue, "taken", taken, "counted", src.Messages)
-					return nil, nil
+					finishing = true
+					recv.Finish()
 				}
 			case <-cctx.Done():
 				return nil, nil
