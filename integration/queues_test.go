@@ -499,3 +499,32 @@ func TestMigrateMissingQueueDeclaresIt(t *testing.T) {
 	}
 	checkMigrated(t, raw, q, nil)
 }
+
+// A message sent before a stop (SIGTERM, a run's deadline) is waited for
+// past it, briefly: told it failed, a caller leaves the original unacked,
+// and it comes back to be copied or parked a second time.
+func TestConfirmWaitedPastStop(t *testing.T) {
+	raw := newRawBroker(t)
+	q := uniqueQueue(t)
+	raw.declare(q, true, amqp.Table{"x-queue-type": "quorum"}) // confirmed after a Raft round: never at once
+	p, err := dialBroker(t, broker.DefaultQueueSpec).Publisher()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	stopped, cancel := context.WithCancel(context.Background())
+	cancel()
+	const n = 20
+	for i := range n {
+		pd, err := p.Send(context.Background(), "", q, broker.Message{Body: []byte(fmt.Sprint(i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pd.Wait(stopped); err != nil {
+			t.Fatalf("message %d: sent, then Wait after the stop: %v; want its confirm", i, err)
+		}
+	}
+	if d := raw.depth(q); d != n {
+		t.Errorf("%s holds %d messages, want %d", q, d, n)
+	}
+}

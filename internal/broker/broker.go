@@ -587,9 +587,21 @@ type Pending struct {
 	pub   *Publisher
 }
 
+// confirmGrace is how long Wait keeps waiting for the confirm of a message
+// already sent once its context has ended. The broker may hold the message
+// by then; a caller told otherwise leaves the original unacked, and it comes
+// back to be copied or parked a second time. A confirm is normally a round
+// trip away, so a stop (SIGTERM, a run's deadline) pays little for this.
+const confirmGrace = 2 * time.Second
+
 // Wait returns nil once the broker has taken responsibility for the message.
 func (p *Pending) Wait(ctx context.Context) error {
 	ok, err := p.dc.WaitContext(ctx)
+	if err != nil && ctx.Err() != nil {
+		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), confirmGrace)
+		ok, err = p.dc.WaitContext(gctx)
+		cancel()
+	}
 	if err != nil {
 		return fmt.Errorf("broker %s: confirm for %s: %w", p.url, p.where, err)
 	}

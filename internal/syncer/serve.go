@@ -80,8 +80,15 @@ func (s *Syncer) Serve(ctx context.Context, prefetch int) (Result, error) {
 	}
 	in := make(chan received)
 	cctx, stop := context.WithCancel(ctx)
-	go s.consume(cctx, recv, prefetch, in)
+	settled := make(chan struct{})
+	reopen := func() (consumer, error) {
+		return s.conn.ReceiveBounded(cctx, s.cfg.Queue, nodequeue.HeldBodies)
+	}
+	go s.consume(cctx, recv, reopen, prefetch, in, settled)
 	err = s.serve(ctx, in)
+	// serve has waited for the lanes: every ack they owe is sent, on the
+	// receiver's channel, which may close now.
+	close(settled)
 	// However serve ended, the consumer stops and its receiver is closed
 	// before Serve returns: messages it holds go back to the queue now,
 	// not when the process ends.
@@ -94,14 +101,28 @@ func (s *Syncer) Serve(ctx context.Context, prefetch int) (Result, error) {
 	return s.TakeResult(), err
 }
 
+// consumer is the node queue as consume reads it (*broker.Receiver).
+type consumer interface {
+	Consume(prefetch int) (<-chan *broker.Delivery, error)
+	// Ended is why a stream ended unasked (broker.Lost tells a lost
+	// connection from a closed channel).
+	Ended() error
+	// Close ends the consumer; its unacked messages go back to the queue.
+	Close() error
+}
+
 // consume feeds in from the node queue until ctx ends or the connection
 // is lost, and closes the receiver (its unacked messages go back to the
-// queue) before it closes in. When the broker closes only the consumer's
-// channel (a transfer outlasted its consumer_timeout), it consumes again on
-// a new receiver: the lanes and their transfers go on, and each message the
-// broker hands out again is settled against what is here by then (a
-// placed, verified file is not read again).
-func (s *Syncer) consume(ctx context.Context, recv *broker.Receiver, prefetch int, in chan<- received) {
+// queue) before it closes in. Stopped by ctx, it closes the receiver only
+// once settled is closed: the lanes then at work ack on its channel, and
+// a file placed just as SIGTERM came must not come back to be settled
+// again (a message parked then would be parked twice). When the broker
+// closes only the consumer's channel (a transfer outlasted its
+// consumer_timeout), it consumes again on a receiver from reopen: the
+// lanes and their transfers go on, and each message the broker hands out
+// again is settled against what is here by then (a placed, verified file
+// is not read again).
+func (s *Syncer) consume(ctx context.Context, recv consumer, reopen func() (consumer, error), prefetch int, in chan<- received, settled <-chan struct{}) {
 	defer close(in)
 	backoff := 100 * time.Millisecond
 	for {
@@ -112,6 +133,7 @@ func (s *Syncer) consume(ctx context.Context, recv *broker.Receiver, prefetch in
 			return
 		}
 		if !feed(ctx, ds, in) {
+			<-settled
 			recv.Close()
 			return
 		}
@@ -134,7 +156,7 @@ func (s *Syncer) consume(ctx context.Context, recv *broker.Receiver, prefetch in
 			return
 		}
 		backoff = min(2*backoff, 10*time.Second)
-		if recv, err = s.conn.ReceiveBounded(ctx, s.cfg.Queue, nodequeue.HeldBodies); err != nil {
+		if recv, err = reopen(); err != nil {
 			s.fail(err)
 			return
 		}

@@ -140,3 +140,43 @@ func TestRetryDelay(t *testing.T) {
 		}
 	}
 }
+
+// quietConsumer is a node queue stream that never delivers; it records its
+// close.
+type quietConsumer struct {
+	ds     chan *broker.Delivery
+	closed chan struct{}
+}
+
+func (c *quietConsumer) Consume(int) (<-chan *broker.Delivery, error) { return c.ds, nil }
+func (c *quietConsumer) Ended() error                                  { return nil }
+func (c *quietConsumer) Close() error                                  { close(c.closed); return nil }
+
+// Stopped by a signal, the daemon's consumer keeps its channel open until
+// the lanes have settled what they were doing: a file placed, or a message
+// parked, just as SIGTERM came is acked on that channel. Closed at once,
+// the ack failed, the message came back, and a parked one was parked twice
+// (seen in CI: TestWatchMemoryBoundedByBytes left one message queued).
+func TestConsumeClosesAfterLanesSettle(t *testing.T) {
+	s, _, _ := testSyncer(Config{Peers: servePeers()})
+	fc := &quietConsumer{ds: make(chan *broker.Delivery), closed: make(chan struct{})}
+	in := make(chan received)
+	settled := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	reopen := func() (consumer, error) { return nil, errors.New("not reopened in this test") }
+	go s.consume(ctx, fc, reopen, 8, in, settled)
+	cancel()
+	select {
+	case <-fc.closed:
+		t.Fatal("the receiver closed while the lanes were still settling")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(settled)
+	select {
+	case <-fc.closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the receiver did not close once the lanes had settled")
+	}
+	for range in { // closed after the receiver
+	}
+}
