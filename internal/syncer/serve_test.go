@@ -149,8 +149,8 @@ type quietConsumer struct {
 }
 
 func (c *quietConsumer) Consume(int) (<-chan *broker.Delivery, error) { return c.ds, nil }
-func (c *quietConsumer) Ended() error                                  { return nil }
-func (c *quietConsumer) Close() error                                  { close(c.closed); return nil }
+func (c *quietConsumer) Ended() error                                 { return nil }
+func (c *quietConsumer) Close() error                                 { close(c.closed); return nil }
 
 // Stopped by a signal, the daemon's consumer keeps its channel open until
 // the lanes have settled what they were doing: a file placed, or a message
