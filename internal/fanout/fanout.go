@@ -89,15 +89,17 @@ func (r Result) add(o Result) Result {
 const inFlight = 512
 
 // idle ends a drain when no message arrives for this long, in case another
-// consumer took some of the messages counted at the start.
-const idle = time.Second
+// consumer took some of the messages counted at the start. A variable only
+// so that tests can wait less.
+var idle = time.Second
 
 // quietEmpty ends a drain sooner: no message for this long and none ready in
 // the source queue. Every node's cron `both` starts at once and counts the
 // whole queue; each takes a share, and waiting out idle after its last one
 // held every other node's sync-images, which waits for copies still to
-// come, a second per run (the bench's cron latency line).
-const quietEmpty = 100 * time.Millisecond
+// come, a second per run (the bench's cron latency line). A variable only
+// so that tests can wait less.
+var quietEmpty = 100 * time.Millisecond
 
 // Run copies every image event ready in the source queue to every node queue.
 // src is the connection to Glance's broker (the source queue, and Glance's
@@ -108,7 +110,7 @@ const quietEmpty = 100 * time.Millisecond
 // the source queue for the next run, and copies already made are harmless
 // duplicates.
 func Run(ctx context.Context, cfg Config, src, nodes *broker.Conn, log *slog.Logger) (Result, error) {
-	return drain(ctx, cfg, src, nodes, log, false)
+	return drain(ctx, cfg, brokerConn{src}, brokerConn{nodes}, log, false)
 }
 
 // Serve is Run as a daemon (watch --duplicate): it consumes the source
@@ -117,11 +119,11 @@ func Run(ctx context.Context, cfg Config, src, nodes *broker.Conn, log *slog.Log
 // queue does not exist yet (Glance declares it on its first notification):
 // call it again later.
 func Serve(ctx context.Context, cfg Config, src, nodes *broker.Conn, log *slog.Logger) (Result, error) {
-	return drain(ctx, cfg, src, nodes, log, true)
+	return drain(ctx, cfg, brokerConn{src}, brokerConn{nodes}, log, true)
 }
 
 // drain is Run, or with forever Serve: no count of ready messages, no idle end.
-func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.Logger, forever bool) (Result, error) {
+func drain(ctx context.Context, cfg Config, conn, nodes connection, log *slog.Logger, forever bool) (Result, error) {
 	var res Result
 	if prev := debug.SetMemoryLimit(-1); prev > heapLimit {
 		debug.SetMemoryLimit(heapLimit)
@@ -244,7 +246,7 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 		}
 		timer.Reset(quietEmpty)
 		last = time.Now()
-		e := entry{d: d, redelivered: d.Redelivered}
+		e := entry{d: recv.ackOf(d), redelivered: d.Redelivered}
 		if cfg.Ledger != nil {
 			e.key = cfg.Ledger.Key(d.Message)
 		}
@@ -275,7 +277,7 @@ func drain(ctx context.Context, cfg Config, conn, nodes *broker.Conn, log *slog.
 // confirms, then acks it.
 type entry struct {
 	d           upTo
-	pending     []*broker.Pending
+	pending     []pending
 	counts      Result // what route made of it
 	key         uint64 // in the Ledger
 	redelivered bool
@@ -335,7 +337,7 @@ func ackInOrder(ctx context.Context, order <-chan entry, cancel func(), ledger L
 
 // sender publishes without waiting for the confirm (broker.Publisher).
 type sender interface {
-	Send(ctx context.Context, exchange, key string, m broker.Message) (*broker.Pending, error)
+	Send(ctx context.Context, exchange, key string, m broker.Message) (pending, error)
 }
 
 // senders are where route publishes: copies and parked messages into our
@@ -346,7 +348,7 @@ type senders struct{ nodes, glance sender }
 
 // route publishes what one source message becomes and returns the confirms to
 // wait for before the source may be acked.
-func route(ctx context.Context, cfg Config, out senders, m broker.Message, res *Result, log *slog.Logger) ([]*broker.Pending, error) {
+func route(ctx context.Context, cfg Config, out senders, m broker.Message, res *Result, log *slog.Logger) ([]pending, error) {
 	pub := out.nodes
 	// Glance's queue can be written by anyone holding a credential of the
 	// cloud's broker: a header of ours on it would be believed downstream.
@@ -369,9 +371,9 @@ func route(ctx context.Context, cfg Config, out senders, m broker.Message, res *
 			return nil, err
 		}
 		res.Forwarded++
-		return []*broker.Pending{p}, nil
+		return []pending{p}, nil
 	}
-	copies := make([]*broker.Pending, 0, len(cfg.NodeQueues))
+	copies := make([]pending, 0, len(cfg.NodeQueues))
 	for _, q := range cfg.NodeQueues {
 		p, err := pub.Send(ctx, "", q, m)
 		if err != nil {
@@ -390,7 +392,7 @@ func route(ctx context.Context, cfg Config, out senders, m broker.Message, res *
 
 // park moves a message that can never be copied to the parking queue, with
 // the reason.
-func park(ctx context.Context, cfg Config, pub sender, m broker.Message, reason string, res *Result, log *slog.Logger) ([]*broker.Pending, error) {
+func park(ctx context.Context, cfg Config, pub sender, m broker.Message, reason string, res *Result, log *slog.Logger) ([]pending, error) {
 	m = nodequeue.Parked(m, cfg.Self, reason)
 	p, err := pub.Send(ctx, "", cfg.ParkQueue, m)
 	if err != nil {
@@ -399,5 +401,5 @@ func park(ctx context.Context, cfg Config, pub sender, m broker.Message, reason 
 	// The header's reason, capped: a decoder's message may quote the body.
 	log.Warn("parked", "queue", cfg.ParkQueue, "reason", m.Headers[nodequeue.ReasonHeader])
 	res.Parked++
-	return []*broker.Pending{p}, nil
+	return []pending{p}, nil
 }

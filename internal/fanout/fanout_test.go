@@ -22,7 +22,7 @@ type sent struct {
 
 type fakeSender struct{ sent []sent }
 
-func (f *fakeSender) Send(_ context.Context, exchange, key string, m broker.Message) (*broker.Pending, error) {
+func (f *fakeSender) Send(_ context.Context, exchange, key string, m broker.Message) (pending, error) {
 	f.sent = append(f.sent, sent{exchange, key, m})
 	return nil, nil
 }
