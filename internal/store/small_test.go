@@ -5,7 +5,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -149,34 +148,3 @@ func testPlantedPartialReplaced(t *testing.T) {
 	}
 }
 
-// A partial taken up again after Abandon looks live from Begin on: an image
-// written in one piece reaches the disk only at Commit, and nothing else
-// (the fallocate did, as a side effect) tells the peers following it that a
-// writer is back.
-func TestResumedAbandonedPartialLive(t *testing.T) {
-	for _, direct := range []bool{true, false} {
-		if !direct {
-			defer swap(&openDirect, func(*os.File, string) (*os.File, error) { return nil, unix.EINVAL })()
-		}
-		s := newStore(t)
-		data := []byte(strings.Repeat("y", 10000))
-		ctx := context.Background()
-		p, err := s.Begin(ctx, id, int64(len(data)), sum(data))
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.Write(data[:4000])
-		if err := p.Abandon(); err != nil {
-			t.Fatal(err)
-		}
-		path := s.partialPath(id, sum(data))
-		p, err = s.BeginReserveLater(ctx, id, int64(len(data)), sum(data), Multihash{})
-		if err != nil || p.Offset() != 4000 {
-			t.Fatalf("resume: %v at %d", err, p.Offset())
-		}
-		if fi, err := os.Stat(path); err != nil || Abandoned(fi.ModTime()) {
-			t.Errorf("direct %v: a resumed partial still looks abandoned (%v)", direct, err)
-		}
-		p.Close()
-	}
-}

@@ -5,6 +5,7 @@ import (
 	"crypto/md5"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -281,32 +282,56 @@ func deleteImage(t *testing.T, s *Store) {
 	}
 }
 
-// An abandoned partial carries the sign (its time at the epoch), keeps its
-// bytes for a resume, and a resumed write makes it live again.
+// An abandoned partial carries the sign (its time at the epoch) and keeps
+// its bytes for a resume; taken up again, it looks live from Begin on,
+// with or without O_DIRECT: an image written in one piece reaches the disk
+// only at Commit, and nothing else (the fallocate did, as a side effect)
+// tells the peers following it that a writer is back.
 func TestAbandonedPartial(t *testing.T) {
-	s := newStore(t)
-	data := []byte(strings.Repeat("x", 10000))
-	ctx := context.Background()
-	p, err := s.Begin(ctx, id, int64(len(data)), sum(data))
-	if err != nil {
-		t.Fatal(err)
+	begins := map[string]func(s *Store, ctx context.Context, size int64, md5 string) (*Partial, error){
+		"Begin": func(s *Store, ctx context.Context, size int64, md5 string) (*Partial, error) {
+			return s.Begin(ctx, id, size, md5)
+		},
+		// Without the fallocate, which used to set the mtime as a side effect.
+		"BeginReserveLater": func(s *Store, ctx context.Context, size int64, md5 string) (*Partial, error) {
+			return s.BeginReserveLater(ctx, id, size, md5, Multihash{})
+		},
 	}
-	p.Write(data[:4000])
-	if err := p.Abandon(); err != nil {
-		t.Fatal(err)
-	}
-	path := s.partialPath(id, sum(data))
-	fi, err := os.Stat(path)
-	if err != nil || fi.Size() != 4000 || !Abandoned(fi.ModTime()) {
-		t.Fatalf("after Abandon: %v %v, want 4000 bytes at the epoch", fi, err)
-	}
-	p, err = s.Begin(ctx, id, int64(len(data)), sum(data))
-	if err != nil || p.Offset() != 4000 {
-		t.Fatalf("resume: %v at %d", err, p.Offset())
-	}
-	p.Write(data[4000:5000])
-	defer p.Close()
-	if fi, _ := os.Stat(path); Abandoned(fi.ModTime()) {
-		t.Error("a resumed partial still looks abandoned")
+	for _, direct := range []bool{true, false} {
+		for name, begin := range begins {
+			t.Run(fmt.Sprintf("%s/direct=%v", name, direct), func(t *testing.T) {
+				if !direct {
+					defer swap(&openDirect, func(*os.File, string) (*os.File, error) { return nil, unix.EINVAL })()
+				}
+				s := newStore(t)
+				data := []byte(strings.Repeat("x", 10000))
+				ctx := context.Background()
+				p, err := s.Begin(ctx, id, int64(len(data)), sum(data))
+				if err != nil {
+					t.Fatal(err)
+				}
+				p.Write(data[:4000])
+				if err := p.Abandon(); err != nil {
+					t.Fatal(err)
+				}
+				path := s.partialPath(id, sum(data))
+				fi, err := os.Stat(path)
+				if err != nil || fi.Size() != 4000 || !Abandoned(fi.ModTime()) {
+					t.Fatalf("after Abandon: %v %v, want 4000 bytes at the epoch", fi, err)
+				}
+				p, err = begin(s, ctx, int64(len(data)), sum(data))
+				if err != nil || p.Offset() != 4000 {
+					t.Fatalf("resume: %v at %d", err, p.Offset())
+				}
+				defer p.Close()
+				if fi, err := os.Stat(path); err != nil || Abandoned(fi.ModTime()) {
+					t.Errorf("a resumed partial still looks abandoned before its first write (%v)", err)
+				}
+				p.Write(data[4000:5000])
+				if fi, _ := os.Stat(path); Abandoned(fi.ModTime()) {
+					t.Error("a resumed partial still looks abandoned")
+				}
+			})
+		}
 	}
 }
