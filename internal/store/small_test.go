@@ -147,4 +147,3 @@ func testPlantedPartialReplaced(t *testing.T) {
 		}
 	}
 }
-
