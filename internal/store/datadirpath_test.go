@@ -124,7 +124,7 @@ func TestDatadirThroughRootsSymlinkOpens(t *testing.T) {
 	if err := os.Lchown(filepath.Join(trusted, "srv"), glanceUID, glanceUID); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{rootsLink, filepath.Join(trusted, "srv"), real} {
+	for _, p := range []string{rootsLink, filepath.Join(trusted, "srv"), real, real + "/", rootsLink + "/", "/" + real + "//."} {
 		s, err := Open(p, 0, "")
 		if err != nil {
 			t.Errorf("Open(%s) = %v", p, err)

@@ -325,7 +325,13 @@ func openDirPath(path string, followLast bool) (int, error) {
 		if name == "." {
 			continue
 		}
-		fd, err := unix.Openat(cur, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		// A directory is opened for real, as a plain open of the path
+		// would, so an automount point on the way is mounted; anything
+		// else is looked at through an O_PATH fd, a symlink included.
+		fd, err := unix.Openat(cur, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err == unix.ELOOP || err == unix.ENOTDIR {
+			fd, err = unix.Openat(cur, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		}
 		if err != nil {
 			return -1, err
 		}
