@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 )
@@ -105,14 +106,27 @@ const maxFile = 4 << 20
 // caller says so in the log.
 func Load(path string) (*Set, error) {
 	s := New()
-	f, err := os.Open(path)
+	// node_exporter's textfile folder is often another account's
+	// (prometheus), and the tool often root: a symlink there is not
+	// followed (root would read, and quote in its log, a file that account
+	// cannot read), and a FIFO does not hang the run, which holds
+	// lock_file. WriteFile's rename replaces either.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return s, nil
+	}
+	if errors.Is(err, syscall.ELOOP) {
+		return s, fmt.Errorf("metrics_file %s is a symbolic link: not read; the next write replaces it", path)
 	}
 	if err != nil {
 		return s, fmt.Errorf("metrics_file %s: %w", path, err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return s, fmt.Errorf("metrics_file %s: %w", path, err)
+	} else if !fi.Mode().IsRegular() {
+		return s, fmt.Errorf("metrics_file %s is not a regular file (%s): not read; the next write replaces it", path, fi.Mode().Type())
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxFile+1))
 	if err != nil {
 		return s, fmt.Errorf("metrics_file %s: %w", path, err)

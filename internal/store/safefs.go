@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -276,4 +277,126 @@ func renameNoReplace(from *os.File, name string, to *os.File, newname string) er
 		return &os.LinkError{Op: "rename", Old: filepath.Join(from.Name(), name), New: filepath.Join(to.Name(), newname), Err: err}
 	}
 	return nil
+}
+
+// errUntrustedLink is a symlink on the way to the datadir or trash_dir that
+// someone other than root could have put there.
+var errUntrustedLink = errors.New("a symlink that a user other than root made, in a folder such a user can change")
+
+// openDirPath opens the directory at path, the datadir or trash_dir.
+// Their parents are often the glance account's (/var/lib/glance is its
+// home): running as root, a symlink glance put there in place of the
+// datadir would make root place images, root-owned and named by UUIDs,
+// wherever it points (/etc/cron.d, whose such files cron runs as root),
+// and chown and purge there. So as root the path is walked one component
+// at a time from a directory fd, and a symlink is followed only when root
+// made it or its folder is root's and writable by no one else; a symlink
+// the glance account made in its own folder is refused. The fd returned is
+// the directory reached; nothing is looked up by this path again. Without
+// followLast a symlink as the last component is refused (ELOOP) whoever
+// made it. Not root, the tool can reach only what its user can, and path
+// is opened as given.
+func openDirPath(path string, followLast bool) (int, error) {
+	flags := unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
+	if os.Geteuid() != 0 {
+		if !followLast {
+			flags |= unix.O_NOFOLLOW
+		}
+		return unix.Open(path, flags, 0)
+	}
+	if !filepath.IsAbs(path) {
+		wd, err := os.Getwd()
+		if err != nil {
+			return -1, err
+		}
+		path = filepath.Join(wd, path)
+	}
+	cur, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer func() { unix.Close(cur) }()
+	at := "/" // cur's path, for messages
+	rest := splitPath(path)
+	links := 0
+	for len(rest) > 0 {
+		name := rest[0]
+		rest = rest[1:]
+		if name == "." {
+			continue
+		}
+		// A directory is opened for real, as a plain open of the path
+		// would, so an automount point on the way is mounted; anything
+		// else is looked at through an O_PATH fd, a symlink included.
+		fd, err := unix.Openat(cur, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err == unix.ELOOP || err == unix.ENOTDIR {
+			fd, err = unix.Openat(cur, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		}
+		if err != nil {
+			return -1, err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			unix.Close(cur)
+			cur, at = fd, filepath.Join(at, name)
+			continue
+		case unix.S_IFLNK:
+		default:
+			unix.Close(fd)
+			return -1, unix.ENOTDIR
+		}
+		if len(rest) == 0 && !followLast {
+			unix.Close(fd)
+			return -1, unix.ELOOP
+		}
+		// Who made the link and who may change its folder, read from
+		// the fds, so a link swapped meanwhile is not taken for this one.
+		var dir unix.Stat_t
+		if err := unix.Fstat(cur, &dir); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+		if st.Uid != 0 && (dir.Uid != 0 || dir.Mode&0o022 != 0) {
+			unix.Close(fd)
+			return -1, fmt.Errorf("%w: %s (owner uid %d; its folder's owner uid %d, mode %o)", errUntrustedLink, filepath.Join(at, name), st.Uid, dir.Uid, dir.Mode&0o7777)
+		}
+		if links++; links > 40 {
+			unix.Close(fd)
+			return -1, unix.ELOOP
+		}
+		buf := make([]byte, unix.PathMax)
+		n, err := unix.Readlinkat(fd, "", buf)
+		unix.Close(fd)
+		if err != nil {
+			return -1, err
+		}
+		target := string(buf[:n])
+		if filepath.IsAbs(target) {
+			root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return -1, err
+			}
+			unix.Close(cur)
+			cur, at = root, "/"
+		}
+		rest = append(splitPath(target), rest...)
+	}
+	return unix.Openat(cur, ".", flags, 0)
+}
+
+// splitPath is path's components, "" ones (from "//" or a trailing "/")
+// left out; ".." is kept, for openat to take to the real parent.
+func splitPath(path string) []string {
+	var out []string
+	for _, c := range strings.Split(path, "/") {
+		if c != "" {
+			out = append(out, c)
+		}
+	}
+	return out
 }

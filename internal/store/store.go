@@ -117,9 +117,12 @@ func (s *Store) readOnlyTrash(trashDir string) (*Store, error) {
 }
 
 func openRoot(dir string) (*Store, error) {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := openDirPath(dir, true)
 	if err == unix.ENOTDIR {
 		return nil, fmt.Errorf("datadir %s: not a directory", dir)
+	}
+	if errors.Is(err, errUntrustedLink) {
+		return nil, fmt.Errorf("datadir %s is reached through %w: refused, as root the tool would write wherever it points; name the real directory, or have root make the link", dir, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("datadir %s: %w", dir, &fs.PathError{Op: "open", Path: dir, Err: err})
@@ -164,15 +167,20 @@ func (s *Store) openTrash(trashDir string, create bool) error {
 		return nil
 	}
 	s.trashDir = trashDir
-	if create {
+	fd, err := openDirPath(trashDir, false)
+	if err == unix.ENOENT && create {
+		// Made only once the path so far is known to lead where root
+		// meant it to (openDirPath), and opened again the same way.
 		if err := os.MkdirAll(trashDir, 0o750); err != nil {
 			return fmt.Errorf("trash_dir %s: %w", trashDir, err)
 		}
+		fd, err = openDirPath(trashDir, false)
 	}
-	fd, err := unix.Open(trashDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	switch {
 	case err == unix.ENOENT && !create:
 		return nil
+	case errors.Is(err, errUntrustedLink):
+		return fmt.Errorf("trash_dir %s is reached through %w: refused, as root the tool would move files and purge wherever it points; name the real directory, or have root make the link", trashDir, err)
 	case err == unix.ELOOP || err == unix.ENOTDIR:
 		return fmt.Errorf("trash_dir %s is a symlink or not a directory: name the directory itself", trashDir)
 	case err != nil:

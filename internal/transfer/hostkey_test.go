@@ -90,3 +90,32 @@ func TestReadOnlyStrictRefusesUnknown(t *testing.T) {
 		t.Fatalf("err = %v, want a HostKeyError", err)
 	}
 }
+
+// known_hosts in the glance account's ~/.ssh (the original tool ran as
+// glance, and an operator who moves to root may keep its files), with
+// accept-new: a symlink glance put there must not make root create or
+// append to the file it points to (an empty /etc/nologin alone stops
+// every non-root login), nor a FIFO hang the run.
+func TestAcceptNewDoesNotWriteThroughSymlink(t *testing.T) {
+	srv := startSSH(t, &fakePeer{})
+	dir := t.TempDir()
+	target := filepath.Join(t.TempDir(), "nologin")
+	knownHosts := filepath.Join(dir, "known_hosts")
+	if err := os.Symlink(target, knownHosts); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dialWith(t, peerOf(srv), srv.KeyFile, knownHosts, true, false); err == nil {
+		t.Error("dial with known_hosts a symlink succeeded")
+	}
+	if _, err := os.Lstat(target); err == nil {
+		t.Errorf("root created or wrote %s through the symlink at known_hosts", target)
+	}
+	// A regular known_hosts still takes the new key.
+	os.Remove(knownHosts)
+	if _, err := dialWith(t, peerOf(srv), srv.KeyFile, knownHosts, true, false); err != nil {
+		t.Fatalf("accept-new with a fresh known_hosts: %v", err)
+	}
+	if b, _ := os.ReadFile(knownHosts); !strings.Contains(string(b), strings.TrimSpace(string(ssh.MarshalAuthorizedKey(srv.HostKey)))) {
+		t.Errorf("the new host key was not recorded: %q", b)
+	}
+}

@@ -205,6 +205,17 @@ func (m *mux) run() {
 	}
 }
 
+// skip reads and drops the data of a DATA reply the caller did not ask
+// for (a peer's sftp-server answering an LSTAT or OPEN with DATA): the
+// reader waits for every DATA reply to be read before the next, so one
+// left unread would stop the mux until the connection is closed.
+func (r muxReply) skip() {
+	if r.data != nil {
+		io.Copy(io.Discard, r.data)
+		r.done()
+	}
+}
+
 // muxCall is one caller's requests in flight on the mux.
 type muxCall struct {
 	m       *mux
@@ -445,6 +456,7 @@ func (m *mux) lstat(path string, last *atomic.Int64) (attrs, error) {
 	if err != nil {
 		return attrs{}, err
 	}
+	r.skip()
 	switch r.typ {
 	case fxpAttrs:
 		return parseAttrs(r.body)
@@ -480,6 +492,7 @@ func (m *mux) fetch(ctx context.Context, path string, offset, size int64, w io.W
 	if err != nil {
 		return 0, err
 	}
+	r.skip()
 	var handle string
 	switch r.typ {
 	case fxpHandle:

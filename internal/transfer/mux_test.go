@@ -432,3 +432,38 @@ func TestMuxCoalescedInOrder(t *testing.T) {
 	}
 	t.Logf("%d writes for %d files; %d with several files' OPENs; %d reads for %d replies", w.writes.Load(), files, w.coalesced.Load(), cr.reads.Load(), srv.replies)
 }
+
+// A peer's sftp-server (the glance account there can start its own from
+// its login shell) that answers an LSTAT or an OPEN with DATA: the mux
+// reads that data off the channel and goes on. It used to hand the data
+// to the caller, which returned its error without reading it, and the
+// mux's reader then waited for it for ever: every later request on the
+// connection went unanswered until ssh_timeout closed it, and the reader
+// and writer goroutines, with the 256 KiB read buffer, outlived it.
+func TestMuxDataToLstatOrOpenLeavesMuxWorking(t *testing.T) {
+	data := randomData(3000)
+	p := &fakePeer{data: data, size: int64(len(data)), mode: dataToLstat}
+	c := startPeer(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := c.Probe(ctx, servedPath); err == nil {
+		t.Fatal("an LSTAT answered with DATA gave no error")
+	}
+	start := time.Now()
+	st, err := c.Probe(ctx, servedPath)
+	if err != nil || st.Size != int64(len(data)) {
+		t.Fatalf("the next stat after %s: %+v, %v", time.Since(start).Round(time.Millisecond), st, err)
+	}
+	var got bytes.Buffer
+	if _, err := c.FetchSize(ctx, servedPath, 0, int64(len(data)), plainWriter{&got}, 5*time.Second); err == nil {
+		t.Fatal("an OPEN answered with DATA gave no error")
+	}
+	got.Reset()
+	n, err := c.FetchSize(ctx, servedPath, 0, int64(len(data)), plainWriter{&got}, 5*time.Second)
+	if err != nil || n != int64(len(data)) || !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("the next fetch after %s: %d bytes, %v", time.Since(start).Round(time.Millisecond), n, err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("the mux took %s to recover", d.Round(time.Millisecond))
+	}
+}

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 )
 
 // Fetch's read path speaks SFTP itself, on a session of its own next to
@@ -216,13 +218,37 @@ func statusOf(body []byte) error {
 	e := &StatusError{Code: binary.BigEndian.Uint32(body)}
 	if len(body) >= 8 {
 		if n := binary.BigEndian.Uint32(body[4:]); uint64(n) <= uint64(len(body)-8) {
-			e.Msg = string(body[8 : 8+n])
+			e.Msg = peerText(body[8 : 8+n])
 		}
 	}
 	if e.Code == fxOK {
 		return nil
 	}
 	return e
+}
+
+// maxPeerText bounds the text of a peer's status that reaches an error.
+const maxPeerText = 256
+
+// peerText is a status message as a peer sent it, made fit for a log or a
+// terminal: the glance account on a peer can put its own sftp-server
+// there, and `check` prints errors as they are. Control characters and
+// invalid UTF-8 become '?', and the text is cut at maxPeerText bytes.
+func peerText(b []byte) string {
+	cut := len(b) > maxPeerText
+	if cut {
+		b = b[:maxPeerText]
+	}
+	s := strings.Map(func(r rune) rune {
+		if !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(string(b), "?"))
+	if cut {
+		s += "..."
+	}
+	return s
 }
 
 // call sends a request and reads its one reply, which must not be DATA.

@@ -53,16 +53,17 @@ const (
 type misbehaviour int
 
 const (
-	inOrder   misbehaviour = iota
-	reorder                // once per session: hold reads until 3 are pending, answer the first, then the rest backwards
-	short                  // every read answered with at most half of what was asked
-	shortOnce              // the 5th read of a session answered with half, the rest in full
-	stall                  // reads never answered
-	emptyData              // reads answered with DATA of no bytes
+	inOrder     misbehaviour = iota
+	reorder                  // once per session: hold reads until 3 are pending, answer the first, then the rest backwards
+	short                    // every read answered with at most half of what was asked
+	shortOnce                // the 5th read of a session answered with half, the rest in full
+	stall                    // reads never answered
+	emptyData                // reads answered with DATA of no bytes
+	dataToLstat              // the first LSTAT and the first OPEN answered with DATA
 )
 
 func (m misbehaviour) String() string {
-	return [...]string{"in-order", "reorder", "short", "short-once", "stall", "empty-data"}[m]
+	return [...]string{"in-order", "reorder", "short", "short-once", "stall", "empty-data", "data-to-lstat"}[m]
 }
 
 // fakePeer serves one file, data, at servedPath. size is what FSTAT reports:
@@ -152,6 +153,7 @@ func (p *fakePeer) serveSFTP(ch ssh.Channel) {
 
 	reads := 0
 	reordered := false
+	lstatData, openData := p.mode == dataToLstat, p.mode == dataToLstat
 	var held [][]byte // reads held back to answer out of order
 	for {
 		var pkt []byte
@@ -184,6 +186,11 @@ func (p *fakePeer) serveSFTP(ch ssh.Channel) {
 		case tOpen:
 			id, rest := binary.BigEndian.Uint32(pkt[1:]), pkt[5:]
 			path, _ := getString(rest)
+			if openData {
+				openData = false
+				err = writePacket(ch, tData, id, appendStr(nil, "not a handle"))
+				break
+			}
 			if path != servedPath {
 				err = writeStatus(ch, id, stNoSuchFile, "No such file")
 				break
@@ -203,6 +210,11 @@ func (p *fakePeer) serveSFTP(ch ssh.Channel) {
 			err = writePacket(ch, tAttrs, id, binary.BigEndian.AppendUint64(b, uint64(sz)))
 		case tLstat:
 			id, rest := binary.BigEndian.Uint32(pkt[1:]), pkt[5:]
+			if lstatData {
+				lstatData = false
+				err = writePacket(ch, tData, id, appendStr(nil, "not attributes"))
+				break
+			}
 			if path, _ := getString(rest); path != servedPath {
 				err = writeStatus(ch, id, stNoSuchFile, "No such file")
 				break

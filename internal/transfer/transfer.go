@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -137,9 +138,11 @@ func (a Auth) hostKeyCallback(p Peer, added *string) (ssh.HostKeyCallback, []str
 	}
 	files := []string{a.KnownHosts}
 	if a.AcceptNew && !a.ReadOnly {
-		if f, err := os.OpenFile(a.KnownHosts, os.O_CREATE|os.O_RDONLY, 0o600); err == nil {
-			f.Close()
+		f, err := openKnownHosts(a.KnownHosts, os.O_CREATE|os.O_RDONLY)
+		if err != nil {
+			return nil, nil, err
 		}
+		f.Close()
 	}
 	if a.AcceptNew && a.ReadOnly {
 		if _, err := os.Stat(a.KnownHosts); errors.Is(err, fs.ErrNotExist) {
@@ -196,15 +199,47 @@ func algorithmsFor(keyType string) []string {
 }
 
 func appendKnownHost(file, hostname string, key ssh.PublicKey) error {
-	f, err := os.OpenFile(file, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o600)
+	f, err := openKnownHosts(file, os.O_APPEND|os.O_WRONLY|os.O_CREATE)
 	if err != nil {
-		return fmt.Errorf("known_hosts %s: %w", file, err)
+		return err
 	}
 	defer f.Close()
 	if _, err := fmt.Fprintln(f, knownhosts.Line([]string{knownhosts.Normalize(hostname)}, key)); err != nil {
 		return fmt.Errorf("known_hosts %s: %w", file, err)
 	}
 	return nil
+}
+
+// openKnownHosts opens known_hosts for accept-new, which creates and
+// appends to it. The tool often runs as root, and known_hosts may be in
+// the glance account's ~/.ssh (the original tool ran as glance): a symlink
+// planted there would make root create or append to any file (an empty
+// /etc/nologin stops every non-root login), a FIFO would hang the run, a
+// hard link would reach another file. So no symlink is followed at its
+// name, the open does not wait, and only a regular file with one link is
+// written.
+func openKnownHosts(file string, flag int) (*os.File, error) {
+	f, err := os.OpenFile(file, flag|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("known_hosts %s is a symbolic link: with host_key_checking = accept-new the tool writes it, and writes through no link (it may run as root); set known_hosts to the file itself", file)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("known_hosts %s: %w", file, err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("known_hosts %s: %w", file, err)
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Nlink != 1 {
+		f.Close()
+		return nil, fmt.Errorf("known_hosts %s is not a regular file with one link: with host_key_checking = accept-new the tool writes it, and only such a file", file)
+	}
+	if err := syscall.SetNonblock(int(f.Fd()), false); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("known_hosts %s: %w", file, err)
+	}
+	return f, nil
 }
 
 // probeKey is a key no host has, used to make knownhosts list the keys it knows.
