@@ -47,10 +47,26 @@ func (c *Client) Probe(ctx context.Context, path string) (FileState, error) {
 	return FileState{Size: a.size, ModTime: a.mtime}, nil
 }
 
-// ErrAbandoned is a peer's partial copy that stopped growing short of the
-// image's size: whoever wrote it is gone or stuck. The connection is still
+// ErrAbandoned is a peer's partial copy that stopped growing, or grows too
+// slowly to count (followMinRate), short of the image's size: whoever wrote
+// it is gone, stuck, or trickling on purpose. The connection is still
 // good. It also matches ErrStalled.
 var ErrAbandoned = errors.New("the peer's partial copy stopped growing")
+
+// followMinRate is the slowest growth of a followed file that counts as
+// progress: the file must grow by followMinRate x stall (1 MiB in the default
+// 30 s stall_timeout) since the last progress, or reach its full size, or it
+// is abandoned after stall. Any growth used to count: the glance account on
+// the peer, which owns the partial, could append a byte every stall - 1 and
+// hold the follow, and one of the node's transfer slots, for ever. A writer
+// that can be followed at all is far faster: a node fetching the image, or
+// glance-api writing an upload even from a slow client. Scaling with stall
+// keeps the honest writer's floor at 32 KiB/s whatever stall_timeout is (a
+// flat 1 MiB with stall_timeout = 1s would abandon a writer at bwlimit = 1).
+// A trickle at this rate still holds the follow, but for at most the size
+// of the image over 32 KiB/s, never for ever, and it costs the peer that
+// much disk.
+const followMinRate = 32 << 10 // bytes per second
 
 // followPoll is how often a file that has caught up with its writer is asked
 // for its size again. It bounds the delay each hop of a chain adds.
@@ -62,8 +78,9 @@ const followPoll = 100 * time.Millisecond
 // (fstat follows the file when the peer renames it into place), then asks
 // again, never past a size the file has had.
 //
-// If the size stops changing for stall, Follow returns an error matching
-// ErrAbandoned and the client stays usable. If a request gets no answer for
+// If the size stops changing for stall, or grows by less than
+// followMinRate x stall in that time short of size, Follow returns an error
+// matching ErrAbandoned and the client stays usable. If a request gets no answer for
 // stall, or ctx ends, the connection is closed and the client is no longer
 // usable, as with Fetch.
 func (c *Client) Follow(ctx context.Context, path string, offset, size int64, w io.Writer, stall time.Duration) (int64, error) {
@@ -85,7 +102,8 @@ func (c *Client) follow(ctx context.Context, path string, offset, size int64, w 
 	// found the partial placed under its final name by then.
 	defer func() { s.inStep = err == nil }()
 	known := int64(-1)
-	lastGrowth := time.Now()
+	minGrowth := int64(stall.Seconds() * followMinRate)
+	progressAt, lastGrowth := int64(-1), time.Now() // size at the last progress, and when
 	for offset < size {
 		sz, err := s.fstat(handle)
 		if err != nil {
@@ -96,9 +114,10 @@ func (c *Client) follow(ctx context.Context, path string, offset, size int64, w 
 			return written, fmt.Errorf("it has %d bytes, more than the image's %d", sz, size)
 		case known >= 0 && sz < known:
 			return written, fmt.Errorf("it shrank from %d to %d bytes: its writer started over", known, sz)
-		case sz != known:
-			known = sz
-			lastGrowth = time.Now()
+		}
+		known = sz
+		if progressAt < 0 || sz-progressAt >= minGrowth || sz == size {
+			progressAt, lastGrowth = sz, time.Now()
 		}
 		if offset < known {
 			n, err := s.read(ctx, handle, offset, known, w)
@@ -110,7 +129,7 @@ func (c *Client) follow(ctx context.Context, path string, offset, size int64, w 
 			continue
 		}
 		if time.Since(lastGrowth) > stall {
-			return written, fmt.Errorf("%w: %w: no new byte for %s at %d of %d bytes", ErrAbandoned, ErrStalled, stall, known, size)
+			return written, fmt.Errorf("%w: %w: it grew by %d bytes in over %s, under the %d it must, at %d of %d bytes", ErrAbandoned, ErrStalled, known-progressAt, stall, minGrowth, known, size)
 		}
 		select {
 		case <-ctx.Done():
