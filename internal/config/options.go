@@ -160,8 +160,8 @@ var options = []Option{
 	{Section: SectionDefault, Key: "stall_timeout", Type: TypeDuration, Default: "30s",
 		Min: 1, HasMin: true,
 		Help: "With source_strategy = chain: a peer's partial file that does not grow " +
-			"for this long is taken as abandoned, and the image is fetched from " +
-			"a complete copy instead."},
+			"for this long, or grows by less than 32 KiB per second of it (1 MiB in 30s), " +
+			"is taken as abandoned, and the image is fetched from a complete copy instead."},
 	{Section: SectionDefault, Key: "pending_delete", Type: TypeChoice, Default: "remove",
 		Choices: []string{"remove", "keep"},
 		Help: "What an image.delete with status pending_delete (Glance's delayed_delete) does " +
