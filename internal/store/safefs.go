@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +24,10 @@ import (
 // one planted there must cost nothing.
 const maxRecord = 4 << 10
 
+// leaseWait is the longest pause between opens of a file whose lease is
+// being broken.
+const leaseWait = 20 * time.Millisecond
+
 // openat2 is unix.Openat2, a variable so tests can take the fallback path.
 var openat2 = unix.Openat2
 
@@ -37,13 +42,23 @@ func openAt(dirfd int, name string, flags int, mode uint32) (int, error) {
 	if !exclusive(flags) {
 		flags |= unix.O_NONBLOCK
 	}
-	for {
+	for again := 0; ; {
 		fd, err := openat2(dirfd, name, &unix.OpenHow{
 			Flags:   uint64(flags),
 			Mode:    uint64(mode),
 			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 		})
-		if err == unix.EINTR || err == unix.EAGAIN {
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			// A rename raced the lookup, which a retry at once gets past;
+			// or, O_NONBLOCK, the file has a lease (its owner, glance, may
+			// take one) that the kernel is breaking, for up to
+			// lease-break-time (45 s): wait for that without spinning.
+			if again++; again > 3 {
+				time.Sleep(min(time.Duration(again)*time.Millisecond, leaseWait))
+			}
 			continue
 		}
 		if err != unix.ENOSYS && err != unix.EPERM {
