@@ -76,9 +76,9 @@ func (a Auth) timeout() time.Duration {
 func (a Auth) signers() ([]ssh.Signer, func(), error) {
 	var out []ssh.Signer
 	for _, f := range a.KeyFiles {
-		b, err := os.ReadFile(f)
+		b, err := readKeyFile(f)
 		if err != nil {
-			return nil, nil, fmt.Errorf("ssh key %s: %w", f, err)
+			return nil, nil, err
 		}
 		s, err := ssh.ParsePrivateKey(b)
 		if err != nil {
@@ -108,6 +108,38 @@ func (a Auth) signers() ([]ssh.Signer, func(), error) {
 		return nil, nil, errors.New("no ssh key: set ssh_key, or run with SSH_AUTH_SOCK pointing at an agent")
 	}
 	return out, closeAgent, nil
+}
+
+// maxKeyFile bounds a private key file: the largest OpenSSH writes (RSA
+// 16384) is about 13 KiB.
+const maxKeyFile = 256 << 10
+
+// readKeyFile reads a private key. ssh_key may be in the glance account's
+// home while the tool runs as root: a FIFO there would hang every run
+// (which holds lock_file), a link to /dev/zero would be read without end.
+// So the open does not wait, and only a regular file of a key's size is
+// read.
+func readKeyFile(file string) ([]byte, error) {
+	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("ssh key %s: %w", file, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("ssh key %s: %w", file, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("ssh key %s is not a regular file (%s)", file, fi.Mode().Type())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("ssh key %s: %w", file, err)
+	}
+	if len(b) > maxKeyFile {
+		return nil, fmt.Errorf("ssh key %s is larger than %d KiB: not a private key", file, maxKeyFile>>10)
+	}
+	return b, nil
 }
 
 // HostKeyError is a peer whose host key is not the one in known_hosts, or is
