@@ -129,6 +129,7 @@ func runCheck(timeout time.Duration, syncConf, glanceConf string, stdout io.Writ
 		}
 	}
 	c.checkDatadir(cfg)
+	c.checkImagesAPI(ctx, cfg)
 	c.checkPeers(ctx, cfg)
 	c.checkFiles(cfg)
 	c.checkReconcile(cfg)
@@ -358,4 +359,32 @@ func (c *checker) checkFiles(cfg *config.Config) {
 		}
 		c.pass(f.key, "%s can be written", f.path)
 	}
+}
+
+// probeImageID is an image id no Glance holds, asked for to see that the
+// Images API answers.
+const probeImageID = "00000000-0000-4000-8000-000000000000"
+
+// checkImagesAPI says whether deletes are confirmed with Glance, and with
+// what rights: Glance answers 404 for another project's private image to
+// credentials without the admin role, and a 404 confirms a delete.
+func (c *checker) checkImagesAPI(ctx context.Context, cfg *config.Config) {
+	api, key, err := configuredGlance(ctx, cfg)
+	switch {
+	case err != nil:
+		c.fail("images api", "%s: %v", key, err)
+		return
+	case api == nil:
+		c.note("images api", "neither glance_url nor os_cloud is set: a well-formed delete from a configured publisher is acted on without asking Glance (into the trash, restorable for trash_days); set one so a forged delete is parked")
+		return
+	}
+	if _, _, err := api.ImageStatus(ctx, probeImageID); err != nil {
+		c.fail("images api", "%s: %v", key, err) // err names the endpoint
+		return
+	}
+	if all, why := api.SeesAllProjects(); !all {
+		c.warn("images api", "%s answers, but %s: Glance answers 404 for another project's private image, and a 404 confirms its delete here; give the credentials of %s the admin role", api.Base, why, key)
+		return
+	}
+	c.pass("images api", "%s answers (%s); deletes are confirmed with it", api.Base, key)
 }
