@@ -39,3 +39,27 @@ func TestKeyFileNotRegularRefused(t *testing.T) {
 		}
 	}
 }
+
+// The same for known_hosts, read for host_key_checking = yes.
+func TestKnownHostsNotRegularRefused(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "known_hosts")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []Auth{{KnownHosts: fifo}, {KnownHosts: fifo, AcceptNew: true, ReadOnly: true}, {KnownHosts: fifo, AcceptNew: true}} {
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := a.hostKeyCallback(Peer{Name: "node1", Address: "127.0.0.1", Port: 22}, new(string))
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), fifo) {
+				t.Errorf("accept-new %v read-only %v: %v; want a refusal naming %s", a.AcceptNew, a.ReadOnly, err, fifo)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("accept-new %v read-only %v: known_hosts a FIFO: still reading after 5 s", a.AcceptNew, a.ReadOnly)
+		}
+	}
+}

@@ -168,17 +168,26 @@ func (a Auth) hostKeyCallback(p Peer, added *string) (ssh.HostKeyCallback, []str
 	if a.KnownHosts == "" {
 		return nil, nil, errors.New("no known_hosts file configured")
 	}
-	files := []string{a.KnownHosts}
+	var files []string
+	var f *os.File
+	var err error
 	if a.AcceptNew && !a.ReadOnly {
-		f, err := openKnownHosts(a.KnownHosts, os.O_CREATE|os.O_RDONLY)
-		if err != nil {
-			return nil, nil, err
-		}
-		f.Close()
+		f, err = openKnownHosts(a.KnownHosts, os.O_CREATE|os.O_RDONLY)
+	} else {
+		f, err = readKnownHosts(a.KnownHosts)
 	}
-	if a.AcceptNew && a.ReadOnly {
-		if _, err := os.Stat(a.KnownHosts); errors.Is(err, fs.ErrNotExist) {
-			files = nil // a run would create it; for now it knows no host
+	switch {
+	case a.AcceptNew && a.ReadOnly && errors.Is(err, fs.ErrNotExist):
+		// a run would create it; for now it knows no host
+	case err != nil:
+		return nil, nil, err
+	default:
+		defer f.Close()
+		// knownhosts opens by name: the name of the file just checked, so
+		// nothing swapped in since is read.
+		files = []string{fmt.Sprintf("/proc/self/fd/%d", f.Fd())}
+		if _, err := os.Stat(files[0]); err != nil {
+			files = []string{a.KnownHosts} // no /proc: the path, checked
 		}
 	}
 	cb, err := knownhosts.New(files...)
@@ -270,6 +279,27 @@ func openKnownHosts(file string, flag int) (*os.File, error) {
 	if err := syscall.SetNonblock(int(f.Fd()), false); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("known_hosts %s: %w", file, err)
+	}
+	return f, nil
+}
+
+// readKnownHosts opens known_hosts to read. It may be in the glance
+// account's ~/.ssh while the tool runs as root: a FIFO there must not hang
+// every run (which holds lock_file), nor a link to /dev/zero be read
+// without end; only a regular file is read.
+func readKnownHosts(file string) (*os.File, error) {
+	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("known_hosts %s: %w", file, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("known_hosts %s: %w", file, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("known_hosts %s is not a regular file (%s)", file, fi.Mode().Type())
 	}
 	return f, nil
 }
