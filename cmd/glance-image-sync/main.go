@@ -481,9 +481,11 @@ func (r *runner) syncDone(res syncer.Result, err error) int {
 }
 
 // purgeTrash removes for good what an earlier run trashed more than
-// trash_days before start. It runs before any message is handled, so a
-// run never purges its own deletes: trash_days = 0 keeps them until the
-// next run. A failure is logged; the run goes on.
+// trash_days before start, and sweeps the tombstones (expired, or beyond
+// the limit that keeps a flood of deletes from filling the filesystem). It
+// runs before any message is handled, so a run never purges its own
+// deletes: trash_days = 0 keeps them until the next run. A failure is
+// logged; the run goes on.
 func (r *runner) purgeTrash(st *store.Store, start time.Time) {
 	cutoff := start.Add(-time.Duration(r.cfg.TrashDays) * 24 * time.Hour)
 	gone, err := st.PurgeTrash(cutoff)
@@ -492,6 +494,13 @@ func (r *runner) purgeTrash(st *store.Store, start time.Time) {
 	}
 	if err != nil {
 		r.log.Error("emptying the trash", "err", err)
+	}
+	expired, over, err := st.PurgeTombstones(start)
+	if expired+over > 0 {
+		r.log.Info("tombstones removed", "datadir", st.Dir(), "expired", expired, "over_limit", over)
+	}
+	if err != nil {
+		r.log.Error("removing old tombstones", "datadir", st.Dir(), "err", err)
 	}
 }
 

@@ -18,7 +18,8 @@
 // holding a verification record per placed image (so a metadata-only update never
 // re-reads gigabytes), a tombstone per deleted image (Glance never reuses an image
 // id, so once deleted an id stays dead, and a late or re-delivered upload event
-// cannot bring the file back), markers of copies kept for glance-scrubber, and by
+// cannot bring the file back; PurgeTombstones removes them after 30 days, or
+// the oldest beyond 100,000), markers of copies kept for glance-scrubber, and by
 // default the trash.
 //
 // One Store is one folder: with several Glance file stores, each is a Store of
