@@ -413,7 +413,7 @@ func (r *runner) duplicated(res fanout.Result, err error) int {
 }
 
 func (r *runner) syncImages(ctx context.Context, l *links) (int, error) {
-	s, closeAll, err := r.syncer(ctx, l.nodes)
+	s, _, closeAll, err := r.syncer(ctx, l.nodes)
 	if err != nil {
 		r.log.Error("sync-images failed", "err", err)
 		return exitFailed, err
@@ -424,23 +424,21 @@ func (r *runner) syncImages(ctx context.Context, l *links) (int, error) {
 	return r.syncDone(res, err), err
 }
 
-// syncer opens every file store (emptying its old trash) and prepares a
-// sync-images run or daemon on conn. closeAll closes the stores.
-func (r *runner) syncer(ctx context.Context, conn *broker.Conn) (s *syncer.Syncer, closeAll func(), err error) {
+// syncer opens every file store (emptying its old trash, housekeep) and
+// prepares a sync-images run or daemon on conn. closeAll closes the stores.
+func (r *runner) syncer(ctx context.Context, conn *broker.Conn) (s *syncer.Syncer, sts []syncer.Store, closeAll func(), err error) {
 	start := time.Now()
-	sts, closeAll, err := openStores(r.cfg)
+	sts, closeAll, err = openStores(r.cfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if !r.dryRun {
-		for _, st := range sts {
-			r.purgeTrash(st.Store, start)
-		}
+		r.housekeep(sts, start)
 	}
 	api, key, err := configuredGlance(ctx, r.cfg)
 	if err != nil {
 		closeAll()
-		return nil, nil, fmt.Errorf("the Images API that confirms deletes cannot be used (%s): %w", key, err)
+		return nil, nil, nil, fmt.Errorf("the Images API that confirms deletes cannot be used (%s): %w", key, err)
 	}
 	var glance syncer.ImageStatuser // stays nil, not a nil *Client, without one
 	if api != nil {
@@ -460,7 +458,14 @@ func (r *runner) syncer(ctx context.Context, conn *broker.Conn) (s *syncer.Synce
 	if api != nil {
 		cfg.Images = api
 	}
-	return syncer.New(cfg, conn, sts, r.log), closeAll, nil
+	return syncer.New(cfg, conn, sts, r.log), sts, closeAll, nil
+}
+
+// housekeep empties every store's old trash and sweeps its tombstones.
+func (r *runner) housekeep(sts []syncer.Store, now time.Time) {
+	for _, st := range sts {
+		r.purgeTrash(st.Store, now)
+	}
 }
 
 // syncDone logs and counts a sync-images run's result, and gives its exit code.

@@ -70,7 +70,9 @@ func runWatch(ctx context.Context, o watchOptions, r *runner, stderr io.Writer) 
 		r.log.Info("serving metrics", "url", "http://"+ln.Addr().String()+"/metrics")
 	}
 	r.quiet = true
-	w := &watcher{r: r, set: set, duplicate: *duplicate, interval: *interval}
+	w := &watcher{r: r, set: set, duplicate: *duplicate, interval: *interval,
+		// Due an hour from now: the first connection purges as it starts.
+		housekeeping: &reconcileTimer{every: housekeepEvery, next: time.Now().Add(housekeepEvery)}}
 	if every, why := reconcileEvery(r.cfg); why != "" {
 		r.log.Info("no periodic reconcile", "reason", why)
 	} else {
@@ -141,7 +143,13 @@ type watcher struct {
 
 	// reconcile schedules the periodic reconcile; nil: none.
 	reconcile *reconcileTimer
+	// housekeeping schedules the purge of the trash and tombstones.
+	housekeeping *reconcileTimer
 }
+
+// housekeepEvery is how often watch purges the trash past trash_days and
+// sweeps the tombstones, besides as each connection starts.
+const housekeepEvery = time.Hour
 
 // watchPrefetch bounds the node queue's messages the daemon holds unacked:
 // those in transfer, queued behind them, and deferred ones waiting for
@@ -155,7 +163,7 @@ const watchPrefetch = 256
 // metrics are recorded every interval.
 func (w *watcher) serve(ctx context.Context, l *links) error {
 	r, conn := w.r, l.nodes
-	s, closeAll, err := r.syncer(ctx, conn)
+	s, sts, closeAll, err := r.syncer(ctx, conn)
 	if err != nil {
 		w.record(conn, exitFailed, time.Now())
 		return fmt.Errorf("sync-images: %w", err)
@@ -163,6 +171,16 @@ func (w *watcher) serve(ctx context.Context, l *links) error {
 	defer closeAll()
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
+	// The trash and the tombstones are purged as each connection starts
+	// (r.syncer) and every housekeepEvery while it lasts: a daemon may keep
+	// one connection for months, and its trash would outlive trash_days.
+	// Ended before the stores are closed.
+	var hk sync.WaitGroup
+	defer hk.Wait()
+	defer stop()
+	hk.Go(func() {
+		w.housekeeping.run(sctx, func(context.Context) { r.housekeep(sts, time.Now()) })
+	})
 	daemon := make(chan serveDone, 1)
 	go func() {
 		res, err := s.Serve(sctx, watchPrefetch)
@@ -323,7 +341,7 @@ func (c *checker) checkReconcile(cfg *config.Config) {
 	}
 }
 
-// reconcileTimer runs watch's periodic reconcile: at once, then every
+// reconcileTimer runs watch's periodic reconcile (and its housekeeping): at once, then every
 // interval after the previous pass ended, so two passes never overlap, and
 // a pass longer than the interval delays the next instead of piling up.
 // It outlives connections: a pass cut short by a lost connection is due
