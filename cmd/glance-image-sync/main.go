@@ -444,6 +444,10 @@ func (r *runner) syncer(ctx context.Context, conn *broker.Conn) (s *syncer.Synce
 	if api != nil {
 		glance = api
 		r.log.Debug("deletes are confirmed with glance", "endpoint", api.Base)
+		if all, why := api.SeesAllProjects(); !all {
+			r.log.Warn("the Images API credentials may not see every project's images: Glance answers 404 for another project's private image, and a 404 confirms its delete here; give them the admin role",
+				"option", key, "endpoint", api.Base, "why", why)
+		}
 	}
 	cfg := fetchConfig(r.cfg, r.progress)
 	self := selfName(r.cfg)
