@@ -9,10 +9,8 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
-	"unicode"
 
 	"github.com/glance-image-sync/glance-image-sync/internal/broker"
 	"github.com/glance-image-sync/glance-image-sync/internal/config"
@@ -29,20 +27,10 @@ type checker struct {
 }
 
 func (c *checker) line(level, what, format string, args ...any) {
-	fmt.Fprintf(c.out, "%-4s  %-14s %s\n", level, what, printable(fmt.Sprintf(format, args...)))
-}
-
-// printable replaces control characters and invalid UTF-8 with '?': a
-// check line quotes errors whose text a peer wrote (an SFTP status from
-// an sftp-server the glance account there may have replaced), and an
-// escape sequence in it must not reach the operator's terminal.
-func printable(s string) string {
-	return strings.Map(func(r rune) rune {
-		if !unicode.IsPrint(r) {
-			return '?'
-		}
-		return r
-	}, strings.ToValidUTF8(s, "?"))
+	// A check line quotes errors whose text a peer wrote (pkg/sftp quotes
+	// an SFTP status whole, from an sftp-server the glance account there
+	// may have replaced): no escape sequence of it reaches the terminal.
+	fmt.Fprintf(c.out, "%-4s  %-14s %s\n", level, what, transfer.Printable(fmt.Sprintf(format, args...)))
 }
 func (c *checker) pass(what, format string, args ...any) {
 	c.ok++

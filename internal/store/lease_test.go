@@ -41,9 +41,13 @@ func TestOpenWaitsOutALeaseWithoutSpinning(t *testing.T) {
 		return unix.Openat2(dirfd, name, how)
 	})()
 	const held = 300 * time.Millisecond
+	hfd := holder.Fd()
+	released := make(chan struct{})
+	defer func() { <-released }() // before holder's Close
 	go func() {
+		defer close(released)
 		time.Sleep(held)
-		unix.FcntlInt(holder.Fd(), unix.F_SETLEASE, unix.F_UNLCK)
+		unix.FcntlInt(hfd, unix.F_SETLEASE, unix.F_UNLCK)
 	}()
 	start := time.Now()
 	fd, err := openAt(d, "img", unix.O_WRONLY, 0) // a write open breaks a read lease

@@ -82,7 +82,11 @@ func (s *Syncer) Serve(ctx context.Context, prefetch int) (Result, error) {
 	cctx, stop := context.WithCancel(ctx)
 	settled := make(chan struct{})
 	reopen := func() (consumer, error) {
-		return s.conn.ReceiveBounded(cctx, s.cfg.Queue, nodequeue.HeldBodies)
+		r, err := s.conn.ReceiveBounded(cctx, s.cfg.Queue, nodequeue.HeldBodies)
+		if err != nil {
+			return nil, err // not a nil *Receiver in a consumer
+		}
+		return r, nil
 	}
 	go s.consume(cctx, recv, reopen, prefetch, in, settled)
 	err = s.serve(ctx, in)

@@ -205,10 +205,11 @@ func (m *mux) run() {
 	}
 }
 
-// skip reads and drops the data of a DATA reply the caller did not ask
-// for (a peer's sftp-server answering an LSTAT or OPEN with DATA): the
-// reader waits for every DATA reply to be read before the next, so one
-// left unread would stop the mux until the connection is closed.
+// skip reads and drops the data of a DATA reply the caller will not use
+// (one it did not ask for, as a peer's sftp-server may send to an LSTAT or
+// OPEN, or one it gives up on): the reader waits for every DATA reply to
+// be read before the next, so one left unread would stop the mux until the
+// connection is closed.
 func (r muxReply) skip() {
 	if r.data != nil {
 		io.Copy(io.Discard, r.data)
@@ -389,10 +390,7 @@ func (c *muxCall) drain() {
 		if err != nil {
 			return
 		}
-		if r.data != nil {
-			io.Copy(io.Discard, r.data)
-			r.done()
-		}
+		r.skip()
 	}
 }
 
@@ -548,10 +546,7 @@ func (m *mux) fetch(ctx context.Context, path string, offset, size int64, w io.W
 		return 0, err
 	}
 	if r.id != fstatID || r.typ != fxpAttrs {
-		if r.data != nil {
-			io.Copy(io.Discard, r.data)
-			r.done()
-		}
+		r.skip()
 		if r.id == fstatID && r.typ == fxpStatus {
 			return 0, fmt.Errorf("fstat: %w", statusOf(r.body))
 		}
@@ -582,10 +577,7 @@ func (m *mux) fetch(ctx context.Context, path string, offset, size int64, w io.W
 			// Out of order or short: what is in flight was asked for the
 			// wrong bytes. Read them and drop them, then go on one read at
 			// a time from the first byte missing.
-			if r.data != nil {
-				io.Copy(io.Discard, r.data)
-				r.done()
-			}
+			r.skip()
 			c.drain()
 			n, err := m.readOneByOne(ctx, c, handle, at, size, w)
 			return written + n, err
@@ -668,10 +660,7 @@ func (m *mux) readOneByOne(ctx context.Context, c *muxCall, handle string, at, s
 			return written, err
 		}
 		if r.id != id {
-			if r.data != nil {
-				io.Copy(io.Discard, r.data)
-				r.done()
-			}
+			r.skip()
 			return written, fmt.Errorf("unexpected sftp reply id %d to read %d", r.id, id)
 		}
 		k, err := takeData(r, n, at, w)

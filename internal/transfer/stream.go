@@ -239,16 +239,22 @@ func peerText(b []byte) string {
 	if cut {
 		b = b[:maxPeerText]
 	}
-	s := strings.Map(func(r rune) rune {
-		if !unicode.IsPrint(r) {
-			return '?'
-		}
-		return r
-	}, strings.ToValidUTF8(string(b), "?"))
+	s := Printable(string(b))
 	if cut {
 		s += "..."
 	}
 	return s
+}
+
+// Printable is s with control characters and invalid UTF-8 replaced by
+// '?': text a peer chose, fit for a log line or a terminal.
+func Printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
 }
 
 // call sends a request and reads its one reply, which must not be DATA.
