@@ -114,24 +114,14 @@ func (a Auth) signers() ([]ssh.Signer, func(), error) {
 // 16384) is about 13 KiB.
 const maxKeyFile = 256 << 10
 
-// readKeyFile reads a private key. ssh_key may be in the glance account's
-// home while the tool runs as root: a FIFO there would hang every run
-// (which holds lock_file), a link to /dev/zero would be read without end.
-// So the open does not wait, and only a regular file of a key's size is
-// read.
+// readKeyFile reads a private key: a regular file (openRegular) of a
+// key's size.
 func readKeyFile(file string) ([]byte, error) {
-	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := openRegular("ssh key", file)
 	if err != nil {
-		return nil, fmt.Errorf("ssh key %s: %w", file, err)
+		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("ssh key %s: %w", file, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("ssh key %s is not a regular file (%s)", file, fi.Mode().Type())
-	}
 	b, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
 	if err != nil {
 		return nil, fmt.Errorf("ssh key %s: %w", file, err)
@@ -140,6 +130,28 @@ func readKeyFile(file string) ([]byte, error) {
 		return nil, fmt.Errorf("ssh key %s is larger than %d KiB: not a private key", file, maxKeyFile>>10)
 	}
 	return b, nil
+}
+
+// openRegular opens file, a what (ssh key, known_hosts), to read, without
+// waiting on a FIFO, and refuses anything but a regular file: ssh_key and
+// known_hosts may be in the glance account's ~/.ssh while the tool runs as
+// root, and a FIFO there would hang every run (which holds lock_file), a
+// link to /dev/zero be read without end.
+func openRegular(what, file string) (*os.File, error) {
+	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", what, file, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s %s: %w", what, file, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s %s is not a regular file (%s)", what, file, fi.Mode().Type())
+	}
+	return f, nil
 }
 
 // HostKeyError is a peer whose host key is not the one in known_hosts, or is
@@ -174,7 +186,7 @@ func (a Auth) hostKeyCallback(p Peer, added *string) (ssh.HostKeyCallback, []str
 	if a.AcceptNew && !a.ReadOnly {
 		f, err = openKnownHosts(a.KnownHosts, os.O_CREATE|os.O_RDONLY)
 	} else {
-		f, err = readKnownHosts(a.KnownHosts)
+		f, err = openRegular("known_hosts", a.KnownHosts)
 	}
 	switch {
 	case a.AcceptNew && a.ReadOnly && errors.Is(err, fs.ErrNotExist):
@@ -279,27 +291,6 @@ func openKnownHosts(file string, flag int) (*os.File, error) {
 	if err := syscall.SetNonblock(int(f.Fd()), false); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("known_hosts %s: %w", file, err)
-	}
-	return f, nil
-}
-
-// readKnownHosts opens known_hosts to read. It may be in the glance
-// account's ~/.ssh while the tool runs as root: a FIFO there must not hang
-// every run (which holds lock_file), nor a link to /dev/zero be read
-// without end; only a regular file is read.
-func readKnownHosts(file string) (*os.File, error) {
-	f, err := os.OpenFile(file, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("known_hosts %s: %w", file, err)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("known_hosts %s: %w", file, err)
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("known_hosts %s is not a regular file (%s)", file, fi.Mode().Type())
 	}
 	return f, nil
 }
