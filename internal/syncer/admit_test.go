@@ -73,6 +73,45 @@ func TestAdmission(t *testing.T) {
 	}
 }
 
+// A tiny image takes half of what a larger small one takes: 16 tiny ones
+// run at once, 8 of 1 MiB, and a mix in proportion.
+func TestAdmissionTinyImagesHalfALane(t *testing.T) {
+	cases := []struct {
+		name  string
+		sizes []int64 // started in this order; all but the last fit
+	}{
+		{"tiny", append(repeat(tinyImage, 16), 1)},
+		{"1 MiB", append(repeat(1<<20, 8), 1<<20)},
+		{"mixed", append(append(repeat(64<<10, 8), repeat(1<<20, 4)...), 1)},
+		{"a tiny one beside 7 of 1 MiB", append(append(repeat(1<<20, 7), 1), 1, 1<<20)},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a := newAdmission(1)
+			last := len(c.sizes) - 1
+			for i, size := range c.sizes {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+				_, ok := a.acquire(ctx, size)
+				cancel()
+				if i < last && !ok {
+					t.Fatalf("image %d (%d bytes) did not start", i+1, size)
+				}
+				if i == last && ok {
+					t.Fatalf("image %d (%d bytes) started beyond %d halves of a lane", i+1, size, smallLanes)
+				}
+			}
+		})
+	}
+}
+
+func repeat(size int64, n int) []int64 {
+	s := make([]int64, n)
+	for i := range s {
+		s[i] = size
+	}
+	return s
+}
+
 // One small image larger than the whole budget still runs (alone).
 func TestAdmissionOversizeSmall(t *testing.T) {
 	a := newAdmission(1)
