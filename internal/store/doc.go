@@ -30,7 +30,9 @@
 //
 // No removal destroys data: Delete, Evict and Trash rename the image into the trash
 // (on the datadir's filesystem) with a record of its MD5, Restore checks that
-// MD5 and puts it back, and only PurgeTrash, after trash_days, removes it.
+// MD5 and puts it back, and only PurgeTrash, after trash_days, removes it
+// (through Purge, which every place that empties the trash calls, so the
+// tombstones are swept at the same time).
 //
 // Nothing under the datadir is trusted: it belongs to the glance user, and the
 // tool often runs as root. Every file is reached from a directory fd without
