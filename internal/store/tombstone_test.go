@@ -329,6 +329,48 @@ func TestTombstoneSweepRemovesStaleTemps(t *testing.T) {
 	}
 }
 
+// The hint is in glance's state directory: a symlink or FIFO planted in
+// its place is neither read through nor waited on, and is replaced, not
+// written through; the sweep then does the whole work.
+func TestTombstoneSweepHintPlanted(t *testing.T) {
+	s := newStore(t)
+	v, check := victim(t)
+	hint := filepath.Join(s.Dir(), stateDirName, sweepHintName)
+	now := time.Now()
+	stoneAged(t, s, 1, now, tombstoneMaxAge+time.Hour)
+	for _, plant := range []func() error{
+		func() error { return os.Symlink(v, hint) },
+		func() error { return unix.Mkfifo(hint, 0o640) },
+	} {
+		os.Remove(hint)
+		if err := plant(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		var r tombSweep
+		var err error
+		go func() {
+			defer close(done)
+			r, err = s.sweepTombstones(now, defaultSweep)
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the sweep hangs on a FIFO planted as its hint")
+		}
+		if err != nil || !r.statted {
+			t.Errorf("sweep = %+v, %v; want a full one", r, err)
+		}
+		check()
+		if st, err := os.Lstat(hint); err != nil || !st.Mode().IsRegular() {
+			t.Errorf("the planted hint was not replaced by a file: %v, %v", st, err)
+		}
+	}
+	if dead(t, s, nthID(1)) {
+		t.Error("expired tombstone kept")
+	}
+}
+
 // BenchmarkPurgeTombstones is a sweep with nothing to remove, over a
 // handful of tombstones (every run's cost) and at the limit (what every run
 // pays while a flood's tombstones are kept), in each of its three ways:
