@@ -100,7 +100,9 @@ func (s *Store) PurgeTombstones(now time.Time) (expired, overLimit int, err erro
 // oldest by construction: oldest is no later than the sweep's start, less
 // tombstoneTempAge for a write begun before and renamed after the
 // listing). So until oldest+maxAge none can expire, unless the clock went
-// back: a sweep whose now is before swept does the whole work.
+// back: a sweep whose now is before swept does the whole work. (An entry
+// glance plants with an older mtime waits for the next full sweep: that
+// costs nothing glance could not do to its own filesystem anyway.)
 //
 // dir is deleted/'s inode and timestamps when the sweep found at most the
 // limit of tombstones there and no temporary one left: as long as they are
