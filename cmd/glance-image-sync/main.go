@@ -491,25 +491,21 @@ func (r *runner) syncDone(res syncer.Result, err error) int {
 
 // purgeTrash removes for good what an earlier run trashed more than
 // trash_days before start, and sweeps the tombstones (expired, or beyond
-// the limit that keeps a flood of deletes from filling the filesystem). It
-// runs before any message is handled, so a run never purges its own
-// deletes: trash_days = 0 keeps them until the next run. A failure is
-// logged; the run goes on.
+// the limit that keeps a flood of deletes from filling the filesystem, and
+// the temporary ones a crash left): store.Purge. It runs before any message
+// is handled, so a run never purges its own deletes: trash_days = 0 keeps
+// them until the next run. A failure is logged; the run goes on.
 func (r *runner) purgeTrash(st *store.Store, start time.Time) {
 	cutoff := start.Add(-time.Duration(r.cfg.TrashDays) * 24 * time.Hour)
-	gone, err := st.PurgeTrash(cutoff)
-	for _, g := range gone {
+	p, err := st.Purge(cutoff, start)
+	for _, g := range p.Trash {
 		r.log.Info("trash emptied", "file", g, "older_than_days", r.cfg.TrashDays)
 	}
-	if err != nil {
-		r.log.Error("emptying the trash", "err", err)
-	}
-	expired, over, err := st.PurgeTombstones(start)
-	if expired+over > 0 {
-		r.log.Info("tombstones removed", "datadir", st.Dir(), "expired", expired, "over_limit", over)
+	if p.Expired+p.OverLimit+p.Temps > 0 {
+		r.log.Info("tombstones removed", "datadir", st.Dir(), "expired", p.Expired, "over_limit", p.OverLimit, "temporary", p.Temps)
 	}
 	if err != nil {
-		r.log.Error("removing old tombstones", "datadir", st.Dir(), "err", err)
+		r.log.Error("emptying the trash or removing old tombstones", "datadir", st.Dir(), "err", err)
 	}
 }
 

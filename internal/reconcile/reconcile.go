@@ -35,7 +35,9 @@ type Store interface {
 	KeptForScrubber(id string) (bool, error)
 	TrashDir() string
 	Trash(id string, now time.Time) (string, error)
-	PurgeTrash(cutoff time.Time) ([]string, error)
+	// Purge empties the trash before trashCutoff and sweeps the
+	// tombstones as of now.
+	Purge(trashCutoff, now time.Time) (store.Purged, error)
 }
 
 // Fetcher places one image here; *syncer.Fetcher is one.
@@ -262,13 +264,16 @@ func prune(ctx context.Context, st Store, orphans []store.File, total int, o Opt
 		return
 	}
 	cutoff := now.Add(-time.Duration(o.TrashDays) * 24 * time.Hour)
-	gone, err := st.PurgeTrash(cutoff)
-	for _, g := range gone {
+	p, err := st.Purge(cutoff, now)
+	for _, g := range p.Trash {
 		log.Info("trash emptied", "file", g, "older_than_days", o.TrashDays)
 	}
-	sum.Purged = len(gone)
+	sum.Purged = len(p.Trash)
+	if p.Expired+p.OverLimit+p.Temps > 0 {
+		log.Info("tombstones removed", "expired", p.Expired, "over_limit", p.OverLimit, "temporary", p.Temps)
+	}
 	if err != nil {
-		log.Error("emptying the trash", "err", err)
+		log.Error("emptying the trash or removing old tombstones", "err", err)
 		sum.Failed++
 	}
 }

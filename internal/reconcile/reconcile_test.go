@@ -202,3 +202,22 @@ func TestWantOfPairsChecksumWithMultihash(t *testing.T) {
 		t.Fatalf("WantOf = %+v", w)
 	}
 }
+
+// reconcile --prune empties the trash, and so sweeps the tombstones as
+// every run's housekeeping does (store.Purge): an expired one goes.
+func TestRunPruneSweepsTombstones(t *testing.T) {
+	st := storeWith(t, 2)
+	if _, err := st.Delete(uuid(3), ""); err != nil {
+		t.Fatal(err)
+	}
+	api := &fakeAPI{list: []glanceapi.Image{active(1), active(2)}}
+	o := opts()
+	o.Now = func() time.Time { return time.Now().Add(31 * 24 * time.Hour) }
+	sum, err := Run(context.Background(), api, st, &fakeFetcher{}, o, quiet)
+	if err != nil || sum.Failed != 0 || sum.PruneRefused != "" {
+		t.Fatalf("Run = %+v, %v", sum, err)
+	}
+	if dead, err := st.Deleted(uuid(3)); err != nil || dead {
+		t.Errorf("tombstone kept 31 days after the delete (%v)", err)
+	}
+}

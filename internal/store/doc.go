@@ -19,8 +19,10 @@
 // re-reads gigabytes), a tombstone per deleted image (Glance never reuses an image
 // id, so once deleted an id stays dead, and a late or re-delivered upload event
 // cannot bring the file back; PurgeTombstones removes them after 30 days, or
-// the oldest beyond 100,000), markers of copies kept for glance-scrubber, and by
-// default the trash.
+// the oldest beyond 100,000, and the temporary ones a crash left, and
+// leaves a small hint so that the next sweeps skip the listing of
+// deleted/ while nothing can have expired and nothing was added),
+// markers of copies kept for glance-scrubber, and by default the trash.
 //
 // One Store is one folder: with several Glance file stores, each is a Store of
 // its own, with its own state directory and trash. Evict is Delete without the
@@ -28,7 +30,9 @@
 //
 // No removal destroys data: Delete, Evict and Trash rename the image into the trash
 // (on the datadir's filesystem) with a record of its MD5, Restore checks that
-// MD5 and puts it back, and only PurgeTrash, after trash_days, removes it.
+// MD5 and puts it back, and only PurgeTrash, after trash_days, removes it
+// (through Purge, which every place that empties the trash calls, so the
+// tombstones are swept at the same time).
 //
 // Nothing under the datadir is trusted: it belongs to the glance user, and the
 // tool often runs as root. Every file is reached from a directory fd without

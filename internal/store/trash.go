@@ -143,6 +143,7 @@ func (s *Store) moveToTrash(id string, st unix.Stat_t, md5hex string, now time.T
 // PurgeTrash removes, for good, the images Trash and Delete put in the trash
 // before cutoff, and their metadata. It removes only names of that form,
 // whatever else an operator keeps there, and returns the images' paths.
+// Housekeeping calls Purge, which sweeps the tombstones as well.
 func (s *Store) PurgeTrash(cutoff time.Time) ([]string, error) {
 	if err := s.writable(); err != nil {
 		return nil, err
@@ -174,6 +175,27 @@ func (s *Store) PurgeTrash(cutoff time.Time) ([]string, error) {
 		}
 	}
 	return removed, nil
+}
+
+// Purged is what Purge removed.
+type Purged struct {
+	Trash     []string // images removed from the trash, by path
+	Expired   int      // tombstones older than tombstoneMaxAge
+	OverLimit int      // the oldest tombstones beyond maxTombstones
+	Temps     int      // temporary tombstones a crash left
+}
+
+// Purge is the housekeeping of every place that empties the trash:
+// PurgeTrash(trashCutoff), then PurgeTombstones(now) (with the crash's
+// temporary tombstones). Each goes ahead whatever the other's error; err
+// joins both.
+func (s *Store) Purge(trashCutoff, now time.Time) (Purged, error) {
+	var p Purged
+	var terr error
+	p.Trash, terr = s.PurgeTrash(trashCutoff)
+	r, serr := s.sweepTombstones(now, defaultSweep)
+	p.Expired, p.OverLimit, p.Temps = r.expired, r.overLimit, r.temps
+	return p, errors.Join(terr, serr)
 }
 
 // TrashUsage counts the images in the trash and their bytes.

@@ -454,3 +454,22 @@ func TestBeginReserveLaterReservesAtFirstWrite(t *testing.T) {
 		t.Fatalf("placed: %v, %v", state, err)
 	}
 }
+
+// Purge, what every place that empties the trash calls, also sweeps the
+// tombstones.
+func TestPurgeSweepsTombstones(t *testing.T) {
+	s := newStore(t)
+	now := time.Now()
+	id := nthID(1)
+	if err := os.WriteFile(filepath.Join(s.Dir(), id), []byte("image"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	stoneAged(t, s, 1, now, tombstoneMaxAge+time.Hour)
+	p, err := s.Purge(now.Add(time.Hour), now)
+	if err != nil || len(p.Trash) != 1 || p.Expired != 1 {
+		t.Fatalf("Purge = %+v, %v; want the trashed image and the expired tombstone gone", p, err)
+	}
+	if dead(t, s, id) {
+		t.Error("expired tombstone kept")
+	}
+}
