@@ -5,6 +5,7 @@ import (
 	"crypto/md5"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -100,5 +101,69 @@ func TestCommitFailsWhenDirSyncFails(t *testing.T) {
 	p.Write(data)
 	if err := p.Commit(); err != nil {
 		t.Fatalf("Commit once fsyncs work again: %v", err)
+	}
+}
+
+// Place leaves the directory's flush to Sync: one fsync for every file
+// placed before it, none when nothing was placed since, and once one
+// fails every later Sync fails (a run must not ack what it placed).
+func TestPlaceDurableAtSync(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var fsyncs int
+	var fail error
+	s.rootSync.fsync = func(f *os.File) error {
+		fsyncs++
+		if fail != nil {
+			return fail
+		}
+		return syncFile(f)
+	}
+	place := func(i int) {
+		t.Helper()
+		data := []byte(fmt.Sprintf("small image %d", i))
+		sum := md5.Sum(data)
+		id := fmt.Sprintf("0b5a57a1-3a4e-4c8e-9d0e-1f2a3b4c5d%02d", i)
+		p, err := s.Begin(context.Background(), id, int64(len(data)), hex.EncodeToString(sum[:]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Place(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, id)); err != nil {
+			t.Fatalf("placed image not at its name: %v", err)
+		}
+	}
+	for i := range 3 {
+		place(i)
+	}
+	if fsyncs != 0 {
+		t.Fatalf("Place flushed the directory %d times; Sync is to", fsyncs)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if fsyncs != 1 {
+		t.Fatalf("Sync after three placed: %d directory fsyncs, want 1", fsyncs)
+	}
+	if err := s.Sync(); err != nil || fsyncs != 1 {
+		t.Fatalf("Sync with nothing placed since: %v, %d fsyncs in all, want none more", err, fsyncs)
+	}
+	place(3)
+	fail = errors.New("fsync: input/output error")
+	if err := s.Sync(); !errors.Is(err, fail) {
+		t.Fatalf("Sync with the fsync failing: %v", err)
+	}
+	fail = nil
+	if err := s.Sync(); err == nil {
+		t.Fatal("Sync succeeded after a failed one: what the failed fsync did not write is not known to be on disk")
 	}
 }

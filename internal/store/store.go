@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,9 +29,10 @@ type Store struct {
 	perm     os.FileMode // 0: leave the mode the partial was created with
 	uid      int         // -1: do not chown
 	gid      int
-	bufs     *bank        // write buffers shared by the partials of a run
-	rootSync *dirSync     // fsyncs of root, shared by the commits waiting at once
-	parts    partialIndex // the partials in root, for Begin
+	bufs     *bank         // write buffers shared by the partials of a run
+	rootSync *dirSync      // fsyncs of root, shared by the commits waiting at once
+	placed   atomic.Uint64 // renames by Place, for Sync
+	parts    partialIndex  // the partials in root, for Begin
 	readOnly bool
 
 	// Directory fds every file operation goes through (safefs.go). In a
@@ -41,6 +44,10 @@ type Store struct {
 	scrubber *os.File // kept-for-scrubber markers
 	trash    *os.File
 	trashDir string
+
+	syncMu  sync.Mutex // guards the fields below, and serializes Sync
+	synced  uint64     // placed as of the last Sync that flushed
+	syncErr error      // of a Sync that failed: every later one fails too
 }
 
 // stateSubdirs are the state directory's folders: verification records,
@@ -134,6 +141,29 @@ func openRoot(dir string) (*Store, error) {
 		s.uid, s.gid = int(st.Uid), int(st.Gid)
 	}
 	return s, nil
+}
+
+// Sync returns once every file placed (Place) before the call is durable
+// at its name: at once when nothing was placed since the last Sync. Once a
+// flush fails, every later Sync fails too: a later fsync that succeeds is
+// not trusted to have written what the failed one did not, and the caller
+// (a run's acks) must not ack what it placed.
+func (s *Store) Sync() error {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	if s.syncErr != nil {
+		return s.syncErr
+	}
+	n := s.placed.Load()
+	if n == s.synced {
+		return nil
+	}
+	if err := s.rootSync.sync(); err != nil {
+		s.syncErr = err
+		return err
+	}
+	s.synced = n
+	return nil
 }
 
 func (s *Store) setSubdir(name string, d *os.File) {
@@ -861,6 +891,21 @@ var ErrMismatch = errors.New("copy does not match the image")
 // removes the partial (its bytes are wrong, resuming it would only repeat the
 // failure) and returns an error wrapping ErrMismatch.
 func (p *Partial) Commit() error {
+	if err := p.Place(); err != nil {
+		return err
+	}
+	// The caller acks the image's message once this returns: the rename
+	// must be on disk first. Renames committed at once share one fsync.
+	return p.s.rootSync.sync()
+}
+
+// Place is Commit without the flush of the directory: the file is in place
+// and its bytes, mode, owner and record on disk, but the rename is durable
+// only once Store.Sync returns after it. A run that acks its messages
+// together makes every rename before an ack durable with one fsync
+// (syncer's ack batch), where a directory fsync per image was a tenth of
+// the time of 1,000 small images (issue 14).
+func (p *Partial) Place() error {
 	defer p.Close()
 	if p.q != nil {
 		// A write error leaves the partial for the next run: the bytes on
@@ -923,11 +968,7 @@ func (p *Partial) Commit() error {
 	}
 	p.done = true
 	p.s.parts.note(p.name, false)
-	// The caller acks the image's message once this returns: the rename
-	// must be on disk first. Renames committed at once share one fsync.
-	if err := p.s.rootSync.sync(); err != nil {
-		return err
-	}
+	p.s.placed.Add(1)
 	if onFile {
 		// A record file left by an earlier copy at this name no longer
 		// matches (another inode); it goes with the next Delete.

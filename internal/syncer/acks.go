@@ -1,6 +1,7 @@
 package syncer
 
 import (
+	"fmt"
 	"sync"
 	"time"
 )
@@ -17,6 +18,12 @@ import (
 // ackDelay, and the run flushes them all before it closes its receiver.
 // Serve (watch) acks each message at once: its channel may close under a
 // long transfer, and its messages come one at a time.
+//
+// A flush first makes durable what the messages it acks placed (durable:
+// the stores' Sync), once for all of them: a run's images are placed
+// without a directory fsync each (store's Place), which was a tenth of the
+// time of 1,000 small images. A message marked done while that runs waits
+// for the next flush.
 
 // ackDelay is how long a done message may wait for others to share its ack.
 const ackDelay = 5 * time.Millisecond
@@ -31,8 +38,9 @@ type upToAcker interface {
 // ackBatch gathers the acks of the messages one receiver handed out, in
 // the order it handed them out.
 type ackBatch struct {
-	delay time.Duration
-	fail  func(error) // told of an ack that could not be sent
+	delay   time.Duration
+	durable func() error // makes what the marked messages did durable; nil: nothing to
+	fail    func(error)  // told of an ack that could not be sent
 
 	mu      sync.Mutex
 	pending []*batchedAck // taken and not yet covered by an ack, in order
@@ -42,20 +50,28 @@ type ackBatch struct {
 	// it walk every message taken since.
 	done   []*batchedAck
 	timer  *time.Timer // armed while done messages wait
-	err    error       // of the first ack that failed: the channel is gone
+	err    error       // of the first ack, or durable, that failed
 	closed bool
+	marks  uint64 // messages marked done
+	synced uint64 // marks made durable: those up to this one may be acked
 }
 
-func newAckBatch(delay time.Duration, fail func(error)) *ackBatch {
-	return &ackBatch{delay: delay, fail: fail}
+func newAckBatch(delay time.Duration, durable func() error, fail func(error)) *ackBatch {
+	return &ackBatch{delay: delay, durable: durable, fail: fail}
 }
 
 // batchedAck is one message of the batch; its Ack marks it done.
 type batchedAck struct {
 	b     *ackBatch
 	d     upToAcker
-	done  bool // its work is
-	acked bool // covered by an ack sent (its own, or one with multiple)
+	done  bool   // its work is
+	mark  uint64 // when it was marked done (ackBatch.marks)
+	acked bool   // covered by an ack sent (its own, or one with multiple)
+}
+
+// ready reports whether e may be acked. Called with mu held.
+func (e *batchedAck) ready() bool {
+	return e.done && e.mark <= e.b.synced
 }
 
 // take adds the next message handed out; its acker is used in its place.
@@ -80,8 +96,13 @@ func (e *batchedAck) Ack() error {
 		return nil
 	}
 	e.done = true
+	b.marks++
+	e.mark = b.marks
 	b.done = append(b.done, e)
 	if b.closed {
+		// Rare: the run has ended its lanes. The lock is held through
+		// the sync, as nothing else waits on it now.
+		b.syncDone(b.durableNow())
 		return b.flushLocked()
 	}
 	if b.timer == nil {
@@ -90,13 +111,41 @@ func (e *batchedAck) Ack() error {
 	return nil
 }
 
-// flush sends the acks of every done message.
+// flush makes the messages marked done so far durable and sends their
+// acks. The lock is not held through durable: the lanes go on marking.
 func (b *ackBatch) flush() {
 	b.mu.Lock()
-	err := b.flushLocked()
+	upTo := b.marks
+	b.mu.Unlock()
+	err := b.durableNow()
+	b.mu.Lock()
+	if err == nil {
+		b.synced = max(b.synced, upTo)
+	}
+	b.syncDone(err)
+	err = b.flushLocked()
 	b.mu.Unlock()
 	if err != nil && b.fail != nil {
 		b.fail(err)
+	}
+}
+
+func (b *ackBatch) durableNow() error {
+	if b.durable == nil {
+		return nil
+	}
+	return b.durable()
+}
+
+// syncDone records the outcome of durable: a failure fails the batch, as
+// a lost channel does (its messages come back to the next run). With mu
+// held; on success from the closed path every mark so far is synced.
+func (b *ackBatch) syncDone(err error) {
+	switch {
+	case err != nil && b.err == nil:
+		b.err = fmt.Errorf("not acking: what the messages placed is not known to be on disk: %w", err)
+	case err == nil && b.closed:
+		b.synced = b.marks
 	}
 }
 
@@ -115,7 +164,7 @@ func (b *ackBatch) flushLocked() error {
 	}
 	head := 0
 	var last *batchedAck
-	for head < len(b.pending) && b.pending[head].done {
+	for head < len(b.pending) && b.pending[head].ready() {
 		if e := b.pending[head]; !e.acked {
 			last = e
 		}
@@ -140,16 +189,25 @@ func (b *ackBatch) flushLocked() error {
 	}
 	clear(b.pending[:head])
 	b.pending = b.pending[head:]
+	waiting := b.done[:0]
 	for _, e := range b.done {
-		if !e.acked {
+		switch {
+		case e.acked:
+		case !e.ready():
+			waiting = append(waiting, e)
+		default:
 			if b.err = e.d.Ack(); b.err != nil {
 				return b.err
 			}
 			e.acked = true
 		}
 	}
-	clear(b.done)
-	b.done = b.done[:0]
+	clear(b.done[len(waiting):])
+	b.done = waiting
+	if len(b.done) > 0 {
+		// Marked while durable ran: the next flush takes them.
+		b.timer = time.AfterFunc(b.delay, b.flush)
+	}
 	return nil
 }
 
@@ -158,5 +216,6 @@ func (b *ackBatch) close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.closed = true
+	b.syncDone(b.durableNow())
 	return b.flushLocked()
 }

@@ -80,7 +80,7 @@ func TestAckBatchAcksEachOnceAfterItsWork(t *testing.T) {
 		r := rand.New(rand.NewPCG(seed, 1))
 		n := 1 + r.IntN(40)
 		c := newFakeChannel(n)
-		b := newAckBatch(time.Hour, nil) // flushed by hand below
+		b := newAckBatch(time.Hour, nil, nil) // flushed by hand below
 		acks := make([]*batchedAck, n)
 		for i := range acks {
 			acks[i] = b.take(&fakeDelivery{c: c, tag: uint64(i + 1)})
@@ -110,7 +110,7 @@ func TestAckBatchAcksEachOnceAfterItsWork(t *testing.T) {
 // those done behind it past the flush.
 func TestAckBatchSharesAcksAndHoldsNoneBehindSlowOne(t *testing.T) {
 	c := newFakeChannel(10)
-	b := newAckBatch(time.Hour, nil)
+	b := newAckBatch(time.Hour, nil, nil)
 	var acks []*batchedAck
 	for i := 1; i <= 10; i++ {
 		acks = append(acks, b.take(&fakeDelivery{c: c, tag: uint64(i)}))
@@ -150,7 +150,7 @@ func TestAckBatchSharesAcksAndHoldsNoneBehindSlowOne(t *testing.T) {
 // sent at once.
 func TestAckBatchSendsWithinDelayAndAtOnceAfterClose(t *testing.T) {
 	c := newFakeChannel(2)
-	b := newAckBatch(time.Millisecond, nil)
+	b := newAckBatch(time.Millisecond, nil, nil)
 	a1, a2 := b.take(&fakeDelivery{c: c, tag: 1}), b.take(&fakeDelivery{c: c, tag: 2})
 	c.finish(1)
 	a1.Ack()
@@ -182,7 +182,7 @@ func TestAckBatchReportsAFailedAck(t *testing.T) {
 	gone := errors.New("channel closed")
 	c.failWith = gone
 	var failed error
-	b := newAckBatch(time.Hour, func(err error) { failed = err })
+	b := newAckBatch(time.Hour, nil, func(err error) { failed = err })
 	a1, a2 := b.take(&fakeDelivery{c: c, tag: 1}), b.take(&fakeDelivery{c: c, tag: 2})
 	c.finish(1)
 	a1.Ack()
@@ -196,5 +196,72 @@ func TestAckBatchReportsAFailedAck(t *testing.T) {
 	}
 	if err := b.close(); !errors.Is(err, gone) {
 		t.Fatalf("close returned %v, want %v", err, gone)
+	}
+}
+
+// A flush makes what the done messages placed durable before it acks any
+// of them, without holding up lanes that mark theirs meanwhile; a message
+// marked while that runs waits for the next flush; and when it fails
+// nothing more is acked (the messages come back to the next run).
+func TestAckBatchAcksOnlyWhatIsDurable(t *testing.T) {
+	c := newFakeChannel(4)
+	var b *ackBatch
+	var es []*batchedAck
+	var syncs int
+	var syncErr error
+	var failed error
+	durable := func() error {
+		syncs++
+		if c.frames != 0 && syncs == 1 {
+			t.Errorf("%d acks sent before the first sync", c.frames)
+		}
+		if syncs == 1 {
+			// A lane finishes its image while the sync runs.
+			marked := make(chan error)
+			go func() { c.finish(2); marked <- es[1].Ack() }()
+			select {
+			case err := <-marked:
+				if err != nil {
+					t.Errorf("marking done during a sync: %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("a lane marking its message done waited for the sync")
+			}
+		}
+		return syncErr
+	}
+	b = newAckBatch(time.Hour, durable, func(err error) { failed = err })
+	for i := range 4 {
+		es = append(es, b.take(&fakeDelivery{c: c, tag: uint64(i + 1)}))
+	}
+	c.finish(1)
+	es[0].Ack()
+	b.flush()
+	if syncs != 1 || c.unacked[1] || !c.unacked[2] {
+		t.Fatalf("after one flush: %d syncs, tag 1 unacked %v, tag 2 unacked %v; want 1, acked, unacked (marked during the sync)", syncs, c.unacked[1], c.unacked[2])
+	}
+	b.flush()
+	if syncs != 2 || c.unacked[2] {
+		t.Fatalf("after the next flush: %d syncs, tag 2 unacked %v", syncs, c.unacked[2])
+	}
+	syncErr = errors.New("fsync /var/lib/glance/images: input/output error")
+	c.finish(3)
+	es[2].Ack()
+	b.flush()
+	if !c.unacked[3] {
+		t.Fatal("a message was acked though the sync before its ack failed")
+	}
+	if !errors.Is(failed, syncErr) {
+		t.Fatalf("the run was told %v, want the sync's error", failed)
+	}
+	c.finish(4)
+	if err := es[3].Ack(); err == nil {
+		t.Fatal("a message marked done after a failed sync was accepted")
+	}
+	if err := b.close(); err == nil || !c.unacked[4] {
+		t.Fatalf("close after a failed sync: %v, tag 4 unacked %v", err, c.unacked[4])
+	}
+	if c.err != nil {
+		t.Fatal(c.err)
 	}
 }

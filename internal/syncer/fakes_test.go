@@ -49,6 +49,8 @@ func (f *fakeStore) KeepForScrubber(id string) error {
 
 func (f *fakeStore) Size(string) (int64, bool, error) { return 0, false, nil }
 
+func (f *fakeStore) Sync() error { return nil }
+
 func (f *fakeStore) Check(context.Context, string, int64, string) (store.State, error) {
 	return store.Missing, nil
 }

@@ -31,6 +31,11 @@ type fetcher struct {
 	// watch): only such a peer is given the chain's start grace. Set
 	// before any fetch; nil: any peer may be.
 	syncing func(context.Context, node.Name) bool
+	// placeOnly: the run's acks make placed images durable (ackBatch's
+	// durable, the stores' Sync), so a fetch places (store's Place)
+	// instead of committing with a directory fsync of its own. Set before
+	// any fetch.
+	placeOnly bool
 
 	mu      sync.Mutex // guards the fields below
 	bytes   int64
@@ -169,7 +174,11 @@ func (f *fetcher) fetch(ctx context.Context, log *slog.Logger, t *target, pk pic
 			continue
 		}
 		if err == nil {
-			if err = p.Commit(); err == nil {
+			commit := p.Commit
+			if f.placeOnly {
+				commit = p.Place
+			}
+			if err = commit(); err == nil {
 				log.Info("fetched", "peer", src.name, "from", src.kind.String(), "bytes", n, "resumed_at", offset,
 					"seconds", fmt.Sprintf("%.2f", secs), "MBps", fmt.Sprintf("%.1f", float64(n)/1e6/max(secs, 1e-9)))
 				return src.name, n, nil

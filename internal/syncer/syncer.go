@@ -40,6 +40,8 @@ type imageStore interface {
 	PartialPath(id, md5hex string) (string, error)
 	BeginMultihash(ctx context.Context, id string, size int64, md5hex string, mh store.Multihash) (*store.Partial, error)
 	BeginReserveLater(ctx context.Context, id string, size int64, md5hex string, mh store.Multihash) (*store.Partial, error)
+	// Sync makes every image placed before it (Partial.Place) durable.
+	Sync() error
 }
 
 var _ imageStore = (*store.Store)(nil)
@@ -265,7 +267,8 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 		}
 		it := &intake{in: in, src: recv, left: qs.Messages, idle: intakeIdle, unsettled: &s.unsettled}
 		next = it.next
-		acks = newAckBatch(ackDelay, s.fail)
+		acks = newAckBatch(ackDelay, s.durable, s.fail)
+		s.f.placeOnly = true
 	}
 	adm := newAdmission(s.cfg.Transfers)
 	lanes := map[string]chan job{}
@@ -320,6 +323,17 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 		return s.res, s.bad
 	}
 	return s.res, ctx.Err()
+}
+
+// durable makes every image placed so far durable, in each store: the
+// run's acks wait for it (acks.go).
+func (s *Syncer) durable() error {
+	for _, ns := range s.stores {
+		if err := ns.st.Sync(); err != nil {
+			return err // it names the datadir
+		}
+	}
+	return nil
 }
 
 // take is triage of a message as the broker hands it out, its outcome
