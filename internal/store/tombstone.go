@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"math"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -30,9 +31,10 @@ const tombstoneMaxAge = 30 * 24 * time.Hour
 // removes. Far better than a full filesystem.
 const maxTombstones = 100_000
 
-// tombstoneTempAge is the age from which a temporary tombstone,
-// deleted/<id>.tmp (putRecord writes it, then renames it to <id>), is a
-// crash's leftover that the sweep removes. A writer renames its own within
+// tombstoneTempAge is the age from which a temporary record (putRecord
+// writes <name>.tmp, then renames it to <name>) is a crash's leftover that
+// Purge removes: deleted/<id>.tmp, verified/<id>.tmp, scrubber/<id>.tmp
+// and the trash's <id>.<stamp>.meta.tmp. A writer renames its own within
 // milliseconds, or a long fsync later; minutes spare it.
 const tombstoneTempAge = 15 * time.Minute
 
@@ -123,8 +125,10 @@ func (s *Store) readSweepHint() (h sweepHint, ok bool) {
 	return h, h.String() == string(rec) && h.oldest <= h.swept
 }
 
-// tempTombstone reports whether name is a temporary tombstone, <id>.tmp.
-func tempTombstone(name string) bool {
+// tempRecord reports whether name is putRecord's temporary of a record
+// named by an image id, <id>.tmp: a tombstone, a verification or scrubber
+// record.
+func tempRecord(name string) bool {
 	id, ok := strings.CutSuffix(name, ".tmp")
 	return ok && checkID(id) == nil
 }
@@ -146,7 +150,7 @@ func (s *Store) sweepTombstones(now time.Time, lim sweepLimits) (r tombSweep, er
 		switch {
 		case checkID(name) == nil:
 			ids = append(ids, name)
-		case tempTombstone(name):
+		case tempRecord(name):
 			temps = append(temps, name)
 		}
 	}
@@ -165,7 +169,8 @@ func (s *Store) sweepTombstones(now time.Time, lim sweepLimits) (r tombSweep, er
 		}
 		s.writeSweepHint(sweepHint{swept: now.UnixNano(), oldest: min(oldest, staleBefore)})
 	}
-	if err := s.sweepTemps(temps, staleBefore, &r); err != nil {
+	r.temps, err = removeStaleTemps(s.deleted, temps, staleBefore)
+	if err != nil {
 		return r, fmt.Errorf("%s: %w", deletedDir, err)
 	}
 	return r, nil
@@ -219,31 +224,31 @@ func (s *Store) fullSweep(ids []string, cutoff int64, limit int, r *tombSweep) (
 	return oldest, nil
 }
 
-// sweepTemps removes the temporary tombstones among names that are older
-// than staleBefore (ns), unlinked as tombstones are, never opened.
-func (s *Store) sweepTemps(names []string, staleBefore int64, r *tombSweep) error {
-	removed := 0
+// removeStaleTemps removes from dir those of names (temporaries, as
+// putRecord writes them) that are older than staleBefore (ns): a crash's
+// leftovers, as a writer renames its own at once. Whatever is not a
+// directory is unlinked, never opened, as tombstones are.
+func removeStaleTemps(dir *os.File, names []string, staleBefore int64) (removed int, err error) {
 	for _, name := range names {
-		st, err := statAt(s.deleted, name)
+		st, err := statAt(dir, name)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // renamed or cleared since listed
 		}
 		if err != nil {
-			return err
+			return removed, err
 		}
 		if st.Mode&unix.S_IFMT == unix.S_IFDIR || st.Mtim.Nano() >= staleBefore {
 			continue
 		}
-		if err := unlinkAt(s.deleted, name); err != nil {
-			return err
+		if err := unlinkAt(dir, name); err != nil {
+			return removed, err
 		}
 		removed++
 	}
-	r.temps += removed
 	if removed > 0 {
-		return syncFile(s.deleted)
+		return removed, syncFile(dir)
 	}
-	return nil
+	return 0, nil
 }
 
 // writeSweepHint writes h for the next sweep. A failure costs that sweep
