@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"sort"
 	"strings"
@@ -30,41 +31,32 @@ const tombstoneMaxAge = 30 * 24 * time.Hour
 // removes. Far better than a full filesystem.
 const maxTombstones = 100_000
 
-// tombstoneTempAge is the age from which a temporary tombstone,
-// deleted/<id>.tmp (putRecord writes it, then renames it to <id>), is a
-// crash's leftover that the sweep removes. A writer renames its own within
+// tombstoneTempAge is the age from which a temporary record (putRecord
+// writes <name>.tmp, then renames it to <name>) is a crash's leftover that
+// Purge removes: deleted/<id>.tmp, verified/<id>.tmp, scrubber/<id>.tmp
+// and the trash's <id>.<stamp>.meta.tmp. A writer renames its own within
 // milliseconds, or a long fsync later; minutes spare it.
 const tombstoneTempAge = 15 * time.Minute
 
-// dirSettle is how old a directory's timestamps must be for the sweep to
-// trust that a later change of the directory will change them: the kernel
-// stamps with a clock that ticks every few milliseconds, and some
-// filesystems keep whole seconds, so a change soon after the stamp was read
-// may leave it as it was.
-const dirSettle = 2 * time.Second
-
-// sweepHintName is the file of the state directory where a sweep leaves
-// what lets the next one skip its work (sweepHint). Not in deleted/: a
-// write there would change the directory the hint stamps.
+// sweepHintName is the file of the state directory where a full sweep
+// leaves its sweepHint for the next ones.
 const sweepHintName = "tombstone-sweep"
 
 // sweepLimits are the sweep's bounds, arguments so that a test can sweep
-// over the limit without writing 100,000 files, or trust a fresh stamp.
+// over the limit without writing 100,000 files.
 type sweepLimits struct {
 	maxAge  time.Duration // tombstoneMaxAge
 	limit   int           // maxTombstones
 	tempAge time.Duration // tombstoneTempAge
-	settle  time.Duration // dirSettle
 }
 
-var defaultSweep = sweepLimits{tombstoneMaxAge, maxTombstones, tombstoneTempAge, dirSettle}
+var defaultSweep = sweepLimits{tombstoneMaxAge, maxTombstones, tombstoneTempAge}
 
-// tombSweep is what one sweep did.
+// tombSweep is what one sweep did. statted: each entry of deleted/ was
+// looked at (what costs, at 100,000 tombstones), not only its names counted.
 type tombSweep struct {
 	expired, overLimit, temps int
-	// listed: deleted/ was read; statted: each of its entries was looked
-	// at (what costs, at 100,000 tombstones).
-	listed, statted bool
+	statted                   bool
 }
 
 // tombstone is one entry of the deleted folder, as the sweep sees it.
@@ -85,15 +77,15 @@ type tombstone struct {
 // is left alone: removing it would mean walking a tree glance owns, and it
 // cannot fill the filesystem by itself.
 //
-// Most sweeps have nothing to do, and need not look: see sweepHint.
+// Most sweeps need only count the names: see sweepHint.
 func (s *Store) PurgeTombstones(now time.Time) (expired, overLimit int, err error) {
 	r, err := s.sweepTombstones(now, defaultSweep)
 	return r.expired, r.overLimit, err
 }
 
-// sweepHint is what a sweep leaves for the next, in the state directory,
-// so that sweeps with nothing to do cost an fstat and a small read instead
-// of an lstat of every tombstone (a quarter to half a second at 100,000).
+// sweepHint lets the sweeps after a full one only count deleted/'s names
+// (about 70 ms at 100,000) instead of an lstat of each entry (about 0.45 s)
+// until a tombstone can have expired.
 //
 // oldest is a time before the mtime of every tombstone there is, or will
 // be written (a tombstone is stamped when it is written, and later than
@@ -104,36 +96,20 @@ func (s *Store) PurgeTombstones(now time.Time) (expired, overLimit int, err erro
 // glance plants with an older mtime waits for the next full sweep: that
 // costs nothing glance could not do to its own filesystem anyway.)
 //
-// dir is deleted/'s inode and timestamps when the sweep found at most the
-// limit of tombstones there and no temporary one left: as long as they are
-// unchanged, nothing was added or removed since, and the count bound still
-// holds without a listing. When they changed, the names are listed and
-// counted (no lstat: about a tenth of the cost), and each entry looked at
-// only when there are more than the limit.
-//
-// The hint only ever skips work it proves needless, so one lost, torn or
-// stale from before a crash (the sweep's own removals are made durable
-// before it is written) costs one full sweep at most; it is written without
-// fsync, and a write that fails is ignored. Concurrent sweeps may each
-// write one: any hint a sweep wrote stays true (oldest bounds every
-// tombstone to come, and a stamp stands for a state of deleted/ within the
-// limit). One that glance forged (the state directory is glance's) can put
-// off expiry, by up to maxAge from each forgery (oldest <= swept <= now is
-// required), but expiry only tidies: it cannot hide new entries from the
-// count that bounds them, as the kernel sets ctime, not glance.
+// A hint only ever skips work it proves needless, so one lost, torn or
+// stale from before a crash (the removals are made durable before it is
+// written) costs one full sweep at most: it is written without fsync, and
+// a write that fails is ignored. Any hint a sweep wrote stays true, so
+// concurrent sweeps may each write theirs. One glance forged (the state
+// directory is glance's) can put off expiry by up to maxAge from each
+// forgery (oldest <= swept <= now is required), but not the limit: every
+// sweep counts the names.
 type sweepHint struct {
-	swept  int64    // ns: now of the sweep that wrote it
-	oldest int64    // ns
-	dir    dirStamp // zero: unknown
-}
-
-type dirStamp struct {
-	ino          uint64
-	mtime, ctime int64 // ns
+	swept, oldest int64 // ns; swept: now of the sweep that wrote it
 }
 
 func (h sweepHint) String() string {
-	return fmt.Sprintf("swept=%d oldest=%d ino=%d mtime=%d ctime=%d\n", h.swept, h.oldest, h.dir.ino, h.dir.mtime, h.dir.ctime)
+	return fmt.Sprintf("swept=%d oldest=%d\n", h.swept, h.oldest)
 }
 
 // readSweepHint reads the hint; ok is false for none, or one that is not
@@ -143,193 +119,136 @@ func (s *Store) readSweepHint() (h sweepHint, ok bool) {
 	if err != nil {
 		return h, false
 	}
-	if _, err := fmt.Sscanf(string(rec), "swept=%d oldest=%d ino=%d mtime=%d ctime=%d\n",
-		&h.swept, &h.oldest, &h.dir.ino, &h.dir.mtime, &h.dir.ctime); err != nil {
+	if _, err := fmt.Sscanf(string(rec), "swept=%d oldest=%d\n", &h.swept, &h.oldest); err != nil {
 		return h, false
 	}
 	return h, h.String() == string(rec) && h.oldest <= h.swept
 }
 
-// stampOf reads deleted/'s stamp; trusted is false while it is too fresh to
-// tell a later change apart (dirSettle).
-func stampOf(dir *os.File, wall time.Time, settle time.Duration) (d dirStamp, trusted bool, err error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(dir.Fd()), &st); err != nil {
-		return d, false, err
-	}
-	d = dirStamp{ino: st.Ino, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
-	settled := wall.Add(-settle).UnixNano()
-	return d, d.mtime <= settled && d.ctime <= settled, nil
-}
-
-// tempTombstone reports whether name is a temporary tombstone, <id>.tmp.
-func tempTombstone(name string) bool {
+// tempRecord reports whether name is putRecord's temporary of a record
+// named by an image id, <id>.tmp: a tombstone, a verification or scrubber
+// record.
+func tempRecord(name string) bool {
 	id, ok := strings.CutSuffix(name, ".tmp")
 	return ok && checkID(id) == nil
 }
 
 // sweepTombstones is PurgeTombstones with its bounds as arguments, and
-// what it did. Unless the hint shows that nothing can have expired, it
-// looks at every entry (fullSweep); if it shows that, and that deleted/ is
-// as the hint saw it, it does nothing; else it counts the names, looks at
-// every entry only if they are beyond the limit, and at the temporary ones.
+// what it did.
 func (s *Store) sweepTombstones(now time.Time, lim sweepLimits) (r tombSweep, err error) {
 	if err := s.writable(); err != nil {
 		return r, err
 	}
 	deletedDir := "tombstone folder " + s.deleted.Name()
-	wall := time.Now()
-	stamp, trusted, err := stampOf(s.deleted, wall, lim.settle)
-	if err != nil {
-		return r, fmt.Errorf("%s: %w", deletedDir, err)
-	}
-	cutoff := now.Add(-lim.maxAge).UnixNano()
-	hint, ok := s.readSweepHint()
-	// Nothing can have expired since the hint was written.
-	quiet := ok && now.UnixNano() >= hint.swept && cutoff <= hint.oldest
-	if quiet && hint.dir != (dirStamp{}) && hint.dir == stamp {
-		return r, nil
-	}
+	wall := time.Now() // before the listing: see sweepHint
 	all, err := names(s.deleted)
 	if err != nil {
 		return r, fmt.Errorf("%s: %w", deletedDir, err)
 	}
-	r.listed = true
+	var ids, temps []string
+	for _, name := range all {
+		switch {
+		case checkID(name) == nil:
+			ids = append(ids, name)
+		case tempRecord(name):
+			temps = append(temps, name)
+		}
+	}
 	// A temporary tombstone is stale when older than tempAge by both
 	// clocks: now may be a test's, and a writer's fresh file must stay.
+	// That is also the hint's bound for a tombstone renamed after the
+	// listing.
 	staleBefore := min(now.UnixNano(), wall.UnixNano()) - int64(lim.tempAge)
-	if quiet {
-		count := 0
-		var temps []string
-		for _, name := range all {
-			switch {
-			case checkID(name) == nil:
-				count++
-			case tempTombstone(name):
-				temps = append(temps, name)
-			}
-		}
-		if count <= lim.limit {
-			if err := s.sweepTemps(temps, staleBefore, &r); err != nil {
-				return r, fmt.Errorf("%s: %w", deletedDir, err)
-			}
-			// A temporary tombstone seen, removed (which changes the
-			// stamp) or too young, is to be looked at again.
-			if len(temps) > 0 || !trusted {
-				stamp = dirStamp{}
-			}
-			if next := (sweepHint{swept: hint.swept, oldest: hint.oldest, dir: stamp}); next != hint {
-				s.writeSweepHint(next)
-			}
-			return r, nil
-		}
-	}
-	return s.fullSweep(all, now, wall, cutoff, staleBefore, stamp, trusted, lim, r)
-}
-
-// sweepTemps removes the temporary tombstones among names that are older
-// than staleBefore (ns), unlinked as tombstones are, never opened.
-func (s *Store) sweepTemps(names []string, staleBefore int64, r *tombSweep) error {
-	removed := 0
-	for _, name := range names {
-		st, err := statAt(s.deleted, name)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // renamed or cleared since listed
-		}
+	cutoff := now.Add(-lim.maxAge).UnixNano()
+	hint, ok := s.readSweepHint()
+	canExpire := !ok || now.UnixNano() < hint.swept || cutoff > hint.oldest
+	if canExpire || len(ids) > lim.limit {
+		oldest, err := s.fullSweep(ids, cutoff, lim.limit, &r)
 		if err != nil {
-			return err
+			return r, fmt.Errorf("%s: %w", deletedDir, err)
 		}
-		if st.Mode&unix.S_IFMT == unix.S_IFDIR || st.Mtim.Nano() >= staleBefore {
-			continue
-		}
-		if err := unlinkAt(s.deleted, name); err != nil {
-			return err
-		}
-		removed++
+		s.writeSweepHint(sweepHint{swept: now.UnixNano(), oldest: min(oldest, staleBefore)})
 	}
-	r.temps += removed
-	if removed > 0 {
-		return syncFile(s.deleted)
+	r.temps, err = removeStaleTemps(s.deleted, temps, staleBefore)
+	if err != nil {
+		return r, fmt.Errorf("%s: %w", deletedDir, err)
 	}
-	return nil
+	return r, nil
 }
 
-// fullSweep looks at every entry of deleted/ (all): the expired tombstones
-// go, then the oldest beyond the limit, then stale temporary ones; the
-// removals are made durable before the hint for the next sweep is written.
-func (s *Store) fullSweep(all []string, now, wall time.Time, cutoff, staleBefore int64, stamp dirStamp, trusted bool, lim sweepLimits, r tombSweep) (tombSweep, error) {
-	deletedDir := "tombstone folder " + s.deleted.Name()
+// fullSweep looks at each of ids in deleted/: the expired tombstones go,
+// then the oldest beyond limit. It returns the oldest mtime of those kept,
+// and makes the removals durable, even when it stops half-way.
+func (s *Store) fullSweep(ids []string, cutoff int64, limit int, r *tombSweep) (oldest int64, err error) {
 	r.statted = true
+	defer func() {
+		if r.expired+r.overLimit > 0 {
+			err = errors.Join(err, syncFile(s.deleted))
+		}
+	}()
 	var kept []tombstone
-	var temps []string
-	removed := func() bool { return r.expired+r.overLimit > 0 }
-	for _, name := range all {
-		if tempTombstone(name) {
-			temps = append(temps, name)
-			continue
-		}
-		if checkID(name) != nil {
-			continue
-		}
+	for _, name := range ids {
 		st, err := statAt(s.deleted, name)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // cleared since listed
 		}
 		if err != nil {
-			return r, s.sweepFailed(deletedDir, err, removed())
+			return 0, err
 		}
 		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 			continue
 		}
-		t := tombstone{id: name, mtime: st.Mtim.Nano()}
-		if t.mtime >= cutoff {
-			kept = append(kept, t)
+		if st.Mtim.Nano() >= cutoff {
+			kept = append(kept, tombstone{id: name, mtime: st.Mtim.Nano()})
 			continue
 		}
 		if err := unlinkAt(s.deleted, name); err != nil {
-			return r, s.sweepFailed(deletedDir, err, removed())
+			return 0, err
 		}
 		r.expired++
 	}
-	if len(kept) > lim.limit {
+	if len(kept) > limit {
 		sort.Slice(kept, func(i, j int) bool { return kept[i].mtime < kept[j].mtime })
-		for _, t := range kept[:len(kept)-lim.limit] {
+		for _, t := range kept[:len(kept)-limit] {
 			if err := unlinkAt(s.deleted, t.id); err != nil {
-				return r, s.sweepFailed(deletedDir, err, removed())
+				return 0, err
 			}
 			r.overLimit++
 		}
-		kept = kept[len(kept)-lim.limit:]
+		kept = kept[len(kept)-limit:]
 	}
-	if removed() {
-		if err := syncFile(s.deleted); err != nil {
-			return r, err
-		}
-	}
-	if err := s.sweepTemps(temps, staleBefore, &r); err != nil {
-		return r, fmt.Errorf("%s: %w", deletedDir, err)
-	}
-	next := sweepHint{swept: now.UnixNano(), oldest: min(now.UnixNano(), wall.UnixNano()) - int64(lim.tempAge)}
+	oldest = math.MaxInt64
 	for _, t := range kept {
-		next.oldest = min(next.oldest, t.mtime)
+		oldest = min(oldest, t.mtime)
 	}
-	// The stamp was read before the listing: if this sweep removed
-	// anything, it no longer matches, and the next sweep counts the names.
-	if trusted && len(temps) == 0 {
-		next.dir = stamp
-	}
-	s.writeSweepHint(next)
-	return r, nil
+	return oldest, nil
 }
 
-// sweepFailed is err, for a sweep that stopped; what it removed is made
-// durable (the hint is left as it was: it holds still, as removals only
-// make it more cautious).
-func (s *Store) sweepFailed(deletedDir string, err error, removed bool) error {
-	if removed {
-		syncFile(s.deleted)
+// removeStaleTemps removes from dir those of names (temporaries, as
+// putRecord writes them) that are older than staleBefore (ns): a crash's
+// leftovers, as a writer renames its own at once. Whatever is not a
+// directory is unlinked, never opened, as tombstones are.
+func removeStaleTemps(dir *os.File, names []string, staleBefore int64) (removed int, err error) {
+	for _, name := range names {
+		st, err := statAt(dir, name)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // renamed or cleared since listed
+		}
+		if err != nil {
+			return removed, err
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR || st.Mtim.Nano() >= staleBefore {
+			continue
+		}
+		if err := unlinkAt(dir, name); err != nil {
+			return removed, err
+		}
+		removed++
 	}
-	return fmt.Errorf("%s: %w", deletedDir, err)
+	if removed > 0 {
+		return removed, syncFile(dir)
+	}
+	return 0, nil
 }
 
 // writeSweepHint writes h for the next sweep. A failure costs that sweep

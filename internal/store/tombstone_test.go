@@ -163,20 +163,17 @@ func TestTombstoneSweepPlanted(t *testing.T) {
 	}
 }
 
-// A sweep after one that left nothing able to expire before a later time,
-// and with deleted/ unchanged since, does not even list deleted/; once that
-// time comes, or the clock goes back, or the hint is lost or torn, the
-// sweep does the whole work again.
-func TestTombstoneSweepSkipsWhenNothingCanExpire(t *testing.T) {
+// After a full sweep, sweeps only count the names until the oldest
+// tombstone can have expired; once it can, or the clock goes back, or the
+// hint is lost, torn or forged, the sweep does the whole work again.
+func TestTombstoneSweepCountsWhileNothingCanExpire(t *testing.T) {
 	s := newStore(t)
-	lim := defaultSweep
-	lim.settle = 0 // trust deleted/'s stamp at once: nothing is added below
 	now := time.Now()
 	oldest := stoneAged(t, s, 1, now, 10*24*time.Hour)
 	young := stoneAged(t, s, 2, now, 24*time.Hour)
 	sweep := func(at time.Time) tombSweep {
 		t.Helper()
-		r, err := s.sweepTombstones(at, lim)
+		r, err := s.sweepTombstones(at, defaultSweep)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -185,10 +182,10 @@ func TestTombstoneSweepSkipsWhenNothingCanExpire(t *testing.T) {
 	if r := sweep(now); !r.statted || r.expired != 0 {
 		t.Fatalf("first sweep = %+v, want a full one that removes nothing", r)
 	}
-	// Until the oldest is 30 days old, nothing to do, nothing looked at.
+	// Until the oldest is 30 days old, only the names are counted.
 	for _, at := range []time.Time{now, now.Add(time.Hour), now.Add(20*24*time.Hour - time.Minute)} {
-		if r := sweep(at); r.listed || r.expired != 0 {
-			t.Errorf("sweep at +%v = %+v, want deleted/ not even listed", at.Sub(now), r)
+		if r := sweep(at); r.statted || r.expired != 0 {
+			t.Errorf("sweep at +%v = %+v, want only a count", at.Sub(now), r)
 		}
 	}
 	if r := sweep(now.Add(20*24*time.Hour + time.Minute)); !r.statted || r.expired != 1 {
@@ -207,8 +204,13 @@ func TestTombstoneSweepSkipsWhenNothingCanExpire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if r := sweep(now); r.statted {
+		t.Fatalf("sweep with the good hint = %+v, want only a count", r)
+	}
 	for _, bad := range []string{"", string(good[:len(good)/2]), string(good[:len(good)-1]), string(good) + "x",
-		fmt.Sprintf("swept=%d oldest=%d ino=0 mtime=0 ctime=0\n", now.UnixNano(), now.Add(time.Hour).UnixNano())} {
+		fmt.Sprintf("swept=%d oldest=%d\n", now.UnixNano(), now.Add(time.Hour).UnixNano()),
+		// The format with deleted/'s stamp, as an older version wrote it.
+		fmt.Sprintf("swept=%d oldest=%d ino=0 mtime=0 ctime=0\n", now.UnixNano(), now.UnixNano())} {
 		if err := os.WriteFile(hint, []byte(bad), 0o640); err != nil {
 			t.Fatal(err)
 		}
@@ -222,21 +224,21 @@ func TestTombstoneSweepSkipsWhenNothingCanExpire(t *testing.T) {
 	}
 }
 
-// Tombstones written after a sweep change deleted/, so the next sweep
-// counts them, and looks at each one only when they are beyond the limit.
+// While nothing can expire, tombstones written since the last full sweep
+// are counted, and each entry looked at only once they are beyond the
+// limit.
 func TestTombstoneSweepCountsNewOnes(t *testing.T) {
 	s := newStore(t)
 	lim := defaultSweep
 	lim.limit = 3
 	now := time.Now()
-	for n := 1; n <= 3; n++ {
+	for n := 1; n <= 2; n++ {
 		stoneAged(t, s, n, now, time.Duration(n)*time.Hour)
 	}
 	if r, err := s.sweepTombstones(now, lim); err != nil || !r.statted || r.overLimit != 0 {
 		t.Fatalf("first sweep = %+v, %v", r, err)
 	}
-	// Sleeps beyond what a fresh stamp is distrusted for would make this
-	// skip the listing; counting costs little and is always right.
+	stoneAged(t, s, 3, now, 3*time.Hour)
 	if r, err := s.sweepTombstones(now, lim); err != nil || r.statted || r.overLimit != 0 {
 		t.Fatalf("sweep at the limit = %+v, %v; want only a count", r, err)
 	}
@@ -373,10 +375,10 @@ func TestTombstoneSweepHintPlanted(t *testing.T) {
 
 // BenchmarkPurgeTombstones is a sweep with nothing to remove, over a
 // handful of tombstones (every run's cost) and at the limit (what every run
-// pays while a flood's tombstones are kept), in each of its three ways:
-// full (no hint: each entry looked at, as every sweep did before the hint),
-// counted (deleted/ changed since the last sweep: its names counted), and
-// quiet (unchanged: only the hint read). Run it by hand:
+// pays while a flood's tombstones are kept), in each of its two ways: full
+// (no hint: each entry looked at, as when one can have expired) and
+// counted (the hint shows none can have: only the names counted). Run it
+// by hand:
 //
 //	go test ./internal/store -run XXX -bench PurgeTombstones -benchtime 20x
 func BenchmarkPurgeTombstones(b *testing.B) {
@@ -393,27 +395,20 @@ func BenchmarkPurgeTombstones(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		lim := defaultSweep
-		lim.settle = 0 // nothing else writes deleted/ here
 		hint := filepath.Join(dir, stateDirName, sweepHintName)
-		for _, way := range []string{"full", "counted", "quiet"} {
+		for _, way := range []string{"full", "counted"} {
 			b.Run(fmt.Sprintf("%d/%s", count, way), func(b *testing.B) {
 				for i := 0; i < b.N; i++ {
-					b.StopTimer()
-					switch way {
-					case "full":
+					if way == "full" {
+						b.StopTimer()
 						os.Remove(hint)
-					case "counted":
-						// Changes deleted/'s stamp, as a delete does.
-						os.WriteFile(filepath.Join(deleted, "x"), nil, 0o640)
-						os.Remove(filepath.Join(deleted, "x"))
+						b.StartTimer()
 					}
-					b.StartTimer()
-					r, err := s.sweepTombstones(time.Now(), lim)
+					r, err := s.sweepTombstones(time.Now(), defaultSweep)
 					if err != nil || r.expired+r.overLimit != 0 {
 						b.Fatalf("sweep = %+v, %v", r, err)
 					}
-					if r.statted != (way == "full") || r.listed != (way != "quiet") {
+					if r.statted != (way == "full") {
 						b.Fatalf("%s sweep = %+v", way, r)
 					}
 				}

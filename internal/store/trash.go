@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -141,19 +142,33 @@ func (s *Store) moveToTrash(id string, st unix.Stat_t, md5hex string, now time.T
 }
 
 // PurgeTrash removes, for good, the images Trash and Delete put in the trash
-// before cutoff, and their metadata. It removes only names of that form,
-// whatever else an operator keeps there, and returns the images' paths.
+// before cutoff, their metadata, and the temporaries of metadata a crash
+// left (<id>.<stamp>.meta.tmp, see tombstoneTempAge). It removes only names
+// of those forms, whatever else an operator keeps there, and returns the
+// images' paths.
 // Housekeeping calls Purge, which sweeps the tombstones as well.
 func (s *Store) PurgeTrash(cutoff time.Time) ([]string, error) {
+	removed, _, err := s.purgeTrash(cutoff)
+	return removed, err
+}
+
+// purgeTrash is PurgeTrash, with the count of temporaries it removed.
+func (s *Store) purgeTrash(cutoff time.Time) (removed []string, temps int, err error) {
 	if err := s.writable(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	all, err := names(s.trash)
 	if err != nil {
-		return nil, fmt.Errorf("trash_dir %s: %w", s.trashDir, err)
+		return nil, 0, fmt.Errorf("trash_dir %s: %w", s.trashDir, err)
 	}
-	var removed []string
+	var tmps []string
 	for _, name := range all {
+		if base, ok := strings.CutSuffix(name, ".tmp"); ok {
+			if e, ok := parseTrashName(base); ok && e.meta {
+				tmps = append(tmps, name)
+			}
+			continue
+		}
 		e, ok := parseTrashName(name)
 		if !ok || !e.at.Before(cutoff) {
 			continue
@@ -163,7 +178,7 @@ func (s *Store) PurgeTrash(cutoff time.Time) ([]string, error) {
 			continue
 		}
 		if err := unlinkAt(s.trash, name); err != nil {
-			return removed, fmt.Errorf("trash_dir %s: %w", s.trashDir, err)
+			return removed, 0, fmt.Errorf("trash_dir %s: %w", s.trashDir, err)
 		}
 		if !e.meta {
 			removed = append(removed, filepath.Join(s.trashDir, name))
@@ -171,10 +186,46 @@ func (s *Store) PurgeTrash(cutoff time.Time) ([]string, error) {
 	}
 	if len(removed) > 0 {
 		if err := syncFile(s.trash); err != nil {
-			return removed, err
+			return removed, 0, err
 		}
 	}
-	return removed, nil
+	temps, err = removeStaleTemps(s.trash, tmps, staleTempBefore())
+	if err != nil {
+		return removed, temps, fmt.Errorf("trash_dir %s: %w", s.trashDir, err)
+	}
+	return removed, temps, nil
+}
+
+// staleTempBefore is the mtime (ns) before which a temporary record is
+// stale. By the wall clock, which stamps it, not a caller's now.
+func staleTempBefore() int64 {
+	return time.Now().Add(-tombstoneTempAge).UnixNano()
+}
+
+// purgeRecordTemps removes the stale temporary records (<id>.tmp) of
+// verified/ and scrubber/, which nothing else lists.
+func (s *Store) purgeRecordTemps() (temps int, err error) {
+	for _, dir := range []*os.File{s.verified, s.scrubber} {
+		if dir == nil {
+			continue
+		}
+		all, err := names(dir)
+		if err != nil {
+			return temps, fmt.Errorf("state directory %s: %w", dir.Name(), err)
+		}
+		var tmps []string
+		for _, name := range all {
+			if tempRecord(name) {
+				tmps = append(tmps, name)
+			}
+		}
+		n, err := removeStaleTemps(dir, tmps, staleTempBefore())
+		temps += n
+		if err != nil {
+			return temps, fmt.Errorf("state directory %s: %w", dir.Name(), err)
+		}
+	}
+	return temps, nil
 }
 
 // Purged is what Purge removed.
@@ -182,20 +233,24 @@ type Purged struct {
 	Trash     []string // images removed from the trash, by path
 	Expired   int      // tombstones older than tombstoneMaxAge
 	OverLimit int      // the oldest tombstones beyond maxTombstones
-	Temps     int      // temporary tombstones a crash left
+	Temps     int      // temporary records a crash left (see tombstoneTempAge)
 }
 
 // Purge is the housekeeping of every place that empties the trash:
-// PurgeTrash(trashCutoff), then PurgeTombstones(now) (with the crash's
-// temporary tombstones). Each goes ahead whatever the other's error; err
-// joins both.
+// PurgeTrash(trashCutoff), then PurgeTombstones(now), and the temporary
+// records a crash left. Each goes ahead whatever the others' errors; err
+// joins them.
 func (s *Store) Purge(trashCutoff, now time.Time) (Purged, error) {
 	var p Purged
+	if err := s.writable(); err != nil {
+		return p, err
+	}
 	var terr error
-	p.Trash, terr = s.PurgeTrash(trashCutoff)
+	p.Trash, p.Temps, terr = s.purgeTrash(trashCutoff)
 	r, serr := s.sweepTombstones(now, defaultSweep)
-	p.Expired, p.OverLimit, p.Temps = r.expired, r.overLimit, r.temps
-	return p, errors.Join(terr, serr)
+	n, rerr := s.purgeRecordTemps()
+	p.Expired, p.OverLimit, p.Temps = r.expired, r.overLimit, p.Temps+r.temps+n
+	return p, errors.Join(terr, serr, rerr)
 }
 
 // TrashUsage counts the images in the trash and their bytes.

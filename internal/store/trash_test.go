@@ -473,3 +473,86 @@ func TestPurgeSweepsTombstones(t *testing.T) {
 		t.Error("expired tombstone kept")
 	}
 }
+
+// The temporary records a crash left beside verified/, scrubber/ and the
+// trash's metadata (putRecord's <name>.tmp) go at Purge once older than
+// tombstoneTempAge; a fresh one (a writer's) stays, as do the records
+// themselves and names not of that form. Planted ones are unlinked, never
+// opened or followed; a directory is left.
+func TestPurgeRemovesStaleRecordTemps(t *testing.T) {
+	s := newStore(t)
+	v, check := victim(t)
+	now := time.Now()
+	old := now.Add(-tombstoneTempAge - time.Minute)
+	dateAt := func(path string, at time.Time) {
+		t.Helper()
+		ts := []unix.Timespec{unix.NsecToTimespec(at.UnixNano()), unix.NsecToTimespec(at.UnixNano())}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write := func(path string, at time.Time) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte("x\n"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		dateAt(path, at)
+	}
+	state := filepath.Join(s.Dir(), stateDirName)
+	meta := "." + now.UTC().Format(trashStamp) + metaSuffix + ".tmp"
+	var stale, kept []string
+	for _, c := range []struct{ dir, suffix string }{
+		{filepath.Join(state, "verified"), ".tmp"},
+		{filepath.Join(state, "scrubber"), ".tmp"},
+		{s.trashDir, meta},
+	} {
+		tmp := func(n int) string { return filepath.Join(c.dir, nthID(n)+c.suffix) }
+		write(tmp(1), old)
+		write(tmp(2), now.Add(-time.Minute)) // a writer's
+		if err := os.Symlink(v, tmp(3)); err != nil {
+			t.Fatal(err)
+		}
+		dateAt(tmp(3), old)
+		if err := unix.Mkfifo(tmp(4), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		dateAt(tmp(4), old)
+		if err := os.MkdirAll(filepath.Join(tmp(5), "inside"), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		dateAt(tmp(5), old)
+		write(filepath.Join(c.dir, "notes.tmp"), old)
+		stale = append(stale, tmp(1), tmp(3), tmp(4))
+		kept = append(kept, tmp(2), filepath.Join(tmp(5), "inside"), filepath.Join(c.dir, "notes.tmp"))
+	}
+	record := filepath.Join(state, "verified", nthID(6))
+	write(record, old)
+	kept = append(kept, record)
+
+	done := make(chan struct{})
+	var p Purged
+	var err error
+	go func() {
+		defer close(done)
+		p, err = s.Purge(now.Add(-time.Hour), now)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Purge hangs on a planted FIFO")
+	}
+	if err != nil || p.Temps != len(stale) {
+		t.Fatalf("Purge = %+v, %v; want %d stale temporary records removed", p, err, len(stale))
+	}
+	check()
+	for _, path := range stale {
+		if _, err := os.Lstat(path); err == nil {
+			t.Errorf("stale %s kept", path)
+		}
+	}
+	for _, path := range kept {
+		if _, err := os.Lstat(path); err != nil {
+			t.Errorf("%s: %v", path, err)
+		}
+	}
+}
