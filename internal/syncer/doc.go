@@ -20,10 +20,12 @@
 // Run is a queue run (cron): the messages ready when it starts, then it
 // ends. It consumes them with a prefetch and stops the consumer at the last
 // one counted (intake.go); images larger than 16 MiB take one of the
-// transfers slots, smaller ones run beside them, up to 8 at once (admit.go),
-// as many as the SFTP sessions transfer keeps per peer. Its acks, each sent
-// only once its message's work is done, go out together within 5 ms, one
-// with multiple set for the done run at the head of the queue (acks.go). A
+// transfers slots, smaller ones run beside them, 16 at once of at most
+// 256 KiB or 8 larger ones (admit.go). Its acks, each sent only once its
+// message's work is done, go out together within 5 ms, one with multiple
+// set for the done run at the head of the queue, after one fsync of each
+// datadir makes the images they cover durable at their names (acks.go;
+// the fetches place them without it, store's Place). A
 // small image is read from the first peer its picker offers without an
 // LSTAT first (guess, fetch.go): the sized read checks the file's size
 // before it takes a byte, and the disk is reserved at the first byte.
