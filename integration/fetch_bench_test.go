@@ -73,7 +73,7 @@ func BenchmarkFetch(b *testing.B) {
 		if err := st.ClearTombstone(img.ID); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := st.PurgeTrash(time.Now().Add(time.Hour)); err != nil {
+		if _, err := st.Purge(time.Now().Add(time.Hour), time.Now()); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()

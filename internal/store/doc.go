@@ -18,7 +18,7 @@
 // holding a verification record per placed image (so a metadata-only update never
 // re-reads gigabytes), a tombstone per deleted image (Glance never reuses an image
 // id, so once deleted an id stays dead, and a late or re-delivered upload event
-// cannot bring the file back; PurgeTombstones removes them after 30 days, or
+// cannot bring the file back; Purge removes them after 30 days, or
 // the oldest beyond 100,000, and the temporary ones a crash left, and
 // leaves a small hint so that the next sweeps skip the listing of
 // deleted/ while nothing can have expired and nothing was added),
@@ -30,7 +30,7 @@
 //
 // No removal destroys data: Delete, Evict and Trash rename the image into the trash
 // (on the datadir's filesystem) with a record of its MD5, Restore checks that
-// MD5 and puts it back, and only PurgeTrash, after trash_days, removes it
+// MD5 and puts it back, and only Purge, after trash_days, removes it
 // (through Purge, which every place that empties the trash calls, so the
 // tombstones are swept at the same time).
 //

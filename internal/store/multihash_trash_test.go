@@ -162,14 +162,14 @@ func TestTrashAndPurge(t *testing.T) {
 	}
 	keep := filepath.Join(s.TrashDir(), "operator-notes.txt")
 	os.WriteFile(keep, nil, 0o600)
-	if gone, err := s.PurgeTrash(then); err != nil || len(gone) != 0 {
+	if gone, _, err := s.purgeTrash(then); err != nil || len(gone) != 0 {
 		t.Fatalf("purge at the trash time removed %v, %v", gone, err)
 	}
-	if gone, err := s.PurgeTrash(then.Add(time.Second)); err != nil || len(gone) != 1 {
+	if gone, _, err := s.purgeTrash(then.Add(time.Second)); err != nil || len(gone) != 1 {
 		t.Fatalf("purge after: %v, %v", gone, err)
 	}
 	if _, err := os.Stat(keep); err != nil {
-		t.Errorf("PurgeTrash removed a file it did not put there: %v", err)
+		t.Errorf("purgeTrash removed a file it did not put there: %v", err)
 	}
 }
 

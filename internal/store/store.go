@@ -494,7 +494,7 @@ func (s *Store) ClearTombstone(id string) error {
 // file is moved into the trash with a metadata record of its MD5 (from a
 // still-valid verification record, else md5hex, the checksum the delete
 // event announced, if it is one), its size and when it was trashed; Restore
-// brings it back, PurgeTrash removes it for good after trash_days. Its
+// brings it back, Purge removes it for good after trash_days. Its
 // partials, verification record and scrubber marker are removed. It
 // reports whether anything was at the image's path; a symlink or other
 // non-regular entry there is removed, never followed.

@@ -31,12 +31,12 @@ const tombstoneMaxAge = 30 * 24 * time.Hour
 // removes. Far better than a full filesystem.
 const maxTombstones = 100_000
 
-// tombstoneTempAge is the age from which a temporary record (putRecord
+// recordTempAge is the age from which a temporary record (putRecord
 // writes <name>.tmp, then renames it to <name>) is a crash's leftover that
 // Purge removes: deleted/<id>.tmp, verified/<id>.tmp, scrubber/<id>.tmp
 // and the trash's <id>.<stamp>.meta.tmp. A writer renames its own within
 // milliseconds, or a long fsync later; minutes spare it.
-const tombstoneTempAge = 15 * time.Minute
+const recordTempAge = 15 * time.Minute
 
 // sweepHintName is the file of the state directory where a full sweep
 // leaves its sweepHint for the next ones.
@@ -47,10 +47,10 @@ const sweepHintName = "tombstone-sweep"
 type sweepLimits struct {
 	maxAge  time.Duration // tombstoneMaxAge
 	limit   int           // maxTombstones
-	tempAge time.Duration // tombstoneTempAge
+	tempAge time.Duration // recordTempAge
 }
 
-var defaultSweep = sweepLimits{tombstoneMaxAge, maxTombstones, tombstoneTempAge}
+var defaultSweep = sweepLimits{tombstoneMaxAge, maxTombstones, recordTempAge}
 
 // tombSweep is what one sweep did. statted: each entry of deleted/ was
 // looked at (what costs, at 100,000 tombstones), not only its names counted.
@@ -65,9 +65,9 @@ type tombstone struct {
 	mtime int64 // ns
 }
 
-// PurgeTombstones removes the tombstones written more than tombstoneMaxAge
+// purgeTombstones removes the tombstones written more than tombstoneMaxAge
 // before now, then, if more than maxTombstones remain, the oldest of them,
-// and the temporary tombstones a crash left (older than tombstoneTempAge).
+// and the temporary tombstones a crash left (older than recordTempAge).
 // It returns how many tombstones went for each of the first two reasons. A
 // tombstone's age is its mtime (lstat: nothing is followed; the file is
 // written afresh at each delete). Only entries named by an image id (or
@@ -78,7 +78,7 @@ type tombstone struct {
 // cannot fill the filesystem by itself.
 //
 // Most sweeps need only count the names: see sweepHint.
-func (s *Store) PurgeTombstones(now time.Time) (expired, overLimit int, err error) {
+func (s *Store) purgeTombstones(now time.Time) (expired, overLimit int, err error) {
 	r, err := s.sweepTombstones(now, defaultSweep)
 	return r.expired, r.overLimit, err
 }
@@ -90,7 +90,7 @@ func (s *Store) PurgeTombstones(now time.Time) (expired, overLimit int, err erro
 // oldest is a time before the mtime of every tombstone there is, or will
 // be written (a tombstone is stamped when it is written, and later than
 // oldest by construction: oldest is no later than the sweep's start, less
-// tombstoneTempAge for a write begun before and renamed after the
+// recordTempAge for a write begun before and renamed after the
 // listing). So until oldest+maxAge none can expire, unless the clock went
 // back: a sweep whose now is before swept does the whole work. (An entry
 // glance plants with an older mtime waits for the next full sweep: that
@@ -133,7 +133,7 @@ func tempRecord(name string) bool {
 	return ok && checkID(id) == nil
 }
 
-// sweepTombstones is PurgeTombstones with its bounds as arguments, and
+// sweepTombstones is purgeTombstones with its bounds as arguments, and
 // what it did.
 func (s *Store) sweepTombstones(now time.Time, lim sweepLimits) (r tombSweep, err error) {
 	if err := s.writable(); err != nil {

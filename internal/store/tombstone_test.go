@@ -44,9 +44,9 @@ func TestTombstonesExpire(t *testing.T) {
 	old := stoneAged(t, s, 1, now, tombstoneMaxAge+time.Hour)
 	young := stoneAged(t, s, 2, now, tombstoneMaxAge-time.Hour)
 	fresh := stoneAged(t, s, 3, now, 0)
-	expired, over, err := s.PurgeTombstones(now)
+	expired, over, err := s.purgeTombstones(now)
 	if err != nil || expired != 1 || over != 0 {
-		t.Fatalf("PurgeTombstones = %d, %d, %v; want 1 expired", expired, over, err)
+		t.Fatalf("purgeTombstones = %d, %d, %v; want 1 expired", expired, over, err)
 	}
 	if dead(t, s, old) {
 		t.Error("an expired tombstone was kept")
@@ -55,7 +55,7 @@ func TestTombstonesExpire(t *testing.T) {
 		t.Error("a tombstone younger than tombstoneMaxAge was removed")
 	}
 	// Nothing left to do: a second sweep removes nothing.
-	if expired, over, err := s.PurgeTombstones(now); err != nil || expired+over != 0 {
+	if expired, over, err := s.purgeTombstones(now); err != nil || expired+over != 0 {
 		t.Errorf("second sweep = %d, %d, %v", expired, over, err)
 	}
 }
@@ -84,8 +84,8 @@ func TestTombstonesBounded(t *testing.T) {
 		t.Errorf("deleted/ holds %d entries (%v), want 4", len(left), err)
 	}
 	// The real limit leaves these few alone.
-	if expired, over, err := s.PurgeTombstones(now); err != nil || expired+over != 0 {
-		t.Errorf("PurgeTombstones = %d, %d, %v", expired, over, err)
+	if expired, over, err := s.purgeTombstones(now); err != nil || expired+over != 0 {
+		t.Errorf("purgeTombstones = %d, %d, %v", expired, over, err)
 	}
 }
 
@@ -135,15 +135,15 @@ func TestTombstoneSweepPlanted(t *testing.T) {
 	var err error
 	go func() {
 		defer close(done)
-		expired, over, err = s.PurgeTombstones(now)
+		expired, over, err = s.purgeTombstones(now)
 	}()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		t.Fatal("PurgeTombstones hangs on a planted FIFO")
+		t.Fatal("purgeTombstones hangs on a planted FIFO")
 	}
 	if err != nil || expired != 2 || over != 0 {
-		t.Fatalf("PurgeTombstones = %d, %d, %v; want the symlink and the FIFO expired", expired, over, err)
+		t.Fatalf("purgeTombstones = %d, %d, %v; want the symlink and the FIFO expired", expired, over, err)
 	}
 	check()
 	if _, err := os.Stat(v); err != nil {
@@ -253,7 +253,7 @@ func TestTombstoneSweepCountsNewOnes(t *testing.T) {
 }
 
 // The temporary tombstone a crash left (putRecord's <id>.tmp) goes once it
-// is older than tombstoneTempAge, whether or not the sweep has anything
+// is older than recordTempAge, whether or not the sweep has anything
 // else to do; a fresh one (a writer's, about to be renamed) stays. Planted
 // ones are unlinked, never opened or followed; a directory is left.
 func TestTombstoneSweepRemovesStaleTemps(t *testing.T) {
@@ -261,7 +261,7 @@ func TestTombstoneSweepRemovesStaleTemps(t *testing.T) {
 	dir := filepath.Join(s.Dir(), stateDirName, "deleted")
 	v, check := victim(t)
 	now := time.Now()
-	old := now.Add(-tombstoneTempAge - time.Minute)
+	old := now.Add(-recordTempAge - time.Minute)
 	dateAt := func(name string, at time.Time) {
 		t.Helper()
 		ts := []unix.Timespec{unix.NsecToTimespec(at.UnixNano()), unix.NsecToTimespec(at.UnixNano())}

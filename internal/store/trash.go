@@ -56,7 +56,7 @@ func (s *Store) Files() ([]File, error) {
 func (s *Store) TrashDir() string { return s.trashDir }
 
 // trashStamp is the UTC time a file was trashed, in its trash name
-// <id>.<stamp>; PurgeTrash reads it back, as rename keeps the image's mtime.
+// <id>.<stamp>; purgeTrash reads it back, as rename keeps the image's mtime.
 // Beside it, <id>.<stamp>.meta records what Restore checks.
 const (
 	trashStamp = "20060102T150405Z"
@@ -141,18 +141,11 @@ func (s *Store) moveToTrash(id string, st unix.Stat_t, md5hex string, now time.T
 	return "", fmt.Errorf("image %s: no free name in trash_dir %s", id, s.trashDir)
 }
 
-// PurgeTrash removes, for good, the images Trash and Delete put in the trash
+// purgeTrash removes, for good, the images Trash and Delete put in the trash
 // before cutoff, their metadata, and the temporaries of metadata a crash
-// left (<id>.<stamp>.meta.tmp, see tombstoneTempAge). It removes only names
-// of those forms, whatever else an operator keeps there, and returns the
-// images' paths.
-// Housekeeping calls Purge, which sweeps the tombstones as well.
-func (s *Store) PurgeTrash(cutoff time.Time) ([]string, error) {
-	removed, _, err := s.purgeTrash(cutoff)
-	return removed, err
-}
-
-// purgeTrash is PurgeTrash, with the count of temporaries it removed.
+// left (<id>.<stamp>.meta.tmp, see recordTempAge). It removes only names of
+// those forms, whatever else an operator keeps there, and returns the
+// images' paths and how many temporaries went.
 func (s *Store) purgeTrash(cutoff time.Time) (removed []string, temps int, err error) {
 	if err := s.writable(); err != nil {
 		return nil, 0, err
@@ -199,7 +192,7 @@ func (s *Store) purgeTrash(cutoff time.Time) (removed []string, temps int, err e
 // staleTempBefore is the mtime (ns) before which a temporary record is
 // stale. By the wall clock, which stamps it, not a caller's now.
 func staleTempBefore() int64 {
-	return time.Now().Add(-tombstoneTempAge).UnixNano()
+	return time.Now().Add(-recordTempAge).UnixNano()
 }
 
 // purgeRecordTemps removes the stale temporary records (<id>.tmp) of
@@ -233,11 +226,11 @@ type Purged struct {
 	Trash     []string // images removed from the trash, by path
 	Expired   int      // tombstones older than tombstoneMaxAge
 	OverLimit int      // the oldest tombstones beyond maxTombstones
-	Temps     int      // temporary records a crash left (see tombstoneTempAge)
+	Temps     int      // temporary records a crash left (see recordTempAge)
 }
 
 // Purge is the housekeeping of every place that empties the trash:
-// PurgeTrash(trashCutoff), then PurgeTombstones(now), and the temporary
+// purgeTrash(trashCutoff), then purgeTombstones(now), and the temporary
 // records a crash left. Each goes ahead whatever the others' errors; err
 // joins them.
 func (s *Store) Purge(trashCutoff, now time.Time) (Purged, error) {

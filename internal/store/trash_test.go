@@ -194,7 +194,7 @@ func TestTrashNeverReplacesAnEntry(t *testing.T) {
 	}
 }
 
-// PurgeTrash removes what was trashed before the cutoff, with its metadata,
+// purgeTrash removes what was trashed before the cutoff, with its metadata,
 // and nothing else. sync-images purges with cutoff = its start - trash_days
 // before handling any message: with trash_days = 0 a delete is kept until
 // the next run.
@@ -202,7 +202,7 @@ func TestPurgeTrashCutoff(t *testing.T) {
 	s := newStore(t)
 	place(t, s, []byte("data"))
 	run1 := time.Now()
-	if gone, err := s.PurgeTrash(run1); err != nil || len(gone) != 0 {
+	if gone, _, err := s.purgeTrash(run1); err != nil || len(gone) != 0 {
 		t.Fatalf("purge of an empty trash: %v, %v", gone, err)
 	}
 	if _, err := s.Delete(id, ""); err != nil {
@@ -213,12 +213,12 @@ func TestPurgeTrashCutoff(t *testing.T) {
 	}
 	// The stamp has a second's resolution: the next run starts later.
 	run2 := time.Now().Add(time.Second)
-	if gone, _ := s.PurgeTrash(run2.Add(-24 * time.Hour)); len(gone) != 0 {
+	if gone, _, _ := s.purgeTrash(run2.Add(-24 * time.Hour)); len(gone) != 0 {
 		t.Errorf("trash_days = 1 purged a fresh delete: %v", gone)
 	}
 	keep := filepath.Join(s.TrashDir(), "operator-notes.txt")
 	os.WriteFile(keep, nil, 0o600)
-	gone, err := s.PurgeTrash(run2)
+	gone, _, err := s.purgeTrash(run2)
 	if err != nil || len(gone) != 1 {
 		t.Fatalf("trash_days = 0, next run: purged %v, %v", gone, err)
 	}
@@ -255,8 +255,8 @@ func TestOpenReadOnlyCreatesNothing(t *testing.T) {
 	if _, err := s.Begin(context.Background(), id, 1, sum([]byte("x"))); !errors.Is(err, errReadOnly) {
 		t.Errorf("Begin = %v", err)
 	}
-	if _, err := s.PurgeTrash(time.Now()); !errors.Is(err, errReadOnly) {
-		t.Errorf("PurgeTrash = %v", err)
+	if _, _, err := s.purgeTrash(time.Now()); !errors.Is(err, errReadOnly) {
+		t.Errorf("purgeTrash = %v", err)
 	}
 	ents, _ := os.ReadDir(dir)
 	if len(ents) != 1 {
@@ -476,14 +476,14 @@ func TestPurgeSweepsTombstones(t *testing.T) {
 
 // The temporary records a crash left beside verified/, scrubber/ and the
 // trash's metadata (putRecord's <name>.tmp) go at Purge once older than
-// tombstoneTempAge; a fresh one (a writer's) stays, as do the records
+// recordTempAge; a fresh one (a writer's) stays, as do the records
 // themselves and names not of that form. Planted ones are unlinked, never
 // opened or followed; a directory is left.
 func TestPurgeRemovesStaleRecordTemps(t *testing.T) {
 	s := newStore(t)
 	v, check := victim(t)
 	now := time.Now()
-	old := now.Add(-tombstoneTempAge - time.Minute)
+	old := now.Add(-recordTempAge - time.Minute)
 	dateAt := func(path string, at time.Time) {
 		t.Helper()
 		ts := []unix.Timespec{unix.NsecToTimespec(at.UnixNano()), unix.NsecToTimespec(at.UnixNano())}
