@@ -102,7 +102,7 @@ func (e *batchedAck) Ack() error {
 	if b.closed {
 		// Rare: the run has ended its lanes. The lock is held through
 		// the sync, as nothing else waits on it now.
-		b.syncDone(b.durableNow())
+		b.syncDone(b.durableNow(), b.marks)
 		return b.flushLocked()
 	}
 	if b.timer == nil {
@@ -119,10 +119,7 @@ func (b *ackBatch) flush() {
 	b.mu.Unlock()
 	err := b.durableNow()
 	b.mu.Lock()
-	if err == nil {
-		b.synced = max(b.synced, upTo)
-	}
-	b.syncDone(err)
+	b.syncDone(err, upTo)
 	err = b.flushLocked()
 	b.mu.Unlock()
 	if err != nil && b.fail != nil {
@@ -137,16 +134,17 @@ func (b *ackBatch) durableNow() error {
 	return b.durable()
 }
 
-// syncDone records the outcome of durable: a failure fails the batch, as
-// a lost channel does (its messages come back to the next run). With mu
-// held; on success from the closed path every mark so far is synced.
-func (b *ackBatch) syncDone(err error) {
-	switch {
-	case err != nil && b.err == nil:
-		b.err = fmt.Errorf("not acking: what the messages placed is not known to be on disk: %w", err)
-	case err == nil && b.closed:
-		b.synced = b.marks
+// syncDone records the outcome of a durable begun when the marks were
+// upTo: those may be acked, or, when it failed, the batch fails as with a
+// lost channel (its messages come back to the next run). With mu held.
+func (b *ackBatch) syncDone(err error, upTo uint64) {
+	if err != nil {
+		if b.err == nil {
+			b.err = fmt.Errorf("not acking: what the messages placed is not known to be on disk: %w", err)
+		}
+		return
 	}
+	b.synced = max(b.synced, upTo)
 }
 
 // flushLocked acks the run of done messages at the head with one ack (the
@@ -216,6 +214,6 @@ func (b *ackBatch) close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.closed = true
-	b.syncDone(b.durableNow())
+	b.syncDone(b.durableNow(), b.marks)
 	return b.flushLocked()
 }
