@@ -37,6 +37,13 @@ func run(m *testing.M) int {
 // Its directory is kept if the test failed and KEEP_CLUSTER is set.
 func newCluster(t *testing.T, n int) *harness.Cluster {
 	t.Helper()
+	return newClusterWith(t, harness.Options{Nodes: n})
+}
+
+// newClusterWith is newCluster with options of the test's own (Nodes
+// among them); the tool, KEEP_CLUSTER and the plain peer shell are set here.
+func newClusterWith(t *testing.T, opts harness.Options) *harness.Cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	// The peers' SSH user starts with an empty ~/.bashrc, as a glance
@@ -44,7 +51,8 @@ func newCluster(t *testing.T, n int) *harness.Cluster {
 	// and every SFTP session a follow starts paid it, up to seconds under
 	// load (TestWatchSteadyStream: p99 2.7-5.1 s and failing one run in
 	// two with it, 0.37-0.59 s in three of three without).
-	c, err := harness.NewCluster(ctx, harness.Options{Nodes: n, Tool: tool, KeepDir: os.Getenv("KEEP_CLUSTER") != "", PeerShell: harness.ShellPlain})
+	opts.Tool, opts.KeepDir, opts.PeerShell = tool, os.Getenv("KEEP_CLUSTER") != "", harness.ShellPlain
+	c, err := harness.NewCluster(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -215,8 +215,12 @@ func (c *Conn) withChannel(f func(*amqp.Channel) error) error {
 
 // QueueState is what the broker reports of a queue.
 type QueueState struct {
-	Exists    bool
-	Messages  int // ready
+	Exists bool
+	// Messages is the ready count. A quorum queue reports 0 when its
+	// leader does not answer within 250 ms (RabbitMQ's
+	// rabbit_quorum_queue:stat: a busy or electing cluster), so a 0 is
+	// "none, or no answer": a drain confirms it with Receiver.Get.
+	Messages  int
 	Consumers int
 }
 
@@ -358,9 +362,13 @@ func fromDelivery(d amqp.Delivery) Message {
 type Delivery struct {
 	Message
 	Redelivered bool
-	ch          *amqp.Channel
-	tag         uint64
-	held        *held // of a bounded receiver; nil otherwise
+	// Behind is, for a message taken with Get, how many messages were ready
+	// behind it then, as the queue itself counted (a quorum queue's leader):
+	// unlike Inspect's count, never a stand-in for "no answer".
+	Behind int
+	ch     *amqp.Channel
+	tag    uint64
+	held   *held // of a bounded receiver; nil otherwise
 }
 
 // Ack removes the message from its queue.
@@ -423,7 +431,9 @@ func (r *Receiver) Get() (*Delivery, error) {
 	if r.held != nil {
 		r.held.take(d.DeliveryTag, len(d.Body))
 	}
-	return r.delivery(d), nil
+	out := r.delivery(d)
+	out.Behind = int(d.MessageCount)
+	return out, nil
 }
 
 // Consume streams the queue's messages with up to prefetch unacked at once,

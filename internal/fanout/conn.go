@@ -23,6 +23,7 @@ type connection interface {
 
 // receiver consumes the source queue (*broker.Receiver).
 type receiver interface {
+	Get() (*broker.Delivery, error)
 	Consume(prefetch int) (<-chan *broker.Delivery, error)
 	Ended() error
 	Held() (bytes int64, messages int)

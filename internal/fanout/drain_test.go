@@ -91,10 +91,12 @@ type fakeReceiver struct {
 	finishes atomic.Int32
 	consumed atomic.Bool
 
-	mu   sync.Mutex
-	next uint64
-	tags map[*broker.Delivery]uint64
-	acks []uint64 // the tag of each AckUpTo, in order
+	mu      sync.Mutex
+	next    uint64
+	tags    map[*broker.Delivery]uint64
+	acks    []uint64           // the tag of each AckUpTo, in order
+	getable []*broker.Delivery // what Get hands out, in order (ready)
+	gets    int
 }
 
 func newFakeReceiver() *fakeReceiver {
@@ -140,6 +142,35 @@ func (r *fakeReceiver) send(body []byte) bool {
 	case <-r.done:
 		return false
 	}
+}
+
+// ready puts a delivery of body aside for Get, with behind messages
+// counted after it.
+func (r *fakeReceiver) ready(body []byte, behind int) {
+	d := &broker.Delivery{Message: broker.Message{Body: body}, Behind: behind}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.next++
+	r.tags[d] = r.next
+	r.getable = append(r.getable, d)
+}
+
+func (r *fakeReceiver) Get() (*broker.Delivery, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.gets++
+	if len(r.getable) == 0 {
+		return nil, nil
+	}
+	d := r.getable[0]
+	r.getable = r.getable[1:]
+	return d, nil
+}
+
+func (r *fakeReceiver) getCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.gets
 }
 
 // end ends the stream after what was sent, with Ended reporting err.
@@ -356,6 +387,31 @@ func TestRunStopsAtCountReady(t *testing.T) {
 	}
 	if !c.pub.closed {
 		t.Errorf("publisher left open")
+	}
+}
+
+// A quorum queue counts 0 ready when its leader is slow to answer: a Run
+// that believed it left Glance's events for the next. The get that
+// confirms the 0 takes the first message, and its count the rest: the
+// drain copies it first, then those behind it, and stops at them.
+func TestZeroCountConfirmedByGet(t *testing.T) {
+	setTimes(t, 10*time.Millisecond, 10*time.Second)
+	c := newFakeConn(t, 0)
+	img := imageEvent(t)
+	c.recv.ready(img, 2)
+	go func() {
+		for c.recv.send(img) {
+		}
+	}()
+	res, err := drain(runCtx(t), testCfg, c, c, quiet(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Copied != 3 || c.recv.acked(t) != 3 || len(c.pub.sends()) != 3*len(testCfg.NodeQueues) {
+		t.Errorf("copied %+v, acked up to %d, %d publishes; want the one got and the 2 behind it", res, c.recv.acked(t), len(c.pub.sends()))
+	}
+	if c.recv.getCount() != 1 {
+		t.Errorf("%d gets, want 1", c.recv.getCount())
 	}
 }
 
@@ -643,6 +699,11 @@ func TestNothingToDrain(t *testing.T) {
 			res, err := drain(runCtx(t), testCfg, b, b, quiet(), c.forever)
 			if err != nil || res != (Result{}) || b.recv.consumed.Load() {
 				t.Errorf("got %+v, %v, consumed %v; want nothing, no error, no consumer", res, err, b.recv.consumed.Load())
+			}
+			// A count of 0 is confirmed with one get; a daemon waits
+			// for messages instead, and a missing queue has none.
+			if want := map[bool]int{true: 0, false: 1}[c.missing || c.forever]; b.recv.getCount() != want {
+				t.Errorf("%d gets, want %d", b.recv.getCount(), want)
 			}
 		})
 	}

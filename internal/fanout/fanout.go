@@ -142,15 +142,28 @@ func drain(ctx context.Context, cfg Config, conn, nodes connection, log *slog.Lo
 		log.Info("source queue does not exist: nothing to drain (Glance declares it on its first notification)", "queue", cfg.SourceQueue)
 		return res, nil
 	}
-	if src.Messages == 0 && !forever {
-		log.Debug("source queue empty", "queue", cfg.SourceQueue)
-		return res, nil
-	}
 	recv, err := conn.ReceiveBounded(ctx, cfg.SourceQueue, nodequeue.HeldBodies)
 	if err != nil {
 		return res, err
 	}
 	defer recv.Close()
+	// A count of 0 may be a quorum queue whose leader did not answer in
+	// time (broker.QueueState): a get goes through the leader and waits.
+	// What it takes is the drain's first message, and the count it
+	// brings (Behind) the rest.
+	var first *broker.Delivery
+	if src.Messages == 0 && !forever {
+		if first, err = recv.Get(); err != nil {
+			return res, err
+		}
+		if first == nil {
+			log.Debug("source queue empty", "queue", cfg.SourceQueue)
+			return res, nil
+		}
+		src.Messages = 1 + first.Behind
+		log.Info("the broker counted no ready messages, but a get took one: counting again from it",
+			"queue", cfg.SourceQueue, "ready", src.Messages)
+	}
 	pub, err := nodes.Publisher()
 	if err != nil {
 		return res, err
@@ -193,6 +206,10 @@ func drain(ctx context.Context, cfg Config, conn, nodes connection, log *slog.Lo
 	finishing := false
 	// next waits for the next source message; nil, nil ends the drain.
 	next := func(taken int) (*broker.Delivery, error) {
+		if d := first; d != nil {
+			first = nil
+			return d, nil
+		}
 		for {
 			select {
 			case d, ok := <-in:

@@ -44,10 +44,14 @@ type deliveries interface {
 
 // intake hands Run the messages that were ready when it started, one by one.
 type intake struct {
-	in   <-chan *broker.Delivery
-	src  deliveries
-	left int // messages still to take
-	idle time.Duration
+	// first is a message taken before the stream (Run's get that
+	// confirms a count of 0), handed out first; in is nil when it was
+	// all there was to take.
+	first *broker.Delivery
+	in    <-chan *broker.Delivery
+	src   deliveries
+	left  int // messages still to take
+	idle  time.Duration
 	// unsettled is the messages taken and not yet acked (Syncer.unsettled):
 	// while the run holds some, the broker may be waiting for their acks
 	// (prefetch) and its silence says nothing about the queue.
@@ -62,6 +66,10 @@ func (it *intake) next(ctx context.Context) (*broker.Delivery, error) {
 		it.stop()
 		return nil, nil
 	}
+	if d := it.first; d != nil {
+		it.first = nil
+		return it.took(d), nil
+	}
 	timer := time.NewTimer(it.idle)
 	defer timer.Stop()
 	for {
@@ -73,15 +81,7 @@ func (it *intake) next(ctx context.Context) (*broker.Delivery, error) {
 				}
 				return nil, fmt.Errorf("the broker ended the consumer with %d counted messages not yet taken: %w", it.left, it.src.Ended())
 			}
-			it.left--
-			it.unsettled.Add(1)
-			if it.left == 0 {
-				// All it counted: no more pushes, so none beyond are
-				// taken and returned (each return counts towards a quorum
-				// queue's delivery limit).
-				it.stop()
-			}
-			return d, nil
+			return it.took(d), nil
 		case <-timer.C:
 			if it.unsettled.Load() > 0 || it.src.Reading(it.idle) {
 				timer.Reset(it.idle)
@@ -93,6 +93,27 @@ func (it *intake) next(ctx context.Context) (*broker.Delivery, error) {
 			return nil, nil
 		}
 	}
+}
+
+// took counts d as taken.
+func (it *intake) took(d *broker.Delivery) *broker.Delivery {
+	it.left--
+	it.unsettled.Add(1)
+	if it.left == 0 {
+		// All it counted: no more pushes, so none beyond are taken and
+		// returned (each return counts towards a quorum queue's
+		// delivery limit).
+		it.stop()
+	}
+	return d
+}
+
+// held is how many messages it holds taken before the stream (first).
+func (it *intake) held() int {
+	if it.first != nil {
+		return 1
+	}
+	return 0
 }
 
 // stop ends the consumer. A failure to is not the run's: it costs only

@@ -62,6 +62,46 @@ func TestIntakeTakesOnlyCounted(t *testing.T) {
 	}
 }
 
+// A message taken before the stream (the get that confirmed a count of 0)
+// is handed out first and counted with the rest; when it was all there
+// was, the intake ends on it, without a stream to wait on.
+func TestIntakeFirstFromGet(t *testing.T) {
+	ctx := context.Background()
+	first := &broker.Delivery{Behind: 2}
+	var unsettled atomic.Int64
+	fc := &fakeConsumer{}
+	it := &intake{first: first, in: pushed(5), src: fc, left: 3, idle: time.Hour, unsettled: &unsettled}
+	for i := range 3 {
+		d, err := it.next(ctx)
+		if d == nil || err != nil {
+			t.Fatalf("message %d: %v, %v", i+1, d, err)
+		}
+		if (d == first) != (i == 0) {
+			t.Fatalf("message %d is the got one: %v", i+1, d == first)
+		}
+	}
+	if d, _ := it.next(ctx); d != nil || fc.stops != 1 || unsettled.Load() != 3 {
+		t.Fatalf("after 3 of 3: took %v, %d stops, %d unsettled; want none, 1, 3", d, fc.stops, unsettled.Load())
+	}
+
+	only := &intake{first: &broker.Delivery{}, src: &fakeConsumer{}, left: 1, idle: time.Hour, unsettled: &unsettled}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if d, err := only.next(ctx); d == nil || err != nil {
+			t.Errorf("the got message: %v, %v", d, err)
+		}
+		if d, err := only.next(ctx); d != nil || err != nil {
+			t.Errorf("after the only one: %v, %v", d, err)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the intake waited on a stream it does not have")
+	}
+}
+
 // Silence from the broker ends the intake only when the run holds no
 // unsettled message: while it holds some, the prefetch may be what keeps
 // the broker quiet.

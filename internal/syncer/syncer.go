@@ -219,10 +219,6 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	if qs.Messages == 0 {
-		s.log.Debug("queue empty", "queue", s.cfg.Queue)
-		return Result{}, nil
-	}
 	// The queue is read at most nodequeue.HeldBodies of bodies ahead of
 	// the acks, on a connection of the receiver's own: anyone who may write
 	// to the default exchange can put bodies as large as the broker allows
@@ -241,6 +237,24 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	// Closing the receiver returns every message not acked to the queue, in its
 	// place: that is how a run interrupted by its deadline leaves work for the next.
 	defer recv.Close()
+	// A count of 0 may be a quorum queue whose leader did not answer in
+	// time (QueueState.Messages): a run that believed it left its queue
+	// for the next, on every node of a busy cluster. A get goes through the
+	// leader and waits for it; what it takes is this run's first message,
+	// and the count it brings (Behind) the rest.
+	var first *broker.Delivery
+	if qs.Messages == 0 {
+		if first, err = recv.Get(); err != nil {
+			return Result{}, err
+		}
+		if first == nil {
+			s.log.Debug("queue empty", "queue", s.cfg.Queue)
+			return Result{}, nil
+		}
+		qs.Messages = 1 + first.Behind
+		s.log.Info("the broker counted no ready messages, but a get took one: counting again from it",
+			"queue", s.cfg.Queue, "ready", qs.Messages)
+	}
 	pub, err := s.conn.Publisher()
 	if err != nil {
 		return Result{}, err
@@ -255,17 +269,24 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	}
 	defer s.f.close()
 
-	next := func(context.Context) (*broker.Delivery, error) { return recv.Get() }
+	next := func(context.Context) (*broker.Delivery, error) {
+		if d := first; d != nil {
+			first = nil
+			return d, nil
+		}
+		return recv.Get()
+	}
 	// A dry run acks nothing (a consumer would stall at the prefetch);
 	// otherwise acks are sent together (acks.go), all of them before the
 	// receiver closes.
 	var acks *ackBatch
 	if !s.cfg.DryRun {
-		in, err := recv.Consume(min(qs.Messages, maxPrefetch))
-		if err != nil {
-			return Result{}, err
+		it := &intake{first: first, src: recv, left: qs.Messages, idle: intakeIdle, unsettled: &s.unsettled}
+		if rest := qs.Messages - it.held(); rest > 0 {
+			if it.in, err = recv.Consume(min(rest, maxPrefetch)); err != nil {
+				return Result{}, err
+			}
 		}
-		it := &intake{in: in, src: recv, left: qs.Messages, idle: intakeIdle, unsettled: &s.unsettled}
 		next = it.next
 		acks = newAckBatch(ackDelay, s.durable, s.fail)
 		s.f.placeOnly = true
