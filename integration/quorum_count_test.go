@@ -35,10 +35,23 @@ func TestQuorumLeaderSlowToCount(t *testing.T) {
 		cmd   string
 		queue string
 		done  func() bool
+		setup func()
 	}{
-		{n1, "duplicate-notifications", c.SourceQueue(), func() bool { return depth(t, c, harness.NodeQueue(n2)) > 0 }},
-		{n2, "sync-images", harness.NodeQueue(n2), func() bool { ok, err := harness.HasImage(n2, img); must(t, err); return ok }},
+		{n1, "duplicate-notifications", c.SourceQueue(), func() bool { return depth(t, c, harness.NodeQueue(n2)) > 0 }, nil},
+		{n2, "sync-images", harness.NodeQueue(n2), func() bool { ok, err := harness.HasImage(n2, img); must(t, err); return ok }, nil},
+		// An operator's requeue-failed that believed 0 said "nothing
+		// parked" while the parking queue held messages.
+		{n1, "requeue-failed", harness.FailedQueue(n1), func() bool { return depth(t, c, harness.FailedQueue(n1)) == 0 }, func() {
+			must(t, c.PublishTo(ctx, c.SourceQueue(), []byte("{not json")))
+			runOK(t, ctx, c, n1, []string{"duplicate-notifications"}, 0, 4)
+			if d := depth(t, c, harness.FailedQueue(n1)); d != 1 {
+				t.Fatalf("%s holds %d messages, want the undecodable one", harness.FailedQueue(n1), d)
+			}
+		}},
 	} {
+		if step.setup != nil {
+			step.setup()
+		}
 		leader := suspendQuorumLeader(t, ctx, step.queue)
 		type result struct {
 			stderr string

@@ -222,13 +222,21 @@ func RequeueFailed(ctx context.Context, conn *broker.Conn, n node.Name, log *slo
 		return 0, err
 	}
 	defer pub.Close()
-	for ; moved < qs.Messages; moved++ {
+	// The count at the start bounds the move, so what runs park meanwhile
+	// stays parked. A 0 may be a quorum queue's leader slow to answer
+	// (broker.QueueState): the first get counts again.
+	limit := qs.Messages
+	for first := true; first || moved < limit; first, moved = false, moved+1 {
 		d, err := recv.Get()
 		if err != nil {
 			return moved, err
 		}
 		if d == nil {
 			break
+		}
+		if first && limit == 0 {
+			limit = 1 + d.Behind
+			log.Info("the broker counted no ready messages, but a get took one: counting again from it", "queue", park, "ready", limit)
 		}
 		m, reason := Requeued(d.Message)
 		if err := pub.Publish(ctx, queue, m); err != nil {
