@@ -34,9 +34,26 @@ func lock(file string) (func(), error) {
 		}
 		return nil, fmt.Errorf("lock_file %s: %w", file, err)
 	}
-	f.Truncate(0)
-	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	writePid(f, os.Getpid())
 	return func() { f.Close() }, nil
+}
+
+// truncate is (*os.File).Truncate, a variable so tests can watch it.
+var truncate = (*os.File).Truncate
+
+// writePid puts "pid\n" in the lock file over what the last run wrote,
+// cutting only what is left of a longer pid. Emptying it first freed its
+// block once the last run's pid was on disk, and on ext4 without a journal
+// mounted with discard that waits for a discard of the block: 0.2 to 3 s
+// of a sync-images run that takes 1 s, in one run of three (issue 14).
+func writePid(f *os.File, pid int) {
+	b := []byte(strconv.Itoa(pid) + "\n")
+	if _, err := f.WriteAt(b, 0); err != nil {
+		return
+	}
+	if fi, err := f.Stat(); err == nil && fi.Size() > int64(len(b)) {
+		truncate(f, int64(len(b)))
+	}
 }
 
 // openOwnFile opens one of the tool's own files (lock_file, log_file)
