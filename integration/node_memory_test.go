@@ -23,13 +23,18 @@ import (
 // process handling the real events alone (12–13 MiB): the budget and one
 // body being read past it, each up to about 2.25 times its size while
 // amqp091-go assembles it by appending 128 KiB frames, and the collector's
-// slack, which the process's 56 MiB soft memory limit keeps in check.
-// Measured: +48 to +50 MiB. A count-only prefetch of 256 read every body
-// at once: +366 to +394 MiB.
+// slack, which the process's 56 MiB soft memory limit keeps in check
+// while the collector has the CPU: its limiter lets the heap past the soft
+// limit when the machine is busy, as under `go test ./...`, which runs the
+// packages side by side. Measured, sync-images: quiet +44 to +50 MiB,
+// with two busy loops on the 2 cores +51 to +55 (+55 to +61 before the run
+// returned each oversize body's memory at once, syncer.freeOversize), and
+// +68.6 in one CI run before that. A count-only prefetch of 256 read every
+// body at once: +366 to +394 MiB.
 const (
 	hostileBodies   = 64      // bodies of hostileSize, 512 MiB in all
 	hostileSize     = 8 << 20 // what a prefetch of 256 would read 256 of
-	hostileRSSAdded = 64 << 20
+	hostileRSSAdded = 80 << 20
 )
 
 // hugeUpdate is a valid image.update whose name is size bytes, as a hostile
