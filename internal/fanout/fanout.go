@@ -147,22 +147,17 @@ func drain(ctx context.Context, cfg Config, conn, nodes connection, log *slog.Lo
 		return res, err
 	}
 	defer recv.Close()
-	// A count of 0 may be a quorum queue whose leader did not answer in
-	// time (broker.QueueState): a get goes through the leader and waits.
-	// What it takes is the drain's first message, and the count it
-	// brings (Behind) the rest.
+	// A count of 0 may be a quorum queue's leader slow to answer
+	// (broker.Recount); a daemon counts nothing.
 	var first *broker.Delivery
-	if src.Messages == 0 && !forever {
-		if first, err = recv.Get(); err != nil {
+	if !forever {
+		if first, src.Messages, err = broker.Recount(recv, src.Messages, cfg.SourceQueue, log); err != nil {
 			return res, err
 		}
-		if first == nil {
+		if src.Messages == 0 {
 			log.Debug("source queue empty", "queue", cfg.SourceQueue)
 			return res, nil
 		}
-		src.Messages = 1 + first.Behind
-		log.Info("the broker counted no ready messages, but a get took one: counting again from it",
-			"queue", cfg.SourceQueue, "ready", src.Messages)
 	}
 	pub, err := nodes.Publisher()
 	if err != nil {

@@ -223,20 +223,20 @@ func RequeueFailed(ctx context.Context, conn *broker.Conn, n node.Name, log *slo
 	}
 	defer pub.Close()
 	// The count at the start bounds the move, so what runs park meanwhile
-	// stays parked. A 0 may be a quorum queue's leader slow to answer
-	// (broker.QueueState): the first get counts again.
-	limit := qs.Messages
-	for first := true; first || moved < limit; first, moved = false, moved+1 {
-		d, err := recv.Get()
-		if err != nil {
-			return moved, err
-		}
+	// stays parked; a 0 may be a quorum queue's leader slow to answer
+	// (broker.Recount).
+	d, limit, err := broker.Recount(recv, qs.Messages, park, log)
+	if err != nil {
+		return 0, err
+	}
+	for ; moved < limit; moved++ {
 		if d == nil {
-			break
-		}
-		if first && limit == 0 {
-			limit = 1 + d.Behind
-			log.Info("the broker counted no ready messages, but a get took one: counting again from it", "queue", park, "ready", limit)
+			if d, err = recv.Get(); err != nil {
+				return moved, err
+			}
+			if d == nil {
+				break
+			}
 		}
 		m, reason := Requeued(d.Message)
 		if err := pub.Publish(ctx, queue, m); err != nil {
@@ -246,6 +246,7 @@ func RequeueFailed(ctx context.Context, conn *broker.Conn, n node.Name, log *slo
 			return moved, err
 		}
 		log.Info("requeued", "from", park, "to", queue, "was_parked_for", reason)
+		d = nil
 	}
 	return moved, nil
 }

@@ -238,23 +238,16 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	// Closing the receiver returns every message not acked to the queue, in its
 	// place: that is how a run interrupted by its deadline leaves work for the next.
 	defer recv.Close()
-	// A count of 0 may be a quorum queue whose leader did not answer in
-	// time (QueueState.Messages): a run that believed it left its queue
-	// for the next, on every node of a busy cluster. A get goes through the
-	// leader and waits for it; what it takes is this run's first message,
-	// and the count it brings (Behind) the rest.
-	var first *broker.Delivery
-	if qs.Messages == 0 {
-		if first, err = recv.Get(); err != nil {
-			return Result{}, err
-		}
-		if first == nil {
-			s.log.Debug("queue empty", "queue", s.cfg.Queue)
-			return Result{}, nil
-		}
-		qs.Messages = 1 + first.Behind
-		s.log.Info("the broker counted no ready messages, but a get took one: counting again from it",
-			"queue", s.cfg.Queue, "ready", qs.Messages)
+	// A count of 0 may be a quorum queue's leader slow to answer: a run
+	// that believed it left its queue for the next, on every node of a busy
+	// cluster (broker.Recount).
+	first, ready, err := broker.Recount(recv, qs.Messages, s.cfg.Queue, s.log)
+	if err != nil {
+		return Result{}, err
+	}
+	if ready == 0 {
+		s.log.Debug("queue empty", "queue", s.cfg.Queue)
+		return Result{}, nil
 	}
 	pub, err := s.conn.Publisher()
 	if err != nil {
@@ -282,8 +275,8 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	// receiver closes.
 	var acks *ackBatch
 	if !s.cfg.DryRun {
-		it := &intake{first: first, src: recv, left: qs.Messages, idle: intakeIdle, unsettled: &s.unsettled}
-		if rest := qs.Messages - it.held(); rest > 0 {
+		it := &intake{first: first, src: recv, left: ready, idle: intakeIdle, unsettled: &s.unsettled}
+		if rest := ready - it.held(); rest > 0 {
 			if it.in, err = recv.Consume(min(rest, maxPrefetch)); err != nil {
 				return Result{}, err
 			}
@@ -295,7 +288,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 	adm := newAdmission(s.cfg.Transfers)
 	lanes := map[string]chan job{}
 	var wg sync.WaitGroup
-	for i := 0; i < qs.Messages && ctx.Err() == nil && s.broken() == nil; i++ {
+	for i := 0; i < ready && ctx.Err() == nil && s.broken() == nil; i++ {
 		d, err := next(ctx)
 		if err != nil {
 			s.fail(err)
