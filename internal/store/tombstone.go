@@ -42,8 +42,7 @@ const recordTempAge = 15 * time.Minute
 // leaves its sweepHint for the next ones.
 const sweepHintName = "tombstone-sweep"
 
-// sweepLimits are the sweep's bounds, arguments so that a test can sweep
-// over the limit without writing 100,000 files.
+// sweepLimits are the sweep's bounds (sweepTombstones).
 type sweepLimits struct {
 	maxAge  time.Duration // tombstoneMaxAge
 	limit   int           // maxTombstones
@@ -63,24 +62,6 @@ type tombSweep struct {
 type tombstone struct {
 	id    string
 	mtime int64 // ns
-}
-
-// purgeTombstones removes the tombstones written more than tombstoneMaxAge
-// before now, then, if more than maxTombstones remain, the oldest of them,
-// and the temporary tombstones a crash left (older than recordTempAge).
-// It returns how many tombstones went for each of the first two reasons. A
-// tombstone's age is its mtime (lstat: nothing is followed; the file is
-// written afresh at each delete). Only entries named by an image id (or
-// <id>.tmp) are considered; whatever is not a directory (a symlink or FIFO
-// glance planted counts, for Deleted, as a tombstone) is unlinked, never
-// opened, so nothing planted there is followed or waited on. A directory
-// is left alone: removing it would mean walking a tree glance owns, and it
-// cannot fill the filesystem by itself.
-//
-// Most sweeps need only count the names: see sweepHint.
-func (s *Store) purgeTombstones(now time.Time) (expired, overLimit int, err error) {
-	r, err := s.sweepTombstones(now, defaultSweep)
-	return r.expired, r.overLimit, err
 }
 
 // sweepHint lets the sweeps after a full one only count deleted/'s names
@@ -133,8 +114,20 @@ func tempRecord(name string) bool {
 	return ok && checkID(id) == nil
 }
 
-// sweepTombstones is purgeTombstones with its bounds as arguments, and
-// what it did.
+// sweepTombstones removes the tombstones written more than lim.maxAge
+// before now, then, if more than lim.limit remain, the oldest of them,
+// and the temporary tombstones a crash left (older than lim.tempAge), and
+// returns what it did. A tombstone's age is its mtime (lstat: nothing is
+// followed; the file is written afresh at each delete). Only entries named
+// by an image id (or <id>.tmp) are considered; whatever is not a directory
+// (a symlink or FIFO glance planted counts, for Deleted, as a tombstone) is
+// unlinked, never opened, so nothing planted there is followed or waited
+// on. A directory is left alone: removing it would mean walking a tree
+// glance owns, and it cannot fill the filesystem by itself. The bounds are
+// arguments (defaultSweep in production) so that a test can sweep over the
+// limit without writing 100,000 files.
+//
+// Most sweeps need only count the names: see sweepHint.
 func (s *Store) sweepTombstones(now time.Time, lim sweepLimits) (r tombSweep, err error) {
 	if err := s.writable(); err != nil {
 		return r, err

@@ -44,7 +44,7 @@ func TestTombstonesExpire(t *testing.T) {
 	old := stoneAged(t, s, 1, now, tombstoneMaxAge+time.Hour)
 	young := stoneAged(t, s, 2, now, tombstoneMaxAge-time.Hour)
 	fresh := stoneAged(t, s, 3, now, 0)
-	expired, over, err := s.purgeTombstones(now)
+	expired, over, err := purgeTombstones(s, now)
 	if err != nil || expired != 1 || over != 0 {
 		t.Fatalf("purgeTombstones = %d, %d, %v; want 1 expired", expired, over, err)
 	}
@@ -55,7 +55,7 @@ func TestTombstonesExpire(t *testing.T) {
 		t.Error("a tombstone younger than tombstoneMaxAge was removed")
 	}
 	// Nothing left to do: a second sweep removes nothing.
-	if expired, over, err := s.purgeTombstones(now); err != nil || expired+over != 0 {
+	if expired, over, err := purgeTombstones(s, now); err != nil || expired+over != 0 {
 		t.Errorf("second sweep = %d, %d, %v", expired, over, err)
 	}
 }
@@ -84,7 +84,7 @@ func TestTombstonesBounded(t *testing.T) {
 		t.Errorf("deleted/ holds %d entries (%v), want 4", len(left), err)
 	}
 	// The real limit leaves these few alone.
-	if expired, over, err := s.purgeTombstones(now); err != nil || expired+over != 0 {
+	if expired, over, err := purgeTombstones(s, now); err != nil || expired+over != 0 {
 		t.Errorf("purgeTombstones = %d, %d, %v", expired, over, err)
 	}
 }
@@ -135,7 +135,7 @@ func TestTombstoneSweepPlanted(t *testing.T) {
 	var err error
 	go func() {
 		defer close(done)
-		expired, over, err = s.purgeTombstones(now)
+		expired, over, err = purgeTombstones(s, now)
 	}()
 	select {
 	case <-done:
@@ -415,4 +415,10 @@ func BenchmarkPurgeTombstones(b *testing.B) {
 			})
 		}
 	}
+}
+
+// purgeTombstones is a sweep with the production bounds, as Purge makes it.
+func purgeTombstones(s *Store, now time.Time) (expired, overLimit int, err error) {
+	r, err := s.sweepTombstones(now, defaultSweep)
+	return r.expired, r.overLimit, err
 }

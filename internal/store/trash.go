@@ -230,7 +230,7 @@ type Purged struct {
 }
 
 // Purge is the housekeeping of every place that empties the trash:
-// purgeTrash(trashCutoff), then purgeTombstones(now), and the temporary
+// purgeTrash(trashCutoff), then sweepTombstones(now), and the temporary
 // records a crash left. Each goes ahead whatever the others' errors; err
 // joins them.
 func (s *Store) Purge(trashCutoff, now time.Time) (Purged, error) {
