@@ -100,13 +100,7 @@ func TestTombstoneSweepPlanted(t *testing.T) {
 	v, check := victim(t)
 	now := time.Now()
 	old := now.Add(-tombstoneMaxAge - time.Hour)
-	ts := []unix.Timespec{unix.NsecToTimespec(old.UnixNano()), unix.NsecToTimespec(old.UnixNano())}
-	age := func(name string) {
-		t.Helper()
-		if err := unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(dir, name), ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			t.Fatal(err)
-		}
-	}
+	age := func(name string) { t.Helper(); dateAt(t, filepath.Join(dir, name), old) }
 	link, fifo, sub, freshLink := nthID(1), nthID(2), nthID(3), nthID(4)
 	for _, l := range []string{link, freshLink} {
 		if err := os.Symlink(v, filepath.Join(dir, l)); err != nil {
@@ -262,14 +256,7 @@ func TestTombstoneSweepRemovesStaleTemps(t *testing.T) {
 	v, check := victim(t)
 	now := time.Now()
 	old := now.Add(-recordTempAge - time.Minute)
-	dateAt := func(name string, at time.Time) {
-		t.Helper()
-		ts := []unix.Timespec{unix.NsecToTimespec(at.UnixNano()), unix.NsecToTimespec(at.UnixNano())}
-		if err := unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(dir, name), ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			t.Fatal(err)
-		}
-	}
-	age := func(name string) { dateAt(name, old) }
+	age := func(name string) { t.Helper(); dateAt(t, filepath.Join(dir, name), old) }
 	stoneAged(t, s, 9, now, time.Hour)
 	tmp := func(n int) string { return nthID(n) + ".tmp" }
 	for _, n := range []int{1, 2} {
@@ -278,7 +265,7 @@ func TestTombstoneSweepRemovesStaleTemps(t *testing.T) {
 		}
 	}
 	age(tmp(1))
-	dateAt(tmp(2), now.Add(-time.Minute)) // fresh: a writer's
+	dateAt(t, filepath.Join(dir, tmp(2)), now.Add(-time.Minute)) // fresh: a writer's
 	if err := os.Symlink(v, filepath.Join(dir, tmp(3))); err != nil {
 		t.Fatal(err)
 	}
@@ -421,4 +408,14 @@ func BenchmarkPurgeTombstones(b *testing.B) {
 func purgeTombstones(s *Store, now time.Time) (expired, overLimit int, err error) {
 	r, err := s.sweepTombstones(now, defaultSweep)
 	return r.expired, r.overLimit, err
+}
+
+// dateAt sets the mtime (and atime) of the entry at path, not following a
+// symlink there.
+func dateAt(t *testing.T, path string, at time.Time) {
+	t.Helper()
+	ts := []unix.Timespec{unix.NsecToTimespec(at.UnixNano()), unix.NsecToTimespec(at.UnixNano())}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -484,19 +484,12 @@ func TestPurgeRemovesStaleRecordTemps(t *testing.T) {
 	v, check := victim(t)
 	now := time.Now()
 	old := now.Add(-recordTempAge - time.Minute)
-	dateAt := func(path string, at time.Time) {
-		t.Helper()
-		ts := []unix.Timespec{unix.NsecToTimespec(at.UnixNano()), unix.NsecToTimespec(at.UnixNano())}
-		if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			t.Fatal(err)
-		}
-	}
 	write := func(path string, at time.Time) {
 		t.Helper()
 		if err := os.WriteFile(path, []byte("x\n"), 0o640); err != nil {
 			t.Fatal(err)
 		}
-		dateAt(path, at)
+		dateAt(t, path, at)
 	}
 	state := filepath.Join(s.Dir(), stateDirName)
 	meta := "." + now.UTC().Format(trashStamp) + metaSuffix + ".tmp"
@@ -512,15 +505,15 @@ func TestPurgeRemovesStaleRecordTemps(t *testing.T) {
 		if err := os.Symlink(v, tmp(3)); err != nil {
 			t.Fatal(err)
 		}
-		dateAt(tmp(3), old)
+		dateAt(t, tmp(3), old)
 		if err := unix.Mkfifo(tmp(4), 0o640); err != nil {
 			t.Fatal(err)
 		}
-		dateAt(tmp(4), old)
+		dateAt(t, tmp(4), old)
 		if err := os.MkdirAll(filepath.Join(tmp(5), "inside"), 0o750); err != nil {
 			t.Fatal(err)
 		}
-		dateAt(tmp(5), old)
+		dateAt(t, tmp(5), old)
 		write(filepath.Join(c.dir, "notes.tmp"), old)
 		stale = append(stale, tmp(1), tmp(3), tmp(4))
 		kept = append(kept, tmp(2), filepath.Join(tmp(5), "inside"), filepath.Join(c.dir, "notes.tmp"))
