@@ -597,18 +597,35 @@ func GlanceMD5(b []byte) string {
 // again as the local end of an outgoing connection (the tool's AMQP or SSH
 // connections) before glance-api binds it, and glance-api then retries the
 // bind for 30 s before giving up.
+// glancePorts are the ports glanceFreePort handed out in this process. A
+// port is free to a listen test until its glance-api binds it, seconds
+// later, and glance-api (eventlet) binds with SO_REUSEPORT: two of a
+// cluster started at once, given the same port, both came up on it and
+// shared its connections (a CI run's TestRealGlance: "node directories are
+// not isolated"). Never handing a port out twice rules that out here.
+var glancePorts = struct {
+	sync.Mutex
+	given map[int]bool
+}{given: map[int]bool{}}
+
 func glanceFreePort() (int, error) {
 	var b [2]byte
+	glancePorts.Lock()
+	defer glancePorts.Unlock()
 	for range 50 {
 		if _, err := rand.Read(b[:]); err != nil {
 			return 0, err
 		}
 		port := 20000 + (int(b[0])<<8|int(b[1]))%12000
+		if glancePorts.given[port] {
+			continue
+		}
 		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		if err != nil {
 			continue
 		}
 		l.Close()
+		glancePorts.given[port] = true
 		return port, nil
 	}
 	return 0, errors.New("harness: no free port in 20000-31999 for glance-api")
