@@ -31,6 +31,7 @@ type Store struct {
 	gid      int
 	bufs     *bank         // write buffers shared by the partials of a run
 	rootSync *dirSync      // fsyncs of root, shared by the commits waiting at once
+	files    *fileSync     // makes a partial durable before its rename
 	placed   atomic.Uint64 // renames by Place, for Sync
 	parts    partialIndex  // the partials in root, for Begin
 	readOnly bool
@@ -136,6 +137,7 @@ func openRoot(dir string) (*Store, error) {
 	}
 	s := &Store{dir: dir, uid: -1, gid: -1, bufs: newBank(), root: os.NewFile(uintptr(fd), dir)}
 	s.rootSync = newDirSync(s.root)
+	s.files = newFileSync(s.root)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err == nil && os.Geteuid() == 0 {
 		s.uid, s.gid = int(st.Uid), int(st.Gid)
@@ -954,12 +956,13 @@ func (p *Partial) Place() error {
 	// is, and if it is lost in a crash the file is hashed again.
 	rec := recordOf(st, p.md5hex)
 	onFile := setXattrRecord(p.f, rec) == nil
-	// One fsync makes the bytes, the mode, the owner and the record durable
+	// One flush makes the bytes, the mode, the owner and the record durable
 	// before the rename can be: done before the chmod, chown and record, it
 	// left those to a later writeback of the inode, one more inode write
-	// per image, and a message acked with them not yet on disk.
-	if err := p.f.Sync(); err != nil {
-		return fmt.Errorf("image %s: fsync %s: %w", p.id, p.path, err)
+	// per image, and a message acked with them not yet on disk. It is
+	// shared with the commits waiting at once where it can be (filesync.go).
+	if err := p.s.files.sync(p.f); err != nil {
+		return fmt.Errorf("image %s: flushing %s: %w", p.id, p.path, err)
 	}
 	// rename(2) replaces whatever is at the final name, a symlink included,
 	// without following it.
