@@ -83,16 +83,17 @@ type source struct {
 }
 
 // guess reports whether a picker may offer peer name's copy of t complete
-// without looking at it first, guessed recording each peer guessed once. A
-// small image on a connection that reads by size (FetchSize: OPEN, then
-// FSTAT and the READs, the size checked before any byte is taken) needs no
-// LSTAT of its own: one SFTP request and one write fewer per image, about
-// a fifth of a 64 KiB image's requests (issue 14). A guess that misses (no
-// file yet, another size) costs the request the look would have cost, and
-// the picker then looks as before. An empty image is looked at: its read
-// asks the peer nothing.
+// without looking at it first, guessed recording each peer guessed once. An
+// image on a connection that reads by size (FetchSize: OPEN, then FSTAT,
+// the size checked before any byte is taken) needs no LSTAT of its own:
+// for a small image one SFTP request and one write fewer, about a fifth of
+// a 64 KiB image's requests; for a large one, no mux session started
+// beside the file's own, a second login shell on the peer (issue 14). A
+// guess that misses (no file yet, another size) costs the request the look
+// would have cost, and the picker then looks as before. An empty image is
+// looked at: its read asks the peer nothing.
 func guess(t *target, c peerConn, name node.Name, guessed map[node.Name]bool) bool {
-	if _, sized := c.(sizedFetcher); !sized || t.Size <= 0 || t.Size > transfer.MuxMax || guessed[name] {
+	if _, sized := c.(sizedFetcher); !sized || t.Size <= 0 || guessed[name] {
 		return false
 	}
 	guessed[name] = true
@@ -245,8 +246,9 @@ func (f *fetcher) copy(ctx context.Context, src *source, t *target, p *store.Par
 	switch {
 	case src.kind == partial:
 		n, err = f.follow(ctx, src, t, offset, w)
-	case sized && t.Size <= transfer.MuxMax:
-		// A small image: two round trips on the connection's shared session.
+	case sized:
+		// The size checked before a byte is read; a small image in two
+		// round trips on the connection's shared session.
 		n, err = sf.FetchSize(ctx, t.final, offset, t.Size, w, f.cfg.IdleTimeout)
 	default:
 		n, err = src.c.Fetch(ctx, t.final, offset, w, f.cfg.IdleTimeout)

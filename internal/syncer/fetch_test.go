@@ -152,13 +152,14 @@ func (c *sizedConn) FetchSize(ctx context.Context, path string, offset, size int
 	return c.fileConn.Fetch(ctx, path, offset, w, idle)
 }
 
-// A small image is read with FetchSize, told the image's size; a large one
-// with Fetch.
-func TestSmallImagesFetchedWithTheirSize(t *testing.T) {
+// An image is read with FetchSize, told the image's size, small or large
+// (the large one's size checked on its own session, no mux started for a
+// look at it).
+func TestImagesFetchedWithTheirSize(t *testing.T) {
 	for _, tc := range []struct {
 		size  int
 		sized bool
-	}{{64 << 10, true}, {transfer.MuxMax + 16, false}} {
+	}{{64 << 10, true}, {transfer.MuxMax + 16, true}} {
 		w, data := image(t, tc.size)
 		c := &sizedConn{fileConn: fileConn{fakeConn: fakeConn{name: "node1"}, files: map[string][]byte{testID: data}}}
 		f, st := engine(t, nil)

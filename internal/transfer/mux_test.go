@@ -131,6 +131,10 @@ func TestFetchSizeFailuresKeepSession(t *testing.T) {
 	if n, err := c.FetchSize(ctx, servedPath, 0, int64(len(data))-1, &buf, 5*time.Second); !errors.Is(err, errSizeChanged) || n != 0 {
 		t.Errorf("file of another size: %d bytes, %v; want 0 and errSizeChanged", n, err)
 	}
+	// The same for a size beyond MuxMax, read on a session of its own.
+	if n, err := c.FetchSize(ctx, servedPath, 0, MuxMax+1, &buf, 5*time.Second); !errors.Is(err, errSizeChanged) || n != 0 || buf.Len() != 0 {
+		t.Errorf("file of another size beyond MuxMax: %d bytes, %v, %d written; want 0 and errSizeChanged", n, err, buf.Len())
+	}
 	fetchSized(t, c, data, 0, false)
 	w := &failingWriter{limit: PacketSize + 5}
 	if _, err := c.FetchSize(ctx, servedPath, 0, int64(len(data)), w, 5*time.Second); !errors.Is(err, errDiskFull) {
@@ -148,8 +152,9 @@ func TestFetchSizeFailuresKeepSession(t *testing.T) {
 	checkPrefix(t, buf.Bytes(), data, n)
 	p.size -= PacketSize
 	fetchSized(t, c, data, 0, true)
-	if got := p.sessions.Load(); got != 1 {
-		t.Errorf("%d sftp sessions, want 1", got)
+	// The mux's (Dial's), and the one the file beyond MuxMax was opened on.
+	if got := p.sessions.Load(); got != 2 {
+		t.Errorf("%d sftp sessions, want 2", got)
 	}
 }
 

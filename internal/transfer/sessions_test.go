@@ -10,19 +10,20 @@ import (
 )
 
 // TestSessionsReused: fetches from one connection share one SFTP session
-// (one sftp-server on the peer, not one per image), a missing file leaves
-// the session in step for the next, and a fetch that failed mid-file does
-// not hand its session on.
+// (one sftp-server on the peer, not one per image), the one Dial started
+// (a run that reads one large file starts one login shell on the peer, as
+// rsync does), a missing file leaves the session in step for the next,
+// and a fetch that failed mid-file does not hand its session on.
 func TestSessionsReused(t *testing.T) {
 	data := randomData(2*PacketSize + 99)
 	p := &fakePeer{data: data, size: int64(len(data))}
 	c := startPeer(t, p)
-	base := p.sessions.Load() // the mux, which Dial starts
+	base := p.sessions.Load() - 1 // before Dial's
 	for range 3 {
 		fetchAll(t, c, data, 0, true)
 	}
 	if got := p.sessions.Load() - base; got != 1 {
-		t.Fatalf("3 fetches started %d sftp sessions, want 1", got)
+		t.Fatalf("Dial and 3 fetches started %d sftp sessions, want 1", got)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -44,6 +45,13 @@ func TestSessionsReused(t *testing.T) {
 	fetchAll(t, c, data, 0, true)
 	if got := p.sessions.Load() - base; got != 2 {
 		t.Fatalf("after a failed fetch: %d sftp sessions, want 2", got)
+	}
+	// Dial's session is gone to the files: the mux starts its own.
+	if size, err := c.Stat(ctx, servedPath); err != nil || size != int64(len(data)) {
+		t.Fatalf("Stat: %d, %v", size, err)
+	}
+	if got := p.sessions.Load() - base; got != 3 {
+		t.Fatalf("after a Stat: %d sftp sessions, want 3", got)
 	}
 }
 

@@ -67,6 +67,9 @@ func (c *Client) openStream(ctx context.Context, path string, last *atomic.Int64
 	if err != nil {
 		return nil, "", nil, err
 	}
+	if ps == nil {
+		ps = c.takeFirst() // in the slot get took for a new one
+	}
 	if ps != nil {
 		ps.s.last = last
 		if handle, err = ps.openOn(path); err != nil {
@@ -104,8 +107,9 @@ func (c *Client) openStream(ctx context.Context, path string, last *atomic.Int64
 }
 
 // streamFile copies path from offset to the size its handle reports into w,
-// keeping up to inFlight reads of PacketSize outstanding.
-func (c *Client) streamFile(ctx context.Context, path string, offset int64, w io.Writer, last *atomic.Int64) (int64, error) {
+// keeping up to inFlight reads of PacketSize outstanding. A want of 0 or
+// more is the size the file must have (FetchSize).
+func (c *Client) streamFile(ctx context.Context, path string, offset, want int64, w io.Writer, last *atomic.Int64) (int64, error) {
 	s, handle, done, err := c.openStream(ctx, path, last)
 	if err != nil {
 		return 0, err
@@ -114,6 +118,10 @@ func (c *Client) streamFile(ctx context.Context, path string, offset int64, w io
 	size, err := s.fstat(handle)
 	if err != nil {
 		return 0, err
+	}
+	if want >= 0 && size != want {
+		s.inStep = true // nothing in flight: the session serves the next file
+		return 0, fmt.Errorf("%w: it has %d bytes, the image %d", errSizeChanged, size, want)
 	}
 	n, err := s.read(ctx, handle, offset, size, w)
 	// Read to its end, nothing of the file is left in flight.

@@ -507,6 +507,10 @@ func TestSlowSessionStartIsNoStall(t *testing.T) {
 	c := startPeer(t, p)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	// The mux takes Dial's session: the fetch starts one of its own.
+	if _, err := c.Stat(ctx, servedPath); err != nil {
+		t.Fatal(err)
+	}
 	var got bytes.Buffer
 	n, err := c.Fetch(ctx, servedPath, 0, &got, 300*time.Millisecond)
 	if err != nil {

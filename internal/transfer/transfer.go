@@ -313,9 +313,17 @@ type Client struct {
 	sftpMu sync.Mutex
 	sftp   *sftp.Client
 	// muxMu guards mx, the session of small files and stats (mux.go),
-	// started by Dial and again after it broke.
+	// started on first use and again after it broke.
 	muxMu sync.Mutex
 	mx    *mux
+	// firstMu guards first, the session Dial started, until the first use
+	// takes it: as the mux, or for a large file (openStream). A run that
+	// fetches one large image then starts one session on the peer, as
+	// rsync starts one process; it started two, the mux's and the file's,
+	// each a login shell on the peer (about 0.75 s with a bashrc that runs
+	// pyenv init, issue 14).
+	firstMu sync.Mutex
+	first   *pooledStream
 	// timeout bounds one SFTP request: pkg/sftp has none, and a stalled
 	// sftp-server would otherwise hold a request until the run's deadline.
 	timeout time.Duration
@@ -391,7 +399,12 @@ func Dial(ctx context.Context, p Peer, auth Auth) (*Client, error) {
 	sc := ssh.NewClient(c, chans, reqs)
 	cl := &Client{peer: p, ssh: sc, done: closeAgent, timeout: cfg.Timeout, newHostKey: added}
 	// SFTP is started now, so that a peer without it fails here.
-	if _, err := cl.muxSession(ctx); err != nil {
+	err = cl.bounded(ctx, func() (err error) {
+		var last atomic.Int64
+		cl.first, err = cl.newSession(&last)
+		return err
+	})
+	if err != nil {
 		sc.Close()
 		closeAgent()
 		return nil, &PeerError{Peer: p.Name, Op: "sftp", Err: err}
@@ -427,17 +440,28 @@ func (c *Client) muxSession(ctx context.Context) (*mux, error) {
 	if c.mx != nil && c.mx.broken() == nil {
 		return c.mx, nil
 	}
-	var ps *pooledStream
-	err := c.bounded(ctx, func() (err error) {
-		var last atomic.Int64
-		ps, err = c.newSession(&last)
-		return err
-	})
-	if err != nil {
-		return nil, err
+	ps := c.takeFirst()
+	if ps == nil {
+		err := c.bounded(ctx, func() (err error) {
+			var last atomic.Int64
+			ps, err = c.newSession(&last)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	c.mx = newMux(ps.s.w, ps.s.r, ps.sess.Close)
 	return c.mx, nil
+}
+
+// takeFirst returns the session Dial started, once: nil after.
+func (c *Client) takeFirst() *pooledStream {
+	c.firstMu.Lock()
+	defer c.firstMu.Unlock()
+	ps := c.first
+	c.first = nil
+	return ps
 }
 
 // NewHostKey is, after a ReadOnly dial with AcceptNew, the type and SHA256
@@ -477,17 +501,21 @@ var ErrStalled = errors.New("transfer stalled")
 // so far are kept by w's owner.
 func (c *Client) Fetch(ctx context.Context, path string, offset int64, w io.Writer, idle time.Duration) (int64, error) {
 	return c.watched(ctx, "fetch", path, idle, func(last *atomic.Int64) (int64, error) {
-		return c.streamFile(ctx, path, offset, w, last)
+		return c.streamFile(ctx, path, offset, -1, w, last)
 	})
 }
 
 // FetchSize copies [offset, size) of the remote file, which must hold
-// size bytes, into w, like Fetch. A file of up to MuxMax bytes is read on
-// the connection's shared session (mux.go), in two round trips, beside the
-// other small files in flight; a larger one as Fetch reads it.
+// size bytes, into w, like Fetch; a file of another size is an error
+// wrapping errSizeChanged, before any byte is read. A file of up to MuxMax
+// bytes is read on the connection's shared session (mux.go), in two round
+// trips, beside the other small files in flight; a larger one as Fetch
+// reads it.
 func (c *Client) FetchSize(ctx context.Context, path string, offset, size int64, w io.Writer, idle time.Duration) (int64, error) {
 	if size > MuxMax {
-		return c.Fetch(ctx, path, offset, w, idle)
+		return c.watched(ctx, "fetch", path, idle, func(last *atomic.Int64) (int64, error) {
+			return c.streamFile(ctx, path, offset, size, w, last)
+		})
 	}
 	return c.watched(ctx, "fetch", path, idle, func(last *atomic.Int64) (int64, error) {
 		m, err := c.muxSession(ctx)
