@@ -165,6 +165,11 @@ func (f *fetcher) fetch(ctx context.Context, log *slog.Logger, t *target, pk pic
 		}
 		offset := p.Offset()
 		n, secs, err := f.copy(ctx, src, t, p, offset)
+		if n > 0 {
+			// Bytes came: the peer had the file, a guess no longer. A copy
+			// cut off midway is a failed source, not a missed guess.
+			src.unlooked = false
+		}
 		if err != nil && src.unlooked && ctx.Err() == nil && !errors.Is(err, syscall.ENOSPC) {
 			// A guess that missed (most often: not placed there yet). The
 			// picker looks at the peer next; a broken connection is for

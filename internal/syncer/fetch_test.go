@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -180,5 +181,24 @@ func TestImagesFetchedWithTheirSize(t *testing.T) {
 		case c.fetched != 1:
 			t.Errorf("%d bytes: %d transfers, want 1", tc.size, c.fetched)
 		}
+	}
+}
+
+// A guessed source that fails after sending bytes had the file: it is a
+// failed source (its error reported, not read again at once), not a guess
+// that missed and is looked at and read again.
+func TestGuessedSourceFailingMidCopyIsAFailure(t *testing.T) {
+	w, data := image(t, 64<<10)
+	c := &sizedConn{fileConn: fileConn{fakeConn: fakeConn{name: "node1"}, files: map[string][]byte{testID: data}, failAfter: 16 << 10}}
+	f, _ := engine(t, nil)
+	f.cfg.Peers["node1"] = transfer.Peer{Name: "node1"}
+	f.peers.dial = func(context.Context, transfer.Peer, transfer.Auth) (peerConn, error) { return c, nil }
+	tg, _ := f.target(w)
+	_, _, err := f.fetch(context.Background(), f.log, tg, f.publisherOrder(f.log, tg, node.Names("node1")))
+	if err == nil || !strings.Contains(err.Error(), "connection reset") {
+		t.Fatalf("fetch from a source cut off midway: %v, want its error", err)
+	}
+	if c.fetched != 1 {
+		t.Errorf("%d transfers from the source that was cut off, want 1", c.fetched)
 	}
 }
