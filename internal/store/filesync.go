@@ -26,7 +26,9 @@ import (
 // what fsync does:
 //   - on ext4 and XFS, whose syncfs writes every dirty inode and flushes the
 //     device (FUSE without FUSE_SYNCFS does not ask its server, NFS, btrfs
-//     and ZFS differ again: they keep the fsync of each file);
+//     and ZFS differ again: they keep the fsync of each file), on Linux 5.8
+//     or later, whose syncfs reports the filesystem's write errors (before,
+//     it returned 0 whatever failed);
 //   - while the kernel holds at most dirtyLimit of pages dirty or under
 //     writeback (/proc/meminfo, all filesystems). A glance-api upload
 //     through the page cache can leave gigabytes dirty, which a syncfs
@@ -58,7 +60,9 @@ const (
 func newFileSync(root *os.File) *fileSync {
 	sy := &fileSync{fsync: syncFile, dirty: dirtyGauge{read: meminfoDirty}}
 	var st unix.Statfs_t
-	if fstatfs(int(root.Fd()), &st) == nil && groupSyncable(st.Type) {
+	var u unix.Utsname
+	if fstatfs(int(root.Fd()), &st) == nil && groupSyncable(st.Type) &&
+		unix.Uname(&u) == nil && syncfsReportsErrors(unix.ByteSliceToString(u.Release[:])) {
 		sy.group = newDirSync(root)
 		sy.group.fsync = syncfs
 	}
@@ -67,6 +71,16 @@ func newFileSync(root *os.File) *fileSync {
 
 func groupSyncable(fsType int64) bool {
 	return fsType == ext4Magic || fsType == xfsMagic
+}
+
+// syncfsReportsErrors reports whether a kernel of that release (uname -r)
+// is Linux 5.8 or later.
+func syncfsReportsErrors(release string) bool {
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	return major > 5 || major == 5 && minor >= 8
 }
 
 func syncfs(f *os.File) error {

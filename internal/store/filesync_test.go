@@ -153,6 +153,25 @@ func TestGroupSyncOnlyWhereSyncfsFlushesFiles(t *testing.T) {
 	}
 }
 
+// Before Linux 5.8 syncfs returned 0 whatever writeback failed.
+func TestSyncfsOnlyWhereItReportsErrors(t *testing.T) {
+	for release, want := range map[string]bool{
+		"6.18.44-fc-v1045":         true,
+		"6.1.0-28-amd64":           true,
+		"5.8.0":                    true,
+		"5.15.0-125-generic":       true,
+		"5.7.19":                   false,
+		"5.4.0-200-generic":        false,
+		"4.18.0-553.el8_10.x86_64": false,
+		"":                         false,
+		"unknown":                  false,
+	} {
+		if got := syncfsReportsErrors(release); got != want {
+			t.Errorf("%q: %v, want %v", release, got, want)
+		}
+	}
+}
+
 func TestParseDirty(t *testing.T) {
 	const meminfo = "MemTotal:       24576000 kB\nDirty:              1024 kB\nWriteback:            16 kB\nWritebackTmp:          0 kB\n"
 	if n, err := parseDirty([]byte(meminfo)); err != nil || n != 1040<<10 {
