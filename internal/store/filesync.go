@@ -46,9 +46,11 @@ type fileSync struct {
 }
 
 // dirtyLimit is the most dirty and writeback memory with which a commit
-// joins a syncfs: at the disk's few hundred MB/s, about 0.2 s of someone
-// else's writes to wait for at worst.
-const dirtyLimit = 64 << 20
+// joins a syncfs: at the bench VM's 500 MB/s to stable storage, about
+// 16 ms of someone else's writes to wait for at worst, the time of the
+// fsyncs of a group of 16 small files (an idle node holds a few hundred
+// KiB dirty).
+const dirtyLimit = 8 << 20
 
 // Filesystems whose syncfs does for every file what fsync does
 // (statfs(2)'s f_type).
