@@ -592,11 +592,6 @@ func GlanceMD5(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-// glanceFreePort picks a free port below Linux's default ephemeral range
-// (32768-60999). A port the kernel hands out from that range can be taken
-// again as the local end of an outgoing connection (the tool's AMQP or SSH
-// connections) before glance-api binds it, and glance-api then retries the
-// bind for 30 s before giving up.
 // glancePorts are the ports glanceFreePort handed out in this process. A
 // port is free to a listen test until its glance-api binds it, seconds
 // later, and glance-api (eventlet) binds with SO_REUSEPORT: two of a
@@ -608,6 +603,11 @@ var glancePorts = struct {
 	given map[int]bool
 }{given: map[int]bool{}}
 
+// glanceFreePort picks a free port below Linux's default ephemeral range
+// (32768-60999). A port the kernel hands out from that range can be taken
+// again as the local end of an outgoing connection (the tool's AMQP or SSH
+// connections) before glance-api binds it, and glance-api then retries the
+// bind for 30 s before giving up.
 func glanceFreePort() (int, error) {
 	var b [2]byte
 	glancePorts.Lock()

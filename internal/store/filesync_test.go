@@ -200,8 +200,9 @@ func TestDirtyGauge(t *testing.T) {
 	var n int64
 	var err error
 	g := dirtyGauge{read: func() (int64, error) { reads++; return n, err }}
-	if !g.low() || g.low() && reads != 1 {
-		t.Fatalf("nothing dirty: low %v after %d reads, want true after 1", g.low(), reads)
+	first, second := g.low(), g.low()
+	if !first || !second || reads != 1 {
+		t.Fatalf("nothing dirty, asked twice at once: low %v, %v after %d reads; want true, true after 1", first, second, reads)
 	}
 	g.at = time.Time{}
 	err = errors.New("no /proc")
