@@ -57,7 +57,7 @@ func BenchmarkFetch(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := cl.Fetch(ctx, harness.CommonDatadir+"/"+img.ID, 0, p, time.Minute); err != nil {
+		if _, err := cl.Fetch(ctx, harness.CommonDatadir+"/"+img.ID, 0, img.Size, p, time.Minute); err != nil {
 			b.Fatal(err)
 		}
 		if err := p.Commit(); err != nil {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -362,22 +363,41 @@ func testPartialsShareTheBank(t *testing.T) {
 	}
 	wantDirect(t, p1)
 	wantDirect(t, p2)
-	// A slow disk, so that both partials want every buffer they can get.
+	// A disk that answers no write until both partials hold every buffer
+	// they can get: 16 MiB between them, more than the bank and their own.
 	real := pwrite
+	disk := make(chan struct{})
+	var opened sync.Once
+	open := func() { opened.Do(func() { close(disk) }) }
+	defer open()
 	defer swap(&pwrite, func(fd int, b []byte, off int64) (int, error) {
-		time.Sleep(20 * time.Millisecond)
+		<-disk
 		return real(fd, b, off)
 	})()
 	errs := make(chan error, 2)
 	go func() { errs <- writeIn(t, p1, data, 0, len(data)) }()
 	go func() { errs <- writeIn(t, p2, other, 0, len(other)) }()
+	// The count stops growing once both wait for the disk, the bank lent
+	// out (or once one made more than its share, which the check below
+	// names); a bank never lent out in full fails the check after 10 s.
+	for last, still, end := int32(-1), 0, time.Now().Add(10*time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		made := s.bufs.made.Load()
+		if made != last || made < dioBufs {
+			last, still = made, 0
+			continue
+		}
+		if still++; still == 10 {
+			break
+		}
+	}
+	open()
 	for range 2 {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
 	if made := s.bufs.made.Load(); made < dioBufs || made > dioBufs+2*dioOwn {
-		t.Fatalf("two partials on a slow disk made %d buffers, want the bank's %d, at most %d", made, dioBufs, dioBufs+2*dioOwn)
+		t.Fatalf("two partials on a disk that held their writes made %d buffers, want the bank's %d, at most %d", made, dioBufs, dioBufs+2*dioOwn)
 	}
 	for _, p := range []*Partial{p1, p2} {
 		if err := p.Commit(); err != nil {

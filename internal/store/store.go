@@ -663,7 +663,7 @@ func (s *Store) BeginMultihash(ctx context.Context, id string, size int64, md5he
 // BeginReserveLater is BeginMultihash for a size no peer has confirmed
 // yet: the disk is reserved at the first byte written, not before. The
 // caller writes only what a peer's file of that size yields (transfer's
-// FetchSize checks the open file's size before it reads), so the size in a
+// Fetch checks the open file's size before it reads), so the size in a
 // message alone still never reserves disk. A small image is then read
 // without asking its peer for the size first: one request fewer per image
 // (issue 14).

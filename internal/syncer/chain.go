@@ -76,6 +76,7 @@ type chainPicker struct {
 	tried   map[node.Name]bool // failed this fetch: not asked again
 	gone    map[node.Name]int  // looked there, then the file had moved
 	guessed map[node.Name]bool // offered once unlooked (guess)
+	waited  map[node.Name]bool // the start grace considered (mayWait)
 	// failedOnce: a source has failed. It may have taken the nodes after it
 	// down too: only complete copies from here on, so no one waits on a
 	// partial whose writer is waiting on the same failure.
@@ -84,7 +85,7 @@ type chainPicker struct {
 
 func (f *fetcher) chain(log *slog.Logger, t *target, up, down []node.Name) *chainPicker {
 	return &chainPicker{f: f, log: log, t: t, up: up, down: down,
-		tried: map[node.Name]bool{}, gone: map[node.Name]int{}, guessed: map[node.Name]bool{}}
+		tried: map[node.Name]bool{}, gone: map[node.Name]int{}, guessed: map[node.Name]bool{}, waited: map[node.Name]bool{}}
 }
 
 func (c *chainPicker) failed(src *source, err error) {
@@ -137,11 +138,11 @@ func (c *chainPicker) try(ctx context.Context, name node.Name, wait, completeOnl
 		*errs = append(*errs, err)
 		return nil
 	}
-	if guess(c.t, cl, name, c.guessed) {
+	if guess(c.t, name, c.guessed) {
 		return &source{name: name, c: cl, kind: complete, unlooked: true}
 	}
 	k, err := c.look(ctx, cl, completeOnly)
-	if k == none && err == nil && wait && c.f.mayWaitFor(name) && c.f.mayBeSyncing(ctx, name) {
+	if k == none && err == nil && wait && c.mayWait(ctx, name) {
 		grace := min(startGrace, c.f.cfg.StallTimeout/2)
 		for deadline := time.Now().Add(grace); k == none && err == nil && time.Now().Before(deadline); {
 			select {
@@ -172,6 +173,17 @@ func (c *chainPicker) try(ctx context.Context, name node.Name, wait, completeOnl
 	}
 	c.log.Log(ctx, lvl, "source", "peer", name, "from", k.String())
 	return &source{name: name, c: cl, kind: k}
+}
+
+// mayWait reports whether name is given the start grace, considered once
+// per image: a guess that missed further up walks the chain again, and
+// whether name runs sync-images is a question to the broker.
+func (c *chainPicker) mayWait(ctx context.Context, name node.Name) bool {
+	if c.waited[name] {
+		return false
+	}
+	c.waited[name] = true
+	return c.f.mayWaitFor(name) && c.f.mayBeSyncing(ctx, name)
 }
 
 // startGrace is how long the node before this one in the chain is given to

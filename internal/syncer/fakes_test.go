@@ -3,6 +3,7 @@ package syncer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -68,6 +69,12 @@ func (f *fakeStore) BeginMultihash(context.Context, string, int64, string, store
 	defer f.mu.Unlock()
 	f.begun++
 	return nil, errNoBegin
+}
+
+// BeginReserveLater, the begin of a guessed read, fails as BeginMultihash
+// does.
+func (f *fakeStore) BeginReserveLater(ctx context.Context, id string, size int64, md5hex string, mh store.Multihash) (*store.Partial, error) {
+	return f.BeginMultihash(ctx, id, size, md5hex, mh)
 }
 
 // fakeAck counts acks.
@@ -195,8 +202,19 @@ func (c *fakeConn) Probe(context.Context, string) (transfer.FileState, error) {
 	return transfer.FileState{}, transfer.ErrNotFound
 }
 
-func (c *fakeConn) Fetch(context.Context, string, int64, io.Writer, time.Duration) (int64, error) {
+func (c *fakeConn) Fetch(context.Context, string, int64, int64, io.Writer, time.Duration) (int64, error) {
 	return 0, transfer.ErrNotFound
+}
+
+// serveSized writes file[offset:] to w as *transfer.Client's Fetch reads a
+// file that must hold size bytes: one of another size is an error before
+// any byte is written.
+func serveSized(file []byte, offset, size int64, w io.Writer) (int64, error) {
+	if int64(len(file)) != size {
+		return 0, fmt.Errorf("the peer's file has %d bytes, the image %d", len(file), size)
+	}
+	n, err := w.Write(file[offset:])
+	return int64(n), err
 }
 
 func (c *fakeConn) Follow(context.Context, string, int64, int64, io.Writer, time.Duration) (int64, error) {

@@ -83,17 +83,17 @@ type source struct {
 }
 
 // guess reports whether a picker may offer peer name's copy of t complete
-// without looking at it first, guessed recording each peer guessed once. An
-// image on a connection that reads by size (FetchSize: OPEN, then FSTAT,
-// the size checked before any byte is taken) needs no LSTAT of its own:
+// without looking at it first, guessed recording each peer guessed once.
+// Every read is by size (peerConn.Fetch: OPEN, then FSTAT, the size checked
+// before any byte is taken), so an image needs no LSTAT of its own:
 // for a small image one SFTP request and one write fewer, about a fifth of
 // a 64 KiB image's requests; for a large one, no mux session started
 // beside the file's own, a second login shell on the peer (issue 14). A
 // guess that misses (no file yet, another size) costs the request the look
 // would have cost, and the picker then looks as before. An empty image is
 // looked at: its read asks the peer nothing.
-func guess(t *target, c peerConn, name node.Name, guessed map[node.Name]bool) bool {
-	if _, sized := c.(sizedFetcher); !sized || t.Size <= 0 || guessed[name] {
+func guess(t *target, name node.Name, guessed map[node.Name]bool) bool {
+	if t.Size <= 0 || guessed[name] {
 		return false
 	}
 	guessed[name] = true
@@ -247,16 +247,10 @@ func (f *fetcher) copy(ctx context.Context, src *source, t *target, p *store.Par
 	if f.lim != nil {
 		w = f.lim.writer(ctx, w)
 	}
-	sf, sized := src.c.(sizedFetcher)
-	switch {
-	case src.kind == partial:
+	if src.kind == partial {
 		n, err = f.follow(ctx, src, t, offset, w)
-	case sized:
-		// The size checked before a byte is read; a small image in two
-		// round trips on the connection's shared session.
-		n, err = sf.FetchSize(ctx, t.final, offset, t.Size, w, f.cfg.IdleTimeout)
-	default:
-		n, err = src.c.Fetch(ctx, t.final, offset, w, f.cfg.IdleTimeout)
+	} else {
+		n, err = src.c.Fetch(ctx, t.final, offset, t.Size, w, f.cfg.IdleTimeout)
 	}
 	secs = time.Since(start).Seconds()
 	f.mu.Lock()
@@ -265,14 +259,6 @@ func (f *fetcher) copy(ctx context.Context, src *source, t *target, p *store.Par
 	f.mu.Unlock()
 	return n, secs, err
 }
-
-// sizedFetcher is a connection that reads a file of known size in fewer
-// round trips; *transfer.Client is one.
-type sizedFetcher interface {
-	FetchSize(ctx context.Context, path string, offset, size int64, w io.Writer, idle time.Duration) (int64, error)
-}
-
-var _ sizedFetcher = (*transfer.Client)(nil)
 
 // publisherOrder offers the peers in order, the publisher first (Sources),
 // each only when it holds the image complete: a placed file of the
@@ -320,7 +306,7 @@ func (o *publisherOrder) look(ctx context.Context, name node.Name) (*source, err
 	if o.guessed == nil {
 		o.guessed = map[node.Name]bool{}
 	}
-	if guess(o.t, c, name, o.guessed) {
+	if guess(o.t, name, o.guessed) {
 		return &source{name: name, c: c, kind: complete, unlooked: true}, nil
 	}
 	size, err := c.Stat(ctx, o.t.final)

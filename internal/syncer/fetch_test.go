@@ -24,7 +24,8 @@ type fileConn struct {
 	fakeConn
 	files     map[string][]byte
 	failAfter int64
-	fetched   int // transfers started
+	sizes     []int64 // the size each Fetch was told
+	fetched   int     // transfers started: the file there, of that size
 }
 
 func (c *fileConn) Stat(_ context.Context, path string) (int64, error) {
@@ -35,19 +36,21 @@ func (c *fileConn) Stat(_ context.Context, path string) (int64, error) {
 	return int64(len(b)), nil
 }
 
-func (c *fileConn) Fetch(_ context.Context, path string, offset int64, w io.Writer, _ time.Duration) (int64, error) {
-	c.fetched++
+func (c *fileConn) Fetch(_ context.Context, path string, offset, size int64, w io.Writer, _ time.Duration) (int64, error) {
+	c.sizes = append(c.sizes, size)
 	b, ok := c.files[filepath.Base(path)]
 	if !ok {
 		return 0, transfer.ErrNotFound
 	}
-	b = b[offset:]
-	if c.failAfter > 0 && int64(len(b)) > c.failAfter {
-		n, _ := w.Write(b[:c.failAfter])
+	if int64(len(b)) != size {
+		return serveSized(b, offset, size, w)
+	}
+	c.fetched++
+	if rest := b[offset:]; c.failAfter > 0 && int64(len(rest)) > c.failAfter {
+		n, _ := w.Write(rest[:c.failAfter])
 		return int64(n), errors.New("connection reset")
 	}
-	n, err := w.Write(b)
-	return int64(n), err
+	return serveSized(b, offset, size, w)
 }
 
 // engine is a fetcher on node2 of node1..node4 with a real datadir and the
@@ -141,28 +144,13 @@ func TestPublisherOrderWithoutPeers(t *testing.T) {
 	}
 }
 
-// sizedConn is a fileConn that also reads a file of known size
-// (FetchSize), as *transfer.Client does for small files.
-type sizedConn struct {
-	fileConn
-	sized []int64 // the size of each FetchSize
-}
-
-func (c *sizedConn) FetchSize(ctx context.Context, path string, offset, size int64, w io.Writer, idle time.Duration) (int64, error) {
-	c.sized = append(c.sized, size)
-	return c.fileConn.Fetch(ctx, path, offset, w, idle)
-}
-
-// An image is read with FetchSize, told the image's size, small or large
-// (the large one's size checked on its own session, no mux started for a
-// look at it).
+// An image is read told its size, small or large, without a look at the
+// peer first (the large one's size checked on its own session, no mux
+// started for a look at it).
 func TestImagesFetchedWithTheirSize(t *testing.T) {
-	for _, tc := range []struct {
-		size  int
-		sized bool
-	}{{64 << 10, true}, {transfer.MuxMax + 16, true}} {
-		w, data := image(t, tc.size)
-		c := &sizedConn{fileConn: fileConn{fakeConn: fakeConn{name: "node1"}, files: map[string][]byte{testID: data}}}
+	for _, size := range []int{64 << 10, transfer.MuxMax + 16} {
+		w, data := image(t, size)
+		c := &statConn{fileConn: fileConn{fakeConn: fakeConn{name: "node1"}, files: map[string][]byte{testID: data}}}
 		f, st := engine(t, nil)
 		f.cfg.Peers["node1"] = transfer.Peer{Name: "node1"}
 		f.peers.dial = func(context.Context, transfer.Peer, transfer.Auth) (peerConn, error) { return c, nil }
@@ -171,17 +159,26 @@ func TestImagesFetchedWithTheirSize(t *testing.T) {
 			t.Fatal(err)
 		}
 		if state, err := st.Check(context.Background(), w.ID, w.Size, w.MD5); err != nil || state != store.Verified {
-			t.Errorf("%d bytes: after the fetch: %v, %v; want verified", tc.size, state, err)
+			t.Errorf("%d bytes: after the fetch: %v, %v; want verified", size, state, err)
 		}
 		switch {
-		case tc.sized && (len(c.sized) != 1 || c.sized[0] != w.Size):
-			t.Errorf("%d bytes: FetchSize calls with sizes %v, want one with %d", tc.size, c.sized, w.Size)
-		case !tc.sized && len(c.sized) != 0:
-			t.Errorf("%d bytes: read with FetchSize, want Fetch", tc.size)
-		case c.fetched != 1:
-			t.Errorf("%d bytes: %d transfers, want 1", tc.size, c.fetched)
+		case len(c.sizes) != 1 || c.sizes[0] != w.Size:
+			t.Errorf("%d bytes: Fetch calls with sizes %v, want one with %d", size, c.sizes, w.Size)
+		case c.stats+c.lstats != 0:
+			t.Errorf("%d bytes: %d looks at the peer before the read, want none", size, c.stats+c.lstats)
 		}
 	}
+}
+
+// statConn is a fileConn that counts its Stats (fakeConn its Lstats).
+type statConn struct {
+	fileConn
+	stats int
+}
+
+func (c *statConn) Stat(ctx context.Context, path string) (int64, error) {
+	c.stats++
+	return c.fileConn.Stat(ctx, path)
 }
 
 // A guessed source that fails after sending bytes had the file: it is a
@@ -189,7 +186,7 @@ func TestImagesFetchedWithTheirSize(t *testing.T) {
 // that missed and is looked at and read again.
 func TestGuessedSourceFailingMidCopyIsAFailure(t *testing.T) {
 	w, data := image(t, 64<<10)
-	c := &sizedConn{fileConn: fileConn{fakeConn: fakeConn{name: "node1"}, files: map[string][]byte{testID: data}, failAfter: 16 << 10}}
+	c := &fileConn{fakeConn: fakeConn{name: "node1"}, files: map[string][]byte{testID: data}, failAfter: 16 << 10}
 	f, _ := engine(t, nil)
 	f.cfg.Peers["node1"] = transfer.Peer{Name: "node1"}
 	f.peers.dial = func(context.Context, transfer.Peer, transfer.Auth) (peerConn, error) { return c, nil }

@@ -79,7 +79,7 @@ func (c *holderConn) ReadDir(_ context.Context, dir string) ([]fs.FileInfo, erro
 	return out, nil
 }
 
-func (c *holderConn) Fetch(_ context.Context, p string, offset int64, w io.Writer, _ time.Duration) (int64, error) {
+func (c *holderConn) Fetch(_ context.Context, p string, offset, size int64, w io.Writer, _ time.Duration) (int64, error) {
 	c.mu.Lock()
 	c.fetched = append(c.fetched, p)
 	d, ok := c.files[p]
@@ -87,8 +87,7 @@ func (c *holderConn) Fetch(_ context.Context, p string, offset int64, w io.Write
 	if !ok {
 		return 0, &transfer.PeerError{Peer: c.name, Op: "fetch", Path: p, Err: transfer.ErrNotFound}
 	}
-	n, err := w.Write(d[offset:])
-	return int64(n), err
+	return serveSized(d, offset, size, w)
 }
 
 func (c *holderConn) Follow(context.Context, string, int64, int64, io.Writer, time.Duration) (int64, error) {
@@ -137,7 +136,9 @@ func seedFixture(t *testing.T, n int) (*Fetcher, []Want, map[node.Name]*holderCo
 // After Locate, the first image the first peer lacks (image 2, on node3)
 // has the peers listed, once each, and every image after it comes
 // straight from the peer that holds it: no stat of any peer, no read of a
-// peer that lacks it.
+// peer that lacks it. Before the listing, each image is read unlooked
+// from the first peer (guess): image 2's read there misses, and node1 is
+// looked at once.
 func TestLocateGoesStraightToTheHolder(t *testing.T) {
 	ctx := context.Background()
 	fr, ws, conns := seedFixture(t, 6)
@@ -151,17 +152,21 @@ func TestLocateGoesStraightToTheHolder(t *testing.T) {
 			t.Errorf("image %d came from %s, want %s", i+1, peer, want)
 		}
 	}
-	// Images 1 and 2 were looked for on node1, image 2 then on node3.
-	for name, want := range map[node.Name]int{"node1": 2, "node3": 1} {
+	for name, want := range map[node.Name]struct{ stats, reads int }{"node1": {1, 4}, "node3": {0, 3}} {
 		c := conns[name]
-		if c.stats != want {
-			t.Errorf("%s was asked %d stats, want %d: after image 2 its listing said what it holds", name, c.stats, want)
+		if c.stats != want.stats {
+			t.Errorf("%s was asked %d stats, want %d: after image 2 its listing said what it holds", name, c.stats, want.stats)
 		}
 		if c.lists != 1 {
 			t.Errorf("%s was listed %d times, want once", name, c.lists)
 		}
-		if len(c.fetched) != 3 {
-			t.Errorf("%s was read %d times (%v), want only its own 3 images", name, len(c.fetched), c.fetched)
+		if len(c.fetched) != want.reads {
+			t.Errorf("%s was read %d times (%v), want %d", name, len(c.fetched), c.fetched, want.reads)
+		}
+	}
+	for _, p := range conns["node1"].fetched[2:] {
+		if _, ok := conns["node1"].files[p]; !ok {
+			t.Errorf("after the listing, node1 was read for %s, which it lacks", path.Base(p))
 		}
 	}
 }
@@ -188,8 +193,8 @@ func TestLocateListsNothingWhenTheFirstPeerHasAll(t *testing.T) {
 			t.Fatalf("image %d: from %q, %v; want node1", i+1, peer, err)
 		}
 	}
-	if c := conns["node1"]; c.lists != 0 || c.stats != len(ws) {
-		t.Errorf("node1 was listed %d times and asked %d stats, want 0 and %d", c.lists, c.stats, len(ws))
+	if c := conns["node1"]; c.lists != 0 || c.stats != 0 || len(c.fetched) != len(ws) {
+		t.Errorf("node1 was listed %d times, asked %d stats and read %d times, want 0, 0 and %d", c.lists, c.stats, len(c.fetched), len(ws))
 	}
 	if dials["node3"] != 0 || conns["node3"].lists != 0 {
 		t.Errorf("node3, which no image needed, was dialed %d times and listed %d", dials["node3"], conns["node3"].lists)

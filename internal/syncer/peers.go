@@ -19,7 +19,9 @@ type peerConn interface {
 	Stat(ctx context.Context, path string) (int64, error)
 	Lstat(ctx context.Context, path string) (fs.FileInfo, error)
 	Probe(ctx context.Context, path string) (transfer.FileState, error)
-	Fetch(ctx context.Context, path string, offset int64, w io.Writer, idle time.Duration) (int64, error)
+	// Fetch reads [offset, size) of a file that must hold size bytes; a
+	// file of another size is an error before any byte is written.
+	Fetch(ctx context.Context, path string, offset, size int64, w io.Writer, idle time.Duration) (int64, error)
 	Follow(ctx context.Context, path string, offset, size int64, w io.Writer, stall time.Duration) (int64, error)
 	Close() error
 }

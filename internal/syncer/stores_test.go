@@ -36,13 +36,12 @@ func (c *pathConn) Stat(_ context.Context, path string) (int64, error) {
 	return int64(len(b)), nil
 }
 
-func (c *pathConn) Fetch(_ context.Context, path string, offset int64, w io.Writer, _ time.Duration) (int64, error) {
+func (c *pathConn) Fetch(_ context.Context, path string, offset, size int64, w io.Writer, _ time.Duration) (int64, error) {
 	b, ok := c.files[path]
 	if !ok {
 		return 0, transfer.ErrNotFound
 	}
-	n, err := w.Write(b[offset:])
-	return int64(n), err
+	return serveSized(b, offset, size, w)
 }
 
 // fakeImages is the Images API's record of testID.

@@ -8,12 +8,15 @@
 // offset into an io.Writer and reports how many bytes it wrote. Hashing and
 // placement belong to whoever owns the writer.
 //
-// Fetch reads with an SFTP session of its own (stream.go): 32 reads of 255 KiB in
-// flight, each reply's data handed to the writer as it arrives, and straight
-// into the writer's memory when the writer is an io.ReaderFrom. Small files
-// (FetchSize, up to MuxMax) and stats (Probe, Stat) share one session per
-// connection, the mux (mux.go), which Dial starts: a sync of many small
-// images costs the peer one sftp-server and one login shell, as rsync does.
+// Fetch reads a file of known size, checked on the open handle before any
+// byte is read. A large file gets an SFTP session of its own (stream.go): 32
+// reads of 255 KiB in flight, each reply's data handed to the writer as it
+// arrives, and straight into the writer's memory when the writer is an
+// io.ReaderFrom. Small files (up to MuxMax) and stats (Probe, Stat) share one
+// session per connection, the mux (mux.go). Dial starts one session and
+// keeps it for whichever comes first, the mux or a large file: a sync of
+// many small images, or of one large image, costs the peer one sftp-server
+// and one login shell, as rsync does.
 // pkg/sftp, started on first use, serves listings and Lstat.
 //
 // Follow reads, the same way, a file that a process on the peer is still

@@ -26,7 +26,7 @@ import (
 // sftp-server answers requests one at a time, and a large file would hold
 // up the small ones behind it.
 
-// MuxMax is the largest file FetchSize reads on the mux: every read of
+// MuxMax is the largest file Fetch reads on the mux: every read of
 // such a file is asked for at once.
 const MuxMax = 16 << 20
 

@@ -15,7 +15,7 @@ import (
 	"time"
 )
 
-// fetchSized is fetchAll through FetchSize, for a file of len(data) bytes.
+// fetchSized is fetchAll through Fetch on the mux, for a file of len(data) bytes.
 func fetchSized(t *testing.T, c *Client, data []byte, offset int64, readerFrom bool) {
 	t.Helper()
 	var got *bytes.Buffer
@@ -29,9 +29,9 @@ func fetchSized(t *testing.T, c *Client, data []byte, offset int64, readerFrom b
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	n, err := c.FetchSize(ctx, servedPath, offset, int64(len(data)), w, 5*time.Second)
+	n, err := c.Fetch(ctx, servedPath, offset, int64(len(data)), w, 5*time.Second)
 	if err != nil {
-		t.Fatalf("FetchSize: %v", err)
+		t.Fatalf("Fetch: %v", err)
 	}
 	checkPrefix(t, got.Bytes(), data[offset:], n)
 	if len(got.Bytes()) != len(data[offset:]) {
@@ -42,11 +42,11 @@ func fetchSized(t *testing.T, c *Client, data []byte, offset int64, readerFrom b
 	}
 }
 
-// TestFetchSize: a small file through the mux, every way the server
+// TestMuxFetch: a small file through the mux, every way the server
 // answers, from the start and from an offset off a read's boundary, into
 // both kinds of writer; the connection has one SFTP session in all, the
 // mux Dial started (no pkg/sftp session, none of Fetch's).
-func TestFetchSize(t *testing.T) {
+func TestMuxFetch(t *testing.T) {
 	data := randomData(3*PacketSize + 12345)
 	for _, mode := range []misbehaviour{inOrder, reorder, short, shortOnce} {
 		for _, offset := range []int64{0, 100001} {
@@ -71,9 +71,9 @@ func TestFetchSize(t *testing.T) {
 	}
 }
 
-// TestFetchSizeConcurrent: many files and stats at once share the one
+// TestMuxFetchConcurrent: many files and stats at once share the one
 // session, each getting its own answer.
-func TestFetchSizeConcurrent(t *testing.T) {
+func TestMuxFetchConcurrent(t *testing.T) {
 	data := randomData(2*PacketSize + 99)
 	p := &fakePeer{data: data, size: int64(len(data))}
 	c := startPeer(t, p)
@@ -113,31 +113,31 @@ func (w *failingWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// TestFetchSizeFailuresKeepSession: a file not there, a file of another
+// TestMuxFetchFailuresKeepSession: a file not there, a file of another
 // size, a file that ends before its size and a writer that fails midway
 // are each an error of that fetch alone: the session stays in step and
 // the next fetch on it gets the right bytes.
-func TestFetchSizeFailuresKeepSession(t *testing.T) {
+func TestMuxFetchFailuresKeepSession(t *testing.T) {
 	data := randomData(3*PacketSize + 12345)
 	p := &fakePeer{data: data, size: int64(len(data))}
 	c := startPeer(t, p)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var buf bytes.Buffer
-	if _, err := c.FetchSize(ctx, servedPath+".missing", 0, 10, &buf, 5*time.Second); !errors.Is(err, ErrNotFound) {
+	if _, err := c.Fetch(ctx, servedPath+".missing", 0, 10, &buf, 5*time.Second); !errors.Is(err, ErrNotFound) {
 		t.Errorf("missing file: %v, want ErrNotFound", err)
 	}
 	fetchSized(t, c, data, 0, true)
-	if n, err := c.FetchSize(ctx, servedPath, 0, int64(len(data))-1, &buf, 5*time.Second); !errors.Is(err, errSizeChanged) || n != 0 {
+	if n, err := c.Fetch(ctx, servedPath, 0, int64(len(data))-1, &buf, 5*time.Second); !errors.Is(err, errSizeChanged) || n != 0 {
 		t.Errorf("file of another size: %d bytes, %v; want 0 and errSizeChanged", n, err)
 	}
 	// The same for a size beyond MuxMax, read on a session of its own.
-	if n, err := c.FetchSize(ctx, servedPath, 0, MuxMax+1, &buf, 5*time.Second); !errors.Is(err, errSizeChanged) || n != 0 || buf.Len() != 0 {
+	if n, err := c.Fetch(ctx, servedPath, 0, MuxMax+1, &buf, 5*time.Second); !errors.Is(err, errSizeChanged) || n != 0 || buf.Len() != 0 {
 		t.Errorf("file of another size beyond MuxMax: %d bytes, %v, %d written; want 0 and errSizeChanged", n, err, buf.Len())
 	}
 	fetchSized(t, c, data, 0, false)
 	w := &failingWriter{limit: PacketSize + 5}
-	if _, err := c.FetchSize(ctx, servedPath, 0, int64(len(data)), w, 5*time.Second); !errors.Is(err, errDiskFull) {
+	if _, err := c.Fetch(ctx, servedPath, 0, int64(len(data)), w, 5*time.Second); !errors.Is(err, errDiskFull) {
 		t.Errorf("failing writer: %v, want its error", err)
 	}
 	fetchSized(t, c, data, 100001, true)
@@ -145,7 +145,7 @@ func TestFetchSizeFailuresKeepSession(t *testing.T) {
 	// are answered EOF.
 	p.size += PacketSize
 	buf.Reset()
-	n, err := c.FetchSize(ctx, servedPath, 0, p.size, &buf, 5*time.Second)
+	n, err := c.Fetch(ctx, servedPath, 0, p.size, &buf, 5*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "ended at") {
 		t.Errorf("file that ended early: %v, want an error that it ended", err)
 	}
@@ -158,20 +158,20 @@ func TestFetchSizeFailuresKeepSession(t *testing.T) {
 	}
 }
 
-// TestFetchSizeStalled: a server that never answers a read must not hold
+// TestMuxFetchStalled: a server that never answers a read must not hold
 // the fetch past the idle timeout; a fresh mux serves the next dial.
-func TestFetchSizeStalled(t *testing.T) {
+func TestMuxFetchStalled(t *testing.T) {
 	data := randomData(3 * PacketSize)
 	c := startPeer(t, &fakePeer{data: data, size: int64(len(data)), mode: stall})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	start := time.Now()
-	_, err := c.FetchSize(ctx, servedPath, 0, int64(len(data)), &bytes.Buffer{}, 300*time.Millisecond)
+	_, err := c.Fetch(ctx, servedPath, 0, int64(len(data)), &bytes.Buffer{}, 300*time.Millisecond)
 	if !errors.Is(err, ErrStalled) {
-		t.Fatalf("FetchSize from a stalled server: %v, want ErrStalled", err)
+		t.Fatalf("Fetch from a stalled server: %v, want ErrStalled", err)
 	}
 	if took := time.Since(start); took > 5*time.Second {
-		t.Errorf("FetchSize from a stalled server took %s with an idle timeout of 300ms", took)
+		t.Errorf("Fetch from a stalled server took %s with an idle timeout of 300ms", took)
 	}
 }
 
@@ -460,11 +460,11 @@ func TestMuxDataToLstatOrOpenLeavesMuxWorking(t *testing.T) {
 		t.Fatalf("the next stat after %s: %+v, %v", time.Since(start).Round(time.Millisecond), st, err)
 	}
 	var got bytes.Buffer
-	if _, err := c.FetchSize(ctx, servedPath, 0, int64(len(data)), plainWriter{&got}, 5*time.Second); err == nil {
+	if _, err := c.Fetch(ctx, servedPath, 0, int64(len(data)), plainWriter{&got}, 5*time.Second); err == nil {
 		t.Fatal("an OPEN answered with DATA gave no error")
 	}
 	got.Reset()
-	n, err := c.FetchSize(ctx, servedPath, 0, int64(len(data)), plainWriter{&got}, 5*time.Second)
+	n, err := c.Fetch(ctx, servedPath, 0, int64(len(data)), plainWriter{&got}, 5*time.Second)
 	if err != nil || n != int64(len(data)) || !bytes.Equal(got.Bytes(), data) {
 		t.Fatalf("the next fetch after %s: %d bytes, %v", time.Since(start).Round(time.Millisecond), n, err)
 	}

@@ -28,7 +28,7 @@ func TestSessionsReused(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var got bytes.Buffer
-	if _, err := c.Fetch(ctx, servedPath+".missing", 0, &got, 5*time.Second); !errors.Is(err, ErrNotFound) {
+	if _, err := c.fetchStream(ctx, servedPath+".missing", 0, int64(len(data)), &got, 5*time.Second); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("missing file: %v, want ErrNotFound", err)
 	}
 	fetchAll(t, c, data, 100001, false)
@@ -38,7 +38,7 @@ func TestSessionsReused(t *testing.T) {
 	// The file now ends before its size: the fetch fails mid-read, its
 	// session is ended, and the next fetch starts a fresh one.
 	p.size += PacketSize
-	if _, err := c.Fetch(ctx, servedPath, 0, &got, 5*time.Second); err == nil {
+	if _, err := c.fetchStream(ctx, servedPath, 0, p.size, &got, 5*time.Second); err == nil {
 		t.Fatal("fetch of a file that ended early succeeded")
 	}
 	p.size -= PacketSize

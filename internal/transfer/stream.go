@@ -106,22 +106,21 @@ func (c *Client) openStream(ctx context.Context, path string, last *atomic.Int64
 	return s, handle, func() { c.release(ps, handle, s.inStep) }, nil
 }
 
-// streamFile copies path from offset to the size its handle reports into w,
-// keeping up to inFlight reads of PacketSize outstanding. A want of 0 or
-// more is the size the file must have (FetchSize).
-func (c *Client) streamFile(ctx context.Context, path string, offset, want int64, w io.Writer, last *atomic.Int64) (int64, error) {
+// streamFile copies [offset, size) of path, which must hold size bytes, into
+// w, keeping up to inFlight reads of PacketSize outstanding.
+func (c *Client) streamFile(ctx context.Context, path string, offset, size int64, w io.Writer, last *atomic.Int64) (int64, error) {
 	s, handle, done, err := c.openStream(ctx, path, last)
 	if err != nil {
 		return 0, err
 	}
 	defer done()
-	size, err := s.fstat(handle)
+	has, err := s.fstat(handle)
 	if err != nil {
 		return 0, err
 	}
-	if want >= 0 && size != want {
+	if has != size {
 		s.inStep = true // nothing in flight: the session serves the next file
-		return 0, fmt.Errorf("%w: it has %d bytes, the image %d", errSizeChanged, size, want)
+		return 0, fmt.Errorf("%w: it has %d bytes, the image %d", errSizeChanged, has, size)
 	}
 	n, err := s.read(ctx, handle, offset, size, w)
 	// Read to its end, nothing of the file is left in flight.

@@ -125,8 +125,8 @@ func peerOf(srv *sshtest.Server) Peer {
 	return Peer{Name: "fake", Address: srv.Host, Port: srv.Port}
 }
 
-// serveSFTP answers one session: the mux, which Dial opens (stats and
-// FetchSize), or one of Fetch's.
+// serveSFTP answers one session: Dial's, the mux's (stats and small
+// files) or a large file's.
 func (p *fakePeer) serveSFTP(ch ssh.Channel) {
 	if p.sessions.Add(1) > 1 && p.startDelay > 0 {
 		time.Sleep(p.startDelay)
@@ -363,7 +363,7 @@ func fetchAll(t *testing.T, c *Client, data []byte, offset int64, readerFrom boo
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	n, err := c.Fetch(ctx, servedPath, offset, w, 5*time.Second)
+	n, err := c.fetchStream(ctx, servedPath, offset, int64(len(data)), w, 5*time.Second)
 	if err != nil {
 		t.Fatalf("Fetch: %v", err)
 	}
@@ -454,7 +454,7 @@ func TestStreamTruncated(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	const offset = 100001
-	n, err := c.Fetch(ctx, servedPath, offset, &got, 5*time.Second)
+	n, err := c.fetchStream(ctx, servedPath, offset, p.size, &got, 5*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "ended at") {
 		t.Fatalf("Fetch of a file that ended early: %v, want an error that it ended", err)
 	}
@@ -469,7 +469,7 @@ func TestStreamNotFound(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var got bytes.Buffer
-	n, err := c.Fetch(ctx, servedPath+".missing", 0, &got, 5*time.Second)
+	n, err := c.fetchStream(ctx, servedPath+".missing", 0, int64(len(data)), &got, 5*time.Second)
 	if !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Fetch of a missing file: %v, want ErrNotFound", err)
 	}
@@ -486,7 +486,7 @@ func TestStreamStalled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	start := time.Now()
-	_, err := c.Fetch(ctx, servedPath, 0, &bytes.Buffer{}, 300*time.Millisecond)
+	_, err := c.fetchStream(ctx, servedPath, 0, int64(len(data)), &bytes.Buffer{}, 300*time.Millisecond)
 	took := time.Since(start)
 	if !errors.Is(err, ErrStalled) {
 		t.Fatalf("Fetch from a stalled server: %v, want ErrStalled", err)
@@ -512,7 +512,7 @@ func TestSlowSessionStartIsNoStall(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got bytes.Buffer
-	n, err := c.Fetch(ctx, servedPath, 0, &got, 300*time.Millisecond)
+	n, err := c.fetchStream(ctx, servedPath, 0, int64(len(data)), &got, 300*time.Millisecond)
 	if err != nil {
 		t.Fatalf("Fetch over a session that took 900ms to start, idle window 300ms: %v", err)
 	}
@@ -532,7 +532,7 @@ func TestStreamEmptyData(t *testing.T) {
 	c := startPeer(t, &fakePeer{data: data, size: int64(len(data)), mode: emptyData})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	_, err := c.Fetch(ctx, servedPath, 0, &bytes.Buffer{}, 300*time.Millisecond)
+	_, err := c.fetchStream(ctx, servedPath, 0, int64(len(data)), &bytes.Buffer{}, 300*time.Millisecond)
 	if err == nil || ctx.Err() != nil {
 		t.Fatalf("Fetch from a server that sends empty data: %v, want an error before the deadline", err)
 	}
@@ -591,7 +591,7 @@ func TestFollowGrowingFile(t *testing.T) {
 	// The connection is fine, only the copy was not: the same client reads
 	// the rest once the file is whole.
 	q.visible.Store(int64(len(data)))
-	m, err := c.Fetch(context.Background(), servedPath, n, plainWriter{&got}, 5*time.Second)
+	m, err := c.fetchStream(context.Background(), servedPath, n, int64(len(data)), plainWriter{&got}, 5*time.Second)
 	if err != nil {
 		t.Fatalf("fetch after an abandoned follow: %v", err)
 	}
@@ -634,7 +634,7 @@ func TestCancelledFollowKeepsConnection(t *testing.T) {
 	}
 	p.visible.Store(int64(len(data)))
 	var got bytes.Buffer
-	if n, err := c.Fetch(sctx, servedPath, 0, &got, 5*time.Second); err != nil || n != int64(len(data)) {
+	if n, err := c.fetchStream(sctx, servedPath, 0, int64(len(data)), &got, 5*time.Second); err != nil || n != int64(len(data)) {
 		t.Fatalf("fetch on the same connection after a cancelled follow: %d, %v", n, err)
 	}
 }

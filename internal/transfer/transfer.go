@@ -493,29 +493,18 @@ var ErrNotFound = errors.New("no such file on the peer")
 // ErrStalled is a transfer that made no progress for the idle timeout.
 var ErrStalled = errors.New("transfer stalled")
 
-// Fetch copies the remote file from offset to the size it has when opened
-// into w and returns the bytes written. It reads with its own SFTP session
-// (stream.go); a w that is an io.ReaderFrom takes each reply's data straight
-// from the connection. If ctx ends, or no byte arrives for idle, the
-// connection is closed and the client is no longer usable; the bytes written
-// so far are kept by w's owner.
-func (c *Client) Fetch(ctx context.Context, path string, offset int64, w io.Writer, idle time.Duration) (int64, error) {
-	return c.watched(ctx, "fetch", path, idle, func(last *atomic.Int64) (int64, error) {
-		return c.streamFile(ctx, path, offset, -1, w, last)
-	})
-}
-
-// FetchSize copies [offset, size) of the remote file, which must hold
-// size bytes, into w, like Fetch; a file of another size is an error
-// wrapping errSizeChanged, before any byte is read. A file of up to MuxMax
-// bytes is read on the connection's shared session (mux.go), in two round
-// trips, beside the other small files in flight; a larger one as Fetch
-// reads it.
-func (c *Client) FetchSize(ctx context.Context, path string, offset, size int64, w io.Writer, idle time.Duration) (int64, error) {
+// Fetch copies [offset, size) of the remote file, which must hold size
+// bytes, into w and returns the bytes written; a file of another size is an
+// error wrapping errSizeChanged, before any byte is read. A file of up to
+// MuxMax bytes is read on the connection's shared session (mux.go), in two
+// round trips, beside the other small files in flight; a larger one on a
+// session of its own (stream.go), where a w that is an io.ReaderFrom takes
+// each reply's data straight from the connection. If ctx ends, or no byte
+// arrives for idle, the connection is closed and the client is no longer
+// usable; the bytes written so far are kept by w's owner.
+func (c *Client) Fetch(ctx context.Context, path string, offset, size int64, w io.Writer, idle time.Duration) (int64, error) {
 	if size > MuxMax {
-		return c.watched(ctx, "fetch", path, idle, func(last *atomic.Int64) (int64, error) {
-			return c.streamFile(ctx, path, offset, size, w, last)
-		})
+		return c.fetchStream(ctx, path, offset, size, w, idle)
 	}
 	return c.watched(ctx, "fetch", path, idle, func(last *atomic.Int64) (int64, error) {
 		m, err := c.muxSession(ctx)
@@ -523,6 +512,13 @@ func (c *Client) FetchSize(ctx context.Context, path string, offset, size int64,
 			return 0, err
 		}
 		return m.fetch(ctx, path, offset, size, w, last)
+	})
+}
+
+// fetchStream is Fetch on a session of its own, whatever the file's size.
+func (c *Client) fetchStream(ctx context.Context, path string, offset, size int64, w io.Writer, idle time.Duration) (int64, error) {
+	return c.watched(ctx, "fetch", path, idle, func(last *atomic.Int64) (int64, error) {
+		return c.streamFile(ctx, path, offset, size, w, last)
 	})
 }
 
