@@ -191,6 +191,17 @@ func (n *RabbitNode) Start(ctx context.Context) error {
 	return n.awaitStartup(ctx)
 }
 
+// EnsureUp starts the node if its Erlang VM is not running (killed by a
+// test that then failed before starting it again).
+func (n *RabbitNode) EnsureUp(ctx context.Context) error {
+	if pid, err := n.PID(); err == nil && syscall.Kill(pid, 0) == nil {
+		return n.waitAMQP(true)
+	}
+	// epmd may still list the dead node for a moment.
+	time.Sleep(500 * time.Millisecond)
+	return n.Start(ctx)
+}
+
 // awaitStartup polls: await_startup fails at once while the node is not yet
 // registered with epmd.
 func (n *RabbitNode) awaitStartup(ctx context.Context) error {

@@ -499,9 +499,10 @@ var ErrStalled = errors.New("transfer stalled")
 // MuxMax bytes is read on the connection's shared session (mux.go), in two
 // round trips, beside the other small files in flight; a larger one on a
 // session of its own (stream.go), where a w that is an io.ReaderFrom takes
-// each reply's data straight from the connection. If ctx ends, or no byte
-// arrives for idle, the connection is closed and the client is no longer
-// usable; the bytes written so far are kept by w's owner.
+// each reply's data straight from the connection. If no reply arrives for
+// idle, the connection is closed and the client is no longer usable; if ctx
+// ends, only this read is given up, and the connection serves the others.
+// Either way the bytes written so far are kept by w's owner.
 func (c *Client) Fetch(ctx context.Context, path string, offset, size int64, w io.Writer, idle time.Duration) (int64, error) {
 	if size > MuxMax {
 		return c.fetchStream(ctx, path, offset, size, w, idle)
