@@ -71,12 +71,6 @@ func (f *fakeStore) BeginMultihash(context.Context, string, int64, string, store
 	return nil, errNoBegin
 }
 
-// BeginReserveLater, the begin of a guessed read, fails as BeginMultihash
-// does.
-func (f *fakeStore) BeginReserveLater(ctx context.Context, id string, size int64, md5hex string, mh store.Multihash) (*store.Partial, error) {
-	return f.BeginMultihash(ctx, id, size, md5hex, mh)
-}
-
 // fakeAck counts acks.
 type fakeAck struct{ acks int }
 
