@@ -19,8 +19,8 @@ import (
 // ext4 or XFS, whatever filesystem the test's temp dir is on) with the
 // dirty memory the test says, counting each kind of flush.
 type syncCounts struct {
-	syncfs, fsync atomic.Int32
-	fail          atomic.Pointer[error] // the syncfs fails with it
+	syncfs, fsync, dirFsync atomic.Int32
+	fail                    atomic.Pointer[error] // the syncfs fails with it
 }
 
 func groupSyncStore(t *testing.T, dirty int64) (*Store, *syncCounts) {
@@ -41,6 +41,10 @@ func groupSyncStore(t *testing.T, dirty int64) (*Store, *syncCounts) {
 	}
 	s.files.fsync = func(f *os.File) error {
 		c.fsync.Add(1)
+		return syncFile(f)
+	}
+	s.rootSync.fsync = func(f *os.File) error {
+		c.dirFsync.Add(1)
 		return syncFile(f)
 	}
 	s.files.dirty.read = func() (int64, error) { return dirty, nil }
@@ -92,7 +96,8 @@ func TestCommitsShareSyncfs(t *testing.T) {
 }
 
 // With much memory dirty (someone else's large write through the page
-// cache), a syncfs would wait for all of it: each file is fsynced alone.
+// cache), a syncfs would wait for all of it: each file is fsynced alone,
+// and each rename by the directory's fsync.
 func TestDirtyMemoryFsyncsEachFile(t *testing.T) {
 	s, c := groupSyncStore(t, 1<<30)
 	for i := range 3 {
@@ -100,8 +105,53 @@ func TestDirtyMemoryFsyncsEachFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if c.syncfs.Load() != 0 || c.fsync.Load() != 3 {
-		t.Errorf("1 GiB dirty: %d syncfs and %d fsyncs for 3 commits, want 0 and 3", c.syncfs.Load(), c.fsync.Load())
+	if c.syncfs.Load() != 0 || c.fsync.Load() != 3 || c.dirFsync.Load() != 3 {
+		t.Errorf("1 GiB dirty: %d syncfs, %d fsyncs and %d directory fsyncs for 3 commits, want 0, 3 and 3",
+			c.syncfs.Load(), c.fsync.Load(), c.dirFsync.Load())
+	}
+}
+
+// Where the files share a syncfs, the renames wait for it too (a syncfs
+// after a rename makes it durable as the directory's fsync would): no
+// directory fsync, and a rename made after a syncfs started waits for the
+// next one. Placed files wait for Store.Sync the same way.
+func TestRenamesShareTheFilesSyncfs(t *testing.T) {
+	s, c := groupSyncStore(t, 0)
+	if _, err := commitSmall(s, 0); err != nil {
+		t.Fatal(err)
+	}
+	if c.dirFsync.Load() != 0 || c.syncfs.Load() != 2 {
+		t.Errorf("one commit: %d directory fsyncs and %d syncfs, want 0 and 2 (its bytes, then its rename)", c.dirFsync.Load(), c.syncfs.Load())
+	}
+	id, data := smallImage(1)
+	p, err := s.Begin(context.Background(), id, int64(len(data)), sum(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Place(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if c.dirFsync.Load() != 0 || c.syncfs.Load() != 4 {
+		t.Errorf("then Place and Sync: %d directory fsyncs and %d syncfs in all, want 0 and 4", c.dirFsync.Load(), c.syncfs.Load())
+	}
+	const n = 16
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if _, err := commitSmall(s, 10+i); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if got := c.syncfs.Load() - 4; got >= n {
+		t.Errorf("%d syncfs for %d commits at once (their bytes and renames), want fewer than one each", got, n)
 	}
 }
 

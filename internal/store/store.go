@@ -160,7 +160,7 @@ func (s *Store) Sync() error {
 	if n == s.synced {
 		return nil
 	}
-	if err := s.rootSync.sync(); err != nil {
+	if err := s.files.syncDir(s.rootSync); err != nil {
 		s.syncErr = err
 		return err
 	}
@@ -897,8 +897,8 @@ func (p *Partial) Commit() error {
 		return err
 	}
 	// The caller acks the image's message once this returns: the rename
-	// must be on disk first. Renames committed at once share one fsync.
-	return p.s.rootSync.sync()
+	// must be on disk first. Renames committed at once share one flush.
+	return p.s.files.syncDir(p.s.rootSync)
 }
 
 // Place is Commit without the flush of the directory: the file is in place
