@@ -56,16 +56,25 @@ func smallImage(i int) (id string, data []byte) {
 }
 
 func commitSmall(s *Store, i int) (string, error) {
-	id, data := smallImage(i)
-	p, err := s.Begin(context.Background(), id, int64(len(data)), sum(data))
+	id, p, err := writeSmall(s, i)
 	if err != nil {
 		return id, err
 	}
+	return id, p.Commit()
+}
+
+// writeSmall is small image i written whole into its partial.
+func writeSmall(s *Store, i int) (string, *Partial, error) {
+	id, data := smallImage(i)
+	p, err := s.Begin(context.Background(), id, int64(len(data)), sum(data))
+	if err != nil {
+		return id, nil, err
+	}
 	if _, err := p.Write(data); err != nil {
 		p.Close()
-		return id, err
+		return id, nil, err
 	}
-	return id, p.Commit()
+	return id, p, nil
 }
 
 // Commits that wait at once share one syncfs instead of an fsync each,
@@ -123,12 +132,8 @@ func TestRenamesShareTheFilesSyncfs(t *testing.T) {
 	if c.dirFsync.Load() != 0 || c.syncfs.Load() != 2 {
 		t.Errorf("one commit: %d directory fsyncs and %d syncfs, want 0 and 2 (its bytes, then its rename)", c.dirFsync.Load(), c.syncfs.Load())
 	}
-	id, data := smallImage(1)
-	p, err := s.Begin(context.Background(), id, int64(len(data)), sum(data))
+	_, p, err := writeSmall(s, 1)
 	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Write(data); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Place(); err != nil {
