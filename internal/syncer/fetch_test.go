@@ -43,7 +43,7 @@ func (c *fileConn) Fetch(_ context.Context, path string, offset, size int64, w i
 		return 0, transfer.ErrNotFound
 	}
 	if int64(len(b)) != size {
-		return serveSized(b, offset, size, w)
+		return serveSized(b, offset, size, w) // its size error; nothing written, no transfer
 	}
 	c.fetched++
 	if rest := b[offset:]; c.failAfter > 0 && int64(len(rest)) > c.failAfter {
