@@ -1,6 +1,9 @@
 package node
 
-import "strings"
+import (
+	"log/slog"
+	"strings"
+)
 
 // Name names a node as some source spells it; the spelling is kept for
 // display, and only Is compares.
@@ -37,3 +40,8 @@ func Names(ss ...string) []Name {
 }
 
 func (n Name) String() string { return string(n) }
+
+// LogValue makes a Name a string to slog: as any other value, each one
+// logged went through fmt and its String method (issue 14: part of the
+// cost of the line each fetched image logs).
+func (n Name) LogValue() slog.Value { return slog.StringValue(string(n)) }

@@ -1,6 +1,9 @@
 package node
 
-import "testing"
+import (
+	"log/slog"
+	"testing"
+)
 
 func TestIs(t *testing.T) {
 	for _, c := range []struct {
@@ -27,5 +30,12 @@ func TestIs(t *testing.T) {
 	}
 	if i := Index(Names("node1"), "node3"); i != -1 {
 		t.Errorf("Index of a stranger = %d", i)
+	}
+}
+
+func TestNameLogsAsAString(t *testing.T) {
+	v := slog.AnyValue(Name("node1.example.org")).Resolve()
+	if v.Kind() != slog.KindString || v.String() != "node1.example.org" {
+		t.Errorf("slog value of a Name: kind %v, %q", v.Kind(), v.String())
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -95,7 +96,7 @@ func Decode(body []byte) (*Event, error) {
 	if !utf8.Valid(body) {
 		return nil, fmt.Errorf("notification: body is not valid UTF-8 (starts %s)", excerpt(string(body)))
 	}
-	top, err := decodeObject(body, "body")
+	top, err := decodeObject(body, "body", topKeys...)
 	if err != nil {
 		return nil, err
 	}
@@ -123,9 +124,8 @@ func Decode(body []byte) (*Event, error) {
 }
 
 func openEnvelope(top map[string]json.RawMessage) (map[string]json.RawMessage, error) {
-	// Unmarshal leaves a string untouched for null, hence the isNull checks.
-	var version string
-	if err := json.Unmarshal(top[envelopeVersionKey], &version); err != nil || isNull(top[envelopeVersionKey]) {
+	version, ok := unquote(top[envelopeVersionKey])
+	if !ok {
 		return nil, fmt.Errorf("notification: \"oslo.version\" is %s, want the string %q", kind(top[envelopeVersionKey]), envelopeVersion)
 	}
 	// Writers only ever put "2.0" here. oslo's reader
@@ -137,15 +137,26 @@ func openEnvelope(top map[string]json.RawMessage) (map[string]json.RawMessage, e
 	if version != envelopeVersion {
 		return nil, fmt.Errorf("notification: unsupported envelope \"oslo.version\" %s, want %q", excerpt(version), envelopeVersion)
 	}
-	var inner string
-	if err := json.Unmarshal(top[envelopeMessageKey], &inner); err != nil || isNull(top[envelopeMessageKey]) {
+	inner, ok := unquote(top[envelopeMessageKey])
+	if !ok {
 		return nil, fmt.Errorf("notification: \"oslo.message\" is %s, want a string holding the JSON message", kind(top[envelopeMessageKey]))
 	}
 	// The inner text came out of a valid UTF-8 body, and Go's unquoting
 	// replaces lone surrogate escapes with U+FFFD, so it is valid UTF-8 and
 	// no longer than the body: the limits above still hold.
-	return decodeObject([]byte(inner), "\"oslo.message\"")
+	return decodeObject([]byte(inner), "\"oslo.message\"", messageKeys...)
 }
+
+// messageKeys are the members of a message that decodeMessage reads, and
+// payloadKeys those of an image payload that decodeImage reads. Decode
+// takes no others out of a message: Glance's payload has two dozen members,
+// and building a map of them all was most of the cost of a decode.
+var (
+	messageKeys = []string{"event_type", "message_id", "priority", "publisher_id", "timestamp", "payload", uniqueIDKey}
+	payloadKeys = []string{"id", "status", "size", "checksum", "deleted"}
+	// topKeys: a body is an envelope or, in the older formats, the message.
+	topKeys = append(slices.Clip(messageKeys), envelopeVersionKey, envelopeMessageKey)
+)
 
 func decodeMessage(msg map[string]json.RawMessage, format string) (*Event, error) {
 	e := &Event{Format: format}
@@ -172,7 +183,8 @@ func decodeMessage(msg map[string]json.RawMessage, format string) (*Event, error
 	e.Publisher = publisherHost(e.PublisherID, format)
 
 	if raw, ok := msg["payload"]; ok {
-		e.Payload = raw
+		// A copy: the event outlives the delivery's body.
+		e.Payload = bytes.Clone(raw)
 	}
 	if strings.HasPrefix(e.EventType, "image.") && isObject(e.Payload) {
 		if e.Image, err = decodeImage(e.Payload); err != nil {
@@ -195,16 +207,14 @@ func publisherHost(publisherID, format string) string {
 // format_image_notification that matter here. It returns nil, nil when the
 // payload has no "id", as image.send and image.member.* payloads do.
 func decodeImage(payload json.RawMessage) (*Image, error) {
-	var p map[string]json.RawMessage
-	if err := json.Unmarshal(payload, &p); err != nil {
-		return nil, fmt.Errorf("payload: %v", err)
-	}
+	// The payload is an object inside a validated message.
+	p := members(payload, payloadKeys)
 	rawID, ok := p["id"]
 	if !ok {
 		return nil, nil
 	}
 	img := &Image{Size: -1}
-	if err := json.Unmarshal(rawID, &img.ID); err != nil || isNull(rawID) {
+	if img.ID, ok = unquote(rawID); !ok {
 		return nil, fmt.Errorf("payload \"id\" is %s, want an image UUID string", kind(rawID))
 	}
 	if err := ValidImageID(img.ID); err != nil {
@@ -249,8 +259,8 @@ func checksumField(raw json.RawMessage) (string, error) {
 	if isNull(raw) {
 		return "", nil // null until the data is uploaded
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
+	s, ok := unquote(raw)
+	if !ok {
 		return "", fmt.Errorf("payload \"checksum\" is %s, want a hex MD5 string or null", kind(raw))
 	}
 	if len(s) != 32 {
@@ -294,10 +304,12 @@ func ValidImageID(id string) error {
 	return nil
 }
 
-// decodeObject parses data as one JSON object. encoding/json validates the
-// whole input, with its nesting limit, before building anything, so a
-// nesting bomb fails fast with an error.
-func decodeObject(data []byte, what string) (map[string]json.RawMessage, error) {
+// decodeObject parses data as one JSON object and returns the members
+// named by keys that it has. encoding/json's scanner validates the whole
+// input, with its nesting limit, before anything is read from it, so a
+// nesting bomb fails fast with an error; members then only walks text known
+// to be valid.
+func decodeObject(data []byte, what string, keys ...string) (map[string]json.RawMessage, error) {
 	trimmed := bytes.TrimLeft(data, " \t\r\n")
 	if len(trimmed) == 0 {
 		return nil, fmt.Errorf("notification: %s is empty", what)
@@ -310,11 +322,7 @@ func decodeObject(data []byte, what string) (map[string]json.RawMessage, error) 
 	if trimmed[0] != '{' {
 		return nil, fmt.Errorf("notification: %s is %s, want a JSON object (starts %s)", what, kind(trimmed), excerpt(string(data)))
 	}
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("notification: %s: %v", what, err)
-	}
-	return m, nil
+	return members(trimmed, keys), nil
 }
 
 func stringField(m map[string]json.RawMessage, key, where string) (string, error) {
@@ -322,8 +330,8 @@ func stringField(m map[string]json.RawMessage, key, where string) (string, error
 	if isNull(raw) {
 		return "", nil
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
+	s, ok := unquote(raw)
+	if !ok {
 		return "", fmt.Errorf("%s %q is %s, want a string", where, key, kind(raw))
 	}
 	return s, nil
