@@ -64,8 +64,8 @@ type Options struct {
 	DryRun    bool
 	Limits    Limits
 	TrashDays int
-	// Transfers is how many images are fetched at once whatever their
-	// size; small ones may run in more lanes (lanes.go).
+	// Transfers is how many large images are fetched at once; small
+	// ones run beside them (syncer.Admission).
 	Transfers int
 	Now       func() time.Time // for tests; nil = time.Now
 }
@@ -314,7 +314,10 @@ func fetch(ctx context.Context, f Fetcher, imgs []glanceapi.Image, o Options, su
 		}
 		l.Locate(ctx, ws)
 	}
-	ln := newLanes(o.Transfers)
+	// Many small images at once, as sync-images runs them: with up to 4
+	// the seeding of 1000 x 64 KiB took 3.46 s against 2.19 with 16
+	// (issue 14).
+	adm := syncer.NewAdmission(o.Transfers)
 	for _, img := range imgs {
 		if ctx.Err() != nil {
 			break
@@ -327,13 +330,14 @@ func fetch(ctx context.Context, f Fetcher, imgs []glanceapi.Image, o Options, su
 		if w.Multihash.Algo != "" && !store.MultihashKnown(w.Multihash.Algo) {
 			log.Warn("multihash of an unknown algorithm; MD5 checked only", "image", img.ID, "os_hash_algo", w.Multihash.Algo)
 		}
-		if !ln.acquire(ctx, img.Size) {
+		release, ok := adm.Acquire(ctx, img.Size)
+		if !ok {
 			break
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer ln.release(img.Size)
+			defer release()
 			peer, n, err := f.Fetch(ctx, w)
 			mu.Lock()
 			defer mu.Unlock()

@@ -36,14 +36,15 @@ const (
 	smallBudget = 64 << 20
 )
 
-// admission decides when a fetch may start: at most cfg.Transfers large
+// Admission decides when a fetch may start: at most cfg.Transfers large
 // images at once, and small ones besides, within smallLanes and
-// smallBudget. A small image waits only for other small ones, in the
-// order they asked. Each waiter has a channel of its own, closed when it
+// smallBudget. sync-images and reconcile (seeding) both use it. A small
+// image waits only for other small ones, in the order they asked. Each
+// waiter has a channel of its own, closed when it
 // may start: with a condition variable every release woke every waiting
 // image (a run of 1,000 queued images has that many), which cost more CPU
 // than the small images' SFTP requests.
-type admission struct {
+type Admission struct {
 	big chan struct{}
 
 	mu        sync.Mutex
@@ -61,14 +62,14 @@ type admWaiter struct {
 	ready chan struct{} // closed once it is admitted
 }
 
-func newAdmission(transfers int) *admission {
-	return &admission{big: make(chan struct{}, max(transfers, 1)),
+func NewAdmission(transfers int) *Admission {
+	return &Admission{big: make(chan struct{}, max(transfers, 1)),
 		maxLanes: smallLanes, maxBytes: smallBudget, smallSize: smallImage}
 }
 
-// acquire waits until a fetch of size bytes may start and returns its
+// Acquire waits until a fetch of size bytes may start and returns its
 // release; ok is false when ctx ended first.
-func (a *admission) acquire(ctx context.Context, size int64) (release func(), ok bool) {
+func (a *Admission) Acquire(ctx context.Context, size int64) (release func(), ok bool) {
 	if size < 0 || size > a.smallSize {
 		select {
 		case a.big <- struct{}{}:
@@ -120,11 +121,11 @@ func (a *admission) acquire(ctx context.Context, size int64) (release func(), ok
 
 // fits reports whether a small image of size may start now. One small
 // image always fits, whatever the budget. Called with mu held.
-func (a *admission) fits(size int64) bool {
+func (a *Admission) fits(size int64) bool {
 	return a.lanes == 0 || (a.lanes+laneUnits(size) <= a.maxLanes && a.bytes+size <= a.maxBytes)
 }
 
-func (a *admission) take(size int64) {
+func (a *Admission) take(size int64) {
 	a.lanes += laneUnits(size)
 	a.bytes += size
 }
@@ -139,7 +140,7 @@ func laneUnits(size int64) int {
 
 // admit starts the waiters at the head of the line that fit. Called with
 // mu held.
-func (a *admission) admit() {
+func (a *Admission) admit() {
 	for len(a.waiting) > 0 && a.fits(a.waiting[0].size) {
 		w := a.waiting[0]
 		a.waiting[0] = nil

@@ -10,14 +10,14 @@ import (
 // beside them within the lane and byte budgets; a waiter gives up when its
 // context ends.
 func TestAdmission(t *testing.T) {
-	a := newAdmission(2)
+	a := NewAdmission(2)
 	ctx := context.Background()
 	var rel []func()
 	take := func(size int64) bool {
 		t.Helper()
 		c, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 		defer cancel()
-		r, ok := a.acquire(c, size)
+		r, ok := a.Acquire(c, size)
 		if ok {
 			rel = append(rel, r)
 		}
@@ -59,7 +59,7 @@ func TestAdmission(t *testing.T) {
 	// Releasing a large slot lets a waiting large image start.
 	done := make(chan bool)
 	go func() {
-		_, ok := a.acquire(ctx, 1<<30)
+		_, ok := a.Acquire(ctx, 1<<30)
 		done <- ok
 	}()
 	rel[0]()
@@ -87,11 +87,11 @@ func TestAdmissionTinyImagesHalfALane(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			a := newAdmission(1)
+			a := NewAdmission(1)
 			last := len(c.sizes) - 1
 			for i, size := range c.sizes {
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-				_, ok := a.acquire(ctx, size)
+				_, ok := a.Acquire(ctx, size)
 				cancel()
 				if i < last && !ok {
 					t.Fatalf("image %d (%d bytes) did not start", i+1, size)
@@ -114,9 +114,9 @@ func repeat(size int64, n int) []int64 {
 
 // One small image larger than the whole budget still runs (alone).
 func TestAdmissionOversizeSmall(t *testing.T) {
-	a := newAdmission(1)
+	a := NewAdmission(1)
 	a.maxBytes = 1 << 20
-	r, ok := a.acquire(context.Background(), 2<<20)
+	r, ok := a.Acquire(context.Background(), 2<<20)
 	if !ok {
 		t.Fatal("a small image larger than the budget never starts")
 	}
@@ -124,14 +124,14 @@ func TestAdmissionOversizeSmall(t *testing.T) {
 }
 
 // waiters is how many small images wait for a turn.
-func (a *admission) waiters() int {
+func (a *Admission) waiters() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.waiting)
 }
 
 // waitWaiters waits until n small images wait in a.
-func waitWaiters(t *testing.T, a *admission, n int) {
+func waitWaiters(t *testing.T, a *Admission, n int) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); a.waiters() != n; {
 		if time.Now().After(deadline) {
@@ -144,10 +144,10 @@ func waitWaiters(t *testing.T, a *admission, n int) {
 // Small images start in the order they asked, each release starting the
 // next; one that gives up leaves its turn to those behind it.
 func TestAdmissionInOrder(t *testing.T) {
-	a := newAdmission(1)
+	a := NewAdmission(1)
 	a.maxLanes = 1
 	ctx := context.Background()
-	first, ok := a.acquire(ctx, 1)
+	first, ok := a.Acquire(ctx, 1)
 	if !ok {
 		t.Fatal("the first small image did not start")
 	}
@@ -158,7 +158,7 @@ func TestAdmissionInOrder(t *testing.T) {
 	}
 	started := make(chan got, 3)
 	wait := func(ctx context.Context, name string) {
-		r, ok := a.acquire(ctx, 1)
+		r, ok := a.Acquire(ctx, 1)
 		started <- got{name, r, ok}
 	}
 	gctx, giveUp := context.WithCancel(ctx)

@@ -221,7 +221,7 @@ func TestCoveredOnlyBySameData(t *testing.T) {
 		lane <- bad
 		lane <- later
 		close(lane)
-		s.runLane(context.Background(), lane, newAdmission(1))
+		s.runLane(context.Background(), lane, NewAdmission(1))
 		// With no peer every fetch fails: a fetch that was tried is re-queued.
 		requeued := len(pub.to(testQueue))
 		skipped := s.res.Events[Outcome{Event: "image.update", Result: "skipped"}]

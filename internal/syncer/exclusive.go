@@ -72,11 +72,11 @@ func (s *Syncer) Serving() <-chan struct{} { return s.serving }
 
 // run is the lane's part of Exclusive: in a transfers slot, like a fetch,
 // under both the lane's context (a delete cuts it) and the caller's.
-func (x *exclusive) run(ctx context.Context, adm *admission) {
+func (x *exclusive) run(ctx context.Context, adm *Admission) {
 	// A slot of a large image: the caller's image may be of any size.
 	actx, stop := context.WithCancel(ctx)
 	defer context.AfterFunc(x.ctx, stop)()
-	release, ok := adm.acquire(actx, -1)
+	release, ok := adm.Acquire(actx, -1)
 	stop()
 	if !ok {
 		if ctx.Err() != nil {

@@ -39,7 +39,7 @@ func (s *Syncer) handle(d acker, redelivered bool, m broker.Message) {
 	lane := make(chan job, 1)
 	lane <- j
 	close(lane)
-	s.runLane(context.Background(), lane, newAdmission(1))
+	s.runLane(context.Background(), lane, NewAdmission(1))
 }
 
 func total(ss ...*Syncer) map[Outcome]int {

@@ -197,7 +197,7 @@ func (s *Syncer) serve(ctx context.Context, in <-chan received) error {
 	s.daemon = true
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	ls := &lanes{s: s, ctx: ctx, m: map[string]*lane{}, adm: newAdmission(s.cfg.Transfers), closed: make(chan struct{})}
+	ls := &lanes{s: s, ctx: ctx, m: map[string]*lane{}, adm: NewAdmission(s.cfg.Transfers), closed: make(chan struct{})}
 	s.mu.Lock()
 	s.lanes = ls
 	s.mu.Unlock()
@@ -234,7 +234,7 @@ func (s *Syncer) dispatch(ctx context.Context, ls *lanes, r received) {
 type lanes struct {
 	s      *Syncer
 	ctx    context.Context // the lanes' life
-	adm    *admission      // transfer slots
+	adm    *Admission      // transfer slots
 	wg     sync.WaitGroup
 	closed chan struct{} // closed once every lane has ended
 
@@ -330,7 +330,7 @@ func (ls *lanes) run(ctx context.Context, id string, l *lane) {
 
 // work does one job of a lane: a fetch waits for its retry time first,
 // then for a transfer slot.
-func (s *Syncer) work(ctx context.Context, j job, adm *admission) {
+func (s *Syncer) work(ctx context.Context, j job, adm *Admission) {
 	if j.excl != nil {
 		j.excl.run(ctx, adm)
 		return
@@ -349,7 +349,7 @@ func (s *Syncer) work(ctx context.Context, j job, adm *admission) {
 			return
 		}
 	}
-	release, ok := adm.acquire(ctx, j.ev.Image.Size)
+	release, ok := adm.Acquire(ctx, j.ev.Image.Size)
 	if !ok {
 		s.stopped(ctx, j)
 		return

@@ -89,7 +89,7 @@ func TestLaneFetches(t *testing.T) {
 	lane <- forged
 	lane <- j
 	close(lane)
-	s.runLane(context.Background(), lane, newAdmission(1))
+	s.runLane(context.Background(), lane, NewAdmission(1))
 	if fa.acks != 1 || len(pub.to(testPark)) != 1 {
 		t.Errorf("event from evil: acks %d, parked %d", fa.acks, len(pub.to(testPark)))
 	}

@@ -285,7 +285,7 @@ func (s *Syncer) Run(ctx context.Context) (Result, error) {
 		acks = newAckBatch(ackDelay, s.durable, s.fail)
 		s.f.placeOnly = true
 	}
-	adm := newAdmission(s.cfg.Transfers)
+	adm := NewAdmission(s.cfg.Transfers)
 	lanes := map[string]chan job{}
 	var wg sync.WaitGroup
 	for i := 0; i < ready && ctx.Err() == nil && s.broken() == nil; i++ {
@@ -403,7 +403,7 @@ func freeOversize() { debug.FreeOSMemory() }
 // been re-queued, later fetch events of it in this run are covered by that
 // copy, but only those that announce the same data: a bad event re-queued
 // must not swallow a genuine one.
-func (s *Syncer) runLane(ctx context.Context, lane <-chan job, adm *admission) {
+func (s *Syncer) runLane(ctx context.Context, lane <-chan job, adm *Admission) {
 	var requeued *notification.Image // the event of the re-queued fetch, if any
 	for j := range lane {
 		if ctx.Err() != nil || s.broken() != nil {
@@ -422,7 +422,7 @@ func (s *Syncer) runLane(ctx context.Context, lane <-chan job, adm *admission) {
 				s.ack(j.d)
 				continue
 			}
-			release, ok := adm.acquire(ctx, j.ev.Image.Size)
+			release, ok := adm.Acquire(ctx, j.ev.Image.Size)
 			if !ok {
 				continue // the run is ending: left unacked for the next
 			}

@@ -40,8 +40,9 @@ func sized(n int, size int64) []glanceapi.Image {
 	return out
 }
 
-// Small images run in more lanes than transfers; large ones transfers at a
-// time; in between, as many as the byte budget holds.
+// Seeding admits images as sync-images does: small ones many at once
+// beside the transfers (16 up to 256 KiB, 8 up to 16 MiB), larger ones
+// transfers at a time.
 func TestFetchLanesBySize(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
@@ -49,40 +50,23 @@ func TestFetchLanesBySize(t *testing.T) {
 		transfers int
 		want      int
 	}{
-		{"1 MiB", 1 << 20, 2, maxLanes},
-		{"64 KiB, transfers 1", 64 << 10, 1, maxLanes},
-		{"20 MiB", 20 << 20, 2, 3}, // 3 × 20 MiB within 64 MiB, 4 not
+		{"64 KiB, transfers 1", 64 << 10, 1, 16},
+		{"1 MiB", 1 << 20, 2, 8},
+		{"20 MiB", 20 << 20, 2, 2},
 		{"1 GiB", 1 << 30, 2, 2},
 		{"1 GiB, transfers 6", 1 << 30, 6, 6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &busyFetcher{}
 			var sum Summary
-			fetch(context.Background(), f, sized(12, tc.size), Options{Transfers: tc.transfers}, &sum, quiet)
-			if sum.Fetched != 12 {
-				t.Fatalf("fetched %d of 12", sum.Fetched)
+			fetch(context.Background(), f, sized(24, tc.size), Options{Transfers: tc.transfers}, &sum, quiet)
+			if sum.Fetched != 24 {
+				t.Fatalf("fetched %d of 24", sum.Fetched)
 			}
 			if f.top != tc.want {
-				t.Errorf("%d images of %d bytes with transfers = %d: %d at once, want %d", 12, tc.size, tc.transfers, f.top, tc.want)
+				t.Errorf("%d images of %d bytes with transfers = %d: %d at once, want %d", 24, tc.size, tc.transfers, f.top, tc.want)
 			}
 		})
-	}
-}
-
-// A run whose context ends while it waits for a lane starts nothing more.
-func TestLanesAcquireEndsWithContext(t *testing.T) {
-	l := newLanes(1)
-	if !l.acquire(context.Background(), 1<<30) {
-		t.Fatal("the first lane was refused")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
-	defer cancel()
-	if l.acquire(ctx, 1<<30) {
-		t.Fatal("a second large image was admitted beside the first with transfers = 1")
-	}
-	l.release(1 << 30)
-	if !l.acquire(context.Background(), 1<<30) {
-		t.Fatal("a lane released is not free again")
 	}
 }
 
