@@ -483,6 +483,9 @@ func (b *bench) methods() []method {
 		{"rsync -az", "the original tool's command, OpenSSH's default cipher", func(ctx context.Context) (result, error) {
 			return b.external(ctx, "rsync", "-az", "-e", sshCmd, target(), b.dest())
 		}},
+		{"rsync -az --fsync", "as rsync -az, the file fsynced as the tool's is (rsync 3.2.4+)", func(ctx context.Context) (result, error) {
+			return b.external(ctx, "rsync", "-az", "--fsync", "-e", sshCmd, target(), b.dest())
+		}},
 		{"rsync -a --whole-file", "OpenSSH's default cipher", func(ctx context.Context) (result, error) {
 			return b.external(ctx, "rsync", "-a", "--whole-file", "-e", sshCmd, target(), b.dest())
 		}},

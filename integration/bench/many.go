@@ -107,7 +107,10 @@ func (b *bench) many(ctx context.Context, spec manySpec, rounds int) error {
 			return b.manyTool(ctx, b.c.Tool, b.internalConf, nil, imgs)
 		}})
 	}
-	methods = append(methods, manyMethod{"rsync -a", b.manyRsync})
+	// rsync -a is the reference; --fsync makes each file durable
+	// before the next, as the tool does before it acks (rsync 3.2.4+).
+	methods = append(methods, manyMethod{"rsync -a", b.manyRsync()},
+		manyMethod{"rsync -a --fsync", b.manyRsync("--fsync")})
 	res := map[string][]result{}
 	for r := 0; r < rounds; r++ {
 		// Each round starts with the next method: whatever the first slot
@@ -226,13 +229,20 @@ func (b *bench) manyTool(ctx context.Context, bin, conf string, env []string, im
 
 // manyRsync copies node1's datadir (the images only: not a state folder)
 // with one rsync -a over ssh from the same sshd.
-func (b *bench) manyRsync(ctx context.Context, imgs []harness.Image) (result, error) {
+func (b *bench) manyRsync(extra ...string) func(context.Context, []harness.Image) (result, error) {
+	return func(ctx context.Context, imgs []harness.Image) (result, error) {
+		return b.rsyncDir(ctx, imgs, extra)
+	}
+}
+
+func (b *bench) rsyncDir(ctx context.Context, imgs []harness.Image, extra []string) (result, error) {
 	if err := os.MkdirAll(b.manyDest(), 0o755); err != nil {
 		return result{}, err
 	}
 	sshCmd := "ssh " + strings.Join(b.ssh, " ") + " -p " + b.port()
-	cmd := exec.CommandContext(ctx, "rsync", "-a", "--exclude=.*", "-e", sshCmd,
+	args := append(append([]string{"-a"}, extra...), "--exclude=.*", "-e", sshCmd,
 		"root@127.0.0.1:"+harness.CommonDatadir+"/", b.manyDest()+"/")
+	cmd := exec.CommandContext(ctx, "rsync", args...)
 	r, out, err := timed(cmd)
 	if err != nil {
 		return r, fmt.Errorf("rsync: %v: %s", err, out)
